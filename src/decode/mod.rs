@@ -1,0 +1,1 @@
+//! Decoding: logit filters, greedy and beam search, temperature fallback.

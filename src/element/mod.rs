@@ -1,0 +1,5 @@
+//! The `whispernpu` GStreamer element. (In progress.)
+
+pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    Ok(())
+}

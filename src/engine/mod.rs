@@ -1,0 +1,3 @@
+//! Inference backends. The native CPU engine is the default.
+
+pub mod cpu;

@@ -1,0 +1,44 @@
+//! Typed errors of the engine. Each names the file or parameter at fault.
+
+use std::path::PathBuf;
+
+/// Problems with a model directory or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file not found: {path} (install a model with `scripts/fetch-model NAME`)")]
+    NotFound { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is truncated: {what}")]
+    Truncated { path: PathBuf, what: String },
+    #[error("{path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{path}: unsupported {what}")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path}: missing weight `{name}`")]
+    MissingWeight { path: PathBuf, name: String },
+    #[error("{path}: weight `{name}` has shape {found:?}, expected {expected:?}")]
+    BadShape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("unknown model `{name}`: known names are {known}; or pass a model directory")]
+    UnknownName { name: String, known: String },
+}
+
+/// Errors of transcription.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("invalid option `{option}`: {why}")]
+    InvalidOption { option: &'static str, why: String },
+    #[error("backend `{backend}` is not available: {why}")]
+    BackendUnavailable { backend: String, why: String },
+}

@@ -1,0 +1,119 @@
+//! Options of a transcription, with faster-whisper's defaults unless noted.
+
+use crate::error::Error;
+
+/// What the decoder produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Text in the spoken language.
+    #[default]
+    Transcribe,
+    /// English text whatever the spoken language (multilingual models only).
+    Translate,
+}
+
+impl std::str::FromStr for Task {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "transcribe" => Ok(Task::Transcribe),
+            "translate" => Ok(Task::Translate),
+            _ => Err(Error::InvalidOption {
+                option: "task",
+                why: format!("`{s}` is not one of transcribe, translate"),
+            }),
+        }
+    }
+}
+
+/// Decoding options (see openai/whisper `DecodingOptions` and `transcribe()`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscribeOptions {
+    /// Language code ("en", "de", ...); `None` detects it from the first window.
+    pub language: Option<String>,
+    pub task: Task,
+    /// 1 = greedy; > 1 = beam search with this many beams.
+    pub beam_size: usize,
+    /// Beam search patience (faster-whisper: 1.0).
+    pub patience: f32,
+    /// Candidates sampled at temperature > 0.
+    pub best_of: usize,
+    /// Fallback temperatures, tried in order.
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub log_prob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+    /// Use the previous window's text as prompt.
+    pub condition_on_previous_text: bool,
+    /// Stop conditioning when a window needed a temperature at or above this.
+    pub prompt_reset_on_temperature: f32,
+    pub initial_prompt: Option<String>,
+    pub suppress_blank: bool,
+    /// Token ids to suppress; -1 expands to the model's `suppress_ids`.
+    pub suppress_tokens: Vec<i64>,
+    pub without_timestamps: bool,
+    /// Latest allowed first timestamp, seconds.
+    pub max_initial_timestamp: f32,
+    /// `None` = length-normalised log-prob as in openai (simple length normalisation).
+    pub length_penalty: Option<f32>,
+    /// Worker threads for the engine; 0 = one per core.
+    pub n_threads: usize,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        Self {
+            language: None,
+            task: Task::Transcribe,
+            beam_size: 1,
+            patience: 1.0,
+            best_of: 5,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            log_prob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            prompt_reset_on_temperature: 0.5,
+            initial_prompt: None,
+            suppress_blank: true,
+            suppress_tokens: vec![-1],
+            without_timestamps: false,
+            max_initial_timestamp: 1.0,
+            length_penalty: None,
+            n_threads: 0,
+        }
+    }
+}
+
+impl TranscribeOptions {
+    /// Checks ranges; errors name the option at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.beam_size == 0 || self.beam_size > 16 {
+            return Err(Error::InvalidOption {
+                option: "beam-size",
+                why: format!("{} is outside 1..=16", self.beam_size),
+            });
+        }
+        if !(self.patience > 0.0) {
+            return Err(Error::InvalidOption {
+                option: "patience",
+                why: format!("{} must be > 0", self.patience),
+            });
+        }
+        if self.temperatures.is_empty() || self.temperatures.iter().any(|t| !(0.0..=2.0).contains(t)) {
+            return Err(Error::InvalidOption {
+                option: "temperatures",
+                why: "need one or more values in 0..=2".into(),
+            });
+        }
+        if let Some(t) = self.no_speech_threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Error::InvalidOption {
+                    option: "no-speech-threshold",
+                    why: format!("{t} is outside 0..=1"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
