@@ -1,1 +1,340 @@
-//! Decoding: logit filters, greedy and beam search, temperature fallback.
+//! Decoding of one 30 s window: logit filters (openai/whisper `decoding.py` semantics, applied in
+//! a fixed order), greedy / beam search / sampling, ranking, and temperature fallback.
+
+mod filters;
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use crate::engine::cpu::ops::log_softmax;
+use crate::engine::cpu::{DecoderState, Weights};
+use crate::model::SpecialTokens;
+pub use filters::LogitFilters;
+
+/// Parameters of one decoding attempt.
+#[derive(Debug, Clone)]
+pub struct DecodeParams {
+    pub temperature: f32,
+    pub beam_size: usize,
+    pub patience: f32,
+    pub best_of: usize,
+    pub length_penalty: Option<f32>,
+    /// Maximum sampled tokens (openai: n_text_ctx / 2).
+    pub sample_len: usize,
+}
+
+/// Outcome of decoding one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeResult {
+    /// Sampled tokens, without the final end-of-text.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub sum_logprob: f32,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub temperature: f32,
+    pub compression_ratio: f32,
+}
+
+/// zlib compression ratio of a text, as openai computes it (`len(b) / len(zlib.compress(b))`).
+pub fn compression_ratio(text: &str) -> f32 {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(bytes);
+    let compressed = enc.finish().map(|v| v.len()).unwrap_or(bytes.len());
+    bytes.len() as f32 / compressed.max(1) as f32
+}
+
+/// Small deterministic PRNG (SplitMix64) for sampling at temperature > 0.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Everything a window decode needs besides the model state.
+pub struct WindowInput<'a> {
+    /// Full initial tokens: optional `[sot_prev, ...previous text]`, then the SOT sequence.
+    pub prompt: &'a [u32],
+    /// Index of `<|startoftranscript|>` in `prompt`.
+    pub sot_index: usize,
+    pub filters: &'a LogitFilters,
+    pub specials: &'a SpecialTokens,
+}
+
+/// Per-step scratch buffers.
+struct Scratch {
+    logits: Vec<f32>,
+    logprobs: Vec<f32>,
+}
+
+/// Decodes one window whose cross-attention K/V are already set in `state`. Returns the best
+/// sequence and the number of decoder forward calls made.
+pub fn decode_window(
+    w: &Weights,
+    state: &mut DecoderState,
+    input: &WindowInput<'_>,
+    params: &DecodeParams,
+    rng: &mut Rng,
+    decode_text: &dyn Fn(&[u32]) -> String,
+    threads: usize,
+) -> (DecodeResult, usize) {
+    let vocab = w.dims.n_vocab;
+    let eot = input.specials.eot;
+    let n_ctx = w.dims.n_text_ctx;
+    let group = if params.temperature > 0.0 {
+        params.best_of.max(1)
+    } else {
+        params.beam_size.max(1)
+    };
+    let beam = params.temperature == 0.0 && params.beam_size > 1;
+
+    state.reset(1);
+    state.forward(w, input.prompt, Some(input.sot_index), threads);
+    let mut calls = 1;
+    let mut scratch = Scratch {
+        logits: vec![0.0; vocab],
+        logprobs: vec![0.0; vocab],
+    };
+
+    // No-speech probability: softmax at the SOT position, before any filter.
+    log_softmax(state.logits_row(1), &mut scratch.logprobs);
+    let no_speech_prob = scratch.logprobs[input.specials.no_speech as usize].exp();
+
+    // All sequences start from the single prompt pass.
+    let first_logits = state.logits_row(0).to_vec();
+    state.reorder(&vec![0; group]);
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); group];
+    let mut sum_logprobs = vec![0.0f32; group];
+    let mut logits_rows: Vec<Vec<f32>> = vec![first_logits; group];
+    let max_candidates = ((params.beam_size as f32) * params.patience)
+        .round()
+        .max(1.0) as usize;
+    let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+
+    for _step in 0..params.sample_len {
+        let mut next_tokens = Vec::with_capacity(group);
+        let completed;
+        if beam {
+            // Candidates from every beam: top beam+1 tokens each.
+            let mut candidates: Vec<(Vec<u32>, f32, usize)> = Vec::new();
+            let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+            for (j, seq) in seqs.iter().enumerate() {
+                scratch.logits.copy_from_slice(&logits_rows[j]);
+                input.filters.apply(&mut scratch.logits, seq);
+                log_softmax(&scratch.logits, &mut scratch.logprobs);
+                for (token, lp) in top_k(&scratch.logprobs, params.beam_size + 1) {
+                    let mut s = seq.clone();
+                    s.push(token);
+                    let score = sum_logprobs[j] + lp;
+                    match index.get(&s) {
+                        Some(&at) => candidates[at] = (s, score, j),
+                        None => {
+                            index.insert(s.clone(), candidates.len());
+                            candidates.push((s, score, j));
+                        }
+                    }
+                }
+            }
+            candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut new_seqs = Vec::with_capacity(group);
+            let mut new_sums = Vec::with_capacity(group);
+            let mut sources = Vec::with_capacity(group);
+            let mut newly_finished = Vec::new();
+            for (s, score, src) in candidates {
+                if s.last() == Some(&eot) {
+                    newly_finished.push((s, score));
+                } else {
+                    new_seqs.push(s);
+                    new_sums.push(score);
+                    sources.push(src);
+                    if new_seqs.len() == group {
+                        break;
+                    }
+                }
+            }
+            for f in newly_finished {
+                if finished.len() >= max_candidates {
+                    break;
+                }
+                finished.push(f);
+            }
+            completed = finished.len() >= max_candidates || new_seqs.is_empty();
+            if !new_seqs.is_empty() {
+                state.reorder(&sources);
+                logits_rows = sources.iter().map(|&s| logits_rows[s].clone()).collect();
+                next_tokens = new_seqs.iter().map(|s| *s.last().unwrap_or(&eot)).collect();
+                seqs = new_seqs;
+                sum_logprobs = new_sums;
+            }
+        } else {
+            for (k, seq) in seqs.iter_mut().enumerate() {
+                if seq.last() == Some(&eot) {
+                    next_tokens.push(eot);
+                    seq.push(eot);
+                    continue;
+                }
+                scratch.logits.copy_from_slice(&logits_rows[k]);
+                input.filters.apply(&mut scratch.logits, seq);
+                log_softmax(&scratch.logits, &mut scratch.logprobs);
+                let token = if params.temperature > 0.0 {
+                    sample(&scratch.logits, params.temperature, rng)
+                } else {
+                    argmax(&scratch.logits)
+                };
+                sum_logprobs[k] += scratch.logprobs[token as usize];
+                seq.push(token);
+                next_tokens.push(token);
+            }
+            completed = seqs.iter().all(|s| s.last() == Some(&eot));
+        }
+        if completed || state.len() + 1 > n_ctx {
+            break;
+        }
+        state.forward(w, &next_tokens, None, threads);
+        calls += 1;
+        for (k, row) in logits_rows.iter_mut().enumerate().take(state.batch()) {
+            row.copy_from_slice(state.logits_row(k));
+        }
+    }
+
+    // Candidates: finished beams, or (greedy / sampling) every sequence.
+    let mut candidates: Vec<(Vec<u32>, f32)> = if beam {
+        if finished.len() < params.beam_size {
+            let mut order: Vec<usize> = (0..seqs.len()).collect();
+            order.sort_by(|&a, &b| sum_logprobs[b].total_cmp(&sum_logprobs[a]));
+            for i in order {
+                if finished.len() >= params.beam_size {
+                    break;
+                }
+                finished.push((seqs[i].clone(), sum_logprobs[i]));
+            }
+        }
+        finished
+    } else {
+        seqs.into_iter().zip(sum_logprobs).collect()
+    };
+    for (tokens, _) in &mut candidates {
+        if let Some(end) = tokens.iter().position(|&t| t == eot) {
+            tokens.truncate(end);
+        }
+    }
+    let score = |(tokens, lp): &(Vec<u32>, f32)| {
+        let len = tokens.len() as f32;
+        let penalty = match params.length_penalty {
+            None => len,
+            Some(alpha) => ((5.0 + len) / 6.0).powf(alpha),
+        };
+        lp / penalty.max(f32::MIN_POSITIVE)
+    };
+    let best = candidates
+        .iter()
+        .enumerate()
+        .max_by(|a, b| score(a.1).total_cmp(&score(b.1)).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let (tokens, sum_logprob) = candidates.swap_remove(best);
+    let text = decode_text(&tokens);
+    let result = DecodeResult {
+        avg_logprob: sum_logprob / (tokens.len() as f32 + 1.0),
+        compression_ratio: compression_ratio(&text),
+        tokens,
+        text,
+        sum_logprob,
+        no_speech_prob,
+        temperature: params.temperature,
+    };
+    (result, calls)
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` largest entries, largest first.
+fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in x.iter().enumerate() {
+        if v == f32::NEG_INFINITY || (top.len() == k && v <= top[k - 1].1) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, t)| t >= v);
+        top.insert(at, (i as u32, v));
+        top.truncate(k);
+    }
+    top
+}
+
+/// Samples from `softmax(logits / temperature)`.
+fn sample(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights = logits
+        .iter()
+        .map(|&l| (((l - max) / temperature) as f64).exp());
+    let total: f64 = weights.clone().sum();
+    let mut target = rng.uniform() * total;
+    let mut last = 0;
+    for (i, w) in weights.enumerate() {
+        if w > 0.0 {
+            last = i;
+            if target < w {
+                return i as u32;
+            }
+            target -= w;
+        }
+    }
+    last as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_skips_masked() {
+        let x = [0.1, f32::NEG_INFINITY, 0.5, 0.3, 0.5];
+        assert_eq!(top_k(&x, 3), vec![(2, 0.5), (4, 0.5), (3, 0.3)]);
+    }
+
+    #[test]
+    fn compression_ratio_detects_repetition() {
+        let varied = "And so my fellow Americans, ask not what your country can do for you.";
+        let repeated = "thank you ".repeat(40);
+        assert!(compression_ratio(varied) < 2.4);
+        assert!(compression_ratio(&repeated) > 2.4);
+    }
+
+    #[test]
+    fn sampling_respects_masks() {
+        let mut rng = Rng::new(7);
+        let logits = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 1.0];
+        for _ in 0..100 {
+            let t = sample(&logits, 1.0, &mut rng);
+            assert!(t == 1 || t == 3);
+        }
+    }
+}

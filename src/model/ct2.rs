@@ -1,9 +1,460 @@
-//! CTranslate2 model directory reader.
-use std::path::Path;
+//! CTranslate2 model directory reader: `model.bin` (binary versions 1–6), `config.json`.
+//!
+//! `model.bin` is memory-mapped and parsed with bounds checks on every read; each weight is
+//! converted once to f32 when the engine's weights are built.
 
-use super::WhisperModel;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use super::{Dims, Tokenizer, WhisperModel};
+use crate::engine::cpu::Weights;
 use crate::error::ModelError;
 
-pub(super) fn load_model(_dir: &Path) -> Result<WhisperModel, ModelError> {
-    todo!()
+/// Element type of a stored variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    I8,
+    I16,
+    I32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => DType::F32,
+            1 => DType::I8,
+            2 => DType::I16,
+            3 => DType::I32,
+            4 => DType::F16,
+            5 => DType::BF16,
+            _ => return None,
+        })
+    }
+    fn size(self) -> usize {
+        match self {
+            DType::I8 => 1,
+            DType::I16 | DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 => 4,
+        }
+    }
+    fn from_item_size(size: u8) -> Option<Self> {
+        // Binary versions < 4 store only an item size: 4 = f32, 2 = f16, 1 = i8.
+        Some(match size {
+            4 => DType::F32,
+            2 => DType::F16,
+            1 => DType::I8,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Variable {
+    shape: Vec<usize>,
+    dtype: DType,
+    offset: usize,
+    len: usize,
+}
+
+/// A parsed, memory-mapped `model.bin`.
+pub struct Ct2File {
+    path: PathBuf,
+    map: Mmap,
+    vars: HashMap<String, Variable>,
+    pub spec_name: String,
+    pub binary_version: u32,
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| ModelError::Truncated {
+                path: self.path.to_path_buf(),
+                what: format!(
+                    "needs {n} more bytes for {what} at offset {}, file has {}",
+                    self.pos,
+                    self.data.len()
+                ),
+            })?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, ModelError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, ModelError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// u16 length (including the NUL), bytes, NUL.
+    fn string(&mut self, what: &str) -> Result<String, ModelError> {
+        let len = self.u16(what)? as usize;
+        let bytes = self.take(len, what)?;
+        let text = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+        String::from_utf8(text.to_vec()).map_err(|_| ModelError::Corrupt {
+            path: self.path.to_path_buf(),
+            what: format!("{what} at offset {} is not UTF-8", self.pos - len),
+        })
+    }
+}
+
+impl Ct2File {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let file = File::open(path).map_err(|e| io_error(path, e))?;
+        // SAFETY: the map is read-only; a file truncated underneath us would be a user error
+        // outside our control (as with any mmap reader), and all reads are bounds-checked.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
+        let mut cur = Cursor {
+            data: &map,
+            pos: 0,
+            path,
+        };
+        let binary_version = cur.u32("binary version")?;
+        if binary_version == 0 || binary_version > 6 {
+            return Err(ModelError::Unsupported {
+                path: path.to_path_buf(),
+                what: format!("CTranslate2 binary version {binary_version} (supported: 1–6)"),
+            });
+        }
+        let mut spec_name = String::new();
+        if binary_version >= 2 {
+            spec_name = cur.string("spec name")?;
+            let _spec_revision = cur.u32("spec revision")?;
+        }
+        let count = cur.u32("variable count")? as usize;
+        if count > 100_000 {
+            return Err(corrupt(path, format!("implausible variable count {count}")));
+        }
+        let mut vars = HashMap::with_capacity(count);
+        for index in 0..count {
+            let name = cur.string("variable name")?;
+            let rank = cur.u8("rank")? as usize;
+            if rank > 8 {
+                return Err(corrupt(path, format!("variable `{name}` has rank {rank}")));
+            }
+            let mut shape = Vec::with_capacity(rank);
+            for _ in 0..rank {
+                shape.push(cur.u32("dimension")? as usize);
+            }
+            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let (dtype, len) = if binary_version >= 4 {
+                let code = cur.u8("dtype")?;
+                let dtype = DType::from_code(code).ok_or_else(|| {
+                    corrupt(
+                        path,
+                        format!("variable `{name}` has unknown dtype code {code}"),
+                    )
+                })?;
+                (dtype, cur.u32("byte count")? as usize)
+            } else {
+                let item = cur.u8("item size")?;
+                let dtype = DType::from_item_size(item).ok_or_else(|| {
+                    corrupt(path, format!("variable `{name}` has item size {item}"))
+                })?;
+                let numel = cur.u32("element count")? as usize;
+                (dtype, numel * item as usize)
+            };
+            let expected = numel.and_then(|n| n.checked_mul(dtype.size()));
+            if expected != Some(len) {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "variable #{index} `{name}` of shape {shape:?} and type {dtype:?} stores {len} bytes"
+                    ),
+                ));
+            }
+            let offset = cur.pos;
+            cur.take(len, &format!("data of `{name}`"))?;
+            vars.insert(
+                name,
+                Variable {
+                    shape,
+                    dtype,
+                    offset,
+                    len,
+                },
+            );
+        }
+        if binary_version >= 3 {
+            let aliases = cur.u32("alias count")? as usize;
+            if aliases > 100_000 {
+                return Err(corrupt(path, format!("implausible alias count {aliases}")));
+            }
+            for _ in 0..aliases {
+                let alias = cur.string("alias name")?;
+                let target = cur.string("alias target")?;
+                let var = vars.get(&target).cloned().ok_or_else(|| {
+                    corrupt(
+                        path,
+                        format!("alias `{alias}` points to missing `{target}`"),
+                    )
+                })?;
+                vars.insert(alias, var);
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            vars,
+            spec_name,
+            binary_version,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.vars.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.vars.get(name).map(|v| v.shape.as_slice())
+    }
+
+    /// Names of all variables (aliases included).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
+    /// A scalar integer (e.g. `encoder/num_heads`), if present.
+    pub fn scalar_int(&self, name: &str) -> Option<i64> {
+        let v = self.vars.get(name)?;
+        if !v.shape.is_empty() {
+            return None;
+        }
+        let b = &self.map[v.offset..v.offset + v.len];
+        Some(match v.dtype {
+            DType::I8 => b[0] as i8 as i64,
+            DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
+            DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32() as i64,
+            DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32() as i64,
+        })
+    }
+
+    /// A weight as f32, checked against the expected shape. int8 weights are dequantised with
+    /// their per-row `<name>_scale` (w = q / scale).
+    pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let v = self
+            .vars
+            .get(name)
+            .ok_or_else(|| ModelError::MissingWeight {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        // Conv weights may be stored flattened or not; compare element counts per leading dim.
+        if v.shape != expected {
+            return Err(ModelError::BadShape {
+                path: self.path.clone(),
+                name: name.to_string(),
+                found: v.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let bytes = &self.map[v.offset..v.offset + v.len];
+        let out: Vec<f32> = match v.dtype {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::I8 => {
+                let rows = expected.first().copied().unwrap_or(1).max(1);
+                let row_len = v.len / rows;
+                let scale_name = format!("{name}_scale");
+                let scales = self.tensor(&scale_name, &[rows]).map_err(|e| match e {
+                    ModelError::MissingWeight { .. } => corrupt(
+                        &self.path,
+                        format!("int8 weight `{name}` has no per-row scale `{scale_name}`"),
+                    ),
+                    other => other,
+                })?;
+                bytes
+                    .chunks_exact(row_len.max(1))
+                    .zip(&scales)
+                    .flat_map(|(row, &scale)| row.iter().map(move |&q| q as i8 as f32 / scale))
+                    .collect()
+            }
+            DType::I16 | DType::I32 => {
+                return Err(ModelError::Unsupported {
+                    path: self.path.clone(),
+                    what: format!("integer type {:?} for weight `{name}`", v.dtype),
+                });
+            }
+        };
+        Ok(out)
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ModelError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ModelError::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn corrupt(path: &Path, what: String) -> ModelError {
+    ModelError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+    }
+}
+
+/// The parts of `config.json` the engine uses.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Config {
+    #[serde(default)]
+    alignment_heads: Vec<(usize, usize)>,
+    #[serde(default)]
+    suppress_ids: Vec<u32>,
+    #[serde(default)]
+    suppress_ids_begin: Vec<u32>,
+}
+
+fn read_config(dir: &Path) -> Result<Config, ModelError> {
+    let path = dir.join("config.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, format!("invalid JSON: {e}")))
+        }
+        // Older conversions have no config.json: fall back to the tokenizer's defaults.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(io_error(&path, e)),
+    }
+}
+
+/// Count of `prefix/layer_N/` blocks present.
+fn count_layers(file: &Ct2File, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| file.contains(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")))
+        .count()
+}
+
+fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
+    let path = file.path();
+    let need = |name: &str| {
+        file.shape(name)
+            .map(<[usize]>::to_vec)
+            .ok_or_else(|| ModelError::MissingWeight {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+            })
+    };
+    let conv1 = need("encoder/conv1/weight")?;
+    let enc_pos = need("encoder/position_encodings/encodings")?;
+    let emb = need("decoder/embeddings/weight")?;
+    let dec_pos = need("decoder/position_encodings/encodings")?;
+    if conv1.len() != 3 || enc_pos.len() != 2 || emb.len() != 2 || dec_pos.len() != 2 {
+        return Err(corrupt(
+            path,
+            "unexpected rank of encoder/decoder embeddings".into(),
+        ));
+    }
+    let n_audio_state = conv1[0];
+    let n_text_state = emb[1];
+    let heads = |prefix: &str, state: usize| -> Result<usize, ModelError> {
+        let h = file
+            .scalar_int(&format!("{prefix}/num_heads"))
+            .map(|h| h as usize)
+            .unwrap_or(state / 64);
+        if h == 0 || state % h != 0 {
+            return Err(corrupt(
+                path,
+                format!("{prefix}: {h} heads do not divide width {state}"),
+            ));
+        }
+        Ok(h)
+    };
+    let dims = Dims {
+        n_mels: conv1[1],
+        n_audio_ctx: enc_pos[0],
+        n_audio_state,
+        n_audio_head: heads("encoder", n_audio_state)?,
+        n_audio_layer: count_layers(file, "encoder"),
+        n_vocab: emb[0],
+        n_text_ctx: dec_pos[0],
+        n_text_state,
+        n_text_head: heads("decoder", n_text_state)?,
+        n_text_layer: count_layers(file, "decoder"),
+    };
+    if dims.n_audio_layer == 0 || dims.n_text_layer == 0 {
+        return Err(corrupt(path, "no encoder or decoder layers found".into()));
+    }
+    if file.spec_name != "WhisperSpec" && !file.spec_name.is_empty() {
+        return Err(ModelError::Unsupported {
+            path: path.to_path_buf(),
+            what: format!("model type `{}` (expected WhisperSpec)", file.spec_name),
+        });
+    }
+    Ok(dims)
+}
+
+pub(super) fn load_model(dir: &Path) -> Result<WhisperModel, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::NotFound {
+            path: dir.to_path_buf(),
+        });
+    }
+    let bin_path = dir.join("model.bin");
+    let file = Ct2File::open(&bin_path)?;
+    let dims = dims_of(&file)?;
+    let config = read_config(dir)?;
+    let tokenizer = Tokenizer::load(dir, dims.n_vocab)?;
+    let weights = Weights::from_ct2(&file, &dims)?;
+    let specials = &tokenizer.specials;
+    let suppress_ids_begin = if config.suppress_ids_begin.is_empty() {
+        tokenizer
+            .single_token(" ")
+            .into_iter()
+            .chain([specials.eot])
+            .collect()
+    } else {
+        config.suppress_ids_begin
+    };
+    Ok(WhisperModel {
+        dir: dir.to_path_buf(),
+        dims,
+        tokenizer,
+        suppress_ids: config.suppress_ids,
+        suppress_ids_begin,
+        alignment_heads: config.alignment_heads,
+        weights,
+    })
 }

@@ -1,6 +1,6 @@
 //! Whisper models: CTranslate2 directories, configuration, weights and tokenizer.
 
-mod ct2;
+pub mod ct2;
 pub mod tokenizer;
 
 use std::collections::HashMap;
@@ -64,7 +64,11 @@ pub fn search_dirs(name: &str) -> Vec<PathBuf> {
         dirs.push(PathBuf::from(root).join(name));
     }
     dirs.push(PathBuf::from("models").join(name));
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name));
+    dirs.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name),
+    );
     dirs
 }
 
@@ -75,7 +79,9 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
         if as_path.is_dir() {
             return Ok(as_path.to_path_buf());
         }
-        return Err(ModelError::NotFound { path: as_path.to_path_buf() });
+        return Err(ModelError::NotFound {
+            path: as_path.to_path_buf(),
+        });
     }
     for dir in search_dirs(name_or_path) {
         if dir.join("model.bin").is_file() {
@@ -84,9 +90,14 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
     }
     if KNOWN_MODELS.contains(&name_or_path) {
         let tried = search_dirs(name_or_path);
-        return Err(ModelError::NotFound { path: tried.last().cloned().unwrap_or_default() });
+        return Err(ModelError::NotFound {
+            path: tried.last().cloned().unwrap_or_default(),
+        });
     }
-    Err(ModelError::UnknownName { name: name_or_path.into(), known: KNOWN_MODELS.join(", ") })
+    Err(ModelError::UnknownName {
+        name: name_or_path.into(),
+        known: KNOWN_MODELS.join(", "),
+    })
 }
 
 static SHARED: Lazy<Mutex<HashMap<PathBuf, Weak<WhisperModel>>>> =

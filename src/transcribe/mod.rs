@@ -1,9 +1,9 @@
 //! Transcription drivers: the long-form (offline) seek loop over 30 s windows.
 
-mod options;
 mod offline;
+mod options;
 
-pub use offline::Transcriber;
+pub use offline::{Stats, Transcriber};
 pub use options::{Task, TranscribeOptions};
 
 /// One transcribed phrase.

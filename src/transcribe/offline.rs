@@ -1,71 +1,515 @@
 //! The long-form seek loop (openai/whisper `transcribe()`), fed incrementally.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Segment, TranscribeOptions};
+use crate::audio::mel::{MelFrontend, MelStream};
+use crate::audio::{FRAME_SECONDS, N_FRAMES, SAMPLE_RATE};
+use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, decode_window};
+use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
 use crate::error::Error;
 use crate::model::WhisperModel;
+use crate::transcribe::Task;
 
-/// Incremental transcriber. Push 16 kHz mono f32 samples; every complete 30 s window is decoded as
-/// it becomes available; `flush_available` decodes what is buffered now (live chunking) and
-/// `finish` drains at end of stream. Segment times count from the first sample pushed since
-/// creation or the last `reset`.
+/// Seconds per timestamp token.
+const TIME_PRECISION: f64 = 0.02;
+/// Mel frames per encoder position (and per timestamp step).
+const INPUT_STRIDE: usize = 2;
+
+/// Work counters, for benchmarks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub windows: u64,
+    pub mel_seconds: f64,
+    pub encoder_seconds: f64,
+    pub decoder_seconds: f64,
+    /// Decoder forward calls (one per generated token step, plus one per prompt).
+    pub decoder_calls: u64,
+    /// Tokens sampled (all beams/candidates counted once per step).
+    pub decoder_tokens: u64,
+    /// Windows decoded more than once by the temperature fallback.
+    pub fallbacks: u64,
+}
+
+/// Incremental transcriber. Push 16 kHz mono f32 samples; every complete 30 s window is decoded
+/// as soon as it is available; [`flush_available`](Self::flush_available) decodes what is
+/// buffered now (live chunking) and [`finish`](Self::finish) drains at end of stream. Segment
+/// times count from the first sample pushed since creation or the last [`reset`](Self::reset).
+///
+/// The log-mel of a window is normalised with the maximum over the audio up to the window's end
+/// (openai uses the whole file's maximum, which only a non-streaming reader can know; the two are
+/// equal for audio up to 30 s).
 pub struct Transcriber {
-    _model: Arc<WhisperModel>,
-    _opts: TranscribeOptions,
+    model: Arc<WhisperModel>,
+    opts: TranscribeOptions,
+    mel: MelStream,
+    /// Next window start, in mel frames since the stream start.
+    seek: usize,
+    /// Text tokens (with timestamps) of the stream so far, for conditioning.
+    all_tokens: Vec<u32>,
+    prompt_reset_since: usize,
+    language: Option<String>,
+    language_token: Option<u32>,
+    enc_ws: EncoderWorkspace,
+    dec: DecoderState,
+    mel_window: Vec<f32>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    rng: Rng,
+    stats: Stats,
 }
 
 impl Transcriber {
     pub fn new(model: Arc<WhisperModel>, opts: TranscribeOptions) -> Result<Self, Error> {
         opts.validate()?;
-        Ok(Self { _model: model, _opts: opts })
+        let threads = if opts.n_threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.n_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("whispernpu-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidOption {
+                option: "n-threads",
+                why: e.to_string(),
+            })?;
+        let dims = model.dims.clone();
+        let frontend = Arc::new(MelFrontend::new(dims.n_mels));
+        let mut me = Self {
+            mel: MelStream::new(frontend),
+            seek: 0,
+            all_tokens: Vec::new(),
+            prompt_reset_since: 0,
+            language: None,
+            language_token: None,
+            enc_ws: EncoderWorkspace::new(&dims),
+            dec: DecoderState::new(&dims, 16),
+            mel_window: vec![0.0; dims.n_mels * N_FRAMES],
+            pool,
+            threads,
+            rng: Rng::new(0),
+            stats: Stats::default(),
+            model,
+            opts,
+        };
+        me.check_language()?;
+        me.reset();
+        Ok(me)
     }
 
     /// The model this transcriber runs.
     pub fn model(&self) -> &Arc<WhisperModel> {
-        &self._model
+        &self.model
     }
 
-    /// Replaces the options; they apply from the next window on.
+    pub fn options(&self) -> &TranscribeOptions {
+        &self.opts
+    }
+
+    /// Replaces the options; they apply from the next window on. A change of language or of the
+    /// initial prompt takes effect at the next reset.
     pub fn set_options(&mut self, opts: TranscribeOptions) -> Result<(), Error> {
         opts.validate()?;
-        self._opts = opts;
+        let old = std::mem::replace(&mut self.opts, opts);
+        if let Err(e) = self.check_language() {
+            self.opts = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Work counters since creation.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn check_language(&self) -> Result<(), Error> {
+        let tok = &self.model.tokenizer;
+        if let Some(code) = &self.opts.language {
+            if !self.model.is_multilingual() {
+                if !code.to_ascii_lowercase().starts_with("en") {
+                    return Err(Error::InvalidOption {
+                        option: "language",
+                        why: format!("the model is English-only; `{code}` is not available"),
+                    });
+                }
+            } else if tok.language_token(code).is_none() {
+                return Err(Error::InvalidOption {
+                    option: "language",
+                    why: format!("`{code}` is not a language code Whisper knows (e.g. en, de, fr)"),
+                });
+            }
+        }
+        if self.opts.task == Task::Translate && !self.model.is_multilingual() {
+            return Err(Error::InvalidOption {
+                option: "task",
+                why: "translate needs a multilingual model (e.g. base, not tiny.en)".into(),
+            });
+        }
         Ok(())
     }
 
     /// Appends samples and decodes every complete window. Returns the new segments.
-    pub fn push(&mut self, _samples: &[f32]) -> Result<Vec<Segment>, Error> {
-        todo!()
+    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<Segment>, Error> {
+        let t0 = Instant::now();
+        self.mel.push(samples);
+        self.stats.mel_seconds += t0.elapsed().as_secs_f64();
+        let mut out = Vec::new();
+        loop {
+            let ready = self.mel.frames_available().min(self.mel.content_frames());
+            if ready < self.seek + N_FRAMES {
+                break;
+            }
+            self.decode_window(N_FRAMES, &mut out);
+        }
+        self.mel.trim_before(self.seek);
+        Ok(out)
     }
 
     /// Decodes all audio buffered so far (as if it ended here) but keeps the stream open and the
     /// text context: for live chunking.
     pub fn flush_available(&mut self) -> Result<Vec<Segment>, Error> {
-        todo!()
+        let content = self.mel.frames_available().min(self.mel.content_frames());
+        let mut out = Vec::new();
+        while self.seek < content {
+            let size = (content - self.seek).min(N_FRAMES);
+            self.decode_window(size, &mut out);
+        }
+        self.mel.trim_before(self.seek);
+        Ok(out)
     }
 
     /// End of stream: decodes everything left. The transcriber is then reset.
     pub fn finish(&mut self) -> Result<Vec<Segment>, Error> {
-        todo!()
+        let t0 = Instant::now();
+        self.mel.finish();
+        self.stats.mel_seconds += t0.elapsed().as_secs_f64();
+        let content = self.mel.content_frames();
+        let mut out = Vec::new();
+        while self.seek < content {
+            let size = (content - self.seek).min(N_FRAMES);
+            self.decode_window(size, &mut out);
+        }
+        self.reset();
+        Ok(out)
     }
 
-    /// Forgets audio, text context and detected language.
+    /// Forgets audio, text context and the detected language.
     pub fn reset(&mut self) {
-        todo!()
+        self.mel.reset();
+        self.seek = 0;
+        self.all_tokens.clear();
+        self.prompt_reset_since = 0;
+        if let Some(prompt) = self.opts.initial_prompt.as_deref().map(str::trim) {
+            if !prompt.is_empty() {
+                let tokens = self.model.tokenizer.encode(&format!(" {prompt}"));
+                self.all_tokens.extend(tokens);
+            }
+        }
+        self.language = None;
+        self.language_token = None;
+        if !self.model.is_multilingual() {
+            self.language = Some("en".into());
+        } else if let Some(code) = &self.opts.language {
+            self.language_token = self.model.tokenizer.language_token(code);
+            self.language = self
+                .language_token
+                .and_then(|t| self.model.tokenizer.language_code(t))
+                .map(str::to_string);
+        }
+        self.rng = Rng::new(0);
     }
 
     /// Samples pushed since creation or reset.
     pub fn samples_received(&self) -> u64 {
-        todo!()
+        self.mel.samples_pushed()
     }
 
     /// Seconds of audio pushed but not yet decoded.
     pub fn pending_seconds(&self) -> f64 {
-        todo!()
+        let pushed = self.mel.samples_pushed() as f64 / SAMPLE_RATE as f64;
+        (pushed - self.seek as f64 * FRAME_SECONDS).max(0.0)
     }
 
     /// Language detected (or fixed by the options), once known.
     pub fn language(&self) -> Option<&str> {
-        todo!()
+        self.language.as_deref()
+    }
+
+    /// Decodes the window at `self.seek` holding `segment_size` frames of content, appends its
+    /// segments to `out` and advances `seek` as openai's loop does.
+    fn decode_window(&mut self, segment_size: usize, out: &mut Vec<Segment>) {
+        let model = Arc::clone(&self.model);
+        let specials = &model.tokenizer.specials;
+        let t0 = Instant::now();
+        self.mel
+            .window(self.seek, segment_size, &mut self.mel_window);
+        let (enc_ws, dec, mel_window, threads) = (
+            &mut self.enc_ws,
+            &mut self.dec,
+            &self.mel_window,
+            self.threads,
+        );
+        self.pool.install(|| {
+            encode(&model.weights, mel_window, enc_ws, threads);
+            dec.set_audio(&model.weights, &enc_ws.x, threads);
+        });
+        self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
+        self.stats.windows += 1;
+
+        if self.language.is_none() {
+            self.detect_language();
+        }
+
+        let t1 = Instant::now();
+        let result = self.decode_with_fallback();
+        self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
+
+        let time_offset = self.seek as f64 * FRAME_SECONDS;
+        let segment_duration = segment_size as f64 * FRAME_SECONDS;
+        let language = self.language.clone().unwrap_or_default();
+
+        if let Some(threshold) = self.opts.no_speech_threshold {
+            let mut skip = result.no_speech_prob > threshold;
+            if let Some(lp) = self.opts.log_prob_threshold {
+                if result.avg_logprob > lp {
+                    skip = false;
+                }
+            }
+            if skip {
+                self.seek += segment_size;
+                return;
+            }
+        }
+
+        let tokens = &result.tokens;
+        let tb = specials.timestamp_begin;
+        let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= tb).collect();
+        let n = tokens.len();
+        let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
+        let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+
+        let mut current: Vec<(f64, f64, Vec<u32>)> = Vec::new();
+        if !consecutive.is_empty() {
+            let mut slices = consecutive;
+            if single_timestamp_ending {
+                slices.push(n);
+            }
+            let mut last_slice = 0;
+            for &cur in &slices {
+                let sliced = &tokens[last_slice..cur];
+                let start = (sliced[0].saturating_sub(tb)) as f64;
+                let end = (sliced[sliced.len() - 1].saturating_sub(tb)) as f64;
+                current.push((
+                    time_offset + start * TIME_PRECISION,
+                    time_offset + end * TIME_PRECISION,
+                    sliced.to_vec(),
+                ));
+                last_slice = cur;
+            }
+            if single_timestamp_ending {
+                self.seek += segment_size;
+            } else {
+                let last_timestamp_pos = (tokens[last_slice - 1].saturating_sub(tb)) as usize;
+                self.seek += last_timestamp_pos * INPUT_STRIDE;
+            }
+        } else {
+            let mut duration = segment_duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&t| t >= tb) {
+                if last != tb {
+                    duration = (last - tb) as f64 * TIME_PRECISION;
+                }
+            }
+            current.push((time_offset, time_offset + duration, tokens.clone()));
+            self.seek += segment_size;
+        }
+
+        for (start, end, seg_tokens) in current {
+            let text_tokens: Vec<u32> = seg_tokens
+                .iter()
+                .copied()
+                .filter(|&t| t < specials.eot)
+                .collect();
+            let text = model.tokenizer.decode(&text_tokens);
+            // Instantaneous or empty segments are dropped (openai clears them).
+            if start == end || text.trim().is_empty() {
+                continue;
+            }
+            self.all_tokens.extend(&seg_tokens);
+            out.push(Segment {
+                start,
+                end,
+                text: text.trim().to_string(),
+                tokens: text_tokens,
+                avg_logprob: result.avg_logprob,
+                no_speech_prob: result.no_speech_prob,
+                temperature: result.temperature,
+                compression_ratio: result.compression_ratio,
+                language: language.clone(),
+            });
+        }
+        if !self.opts.condition_on_previous_text
+            || result.temperature > self.opts.prompt_reset_on_temperature
+        {
+            self.prompt_reset_since = self.all_tokens.len();
+        }
+    }
+
+    fn detect_language(&mut self) {
+        let model = Arc::clone(&self.model);
+        let tok = &model.tokenizer;
+        let (dec, threads) = (&mut self.dec, self.threads);
+        self.pool.install(|| {
+            dec.reset(1);
+            dec.forward(&model.weights, &[tok.specials.sot], None, threads);
+        });
+        let logits = self.dec.logits_row(0);
+        let range = tok.language_tokens();
+        let best = range
+            .clone()
+            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
+            .unwrap_or(range.start);
+        self.language_token = Some(best);
+        self.language = tok.language_code(best).map(str::to_string);
+    }
+
+    fn decode_with_fallback(&mut self) -> DecodeResult {
+        let model = Arc::clone(&self.model);
+        let specials = &model.tokenizer.specials;
+        let opts = self.opts.clone();
+
+        // Prompt: [sot_prev, previous text...] + SOT sequence (+ no_timestamps).
+        let mut prompt = Vec::new();
+        let previous = &self.all_tokens[self.prompt_reset_since..];
+        if !previous.is_empty() {
+            let keep = model.dims.n_text_ctx / 2 - 1;
+            prompt.push(specials.sot_prev);
+            prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        let sot_index = prompt.len();
+        prompt.push(specials.sot);
+        if model.is_multilingual() {
+            if let Some(lang) = self.language_token {
+                prompt.push(lang);
+            }
+            prompt.push(match opts.task {
+                Task::Transcribe => specials.transcribe,
+                Task::Translate => specials.translate,
+            });
+        }
+        if opts.without_timestamps {
+            prompt.push(specials.no_timestamps);
+        }
+
+        let mut suppress: Vec<u32> = Vec::new();
+        for &t in &opts.suppress_tokens {
+            if t == -1 {
+                suppress.extend(&model.suppress_ids);
+            } else if t >= 0 {
+                suppress.push(t as u32);
+            }
+        }
+        suppress.extend([
+            specials.transcribe,
+            specials.translate,
+            specials.sot,
+            specials.sot_prev,
+            specials.sot_lm,
+            specials.no_speech,
+        ]);
+        suppress.sort_unstable();
+        suppress.dedup();
+        let filters = LogitFilters::new(
+            specials,
+            opts.suppress_blank
+                .then_some(model.suppress_ids_begin.as_slice()),
+            suppress,
+            !opts.without_timestamps,
+            Some(opts.max_initial_timestamp),
+        );
+        let input = WindowInput {
+            prompt: &prompt,
+            sot_index,
+            filters: &filters,
+            specials,
+        };
+        let tokenizer = &model.tokenizer;
+        let decode_text = |ids: &[u32]| {
+            let text: Vec<u32> = ids.iter().copied().filter(|&t| t < specials.eot).collect();
+            tokenizer.decode(&text)
+        };
+
+        let mut results: Vec<DecodeResult> = Vec::new();
+        for (attempt, &temperature) in opts.temperatures.iter().enumerate() {
+            if attempt > 0 {
+                self.stats.fallbacks += 1;
+            }
+            let params = DecodeParams {
+                temperature,
+                beam_size: if temperature > 0.0 { 1 } else { opts.beam_size },
+                patience: opts.patience,
+                best_of: if temperature > 0.0 { opts.best_of } else { 1 },
+                length_penalty: opts.length_penalty,
+                sample_len: model.dims.n_text_ctx / 2,
+            };
+            let (dec, rng, threads) = (&mut self.dec, &mut self.rng, self.threads);
+            let (result, calls) = self.pool.install(|| {
+                decode_window(
+                    &model.weights,
+                    dec,
+                    &input,
+                    &params,
+                    rng,
+                    &decode_text,
+                    threads,
+                )
+            });
+            self.stats.decoder_calls += calls as u64;
+            self.stats.decoder_tokens += result.tokens.len() as u64 + 1;
+
+            let mut needs_fallback = false;
+            if let Some(cr) = opts.compression_ratio_threshold {
+                if result.compression_ratio > cr {
+                    needs_fallback = true;
+                }
+            }
+            if let Some(lp) = opts.log_prob_threshold {
+                if result.avg_logprob < lp {
+                    needs_fallback = true;
+                }
+            }
+            if let (Some(ns), Some(lp)) = (opts.no_speech_threshold, opts.log_prob_threshold) {
+                if result.no_speech_prob > ns && result.avg_logprob < lp {
+                    needs_fallback = false;
+                }
+            }
+            results.push(result);
+            if !needs_fallback {
+                return results.pop().unwrap_or_else(|| unreachable!());
+            }
+        }
+        // Every temperature failed: like faster-whisper, keep the likeliest result among those
+        // that are not too repetitive (or among all if none qualifies).
+        let not_repetitive: Vec<&DecodeResult> = results
+            .iter()
+            .filter(|r| {
+                opts.compression_ratio_threshold
+                    .is_none_or(|cr| r.compression_ratio <= cr)
+            })
+            .collect();
+        let pool: Vec<&DecodeResult> = if not_repetitive.is_empty() {
+            results.iter().collect()
+        } else {
+            not_repetitive
+        };
+        pool.into_iter()
+            .max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob))
+            .cloned()
+            .unwrap_or_else(|| unreachable!("at least one temperature is tried"))
     }
 }

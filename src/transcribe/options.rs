@@ -100,7 +100,9 @@ impl TranscribeOptions {
                 why: format!("{} must be > 0", self.patience),
             });
         }
-        if self.temperatures.is_empty() || self.temperatures.iter().any(|t| !(0.0..=2.0).contains(t)) {
+        if self.temperatures.is_empty()
+            || self.temperatures.iter().any(|t| !(0.0..=2.0).contains(t))
+        {
             return Err(Error::InvalidOption {
                 option: "temperatures",
                 why: "need one or more values in 0..=2".into(),

@@ -1,4 +1,668 @@
-//! Native Rust CPU engine: encoder and decoder forward passes.
+//! Native Rust CPU engine: Whisper encoder and decoder forward passes.
+//!
+//! Weights are converted once at load time. Each encoder layer runs as one call on a
+//! preallocated [`EncoderWorkspace`]; the decoder keeps its self-attention KV cache and the
+//! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
 
-/// Model weights, converted once to the layout the kernels want.
-pub struct Weights {}
+pub mod ops;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::error::ModelError;
+use crate::model::Dims;
+use crate::model::ct2::Ct2File;
+use ops::{Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
+
+pub struct LayerNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &[f32], out: &mut [f32]) {
+        layer_norm(x, &self.gamma, &self.beta, out);
+    }
+}
+
+pub struct EncoderLayer {
+    pub attn_ln: LayerNorm,
+    /// Fused Q, K, V projection `[3d][d]`.
+    pub qkv: Linear,
+    pub attn_out: Linear,
+    pub mlp_ln: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+pub struct DecoderLayer {
+    pub self_ln: LayerNorm,
+    pub self_qkv: Linear,
+    pub self_out: Linear,
+    pub cross_ln: LayerNorm,
+    pub cross_q: Linear,
+    /// Fused cross-attention K, V projection `[2d][d]`, applied to the encoder output.
+    pub cross_kv: Linear,
+    pub cross_out: Linear,
+    pub mlp_ln: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+/// All weights of a model, f32, in the layout the kernels use.
+pub struct Weights {
+    pub dims: Dims,
+    /// Conv1 as a matrix `[d][n_mels * 3]` (index `c * 3 + k`).
+    pub conv1: Linear,
+    /// Conv2 as a matrix `[d][d * 3]`.
+    pub conv2: Linear,
+    pub enc_pos: Vec<f32>,
+    pub enc_layers: Vec<EncoderLayer>,
+    pub enc_ln: LayerNorm,
+    /// Token embeddings `[n_vocab][d]`, also the output projection (tied).
+    pub tok_emb: Vec<f32>,
+    pub dec_pos: Vec<f32>,
+    pub dec_layers: Vec<DecoderLayer>,
+    pub dec_ln: LayerNorm,
+}
+
+struct Loader<'a> {
+    file: &'a Ct2File,
+}
+
+impl Loader<'_> {
+    fn ln(&self, prefix: &str, d: usize) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm {
+            gamma: self.file.tensor(&format!("{prefix}/gamma"), &[d])?,
+            beta: self.file.tensor(&format!("{prefix}/beta"), &[d])?,
+        })
+    }
+    fn linear(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        let weight = self
+            .file
+            .tensor(&format!("{prefix}/weight"), &[n_out, n_in])?;
+        let bias_name = format!("{prefix}/bias");
+        let bias = if self.file.contains(&bias_name) {
+            Some(self.file.tensor(&bias_name, &[n_out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            n_in,
+            n_out,
+        })
+    }
+    fn conv(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        let weight = self
+            .file
+            .tensor(&format!("{prefix}/weight"), &[n_out, n_in, 3])?;
+        let bias = Some(self.file.tensor(&format!("{prefix}/bias"), &[n_out])?);
+        Ok(Linear {
+            weight,
+            bias,
+            n_in: n_in * 3,
+            n_out,
+        })
+    }
+}
+
+impl Weights {
+    pub fn from_ct2(file: &Ct2File, dims: &Dims) -> Result<Self, ModelError> {
+        let l = Loader { file };
+        let (da, dt) = (dims.n_audio_state, dims.n_text_state);
+        let enc_layers = (0..dims.n_audio_layer)
+            .map(|i| {
+                let p = format!("encoder/layer_{i}");
+                Ok(EncoderLayer {
+                    attn_ln: l.ln(&format!("{p}/self_attention/layer_norm"), da)?,
+                    qkv: l.linear(&format!("{p}/self_attention/linear_0"), 3 * da, da)?,
+                    attn_out: l.linear(&format!("{p}/self_attention/linear_1"), da, da)?,
+                    mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), da)?,
+                    fc1: l.linear(&format!("{p}/ffn/linear_0"), 4 * da, da)?,
+                    fc2: l.linear(&format!("{p}/ffn/linear_1"), da, 4 * da)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let dec_layers = (0..dims.n_text_layer)
+            .map(|i| {
+                let p = format!("decoder/layer_{i}");
+                Ok(DecoderLayer {
+                    self_ln: l.ln(&format!("{p}/self_attention/layer_norm"), dt)?,
+                    self_qkv: l.linear(&format!("{p}/self_attention/linear_0"), 3 * dt, dt)?,
+                    self_out: l.linear(&format!("{p}/self_attention/linear_1"), dt, dt)?,
+                    cross_ln: l.ln(&format!("{p}/attention/layer_norm"), dt)?,
+                    cross_q: l.linear(&format!("{p}/attention/linear_0"), dt, dt)?,
+                    cross_kv: l.linear(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
+                    cross_out: l.linear(&format!("{p}/attention/linear_2"), dt, dt)?,
+                    mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), dt)?,
+                    fc1: l.linear(&format!("{p}/ffn/linear_0"), 4 * dt, dt)?,
+                    fc2: l.linear(&format!("{p}/ffn/linear_1"), dt, 4 * dt)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Weights {
+            dims: dims.clone(),
+            conv1: l.conv("encoder/conv1", da, dims.n_mels)?,
+            conv2: l.conv("encoder/conv2", da, da)?,
+            enc_pos: file.tensor(
+                "encoder/position_encodings/encodings",
+                &[dims.n_audio_ctx, da],
+            )?,
+            enc_layers,
+            enc_ln: l.ln("encoder/layer_norm", da)?,
+            tok_emb: file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
+            dec_pos: file.tensor(
+                "decoder/position_encodings/encodings",
+                &[dims.n_text_ctx, dt],
+            )?,
+            dec_layers,
+            dec_ln: l.ln("decoder/layer_norm", dt)?,
+        })
+    }
+}
+
+fn par(threads: usize) -> Parallelism {
+    if threads <= 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    }
+}
+
+/// Buffers of one encoder pass, allocated once per transcriber.
+pub struct EncoderWorkspace {
+    im2col1: Vec<f32>,
+    conv1_out: Vec<f32>,
+    im2col2: Vec<f32>,
+    /// Residual stream `[n_ctx][d]`; holds the encoder output after [`Encoder::forward`].
+    pub x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    scores: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+impl EncoderWorkspace {
+    pub fn new(dims: &Dims) -> Self {
+        let (t, d, frames) = (dims.n_audio_ctx, dims.n_audio_state, 2 * dims.n_audio_ctx);
+        Self {
+            im2col1: vec![0.0; frames * dims.n_mels * 3],
+            conv1_out: vec![0.0; frames * d],
+            im2col2: vec![0.0; t * d * 3],
+            x: vec![0.0; t * d],
+            h: vec![0.0; t * d],
+            qkv: vec![0.0; t * 3 * d],
+            attn: vec![0.0; t * d],
+            scores: vec![0.0; t * t],
+            hidden: vec![0.0; t * 4 * d],
+        }
+    }
+}
+
+/// Runs the encoder over one window's mel `[n_mels][2 * n_audio_ctx]`; the output `[n_ctx][d]`
+/// is left in `ws.x`.
+pub fn encode(w: &Weights, mel: &[f32], ws: &mut EncoderWorkspace, threads: usize) {
+    let dims = &w.dims;
+    let (t, d, frames, n_mels) = (
+        dims.n_audio_ctx,
+        dims.n_audio_state,
+        2 * dims.n_audio_ctx,
+        dims.n_mels,
+    );
+    let p = par(threads);
+    assert_eq!(mel.len(), n_mels * frames);
+
+    // conv1 (stride 1, pad 1) as im2col + GEMM: row t holds x[c][t + k - 1] at c * 3 + k.
+    ws.im2col1
+        .par_chunks_mut(n_mels * 3)
+        .enumerate()
+        .for_each(|(ti, row)| {
+            for c in 0..n_mels {
+                for k in 0..3 {
+                    let src = ti as isize + k as isize - 1;
+                    row[c * 3 + k] = if src < 0 || src >= frames as isize {
+                        0.0
+                    } else {
+                        mel[c * frames + src as usize]
+                    };
+                }
+            }
+        });
+    w.conv1.forward(&ws.im2col1, frames, &mut ws.conv1_out, p);
+    gelu_inplace(&mut ws.conv1_out);
+
+    // conv2 (stride 2, pad 1) on the time-major conv1 output.
+    let conv1_out = &ws.conv1_out;
+    ws.im2col2
+        .par_chunks_mut(d * 3)
+        .enumerate()
+        .for_each(|(ti, row)| {
+            for k in 0..3 {
+                let src = 2 * ti as isize + k as isize - 1;
+                for c in 0..d {
+                    row[c * 3 + k] = if src < 0 || src >= frames as isize {
+                        0.0
+                    } else {
+                        conv1_out[src as usize * d + c]
+                    };
+                }
+            }
+        });
+    w.conv2.forward(&ws.im2col2, t, &mut ws.x, p);
+    gelu_inplace(&mut ws.x);
+    for (x, pos) in ws.x.iter_mut().zip(&w.enc_pos) {
+        *x += pos;
+    }
+
+    for layer in &w.enc_layers {
+        encoder_layer(layer, dims, ws, threads);
+    }
+    w.enc_ln.forward(&ws.x, &mut ws.h);
+    std::mem::swap(&mut ws.x, &mut ws.h);
+}
+
+/// One pre-norm encoder block, in place on `ws.x`.
+pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspace, threads: usize) {
+    let (t, d, heads) = (dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head);
+    let dh = d / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let p = par(threads);
+
+    layer.attn_ln.forward(&ws.x, &mut ws.h);
+    layer.qkv.forward(&ws.h, t, &mut ws.qkv, p);
+    for h in 0..heads {
+        let q = &ws.qkv[h * dh..];
+        let k = &ws.qkv[d + h * dh..];
+        matmul_strided(
+            t,
+            t,
+            dh,
+            &mut ws.scores,
+            t,
+            q,
+            3 * d,
+            1,
+            k,
+            1,
+            3 * d,
+            scale,
+            p,
+        );
+        ws.scores.par_chunks_mut(t).for_each(softmax_row);
+        let v = &ws.qkv[2 * d + h * dh..];
+        matmul_strided(
+            t,
+            dh,
+            t,
+            &mut ws.attn[h * dh..],
+            d,
+            &ws.scores,
+            t,
+            1,
+            v,
+            3 * d,
+            1,
+            1.0,
+            p,
+        );
+    }
+    layer.attn_out.forward_accumulate(&ws.attn, t, &mut ws.x, p);
+
+    layer.mlp_ln.forward(&ws.x, &mut ws.h);
+    layer.fc1.forward(&ws.h, t, &mut ws.hidden, p);
+    gelu_inplace(&mut ws.hidden);
+    layer.fc2.forward_accumulate(&ws.hidden, t, &mut ws.x, p);
+}
+
+/// Decoder runtime state: KV caches for `batch` sequences of equal length, the cross-attention
+/// K/V of the current window, and scratch buffers. Allocated once per transcriber for the
+/// largest batch it will use.
+pub struct DecoderState {
+    dims: Dims,
+    max_batch: usize,
+    batch: usize,
+    /// Tokens held in the self-attention cache (same for every sequence).
+    len: usize,
+    /// Per layer `[max_batch][n_text_ctx][d]`.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    /// Per layer `[n_audio_ctx][2d]`: K in the first d columns, V in the next d.
+    cross_kv: Vec<Vec<f32>>,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    hidden: Vec<f32>,
+    scores: Vec<f32>,
+    head_out: Vec<f32>,
+    last: Vec<f32>,
+    reorder_tmp: Vec<f32>,
+    /// Logits of the last call, `[rows][n_vocab]`.
+    pub logits: Vec<f32>,
+}
+
+impl DecoderState {
+    pub fn new(dims: &Dims, max_batch: usize) -> Self {
+        let d = dims.n_text_state;
+        let ctx = dims.n_text_ctx;
+        let rows = max_batch.max(1) * ctx;
+        let layers = dims.n_text_layer;
+        let keys = ctx.max(dims.n_audio_ctx);
+        Self {
+            dims: dims.clone(),
+            max_batch: max_batch.max(1),
+            batch: 1,
+            len: 0,
+            k_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
+            v_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
+            cross_kv: vec![vec![0.0; dims.n_audio_ctx * 2 * d]; layers],
+            x: vec![0.0; rows * d],
+            h: vec![0.0; rows * d],
+            qkv: vec![0.0; rows * 3 * d],
+            attn: vec![0.0; rows * d],
+            hidden: vec![0.0; rows * 4 * d],
+            scores: vec![0.0; dims.n_text_head * ctx * keys],
+            head_out: vec![0.0; rows * d],
+            last: vec![0.0; 2 * max_batch.max(1) * d],
+            reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
+            logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Computes the cross-attention K/V of a window's encoder output (once per window) and
+    /// clears the self-attention cache.
+    pub fn set_audio(&mut self, w: &Weights, encoder_out: &[f32], threads: usize) {
+        let t = self.dims.n_audio_ctx;
+        for (layer, kv) in w.dec_layers.iter().zip(self.cross_kv.iter_mut()) {
+            layer.cross_kv.forward(encoder_out, t, kv, par(threads));
+        }
+        self.reset(1);
+    }
+
+    /// Empties the self-attention cache and sets the number of sequences.
+    pub fn reset(&mut self, batch: usize) {
+        assert!(batch >= 1 && batch <= self.max_batch);
+        self.batch = batch;
+        self.len = 0;
+    }
+
+    /// Rearranges the cached sequences: new sequence `i` continues old sequence `sources[i]`.
+    /// `sources.len()` becomes the batch size (it may grow, e.g. from one prompt to n beams).
+    pub fn reorder(&mut self, sources: &[usize]) {
+        assert!(!sources.is_empty() && sources.len() <= self.max_batch);
+        assert!(sources.iter().all(|&s| s < self.batch));
+        let d = self.dims.n_text_state;
+        let stride = self.dims.n_text_ctx * d;
+        let used = self.len * d;
+        let identity =
+            sources.len() == self.batch && sources.iter().enumerate().all(|(i, &s)| i == s);
+        if !identity && used > 0 {
+            for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
+                for (i, &s) in sources.iter().enumerate() {
+                    self.reorder_tmp[i * stride..i * stride + used]
+                        .copy_from_slice(&cache[s * stride..s * stride + used]);
+                }
+                for i in 0..sources.len() {
+                    cache[i * stride..i * stride + used]
+                        .copy_from_slice(&self.reorder_tmp[i * stride..i * stride + used]);
+                }
+            }
+        }
+        self.batch = sources.len();
+    }
+
+    /// Feeds `n` new tokens to each of the `batch` sequences (`tokens` is `[batch][n]`) and
+    /// computes logits for the last position of each sequence, plus for position `extra` (an
+    /// index among the new tokens, e.g. the SOT position for the no-speech probability) when
+    /// given. Logits land in `self.logits`: rows `0..batch` for the last positions, then row
+    /// `batch..2*batch` for `extra`.
+    pub fn forward(&mut self, w: &Weights, tokens: &[u32], extra: Option<usize>, threads: usize) {
+        let dims = &self.dims;
+        let (d, heads, ctx, vocab) = (
+            dims.n_text_state,
+            dims.n_text_head,
+            dims.n_text_ctx,
+            dims.n_vocab,
+        );
+        let batch = self.batch;
+        let n = tokens.len() / batch;
+        assert!(n >= 1 && n * batch == tokens.len());
+        assert!(self.len + n <= ctx, "decoder context overflow");
+        let rows = batch * n;
+        let dh = d / heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let p = par(threads);
+        let offset = self.len;
+
+        for (r, &tok) in tokens.iter().enumerate() {
+            let pos = offset + r % n;
+            let emb = &w.tok_emb[tok as usize * d..(tok as usize + 1) * d];
+            let pe = &w.dec_pos[pos * d..(pos + 1) * d];
+            for ((x, e), pe) in self.x[r * d..(r + 1) * d].iter_mut().zip(emb).zip(pe) {
+                *x = e + pe;
+            }
+        }
+
+        let stride = ctx * d;
+        let t_audio = dims.n_audio_ctx;
+        for (li, layer) in w.dec_layers.iter().enumerate() {
+            // Self-attention with KV cache.
+            layer.self_ln.forward(&self.x[..rows * d], &mut self.h);
+            layer.self_qkv.forward(&self.h, rows, &mut self.qkv, p);
+            for b in 0..batch {
+                for i in 0..n {
+                    let src = &self.qkv[(b * n + i) * 3 * d..(b * n + i + 1) * 3 * d];
+                    let at = b * stride + (offset + i) * d;
+                    self.k_cache[li][at..at + d].copy_from_slice(&src[d..2 * d]);
+                    self.v_cache[li][at..at + d].copy_from_slice(&src[2 * d..3 * d]);
+                }
+            }
+            let keys = offset + n;
+            for b in 0..batch {
+                let q = &self.qkv[b * n * 3 * d..];
+                let kc = &self.k_cache[li][b * stride..];
+                let vc = &self.v_cache[li][b * stride..];
+                attend(
+                    AttendArgs {
+                        q,
+                        q_rs: 3 * d,
+                        k: kc,
+                        v: vc,
+                        kv_rs: d,
+                        n,
+                        keys,
+                        heads,
+                        dh,
+                        scale,
+                        causal_offset: Some(offset),
+                    },
+                    &mut self.scores,
+                    &mut self.head_out,
+                );
+                scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
+            }
+            layer
+                .self_out
+                .forward_accumulate(&self.attn, rows, &mut self.x, p);
+
+            // Cross-attention over the window's encoder output.
+            layer.cross_ln.forward(&self.x[..rows * d], &mut self.h);
+            layer.cross_q.forward(&self.h, rows, &mut self.qkv, p);
+            let kv = &self.cross_kv[li];
+            for b in 0..batch {
+                attend(
+                    AttendArgs {
+                        q: &self.qkv[b * n * d..],
+                        q_rs: d,
+                        k: kv,
+                        v: &kv[d..],
+                        kv_rs: 2 * d,
+                        n,
+                        keys: t_audio,
+                        heads,
+                        dh,
+                        scale,
+                        causal_offset: None,
+                    },
+                    &mut self.scores,
+                    &mut self.head_out,
+                );
+                scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
+            }
+            layer
+                .cross_out
+                .forward_accumulate(&self.attn, rows, &mut self.x, p);
+
+            // MLP.
+            layer.mlp_ln.forward(&self.x[..rows * d], &mut self.h);
+            layer.fc1.forward(&self.h, rows, &mut self.hidden, p);
+            gelu_inplace(&mut self.hidden[..rows * 4 * d]);
+            layer
+                .fc2
+                .forward_accumulate(&self.hidden, rows, &mut self.x, p);
+        }
+        self.len += n;
+
+        // Final LayerNorm and tied output projection, only for the rows we need logits of.
+        let mut out_rows = 0;
+        for b in 0..batch {
+            let r = b * n + n - 1;
+            w.dec_ln.forward(
+                &self.x[r * d..(r + 1) * d],
+                &mut self.last[out_rows * d..(out_rows + 1) * d],
+            );
+            out_rows += 1;
+        }
+        if let Some(e) = extra {
+            assert!(e < n);
+            for b in 0..batch {
+                let r = b * n + e;
+                w.dec_ln.forward(
+                    &self.x[r * d..(r + 1) * d],
+                    &mut self.last[out_rows * d..(out_rows + 1) * d],
+                );
+                out_rows += 1;
+            }
+        }
+        matmul_bt(
+            &self.last,
+            out_rows,
+            d,
+            &w.tok_emb,
+            vocab,
+            &mut self.logits,
+            vocab,
+            false,
+            p,
+        );
+    }
+
+    /// Logits row `i` of the last forward call.
+    pub fn logits_row(&self, i: usize) -> &[f32] {
+        let v = self.dims.n_vocab;
+        &self.logits[i * v..(i + 1) * v]
+    }
+}
+
+struct AttendArgs<'a> {
+    q: &'a [f32],
+    q_rs: usize,
+    k: &'a [f32],
+    v: &'a [f32],
+    kv_rs: usize,
+    n: usize,
+    keys: usize,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    /// For self-attention: query `i` sees keys `0..=offset + i`.
+    causal_offset: Option<usize>,
+}
+
+/// Multi-head attention of `n` queries over `keys` keys; per-head outputs `[heads][n][dh]`.
+fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
+    let AttendArgs {
+        q,
+        q_rs,
+        k,
+        v,
+        kv_rs,
+        n,
+        keys,
+        heads,
+        dh,
+        scale,
+        causal_offset,
+    } = a;
+    scores[..heads * n * keys]
+        .par_chunks_mut(n * keys)
+        .zip(head_out[..heads * n * dh].par_chunks_mut(n * dh))
+        .enumerate()
+        .for_each(|(h, (s, out))| {
+            let c = h * dh;
+            matmul_strided(
+                n,
+                keys,
+                dh,
+                s,
+                keys,
+                &q[c..],
+                q_rs,
+                1,
+                &k[c..],
+                1,
+                kv_rs,
+                scale,
+                Parallelism::None,
+            );
+            for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+                if let Some(offset) = causal_offset {
+                    row[offset + i + 1..]
+                        .iter_mut()
+                        .for_each(|x| *x = f32::NEG_INFINITY);
+                }
+                softmax_row(row);
+            }
+            matmul_strided(
+                n,
+                dh,
+                keys,
+                out,
+                dh,
+                s,
+                keys,
+                1,
+                &v[c..],
+                kv_rs,
+                1,
+                1.0,
+                Parallelism::None,
+            );
+        });
+}
+
+/// `[heads][n][dh]` → rows `[n][heads * dh]`.
+fn scatter_heads(head_out: &[f32], n: usize, heads: usize, dh: usize, out: &mut [f32]) {
+    let d = heads * dh;
+    for h in 0..heads {
+        for i in 0..n {
+            out[i * d + h * dh..i * d + (h + 1) * dh]
+                .copy_from_slice(&head_out[(h * n + i) * dh..(h * n + i + 1) * dh]);
+        }
+    }
+}

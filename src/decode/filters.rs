@@ -1,0 +1,188 @@
+//! Logit filters, applied in openai's order: suppress blank, suppress tokens, timestamp rules.
+
+use crate::model::SpecialTokens;
+
+/// The filters of one window's decoding, prepared once per window.
+#[derive(Debug, Clone)]
+pub struct LogitFilters {
+    /// Suppressed at the first sampled position (`" "` and end-of-text).
+    pub suppress_blank: Vec<u32>,
+    /// Always suppressed.
+    pub suppress: Vec<u32>,
+    /// `None` when decoding without timestamps.
+    pub timestamps: Option<TimestampRules>,
+}
+
+/// openai's `ApplyTimestampRules`.
+#[derive(Debug, Clone)]
+pub struct TimestampRules {
+    pub eot: u32,
+    pub no_timestamps: u32,
+    pub timestamp_begin: u32,
+    /// Index of the latest timestamp allowed first (`round(max_initial_timestamp / 0.02)`).
+    pub max_initial_timestamp_index: Option<u32>,
+}
+
+impl LogitFilters {
+    pub fn new(
+        specials: &SpecialTokens,
+        suppress_blank: Option<&[u32]>,
+        suppress: Vec<u32>,
+        with_timestamps: bool,
+        max_initial_timestamp: Option<f32>,
+    ) -> Self {
+        Self {
+            suppress_blank: suppress_blank.map(<[u32]>::to_vec).unwrap_or_default(),
+            suppress,
+            timestamps: with_timestamps.then(|| TimestampRules {
+                eot: specials.eot,
+                no_timestamps: specials.no_timestamps,
+                timestamp_begin: specials.timestamp_begin,
+                max_initial_timestamp_index: max_initial_timestamp
+                    .map(|t| (t / 0.02).round().max(0.0) as u32),
+            }),
+        }
+    }
+
+    /// Applies all filters to one sequence's logits; `sampled` are the tokens sampled so far
+    /// in this window (after the prompt).
+    pub fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
+        let vocab = logits.len();
+        let mask = |logits: &mut [f32], ids: &[u32]| {
+            for &id in ids {
+                if (id as usize) < vocab {
+                    logits[id as usize] = f32::NEG_INFINITY;
+                }
+            }
+        };
+        if sampled.is_empty() {
+            mask(logits, &self.suppress_blank);
+        }
+        mask(logits, &self.suppress);
+        if let Some(rules) = &self.timestamps {
+            rules.apply(logits, sampled);
+        }
+    }
+}
+
+impl TimestampRules {
+    fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
+        let tb = self.timestamp_begin as usize;
+        let eot = self.eot as usize;
+        let vocab = logits.len();
+        let neg = f32::NEG_INFINITY;
+        if (self.no_timestamps as usize) < vocab {
+            logits[self.no_timestamps as usize] = neg;
+        }
+        let is_ts = |t: u32| t >= self.timestamp_begin;
+        let n = sampled.len();
+        let last_was_timestamp = n >= 1 && is_ts(sampled[n - 1]);
+        let penultimate_was_timestamp = n < 2 || is_ts(sampled[n - 2]);
+        if last_was_timestamp {
+            if penultimate_was_timestamp {
+                // A pair is complete: next comes text (or end of text).
+                logits[tb..].fill(neg);
+            } else {
+                // An open pair must be closed by a timestamp (or end of text).
+                logits[..eot].fill(neg);
+            }
+        }
+        if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+            // Timestamps never decrease, and a segment has non-zero length.
+            let bound = if last_was_timestamp && !penultimate_was_timestamp {
+                last_ts
+            } else {
+                last_ts + 1
+            };
+            logits[tb..(bound as usize).min(vocab)].fill(neg);
+        }
+        if n == 0 {
+            // The first token is a timestamp, no later than max_initial_timestamp.
+            logits[..tb].fill(neg);
+            if let Some(max_index) = self.max_initial_timestamp_index {
+                let last_allowed = tb + max_index as usize;
+                if last_allowed + 1 < vocab {
+                    logits[last_allowed + 1..].fill(neg);
+                }
+            }
+        }
+        // If the timestamps together are likelier than any text token, force a timestamp.
+        let max = logits.iter().copied().fold(neg, f32::max);
+        if max == neg {
+            return;
+        }
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let lse = max as f64 + sum.ln();
+        let ts_max = logits[tb..].iter().copied().fold(neg, f32::max);
+        let timestamp_logprob = if ts_max == neg {
+            f64::NEG_INFINITY
+        } else {
+            let s: f64 = logits[tb..]
+                .iter()
+                .map(|&l| ((l - ts_max) as f64).exp())
+                .sum();
+            ts_max as f64 + s.ln() - lse
+        };
+        let text_max = logits[..tb].iter().copied().fold(neg, f32::max) as f64 - lse;
+        if timestamp_logprob > text_max {
+            logits[..tb].fill(neg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> LogitFilters {
+        let specials = SpecialTokens {
+            eot: 10,
+            sot: 11,
+            translate: 12,
+            transcribe: 13,
+            sot_lm: 14,
+            sot_prev: 15,
+            no_speech: 16,
+            no_timestamps: 17,
+            timestamp_begin: 18,
+            language_begin: 12,
+            n_languages: 0,
+        };
+        LogitFilters::new(&specials, Some(&[1, 10]), vec![5], true, Some(0.04))
+    }
+
+    #[test]
+    fn first_token_is_an_early_timestamp() {
+        let mut logits = vec![0.0; 30];
+        rules().apply(&mut logits, &[]);
+        let allowed: Vec<usize> = (0..30).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
+        assert_eq!(allowed, vec![18, 19, 20]);
+    }
+
+    #[test]
+    fn open_pair_must_close_with_a_later_timestamp_or_end() {
+        let mut logits = vec![0.0; 30];
+        rules().apply(&mut logits, &[18, 3, 4, 22]);
+        let allowed: Vec<usize> = (0..30).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
+        assert_eq!(allowed, [10].into_iter().chain(22..30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn closed_pair_is_followed_by_text() {
+        let mut logits = vec![0.0; 30];
+        logits[3] = 5.0;
+        rules().apply(&mut logits, &[18, 3, 22, 22]);
+        assert!(logits[18..].iter().all(|&l| l == f32::NEG_INFINITY));
+        assert!(logits[3] > 0.0 && logits[5] == f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn likely_timestamps_are_forced() {
+        let mut logits = vec![0.0; 30];
+        for l in &mut logits[18..] {
+            *l = 1.0;
+        }
+        rules().apply(&mut logits, &[18, 3]);
+        assert!(logits[..18].iter().all(|&l| l == f32::NEG_INFINITY));
+    }
+}

@@ -1,0 +1,212 @@
+//! Numeric kernels of the CPU engine. All write into caller-provided buffers: nothing here
+//! allocates.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A dense layer `y = x W^T + b`, weights `[out][in]` row-major as stored by CTranslate2.
+pub struct Linear {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl Linear {
+    /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        debug_assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+        matmul_bt(
+            x,
+            rows,
+            self.n_in,
+            &self.weight,
+            self.n_out,
+            out,
+            self.n_out,
+            false,
+            par,
+        );
+        if let Some(bias) = &self.bias {
+            add_bias(&mut out[..rows * self.n_out], bias);
+        }
+    }
+
+    /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
+    pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        matmul_bt(
+            x,
+            rows,
+            self.n_in,
+            &self.weight,
+            self.n_out,
+            out,
+            self.n_out,
+            true,
+            par,
+        );
+        if let Some(bias) = &self.bias {
+            add_bias(&mut out[..rows * self.n_out], bias);
+        }
+    }
+}
+
+/// `c[m][n] (+)= a[m][k] · b[n][k]^T` with `c` row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bt(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert!(a.len() >= m * k && b.len() >= n * k && (m == 0 || c.len() >= (m - 1) * ldc + n));
+    // SAFETY: bounds asserted above; strides describe row-major a, transposed b and c.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// General strided GEMM: `c = alpha * a · b` (+ c if accumulate); all strides in elements.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    alpha: f32,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(c.len() > last(c_rs, 1, m, n));
+    assert!(k == 0 || a.len() > last(a_rs, a_cs, m, k));
+    assert!(k == 0 || b.len() > last(b_rs, b_cs, k, n));
+    // SAFETY: the extents of every operand are asserted above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+pub fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (y, b) in row.iter_mut().zip(bias) {
+            *y += b;
+        }
+    }
+}
+
+/// LayerNorm over rows of width `gamma.len()`, eps 1e-5, statistics in f64... f32 with two
+/// passes (mean, then variance of the centred values) for accuracy.
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
+    let d = gamma.len();
+    let rows = x.len() / d;
+    let norm_row = |(xr, yr): (&[f32], &mut [f32])| {
+        let mean = xr.iter().sum::<f32>() / d as f32;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        for i in 0..d {
+            yr[i] = (xr[i] - mean) * inv * gamma[i] + beta[i];
+        }
+    };
+    if rows >= 64 {
+        x.par_chunks_exact(d)
+            .zip(out[..rows * d].par_chunks_exact_mut(d))
+            .for_each(norm_row);
+    } else {
+        x.chunks_exact(d)
+            .zip(out[..rows * d].chunks_exact_mut(d))
+            .for_each(norm_row);
+    }
+}
+
+/// Exact GELU: `0.5 x (1 + erf(x / sqrt 2))`.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+pub fn gelu_inplace(x: &mut [f32]) {
+    if x.len() >= 1 << 16 {
+        x.par_chunks_mut(4096)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
+    } else {
+        x.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
+/// In-place softmax of one row.
+#[inline]
+pub fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Log-softmax of `logits` into `out` (f64 accumulation of the normaliser).
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    for (o, &v) in out.iter_mut().zip(logits) {
+        *o = v - lse;
+    }
+}
