@@ -1,0 +1,360 @@
+//! Transcribes an audio file (any format GStreamer decodes) and prints the transcript.
+//!
+//! ```text
+//! cargo run --release --example transcribe -- [OPTIONS] AUDIO
+//! ```
+//! Run with `--help` for the options. The audio is streamed through the engine window by window,
+//! so memory stays flat however long the file is.
+
+mod common;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
+use gstwhispernpu::transcribe::{Segment, Task, TranscribeOptions, Transcriber};
+
+const USAGE: &str = "\
+usage: transcribe [OPTIONS] AUDIO
+
+Transcribes AUDIO (a file or URI; any format GStreamer can decode) with Whisper.
+
+options:
+  --model NAME|DIR        model name (tiny.en, base) or model directory [default: base]
+  --language CODE|auto    spoken language, e.g. en, de; auto detects it [default: auto]
+  --task transcribe|translate
+                          translate = English text from any language [default: transcribe]
+  --beam-size N           1 = greedy decoding, N > 1 = beam search [default: 1]
+  --threads N             worker threads, 0 = one per core [default: 0]
+  --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
+  --format txt|srt|vtt|json
+                          output format on stdout [default: txt]
+  -q, --quiet             no progress lines on stderr
+  -h, --help              print this help
+
+Progress goes to stderr when stderr is a terminal or the audio is longer than 60 s.
+Models are installed with scripts/fetch-model NAME.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Txt,
+    Srt,
+    Vtt,
+    Json,
+}
+
+struct Config {
+    model: String,
+    format: Format,
+    quiet: bool,
+    input: String,
+    options: TranscribeOptions,
+}
+
+/// How the program ends.
+enum Failure {
+    /// Bad command line: the message and the usage, exit 2.
+    Usage(String),
+    /// Anything else: the message, exit 1.
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args() {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(why) => return fail(Failure::Usage(why)),
+    };
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => fail(failure),
+    }
+}
+
+fn fail(failure: Failure) -> ExitCode {
+    let mut stderr = std::io::stderr().lock();
+    match failure {
+        Failure::Usage(why) => {
+            let _ = writeln!(stderr, "transcribe: {why}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Failure::Runtime(why) => {
+            let _ = writeln!(stderr, "transcribe: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `Ok(None)` when help was asked for.
+fn parse_args() -> Result<Option<Config>, String> {
+    let mut options = TranscribeOptions::default();
+    let mut model = "base".to_string();
+    let mut format = Format::Txt;
+    let mut quiet = false;
+    let mut inputs = Vec::new();
+    let takes_value = |name: &str| {
+        matches!(
+            name,
+            "--model"
+                | "--language"
+                | "--task"
+                | "--beam-size"
+                | "--threads"
+                | "--initial-prompt"
+                | "--format"
+        )
+    };
+    let mut cli = Cli::from_env();
+    while let Some(arg) = cli.next(takes_value) {
+        let (name, value) = match arg? {
+            Arg::Positional(p) => {
+                inputs.push(p);
+                continue;
+            }
+            Arg::Flag { name, value } => (name, value.unwrap_or_default()),
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "-q" | "--quiet" => quiet = true,
+            "--model" => {
+                if value.trim().is_empty() {
+                    return Err("--model: empty model name".into());
+                }
+                model = value;
+            }
+            "--language" => options.language = common::parse_language(&value),
+            "--task" => {
+                options.task = value
+                    .parse::<Task>()
+                    .map_err(|_| format!("--task: `{value}` is not one of transcribe, translate"))?
+            }
+            "--beam-size" => options.beam_size = common::parse_number(&name, &value)?,
+            "--threads" => options.n_threads = common::parse_number(&name, &value)?,
+            "--initial-prompt" => {
+                options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())
+            }
+            "--format" => {
+                format = match value.as_str() {
+                    "txt" => Format::Txt,
+                    "srt" => Format::Srt,
+                    "vtt" => Format::Vtt,
+                    "json" => Format::Json,
+                    _ => {
+                        return Err(format!(
+                            "--format: `{value}` is not one of txt, srt, vtt, json"
+                        ));
+                    }
+                }
+            }
+            _ => return Err(format!("unknown option {name}")),
+        }
+    }
+    let input = match inputs.len() {
+        0 => return Err("missing AUDIO file".into()),
+        1 => inputs.remove(0),
+        _ => return Err(format!("expected one AUDIO file, got {}", inputs.len())),
+    };
+    // Range checks before the (slow) model load; the model-dependent ones come with it.
+    options.validate().map_err(|e| e.to_string())?;
+    Ok(Some(Config {
+        model,
+        format,
+        quiet,
+        input,
+        options,
+    }))
+}
+
+fn run(config: &Config) -> Result<(), Failure> {
+    let runtime = |e: &dyn std::fmt::Display| Failure::Runtime(e.to_string());
+
+    // Open the audio first: a missing or undecodable file is reported before the model loads.
+    let mut reader = AudioReader::open(&config.input).map_err(|e| runtime(&e))?;
+    let first = reader.next_chunk().map_err(|e| runtime(&e))?;
+
+    let model = gstwhispernpu::model::load_shared(&config.model)
+        .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
+    let mut transcriber =
+        Transcriber::new(model, config.options.clone()).map_err(|e| runtime(&e))?;
+
+    let total_seconds = reader.duration_seconds();
+    let show_progress = !config.quiet
+        && (std::io::stderr().is_terminal() || total_seconds.is_some_and(|d| d > 60.0));
+    let mut progress = Progress {
+        enabled: show_progress,
+        total_seconds,
+        next_report: 0.0,
+    };
+
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut samples: u64 = 0;
+    let mut chunk = first;
+    while let Some(audio) = chunk {
+        samples += audio.len() as u64;
+        let new = transcriber.push(&audio).map_err(|e| runtime(&e))?;
+        progress.report(samples, &new);
+        segments.extend(new);
+        chunk = reader.next_chunk().map_err(|e| runtime(&e))?;
+    }
+    // `finish` resets the transcriber, so read the language first.
+    let language = transcriber.language().map(str::to_string);
+    let new = transcriber.finish().map_err(|e| runtime(&e))?;
+    progress.report(samples, &new);
+    segments.extend(new);
+    progress.done(samples);
+
+    let language = segments
+        .first()
+        .map(|s| s.language.clone())
+        .or(language)
+        .or_else(|| config.options.language.clone())
+        .unwrap_or_default();
+    let duration = samples as f64 / SAMPLE_RATE as f64;
+    let text = match config.format {
+        Format::Txt => to_txt(&segments),
+        Format::Srt => to_srt(&segments),
+        Format::Vtt => to_vtt(&segments),
+        Format::Json => to_json(&segments, &language, duration),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        // The reader went away (`| head`): not our failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Runtime(format!("cannot write the output: {e}"))),
+    }
+}
+
+/// Progress lines on stderr: one per decoded window (or 30 s of audio).
+struct Progress {
+    enabled: bool,
+    total_seconds: Option<f64>,
+    next_report: f64,
+}
+
+impl Progress {
+    fn report(&mut self, samples: u64, new: &[Segment]) {
+        if !self.enabled {
+            return;
+        }
+        let position = new
+            .last()
+            .map(|s| s.end)
+            .unwrap_or(samples as f64 / SAMPLE_RATE as f64);
+        if new.is_empty() && position < self.next_report {
+            return;
+        }
+        self.next_report = position + 30.0;
+        let total = self
+            .total_seconds
+            .map_or_else(|| "?".to_string(), common::clock);
+        let mut line = new
+            .last()
+            .map(|s| s.text.clone())
+            .unwrap_or_else(|| "...".into());
+        if line.chars().count() > 60 {
+            line = line.chars().take(57).collect::<String>() + "...";
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "[{} / {}] {}",
+            common::clock(position),
+            total,
+            line
+        );
+    }
+
+    fn done(&self, samples: u64) {
+        if self.enabled {
+            let _ = writeln!(
+                std::io::stderr(),
+                "[done: {} of audio]",
+                common::clock(samples as f64 / SAMPLE_RATE as f64)
+            );
+        }
+    }
+}
+
+/// Cue text on one line (SRT and WebVTT end a cue at a blank line).
+fn cue_text(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn to_txt(segments: &[Segment]) -> String {
+    let mut out = segments
+        .iter()
+        .map(|s| s.text.trim())
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    out.push('\n');
+    out
+}
+
+fn to_srt(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for (i, s) in segments.iter().enumerate() {
+        out += &format!(
+            "{}\n{} --> {}\n{}\n\n",
+            i + 1,
+            common::timestamp(s.start, ','),
+            common::timestamp(s.end, ','),
+            cue_text(&s.text)
+        );
+    }
+    out
+}
+
+fn to_vtt(segments: &[Segment]) -> String {
+    let mut out = String::from("WEBVTT\n\n");
+    for s in segments {
+        // WebVTT cue text is markup: escape it, and `-->` may not appear.
+        let text = cue_text(&s.text)
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        out += &format!(
+            "{} --> {}\n{}\n\n",
+            common::timestamp(s.start, '.'),
+            common::timestamp(s.end, '.'),
+            text
+        );
+    }
+    out
+}
+
+fn to_json(segments: &[Segment], language: &str, duration: f64) -> String {
+    let ms = |t: f64| (t * 1000.0).round() / 1000.0;
+    let segments: Vec<serde_json::Value> = segments
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            serde_json::json!({
+                "id": id,
+                "start": ms(s.start),
+                "end": ms(s.end),
+                "text": s.text,
+                "tokens": s.tokens,
+                "avg_logprob": s.avg_logprob,
+                "no_speech_prob": s.no_speech_prob,
+                "temperature": s.temperature,
+                "compression_ratio": s.compression_ratio,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "language": language,
+        "duration": ms(duration),
+        "segments": segments,
+    });
+    // Non-finite floats become null, so this is always valid JSON.
+    let mut out = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
+    out.push('\n');
+    out
+}
