@@ -4,7 +4,7 @@ mod offline;
 mod options;
 
 pub use offline::{Stats, Transcriber};
-pub use options::{Task, TranscribeOptions};
+pub use options::{TailPadding, Task, TranscribeOptions};
 
 /// One transcribed phrase.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, 
 use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
 use crate::error::Error;
 use crate::model::WhisperModel;
-use crate::transcribe::Task;
+use crate::transcribe::{TailPadding, Task};
 
 /// Seconds per timestamp token.
 const TIME_PRECISION: f64 = 0.02;
@@ -247,8 +247,17 @@ impl Transcriber {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
         let t0 = Instant::now();
+        // Columns past the content: zeros (openai, faster-whisper) or the log-mel of silence
+        // (whisper.cpp). After `finish` the frames of the zero-extended audio exist and are used
+        // as they are; otherwise silence is its normalised floor value.
+        let mut columns = segment_size;
+        let mut pad = 0.0;
+        if self.opts.tail_padding == TailPadding::Silence && segment_size < N_FRAMES {
+            columns = (self.mel.frames_available() - self.seek).clamp(segment_size, N_FRAMES);
+            pad = self.mel.silence_value(self.seek + columns);
+        }
         self.mel
-            .window(self.seek, segment_size, &mut self.mel_window);
+            .window(self.seek, columns, pad, &mut self.mel_window);
         let (enc_ws, dec, mel_window, threads) = (
             &mut self.enc_ws,
             &mut self.dec,

@@ -26,6 +26,30 @@ impl std::str::FromStr for Task {
     }
 }
 
+/// What the encoder sees past the end of the audio in the last (partial) window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TailPadding {
+    /// The log-mel of digital silence, as if the audio went on silent (whisper.cpp's choice).
+    #[default]
+    Silence,
+    /// Zeros after normalisation, as openai/whisper's `pad_or_trim` and faster-whisper do.
+    Zero,
+}
+
+impl std::str::FromStr for TailPadding {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "silence" => Ok(TailPadding::Silence),
+            "zero" => Ok(TailPadding::Zero),
+            _ => Err(Error::InvalidOption {
+                option: "tail-padding",
+                why: format!("`{s}` is not one of silence, zero"),
+            }),
+        }
+    }
+}
+
 /// Decoding options (see openai/whisper `DecodingOptions` and `transcribe()`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscribeOptions {
@@ -58,6 +82,8 @@ pub struct TranscribeOptions {
     pub length_penalty: Option<f32>,
     /// Worker threads for the engine; 0 = one per core.
     pub n_threads: usize,
+    /// Padding of the last window past the end of the audio.
+    pub tail_padding: TailPadding,
 }
 
 impl Default for TranscribeOptions {
@@ -81,6 +107,7 @@ impl Default for TranscribeOptions {
             max_initial_timestamp: 1.0,
             length_penalty: None,
             n_threads: 0,
+            tail_padding: TailPadding::Silence,
         }
     }
 }
