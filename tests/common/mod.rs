@@ -38,7 +38,11 @@ pub fn model_dir(name: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(dir.join("model.bin").is_file(), "{} has no model.bin", dir.display());
+    assert!(
+        dir.join("model.bin").is_file(),
+        "{} has no model.bin",
+        dir.display()
+    );
     dir
 }
 
@@ -51,9 +55,15 @@ pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.expect("bad sample") as f32 * scale).collect()
+            reader
+                .samples::<i32>()
+                .map(|s| s.expect("bad sample") as f32 * scale)
+                .collect()
         }
-        hound::SampleFormat::Float => reader.samples::<f32>().map(|s| s.expect("bad sample")).collect(),
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .map(|s| s.expect("bad sample"))
+            .collect(),
     };
     let mono = interleaved
         .chunks(channels)
@@ -68,7 +78,13 @@ pub fn wer_percent(reference: &str, hyp: &str) -> f64 {
     let norm = |s: &str| -> Vec<String> {
         s.to_lowercase()
             .chars()
-            .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
+            .map(|c| {
+                if c.is_alphanumeric() || c == '\'' {
+                    c
+                } else {
+                    ' '
+                }
+            })
             .collect::<String>()
             .split_whitespace()
             .map(|w| w.trim_matches('\'').to_string())
