@@ -55,6 +55,8 @@ struct Config {
 enum Failure {
     /// Bad command line: the message and the usage, exit 2.
     Usage(String),
+    /// A bad option value: the message, exit 2.
+    BadValue(String),
     /// Anything else: the message, exit 1.
     Runtime(String),
 }
@@ -66,7 +68,7 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(why) => return fail(Failure::Usage(why)),
+        Err(failure) => return fail(failure),
     };
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +83,10 @@ fn fail(failure: Failure) -> ExitCode {
             let _ = writeln!(stderr, "transcribe: {why}\n\n{USAGE}");
             ExitCode::from(2)
         }
+        Failure::BadValue(why) => {
+            let _ = writeln!(stderr, "transcribe: {why} (see --help)");
+            ExitCode::from(2)
+        }
         Failure::Runtime(why) => {
             let _ = writeln!(stderr, "transcribe: {why}");
             ExitCode::from(1)
@@ -89,7 +95,7 @@ fn fail(failure: Failure) -> ExitCode {
 }
 
 /// `Ok(None)` when help was asked for.
-fn parse_args() -> Result<Option<Config>, String> {
+fn parse_args() -> Result<Option<Config>, Failure> {
     let mut options = TranscribeOptions::default();
     let mut model = "base".to_string();
     let mut format = Format::Txt;
@@ -109,30 +115,35 @@ fn parse_args() -> Result<Option<Config>, String> {
     };
     let mut cli = Cli::from_env();
     while let Some(arg) = cli.next(takes_value) {
-        let (name, value) = match arg? {
+        let (name, value) = match arg.map_err(Failure::Usage)? {
             Arg::Positional(p) => {
                 inputs.push(p);
                 continue;
             }
             Arg::Flag { name, value } => (name, value.unwrap_or_default()),
         };
+        let bad = Failure::BadValue;
         match name.as_str() {
             "-h" | "--help" => return Ok(None),
             "-q" | "--quiet" => quiet = true,
             "--model" => {
                 if value.trim().is_empty() {
-                    return Err("--model: empty model name".into());
+                    return Err(bad("--model: empty model name".into()));
                 }
                 model = value;
             }
             "--language" => options.language = common::parse_language(&value),
             "--task" => {
-                options.task = value
-                    .parse::<Task>()
-                    .map_err(|_| format!("--task: `{value}` is not one of transcribe, translate"))?
+                options.task = value.parse::<Task>().map_err(|_| {
+                    bad(format!(
+                        "--task: `{value}` is not one of transcribe, translate"
+                    ))
+                })?
             }
-            "--beam-size" => options.beam_size = common::parse_number(&name, &value)?,
-            "--threads" => options.n_threads = common::parse_number(&name, &value)?,
+            "--beam-size" => {
+                options.beam_size = common::parse_number(&name, &value).map_err(bad)?
+            }
+            "--threads" => options.n_threads = common::parse_number(&name, &value).map_err(bad)?,
             "--initial-prompt" => {
                 options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())
             }
@@ -143,22 +154,29 @@ fn parse_args() -> Result<Option<Config>, String> {
                     "vtt" => Format::Vtt,
                     "json" => Format::Json,
                     _ => {
-                        return Err(format!(
+                        return Err(bad(format!(
                             "--format: `{value}` is not one of txt, srt, vtt, json"
-                        ));
+                        )));
                     }
                 }
             }
-            _ => return Err(format!("unknown option {name}")),
+            _ => return Err(Failure::Usage(format!("unknown option {name}"))),
         }
     }
     let input = match inputs.len() {
-        0 => return Err("missing AUDIO file".into()),
+        0 => return Err(Failure::Usage("missing AUDIO file".into())),
         1 => inputs.remove(0),
-        _ => return Err(format!("expected one AUDIO file, got {}", inputs.len())),
+        _ => {
+            return Err(Failure::Usage(format!(
+                "expected one AUDIO file, got {}",
+                inputs.len()
+            )));
+        }
     };
     // Range checks before the (slow) model load; the model-dependent ones come with it.
-    options.validate().map_err(|e| e.to_string())?;
+    options
+        .validate()
+        .map_err(|e| Failure::BadValue(e.to_string()))?;
     Ok(Some(Config {
         model,
         format,
@@ -186,7 +204,7 @@ fn run(config: &Config) -> Result<(), Failure> {
     let mut progress = Progress {
         enabled: show_progress,
         total_seconds,
-        next_report: 0.0,
+        next_report: 30.0,
     };
 
     let mut segments: Vec<Segment> = Vec::new();
@@ -329,32 +347,53 @@ fn to_vtt(segments: &[Segment]) -> String {
     out
 }
 
+/// One segment in the JSON output, fields in the documented order.
+#[derive(serde::Serialize)]
+struct JsonSegment<'a> {
+    id: usize,
+    start: f64,
+    end: f64,
+    text: &'a str,
+    tokens: &'a [u32],
+    avg_logprob: f32,
+    no_speech_prob: f32,
+    temperature: f32,
+    compression_ratio: f32,
+}
+
+/// `{"language", "duration", "segments": [...]}`, one segment per line. serde_json writes
+/// non-finite floats as null, so the output is always valid JSON.
 fn to_json(segments: &[Segment], language: &str, duration: f64) -> String {
     let ms = |t: f64| (t * 1000.0).round() / 1000.0;
-    let segments: Vec<serde_json::Value> = segments
-        .iter()
-        .enumerate()
-        .map(|(id, s)| {
-            serde_json::json!({
-                "id": id,
-                "start": ms(s.start),
-                "end": ms(s.end),
-                "text": s.text,
-                "tokens": s.tokens,
-                "avg_logprob": s.avg_logprob,
-                "no_speech_prob": s.no_speech_prob,
-                "temperature": s.temperature,
-                "compression_ratio": s.compression_ratio,
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({
-        "language": language,
-        "duration": ms(duration),
-        "segments": segments,
-    });
-    // Non-finite floats become null, so this is always valid JSON.
-    let mut out = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
-    out.push('\n');
+    let mut out = format!(
+        "{{\n  \"language\": {},\n  \"duration\": {},\n  \"segments\": [",
+        json(language),
+        json(&ms(duration))
+    );
+    for (id, s) in segments.iter().enumerate() {
+        let segment = JsonSegment {
+            id,
+            start: ms(s.start),
+            end: ms(s.end),
+            text: &s.text,
+            tokens: &s.tokens,
+            avg_logprob: s.avg_logprob,
+            no_speech_prob: s.no_speech_prob,
+            temperature: s.temperature,
+            compression_ratio: s.compression_ratio,
+        };
+        out += if id == 0 { "\n    " } else { ",\n    " };
+        out += &json(&segment);
+    }
+    out += if segments.is_empty() {
+        "]\n}\n"
+    } else {
+        "\n  ]\n}\n"
+    };
     out
+}
+
+/// Compact JSON of one value (a string, number or segment).
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }

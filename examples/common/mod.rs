@@ -357,15 +357,12 @@ pub fn parse_language(value: &str) -> Option<String> {
     }
 }
 
-/// Message for a model that cannot be loaded, with how to fix it.
+/// Message for a model that cannot be loaded, with how to fix it. (The engine's messages for a
+/// directory or an unknown name already say what to do.)
 pub fn model_error(name: &str, err: &dyn fmt::Display) -> String {
-    let known = gstwhispernpu::model::KNOWN_MODELS;
-    if known.contains(&name) {
+    if gstwhispernpu::model::KNOWN_MODELS.contains(&name) {
         format!("cannot load model {name}: {err}; install with scripts/fetch-model {name}")
     } else {
-        format!(
-            "cannot load model {name}: {err}; install a model with scripts/fetch-model NAME ({})",
-            known.join(", ")
-        )
+        format!("cannot load model {name}: {err}")
     }
 }
