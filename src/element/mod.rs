@@ -1,5 +1,104 @@
-//! The `whispernpu` GStreamer element. (In progress.)
+//! The `whispernpu` GStreamer element: 16 kHz mono audio in, one timed text buffer per phrase out.
+//!
+//! ```text
+//! gst-launch-1.0 filesrc location=talk.wav ! decodebin ! audioconvert ! audioresample \
+//!     ! whispernpu model=base ! srtenc ! filesink location=talk.srt
+//! ```
+//!
+//! * Sink: `audio/x-raw, format={F32LE,S16LE}, rate=16000, channels=1, layout=interleaved`.
+//! * Src: `text/x-raw, format={utf8,pango-markup}`; each buffer is one segment (phrase) with PTS =
+//!   its start and duration = end − start. Stretches without text are covered by GAP events; a
+//!   language tag event follows once the language is known.
+//! * Bus: an element message `whispernpu-segment` per segment (`start`, `end` in ns, `text`,
+//!   `language`, `avg-logprob`, `no-speech-prob`), Progress messages while the model loads.
+//!
+//! Processing runs on a worker thread that owns the engine; the streaming thread only converts
+//! and queues audio. Non-live streams use the offline long-form algorithm (the same text as
+//! `examples/transcribe`); live streams are decoded in chunks of `latency` minus headroom (see
+//! [`policy`]). Timestamps: see [`timeline`].
 
-pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    Ok(())
+mod imp;
+pub mod policy;
+pub mod timeline;
+
+use std::sync::Arc;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::model::WhisperModel;
+
+glib::wrapper! {
+    /// The `whispernpu` element.
+    pub struct WhisperNpu(ObjectSubclass<imp::WhisperNpu>) @extends gst::Element, gst::Object;
+}
+
+impl WhisperNpu {
+    /// The model this element uses, once loaded (instances naming the same model share it).
+    pub fn model(&self) -> Option<Arc<WhisperModel>> {
+        self.imp().loaded_model()
+    }
+}
+
+/// Engine backend (`backend` property).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuBackend")]
+pub enum Backend {
+    /// Best available: the NPU when present, else the CPU.
+    #[default]
+    #[enum_value(name = "Auto: best available, falling back to cpu", nick = "auto")]
+    Auto,
+    #[enum_value(name = "Cpu: native Rust engine", nick = "cpu")]
+    Cpu,
+    #[enum_value(
+        name = "Npu: AMD Ryzen AI NPU (not available in this build)",
+        nick = "npu"
+    )]
+    Npu,
+    #[enum_value(
+        name = "Onnx: ONNX Runtime (not available in this build)",
+        nick = "onnx"
+    )]
+    Onnx,
+}
+
+/// Decoder task (`task` property).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuTask")]
+pub enum TaskMode {
+    #[default]
+    #[enum_value(name = "Transcribe: text in the spoken language", nick = "transcribe")]
+    Transcribe,
+    #[enum_value(
+        name = "Translate: English text from any language (multilingual models)",
+        nick = "translate"
+    )]
+    Translate,
+}
+
+/// Processing mode (`mode` property).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuMode")]
+pub enum Mode {
+    /// Live when the upstream LATENCY query says live, else offline.
+    #[default]
+    #[enum_value(name = "Auto: live when upstream is live", nick = "auto")]
+    Auto,
+    #[enum_value(name = "Offline: 30 s windows, long-form algorithm", nick = "offline")]
+    Offline,
+    #[enum_value(name = "Live: chunks of latency minus headroom", nick = "live")]
+    Live,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "whispernpu",
+        gst::Rank::NONE,
+        WhisperNpu::static_type(),
+    )
 }

@@ -1,0 +1,1432 @@
+//! Implementation of `whispernpu`: pads, properties, events, queries, the model loader and the
+//! worker thread.
+//!
+//! Threads:
+//! * the application thread loads nothing itself: NULL→READY starts a loader thread (Progress
+//!   messages; errors become element errors);
+//! * the streaming thread converts audio to f32, maps timestamps to output time and queues it,
+//!   together with the serialized events, in arrival order. Non-live it waits while more than
+//!   [`MAX_QUEUED_OFFLINE`] of audio is queued (back-pressure); live it never waits;
+//! * the worker thread owns the engine, decodes according to a [`DecodePolicy`] and pushes text,
+//!   GAP, tag and the queued events downstream, in order. EOS is pushed after the drain.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gst::ClockTime;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use once_cell::sync::Lazy;
+
+use super::policy::{Chunked, DecodePolicy, Offline};
+use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
+use super::{Backend, Mode, TaskMode};
+use crate::error::{Error, ModelError};
+use crate::model::{self, WhisperModel};
+use crate::transcribe::{Segment, Task, TranscribeOptions, Transcriber};
+
+static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+    gst::DebugCategory::new(
+        "whispernpu",
+        gst::DebugColorFlags::empty(),
+        Some("Whisper speech-to-text"),
+    )
+});
+
+const DEFAULT_MODEL: &str = "base";
+const DEFAULT_BACKEND: Backend = Backend::Auto;
+const DEFAULT_LANGUAGE_CODE: &str = "";
+const DEFAULT_TASK: TaskMode = TaskMode::Transcribe;
+const DEFAULT_LATENCY_MS: u32 = 5_000;
+const DEFAULT_LATENESS_MS: u32 = 0;
+const DEFAULT_BEAM_SIZE: u32 = 1;
+const DEFAULT_N_THREADS: u32 = 0;
+const DEFAULT_INITIAL_PROMPT: &str = "";
+const DEFAULT_NO_SPEECH_THRESHOLD: f32 = 0.6;
+const DEFAULT_CONDITION_ON_PREVIOUS_TEXT: bool = true;
+const DEFAULT_MODE: Mode = Mode::Auto;
+
+/// Non-live: audio queued ahead of the worker before the streaming thread waits.
+const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
+/// Shortest text buffer, when clamping to keep cues from overlapping leaves nothing.
+const MIN_TEXT_DURATION: ClockTime = ClockTime::from_mseconds(100);
+/// Offline mode reports one window as its latency when upstream is live anyway.
+const WINDOW: ClockTime = ClockTime::from_seconds(30);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    model: String,
+    backend: Backend,
+    language_code: String,
+    task: TaskMode,
+    latency_ms: u32,
+    lateness_ms: u32,
+    beam_size: u32,
+    n_threads: u32,
+    initial_prompt: String,
+    no_speech_threshold: f32,
+    condition_on_previous_text: bool,
+    mode: Mode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: DEFAULT_MODEL.into(),
+            backend: DEFAULT_BACKEND,
+            language_code: DEFAULT_LANGUAGE_CODE.into(),
+            task: DEFAULT_TASK,
+            latency_ms: DEFAULT_LATENCY_MS,
+            lateness_ms: DEFAULT_LATENESS_MS,
+            beam_size: DEFAULT_BEAM_SIZE,
+            n_threads: DEFAULT_N_THREADS,
+            initial_prompt: DEFAULT_INITIAL_PROMPT.into(),
+            no_speech_threshold: DEFAULT_NO_SPEECH_THRESHOLD,
+            condition_on_previous_text: DEFAULT_CONDITION_ON_PREVIOUS_TEXT,
+            mode: DEFAULT_MODE,
+        }
+    }
+}
+
+impl Settings {
+    fn options(&self) -> TranscribeOptions {
+        let prompt = self.initial_prompt.trim();
+        TranscribeOptions {
+            language: language_from_code(&self.language_code),
+            task: match self.task {
+                TaskMode::Transcribe => Task::Transcribe,
+                TaskMode::Translate => Task::Translate,
+            },
+            beam_size: self.beam_size as usize,
+            n_threads: self.n_threads as usize,
+            initial_prompt: (!prompt.is_empty()).then(|| prompt.to_string()),
+            no_speech_threshold: Some(self.no_speech_threshold),
+            condition_on_previous_text: self.condition_on_previous_text,
+            ..TranscribeOptions::default()
+        }
+    }
+
+    fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms.into())
+    }
+}
+
+/// "en", "en-US", "EN_gb" → "en"; "" or "auto" → detect.
+fn language_from_code(code: &str) -> Option<String> {
+    let primary = code
+        .trim()
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (!primary.is_empty() && primary != "auto").then_some(primary)
+}
+
+/// Little-endian F32 or S16 bytes → f32 samples in [-1, 1].
+fn to_f32(format: gst_audio::AudioFormat, bytes: &[u8]) -> Vec<f32> {
+    match format {
+        gst_audio::AudioFormat::S16le => bytes
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
+}
+
+/// What the streaming thread hands the worker, in stream order.
+enum Item {
+    /// Audio; `time` is the output time of its first sample.
+    Audio {
+        samples: Vec<f32>,
+        time: Option<ClockTime>,
+    },
+    /// An upstream GAP: silence, in output time.
+    Gap {
+        time: ClockTime,
+        duration: ClockTime,
+    },
+    /// New sink caps: (re)negotiate the src caps; choose the decode policy.
+    Caps { live: bool },
+    /// Upstream SEGMENT.
+    Segment(gst::Event),
+    /// Drain, then forward the EOS.
+    Eos(gst::Event),
+    /// Another serialized event, forwarded as it is.
+    Event(gst::Event),
+    /// After a flush: forget audio, context and timing.
+    Reset,
+}
+
+struct Queue {
+    items: VecDeque<Item>,
+    queued_samples: u64,
+    flushing: bool,
+    shutdown: bool,
+    /// The worker is handling an item.
+    busy: bool,
+    /// Result of the worker's last push downstream, returned upstream by `chain`.
+    flow: Result<gst::FlowSuccess, gst::FlowError>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            queued_samples: 0,
+            flushing: false,
+            shutdown: false,
+            busy: false,
+            flow: Ok(gst::FlowSuccess::Ok),
+        }
+    }
+}
+
+/// Streaming-thread state.
+#[derive(Default)]
+struct Stream {
+    format: Option<gst_audio::AudioFormat>,
+    segment: gst::FormattedSegment<ClockTime>,
+    live: bool,
+}
+
+enum ModelSlot {
+    None,
+    Loading(JoinHandle<Option<Arc<WhisperModel>>>),
+    Ready(Arc<WhisperModel>),
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextFormat {
+    Utf8,
+    Pango,
+}
+
+impl TextFormat {
+    fn caps(self) -> gst::Caps {
+        gst::Caps::builder("text/x-raw")
+            .field(
+                "format",
+                match self {
+                    TextFormat::Utf8 => "utf8",
+                    TextFormat::Pango => "pango-markup",
+                },
+            )
+            .build()
+    }
+}
+
+/// Worker-thread state.
+struct Work {
+    engine: Option<Transcriber>,
+    policy: Box<dyn DecodePolicy>,
+    live: bool,
+    timeline: Timeline,
+    /// Output time up to which text or GAP has been sent.
+    covered_until: Option<ClockTime>,
+    /// Non-live: the segment forwarded downstream.
+    out_segment: Option<gst::FormattedSegment<ClockTime>>,
+    /// Live: a running-time segment was sent.
+    live_segment_sent: bool,
+    format: Option<TextFormat>,
+    language_sent: Option<String>,
+    settings_generation: u64,
+    /// A falling-behind warning was posted and the backlog has not recovered yet.
+    behind: bool,
+}
+
+impl Work {
+    fn new(latency: Duration) -> Self {
+        Self {
+            engine: None,
+            policy: Box::new(Offline),
+            live: false,
+            timeline: Timeline::default(),
+            covered_until: None,
+            out_segment: None,
+            live_segment_sent: false,
+            format: None,
+            language_sent: None,
+            settings_generation: 0,
+            behind: false,
+        }
+        .with_live(false, latency)
+    }
+
+    fn with_live(mut self, live: bool, latency: Duration) -> Self {
+        self.set_live(live, latency);
+        self
+    }
+
+    fn set_live(&mut self, live: bool, latency: Duration) {
+        self.live = live;
+        self.policy = if live {
+            Box::new(Chunked::new(latency))
+        } else {
+            Box::new(Offline)
+        };
+    }
+
+    /// Default output time of a run whose first buffer has no timestamp.
+    fn default_base(&self) -> ClockTime {
+        if self.live {
+            return ClockTime::ZERO;
+        }
+        self.out_segment
+            .as_ref()
+            .and_then(|s| s.start())
+            .unwrap_or(ClockTime::ZERO)
+    }
+}
+
+pub struct WhisperNpu {
+    sinkpad: gst::Pad,
+    srcpad: gst::Pad,
+    settings: Mutex<Settings>,
+    /// Bumped on every change of a decoding property; the worker applies changes at its next item.
+    settings_generation: AtomicU64,
+    stream: Mutex<Stream>,
+    queue: Mutex<Queue>,
+    queue_cond: Condvar,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    model: Mutex<ModelSlot>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WhisperNpu {
+    /// The loaded model (waits for the loader if it is still running).
+    pub(super) fn loaded_model(&self) -> Option<Arc<WhisperModel>> {
+        self.wait_model()
+    }
+
+    fn wait_model(&self) -> Option<Arc<WhisperModel>> {
+        let mut slot = lock(&self.model);
+        if let ModelSlot::Loading(_) = &*slot {
+            let ModelSlot::Loading(handle) = std::mem::replace(&mut *slot, ModelSlot::Failed)
+            else {
+                unreachable!()
+            };
+            if let Ok(Some(model)) = handle.join() {
+                *slot = ModelSlot::Ready(model);
+            }
+        }
+        match &*slot {
+            ModelSlot::Ready(model) => Some(Arc::clone(model)),
+            _ => None,
+        }
+    }
+
+    fn start_loading(&self) {
+        let settings = lock(&self.settings).clone();
+        let obj = self.obj().clone();
+        let handle = std::thread::Builder::new()
+            .name("whispernpu-load".into())
+            .spawn(move || obj.imp().load_model(&settings.model, settings.backend));
+        *lock(&self.model) = match handle {
+            Ok(handle) => ModelSlot::Loading(handle),
+            Err(e) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Thread,
+                    ["Cannot start the model loader thread: {}", e]
+                );
+                ModelSlot::Failed
+            }
+        };
+    }
+
+    fn post_progress(&self, kind: gst::ProgressType, text: &str) {
+        let msg = gst::message::Progress::builder(kind, "load-model", text)
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+
+    /// Runs on the loader thread.
+    fn load_model(&self, name: &str, backend: Backend) -> Option<Arc<WhisperModel>> {
+        self.post_progress(
+            gst::ProgressType::Start,
+            &format!("Loading Whisper model `{name}`"),
+        );
+        match backend {
+            Backend::Cpu => {}
+            Backend::Auto => gst::info!(
+                CAT,
+                imp = self,
+                "backend=auto: no NPU or ONNX backend in this build, using the cpu backend"
+            ),
+            Backend::Npu | Backend::Onnx => {
+                let nick = if backend == Backend::Npu {
+                    "npu"
+                } else {
+                    "onnx"
+                };
+                let e = Error::BackendUnavailable {
+                    backend: nick.into(),
+                    why: "this build has only the cpu backend; set backend=cpu or backend=auto"
+                        .into(),
+                };
+                gst::element_imp_error!(self, gst::LibraryError::Init, ["{}", e]);
+                self.post_progress(gst::ProgressType::Error, &e.to_string());
+                return None;
+            }
+        }
+        let t0 = std::time::Instant::now();
+        match model::load_shared(name) {
+            Ok(model) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "Model `{}` ready ({}) in {:.2} s",
+                    name,
+                    model.dir.display(),
+                    t0.elapsed().as_secs_f64()
+                );
+                self.post_progress(
+                    gst::ProgressType::Complete,
+                    &format!("Loaded Whisper model `{name}`"),
+                );
+                Some(model)
+            }
+            Err(e) => {
+                let msg = match &e {
+                    ModelError::NotFound { .. } | ModelError::UnknownName { .. } => {
+                        gst::error_msg!(gst::ResourceError::NotFound, ["{}", e])
+                    }
+                    ModelError::Io { .. } => {
+                        gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e])
+                    }
+                    _ => gst::error_msg!(
+                        gst::ResourceError::Read,
+                        ["Cannot use Whisper model `{}`: {}", name, e]
+                    ),
+                };
+                self.post_error_message(msg);
+                self.post_progress(gst::ProgressType::Error, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn own_latency(&self) -> ClockTime {
+        let s = lock(&self.settings);
+        let lateness = ClockTime::from_mseconds(s.lateness_ms.into());
+        if s.mode == Mode::Offline {
+            WINDOW + lateness
+        } else {
+            ClockTime::from_mseconds(s.latency_ms.into()) + lateness
+        }
+    }
+
+    fn upstream_is_live(&self) -> bool {
+        let mut q = gst::query::Latency::new();
+        self.sinkpad.peer_query(&mut q) && q.result().0
+    }
+
+    // ---- streaming thread ----
+
+    fn enqueue(&self, item: Item) {
+        let mut q = lock(&self.queue);
+        if q.flushing {
+            return;
+        }
+        q.items.push_back(item);
+        self.queue_cond.notify_all();
+    }
+
+    fn sink_chain(
+        &self,
+        _pad: &gst::Pad,
+        buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let (format, time, live) = {
+            let st = lock(&self.stream);
+            let Some(format) = st.format else {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ["Audio arrived before caps"]
+                );
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            let time = buffer.pts().and_then(|pts| {
+                if st.live {
+                    st.segment.to_running_time(pts)
+                } else {
+                    Some(pts)
+                }
+            });
+            (format, time, st.live)
+        };
+        let samples = {
+            let map = buffer.map_readable().map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Format, ["Unreadable buffer"]);
+                gst::FlowError::Error
+            })?;
+            to_f32(format, &map)
+        };
+        gst::trace!(
+            CAT,
+            imp = self,
+            "Queueing {} samples at {}",
+            samples.len(),
+            time.display()
+        );
+        let n = samples.len() as u64;
+        let mut q = lock(&self.queue);
+        loop {
+            if q.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            q.flow?;
+            if live || q.queued_samples < MAX_QUEUED_OFFLINE {
+                break;
+            }
+            q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        q.queued_samples += n;
+        q.items.push_back(Item::Audio { samples, time });
+        self.queue_cond.notify_all();
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(CAT, obj = pad, "Handling event {:?}", event);
+        match event.view() {
+            EventView::FlushStart(_) => {
+                {
+                    let mut q = lock(&self.queue);
+                    q.flushing = true;
+                    q.items.clear();
+                    q.queued_samples = 0;
+                    self.queue_cond.notify_all();
+                }
+                self.srcpad.push_event(event)
+            }
+            EventView::FlushStop(_) => {
+                let mut q = lock(&self.queue);
+                // The worker finishes what it is decoding (its pushes fail: downstream flushes).
+                while q.busy {
+                    q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                q.items.clear();
+                q.queued_samples = 0;
+                q.flow = Ok(gst::FlowSuccess::Ok);
+                q.flushing = false;
+                q.items.push_back(Item::Reset);
+                q.items.push_back(Item::Event(event));
+                self.queue_cond.notify_all();
+                true
+            }
+            EventView::Caps(c) => {
+                let info = match gst_audio::AudioInfo::from_caps(c.caps()) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        gst::warning!(CAT, imp = self, "Refusing caps {:?}: {}", c.caps(), e);
+                        return false;
+                    }
+                };
+                if info.rate() != SAMPLE_RATE as u32 || info.channels() != 1 {
+                    gst::warning!(CAT, imp = self, "Refusing caps {:?}", c.caps());
+                    return false;
+                }
+                let mode = lock(&self.settings).mode;
+                let live = match mode {
+                    Mode::Auto => self.upstream_is_live(),
+                    Mode::Offline => false,
+                    Mode::Live => true,
+                };
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Caps {:?}, {} processing",
+                    c.caps(),
+                    if live { "live" } else { "offline" }
+                );
+                {
+                    let mut st = lock(&self.stream);
+                    st.format = Some(info.format());
+                    st.live = live;
+                }
+                self.enqueue(Item::Caps { live });
+                true
+            }
+            EventView::Segment(s) => {
+                let Some(segment) = s.segment().downcast_ref::<ClockTime>() else {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ["Only TIME segments are supported, got {:?}", s.segment()]
+                    );
+                    return false;
+                };
+                lock(&self.stream).segment = segment.clone();
+                self.enqueue(Item::Segment(event.clone()));
+                true
+            }
+            EventView::Gap(g) => {
+                let (ts, duration) = g.get();
+                let (live, segment) = {
+                    let st = lock(&self.stream);
+                    (st.live, st.segment.clone())
+                };
+                let time = if live {
+                    segment.to_running_time(ts)
+                } else {
+                    Some(ts)
+                };
+                if let (Some(time), Some(duration)) = (time, duration) {
+                    self.enqueue(Item::Gap { time, duration });
+                }
+                true
+            }
+            EventView::Eos(_) => {
+                self.enqueue(Item::Eos(event));
+                true
+            }
+            // Upstream tags describe the audio, not the text (and would replace our language tag).
+            EventView::Tag(_) => true,
+            _ if event.is_serialized() => {
+                self.enqueue(Item::Event(event));
+                true
+            }
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut;
+        match query.view_mut() {
+            QueryViewMut::Latency(q) => {
+                let mut upstream = gst::query::Latency::new();
+                if !self.sinkpad.peer_query(&mut upstream) {
+                    return false;
+                }
+                let (live, min, max) = upstream.result();
+                if live {
+                    let ours = self.own_latency();
+                    q.set(true, min + ours, max.map(|m| m + ours));
+                } else {
+                    q.set(false, min, max);
+                }
+                gst::debug!(CAT, imp = self, "Latency: {:?}", q);
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    // ---- worker thread ----
+
+    fn start_worker(&self) -> Result<(), gst::StateChangeError> {
+        *lock(&self.queue) = Queue::default();
+        let obj = self.obj().clone();
+        let handle = std::thread::Builder::new()
+            .name("whispernpu-worker".into())
+            .spawn(move || obj.imp().worker_loop())
+            .map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Thread,
+                    ["Cannot start the worker thread: {}", e]
+                );
+                gst::StateChangeError
+            })?;
+        *lock(&self.worker) = Some(handle);
+        Ok(())
+    }
+
+    fn stop_worker_begin(&self) {
+        let mut q = lock(&self.queue);
+        q.shutdown = true;
+        q.flushing = true;
+        q.items.clear();
+        q.queued_samples = 0;
+        self.queue_cond.notify_all();
+    }
+
+    fn stop_worker_join(&self) {
+        if let Some(handle) = lock(&self.worker).take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn worker_loop(&self) {
+        let mut work = Work::new(lock(&self.settings).latency());
+        loop {
+            let item = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if q.shutdown {
+                        return;
+                    }
+                    if let Some(item) = q.items.pop_front() {
+                        if let Item::Audio { samples, .. } = &item {
+                            q.queued_samples -= samples.len() as u64;
+                        }
+                        q.busy = true;
+                        self.queue_cond.notify_all();
+                        break item;
+                    }
+                    q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let res = self.handle_item(&mut work, item);
+            let mut q = lock(&self.queue);
+            q.busy = false;
+            if let Err(e) = res {
+                gst::debug!(CAT, imp = self, "Worker: {:?}", e);
+                if !q.flushing && q.flow.is_ok() {
+                    q.flow = Err(e);
+                }
+            }
+            self.queue_cond.notify_all();
+        }
+    }
+
+    fn failed(&self) -> bool {
+        lock(&self.queue).flow.is_err()
+    }
+
+    fn handle_item(&self, work: &mut Work, item: Item) -> Result<gst::FlowSuccess, gst::FlowError> {
+        match item {
+            Item::Audio { samples, time } => {
+                if self.failed() {
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                self.prepare_engine(work)?;
+                self.place(work, time)?;
+                self.feed(work, &samples)?;
+                self.check_backlog(work);
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Gap { time, duration } => {
+                if self.failed() || work.engine.is_none() {
+                    // Nothing to keep aligned yet: pass the gap on.
+                    return self.cover_to(work, time, time + duration);
+                }
+                self.prepare_engine(work)?;
+                self.place(work, Some(time))?;
+                let n = time_to_samples(duration);
+                if samples_to_time(n) > super::timeline::MAX_SILENCE_FILL {
+                    self.drain(work)?;
+                    let from = work.covered_until.unwrap_or(time);
+                    return self.cover_to(work, from, time + duration);
+                }
+                self.feed(work, &vec![0.0; n as usize])
+            }
+            Item::Caps { live } => {
+                if live != work.live {
+                    self.drain(work)?;
+                    work.set_live(live, lock(&self.settings).latency());
+                }
+                gst::debug!(CAT, imp = self, "Decode policy: {}", work.policy.name());
+                let format = self.negotiate();
+                if work.format != Some(format) {
+                    work.format = Some(format);
+                    if !self
+                        .srcpad
+                        .push_event(gst::event::Caps::new(&format.caps()))
+                    {
+                        gst::warning!(CAT, imp = self, "Downstream refused {:?}", format.caps());
+                    }
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Segment(event) => {
+                if work.live {
+                    // Live output is in running time.
+                    if !work.live_segment_sent {
+                        work.live_segment_sent = true;
+                        let segment = gst::FormattedSegment::<ClockTime>::new();
+                        self.srcpad.push_event(gst::event::Segment::new(&segment));
+                    }
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                let gst::EventView::Segment(s) = event.view() else {
+                    unreachable!()
+                };
+                let Some(segment) = s.segment().downcast_ref::<ClockTime>().cloned() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                if work.out_segment.as_ref() != Some(&segment) {
+                    if work.out_segment.is_some() {
+                        // The old timeline ends here: transcribe what it holds first.
+                        self.drain(work)?;
+                    }
+                    work.out_segment = Some(segment);
+                    work.covered_until = None;
+                    self.srcpad.push_event(event);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Eos(event) => {
+                let res = self.drain(work);
+                self.srcpad.push_event(event);
+                res
+            }
+            Item::Event(event) => {
+                self.srcpad.push_event(event);
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Item::Reset => {
+                gst::debug!(CAT, imp = self, "Reset after flush");
+                if let Some(engine) = work.engine.as_mut() {
+                    engine.reset();
+                }
+                work.timeline.reset();
+                work.covered_until = None;
+                work.out_segment = None;
+                work.live_segment_sent = false;
+                work.language_sent = None;
+                work.behind = false;
+                let latency = lock(&self.settings).latency();
+                work.set_live(work.live, latency);
+                Ok(gst::FlowSuccess::Ok)
+            }
+        }
+    }
+
+    /// Chooses utf8 unless downstream only takes Pango markup.
+    fn negotiate(&self) -> TextFormat {
+        let templ = self.srcpad.pad_template_caps();
+        let peer = self.srcpad.peer_query_caps(Some(&templ));
+        if peer.can_intersect(&TextFormat::Utf8.caps()) {
+            TextFormat::Utf8
+        } else if peer.can_intersect(&TextFormat::Pango.caps()) {
+            TextFormat::Pango
+        } else {
+            TextFormat::Utf8
+        }
+    }
+
+    /// Creates the engine on first use; applies property changes.
+    fn prepare_engine(&self, work: &mut Work) -> Result<(), gst::FlowError> {
+        let generation = self.settings_generation.load(Ordering::Acquire);
+        if work.engine.is_some() && generation == work.settings_generation {
+            return Ok(());
+        }
+        let settings = lock(&self.settings).clone();
+        work.settings_generation = generation;
+        work.policy.set_latency(settings.latency());
+        let opts = settings.options();
+        if let Some(engine) = work.engine.as_mut() {
+            if let Err(e) = engine.set_options(opts) {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ["Property change ignored: {}", e]
+                );
+            }
+            return Ok(());
+        }
+        let Some(model) = self.wait_model() else {
+            // The loader posted the error.
+            return Err(gst::FlowError::Error);
+        };
+        match Transcriber::new(model, opts) {
+            Ok(engine) => {
+                work.engine = Some(engine);
+                Ok(())
+            }
+            Err(e) => {
+                gst::element_imp_error!(self, gst::LibraryError::Settings, ["{}", e]);
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    /// Places audio starting at `time` on the timeline: silence fill or a new run.
+    fn place(
+        &self,
+        work: &mut Work,
+        time: Option<ClockTime>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        match work.timeline.place(time) {
+            Placement::Contiguous => {}
+            Placement::Silence(n) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Hole of {} before {}: filling with silence",
+                    samples_to_time(n),
+                    time.display()
+                );
+                self.feed(work, &vec![0.0; n as usize])?;
+            }
+            Placement::Restart => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Discontinuity at {} (expected {}): draining, new run",
+                    time.display(),
+                    work.timeline.end().display()
+                );
+                self.drain(work)?;
+            }
+        }
+        if work.timeline.base().is_none() {
+            let start = time.unwrap_or_else(|| work.default_base());
+            work.timeline.start_if_needed(start);
+            if let Some(from) = work.covered_until {
+                self.cover_to(work, from, start)?;
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn engine_error(&self, e: Error) -> gst::FlowError {
+        gst::element_imp_error!(
+            self,
+            gst::StreamError::Failed,
+            ["Transcription failed: {}", e]
+        );
+        gst::FlowError::Error
+    }
+
+    fn feed(&self, work: &mut Work, samples: &[f32]) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(engine) = work.engine.as_mut() else {
+            return Err(gst::FlowError::Error);
+        };
+        work.timeline.advance(samples.len() as u64);
+        let segments = work
+            .policy
+            .push(engine, samples)
+            .map_err(|e| self.engine_error(e))?;
+        let decoded =
+            work.timeline.samples() as f64 / SAMPLE_RATE as f64 - engine.pending_seconds();
+        let language = engine.language().map(str::to_string);
+        self.send_language(work, language.as_deref());
+        self.output(work, segments, decoded)
+    }
+
+    /// Transcribes everything of the current run and ends it.
+    fn drain(&self, work: &mut Work) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let (Some(engine), Some(_)) = (work.engine.as_mut(), work.timeline.base()) else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Draining {:.2} s",
+            engine.pending_seconds()
+        );
+        let segments = work
+            .policy
+            .drain(engine)
+            .map_err(|e| self.engine_error(e))?;
+        let end = work.timeline.samples() as f64 / SAMPLE_RATE as f64;
+        let res = self.output(work, segments, end);
+        work.timeline.reset();
+        res
+    }
+
+    fn send_language(&self, work: &mut Work, language: Option<&str>) {
+        let Some(language) = language.filter(|l| !l.is_empty()) else {
+            return;
+        };
+        if work.language_sent.as_deref() == Some(language) {
+            return;
+        }
+        gst::info!(CAT, imp = self, "Language: {}", language);
+        let mut tags = gst::TagList::new();
+        if let Some(tags) = tags.get_mut() {
+            tags.add::<gst::tags::LanguageCode>(&language, gst::TagMergeMode::Replace);
+        }
+        self.srcpad.push_event(gst::event::Tag::new(tags));
+        work.language_sent = Some(language.to_string());
+    }
+
+    /// Sends a GAP over `[from, to)` minus what is already covered.
+    fn cover_to(
+        &self,
+        work: &mut Work,
+        from: ClockTime,
+        to: ClockTime,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let from = work.covered_until.map_or(from, |c| c.max(from));
+        if to > from {
+            gst::log!(CAT, imp = self, "GAP {} + {}", from, to - from);
+            self.srcpad
+                .push_event(gst::event::Gap::builder(from).duration(to - from).build());
+            work.covered_until = Some(to);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Pushes segments (as text buffers, bus messages) and a GAP up to `decoded` seconds.
+    fn output(
+        &self,
+        work: &mut Work,
+        segments: Vec<Segment>,
+        decoded: f64,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        for seg in segments {
+            self.send_language(work, Some(&seg.language));
+            let (Some(start), Some(end)) = (
+                work.timeline.time_of(seg.start),
+                work.timeline.time_of(seg.end),
+            ) else {
+                continue;
+            };
+            // Cues never overlap: a player shows one at a time.
+            let mut start = start;
+            if let Some(covered) = work.covered_until {
+                if covered > start {
+                    start = covered;
+                } else {
+                    self.cover_to(work, covered, start)?;
+                }
+            }
+            let end = end.max(start + MIN_TEXT_DURATION);
+            gst::debug!(CAT, imp = self, "Segment {} – {}: {}", start, end, seg.text);
+            let text = match work.format {
+                Some(TextFormat::Pango) => glib::markup_escape_text(&seg.text).to_string(),
+                _ => seg.text.clone(),
+            };
+            let mut buffer = gst::Buffer::from_mut_slice(text.into_bytes());
+            {
+                let buffer = buffer.get_mut().expect("new buffer is writable");
+                buffer.set_pts(start);
+                buffer.set_duration(end - start);
+            }
+            let structure = gst::Structure::builder("whispernpu-segment")
+                .field("start", start)
+                .field("end", end)
+                .field("text", &seg.text)
+                .field("language", &seg.language)
+                .field("avg-logprob", f64::from(seg.avg_logprob))
+                .field("no-speech-prob", f64::from(seg.no_speech_prob))
+                .build();
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(structure)
+                    .src(&*self.obj())
+                    .build(),
+            );
+            work.covered_until = Some(end);
+            self.srcpad.push(buffer)?;
+        }
+        if let Some(to) = work.timeline.time_of(decoded) {
+            let from = work.covered_until.or(work.timeline.base()).unwrap_or(to);
+            self.cover_to(work, from, to)?;
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Live: warns once when the audio waiting for the engine exceeds latency + lateness.
+    fn check_backlog(&self, work: &mut Work) {
+        if !work.live {
+            return;
+        }
+        let queued = lock(&self.queue).queued_samples as f64 / SAMPLE_RATE as f64;
+        let pending = work
+            .engine
+            .as_ref()
+            .map_or(0.0, Transcriber::pending_seconds);
+        let backlog = queued + pending;
+        let allowed = {
+            let s = lock(&self.settings);
+            f64::from(s.latency_ms + s.lateness_ms) / 1000.0
+        };
+        if !work.behind && backlog > allowed + 1.0 {
+            work.behind = true;
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Busy,
+                (
+                    "Falling behind realtime: {:.1} s of audio waiting, latency + lateness is {:.1} s",
+                    backlog,
+                    allowed
+                ),
+                ["Use a smaller model, beam-size=1, or raise latency/lateness"]
+            );
+        } else if work.behind && backlog < allowed / 2.0 {
+            work.behind = false;
+            gst::info!(CAT, imp = self, "Caught up with realtime");
+        }
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for WhisperNpu {
+    const NAME: &'static str = "GstWhisperNpu";
+    type Type = super::WhisperNpu;
+    type ParentType = gst::Element;
+
+    fn with_class(klass: &Self::Class) -> Self {
+        let templ = klass.pad_template("sink").expect("sink template");
+        let sinkpad = gst::Pad::builder_from_template(&templ)
+            .chain_function(|pad, parent, buffer| {
+                WhisperNpu::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.sink_chain(pad, buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                WhisperNpu::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_event(pad, event),
+                )
+            })
+            .build();
+        let templ = klass.pad_template("src").expect("src template");
+        let srcpad = gst::Pad::builder_from_template(&templ)
+            .query_function(|pad, parent, query| {
+                WhisperNpu::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_query(pad, query),
+                )
+            })
+            .flags(gst::PadFlags::FIXED_CAPS)
+            .build();
+        Self {
+            sinkpad,
+            srcpad,
+            settings: Mutex::new(Settings::default()),
+            settings_generation: AtomicU64::new(0),
+            stream: Mutex::new(Stream::default()),
+            queue: Mutex::new(Queue::default()),
+            queue_cond: Condvar::new(),
+            worker: Mutex::new(None),
+            model: Mutex::new(ModelSlot::None),
+        }
+    }
+}
+
+impl ObjectImpl for WhisperNpu {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.add_pad(&self.sinkpad).expect("add sink pad");
+        obj.add_pad(&self.srcpad).expect("add src pad");
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model")
+                    .nick("Model")
+                    .blurb(
+                        "Whisper model: a name (tiny.en, base; looked up in $WHISPERNPU_MODELS/NAME \
+                         and ./models/NAME, installed by scripts/fetch-model) or the path of a \
+                         CTranslate2 model directory. Default: base. Read at NULL→READY; a change \
+                         takes effect at the next NULL→READY",
+                    )
+                    .default_value(Some(DEFAULT_MODEL))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("backend", DEFAULT_BACKEND)
+                    .nick("Backend")
+                    .blurb(
+                        "Inference backend: auto (best available; falls back to cpu with an INFO \
+                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime). Only cpu \
+                         is in this build: npu and onnx fail with an error. Default: auto. Read at \
+                         NULL→READY",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("language-code")
+                    .nick("Language code")
+                    .blurb(
+                        "Spoken language: an ISO 639-1 code (\"en\", \"de\") or a BCP 47 tag \
+                         (\"en-US\": only the language part is used); empty = detect from the first \
+                         window. Default: \"\". A change takes effect after the next flush, \
+                         discontinuity or EOS",
+                    )
+                    .default_value(Some(DEFAULT_LANGUAGE_CODE))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("task", DEFAULT_TASK)
+                    .nick("Task")
+                    .blurb(
+                        "transcribe = text in the spoken language; translate = English text \
+                         (multilingual models only). Default: transcribe. Applies from the next \
+                         window",
+                    )
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb(
+                        "Live: milliseconds from audio to its text. The engine decodes every \
+                         latency minus a processing headroom (30–70 %), and the element adds \
+                         latency + lateness to the LATENCY query answer. Ignored for non-live \
+                         streams. Range 500–60000 ms, default 5000 ms. Applies from the next chunk \
+                         (posts a LATENCY message)",
+                    )
+                    .minimum(500)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("lateness")
+                    .nick("Lateness")
+                    .blurb(
+                        "Live: extra milliseconds added to the reported latency as slack for slow \
+                         decoding; a warning is posted when the audio waiting for the engine \
+                         exceeds latency + lateness + 1 s. Range 0–60000 ms, default 0 ms. Applies \
+                         at once (posts a LATENCY message)",
+                    )
+                    .minimum(0)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_LATENESS_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("beam-size")
+                    .nick("Beam size")
+                    .blurb(
+                        "1 = greedy decoding; 2–16 = beam search with this many beams (slower, \
+                         sometimes more accurate). Range 1–16, default 1. Applies from the next \
+                         window",
+                    )
+                    .minimum(1)
+                    .maximum(16)
+                    .default_value(DEFAULT_BEAM_SIZE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("n-threads")
+                    .nick("Threads")
+                    .blurb(
+                        "Engine worker threads per element; 0 = one per core. Range 0–256, \
+                         default 0. Read when the engine starts (first audio after READY→PAUSED)",
+                    )
+                    .minimum(0)
+                    .maximum(256)
+                    .default_value(DEFAULT_N_THREADS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("initial-prompt")
+                    .nick("Initial prompt")
+                    .blurb(
+                        "Text given to the model as if it preceded the audio (names, spellings, \
+                         style); empty = none. Default: \"\". A change takes effect after the next \
+                         flush, discontinuity or EOS",
+                    )
+                    .default_value(Some(DEFAULT_INITIAL_PROMPT))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("no-speech-threshold")
+                    .nick("No-speech threshold")
+                    .blurb(
+                        "A window whose no-speech probability exceeds this (and whose average \
+                         token log-probability is below −1) is treated as silence: no text. \
+                         Range 0–1, default 0.6. Applies from the next window",
+                    )
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_NO_SPEECH_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("condition-on-previous-text")
+                    .nick("Condition on previous text")
+                    .blurb(
+                        "Prompt each window with the text of the previous ones (more consistent \
+                         style; a mistake can repeat). Default: true. Applies from the next window",
+                    )
+                    .default_value(DEFAULT_CONDITION_ON_PREVIOUS_TEXT)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("mode", DEFAULT_MODE)
+                    .nick("Mode")
+                    .blurb(
+                        "auto = live processing when upstream answers the LATENCY query as live, \
+                         else offline; offline = openai's long-form algorithm over 30 s windows \
+                         (the same text as examples/transcribe); live = decode every latency minus \
+                         headroom, timestamps in running time. Default: auto. Read at each caps \
+                         event",
+                    )
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        let mut latency_changed = false;
+        match pspec.name() {
+            "model" => {
+                s.model = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_MODEL.into());
+            }
+            "backend" => s.backend = value.get().expect("type checked upstream"),
+            "language-code" => {
+                s.language_code = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
+            "task" => s.task = value.get().expect("type checked upstream"),
+            "latency" => {
+                s.latency_ms = value.get().expect("type checked upstream");
+                latency_changed = true;
+            }
+            "lateness" => {
+                s.lateness_ms = value.get().expect("type checked upstream");
+                latency_changed = true;
+            }
+            "beam-size" => s.beam_size = value.get().expect("type checked upstream"),
+            "n-threads" => s.n_threads = value.get().expect("type checked upstream"),
+            "initial-prompt" => {
+                s.initial_prompt = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
+            "no-speech-threshold" => {
+                s.no_speech_threshold = value.get().expect("type checked upstream");
+            }
+            "condition-on-previous-text" => {
+                s.condition_on_previous_text = value.get().expect("type checked upstream");
+            }
+            "mode" => s.mode = value.get().expect("type checked upstream"),
+            other => unimplemented!("property {other}"),
+        }
+        gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
+        drop(s);
+        self.settings_generation.fetch_add(1, Ordering::AcqRel);
+        if latency_changed {
+            let _ = self
+                .obj()
+                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        match pspec.name() {
+            "model" => s.model.to_value(),
+            "backend" => s.backend.to_value(),
+            "language-code" => s.language_code.to_value(),
+            "task" => s.task.to_value(),
+            "latency" => s.latency_ms.to_value(),
+            "lateness" => s.lateness_ms.to_value(),
+            "beam-size" => s.beam_size.to_value(),
+            "n-threads" => s.n_threads.to_value(),
+            "initial-prompt" => s.initial_prompt.to_value(),
+            "no-speech-threshold" => s.no_speech_threshold.to_value(),
+            "condition-on-previous-text" => s.condition_on_previous_text.to_value(),
+            "mode" => s.mode.to_value(),
+            other => unimplemented!("property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for WhisperNpu {}
+
+impl ElementImpl for WhisperNpu {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: Lazy<gst::subclass::ElementMetadata> = Lazy::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Whisper speech-to-text",
+                "Audio/Text/Filter",
+                "Transcribes or translates speech into timed text (one buffer per phrase) with \
+                 OpenAI Whisper, on the CPU (native Rust) or an AMD Ryzen AI NPU",
+                "whispernpu developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
+            let sink_caps = gst_audio::AudioCapsBuilder::new_interleaved()
+                .format_list([gst_audio::AudioFormat::F32le, gst_audio::AudioFormat::S16le])
+                .rate(SAMPLE_RATE as i32)
+                .channels(1)
+                .build();
+            let src_caps = gst::Caps::builder("text/x-raw")
+                .field("format", gst::List::new(["utf8", "pango-markup"]))
+                .build();
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &sink_caps,
+                )
+                .expect("sink template"),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &src_caps,
+                )
+                .expect("src template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        gst::debug!(CAT, imp = self, "Changing state {:?}", transition);
+        match transition {
+            gst::StateChange::NullToReady => self.start_loading(),
+            gst::StateChange::ReadyToPaused => {
+                *lock(&self.stream) = Stream::default();
+                self.start_worker()?;
+            }
+            gst::StateChange::PausedToReady => self.stop_worker_begin(),
+            _ => {}
+        }
+        let res = self.parent_change_state(transition);
+        match transition {
+            gst::StateChange::PausedToReady => self.stop_worker_join(),
+            gst::StateChange::ReadyToNull => {
+                let slot = std::mem::replace(&mut *lock(&self.model), ModelSlot::None);
+                if let ModelSlot::Loading(handle) = slot {
+                    let _ = handle.join();
+                }
+            }
+            _ => {}
+        }
+        if res.is_err() && transition == gst::StateChange::ReadyToPaused {
+            self.stop_worker_begin();
+            self.stop_worker_join();
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_codes() {
+        assert_eq!(language_from_code(""), None);
+        assert_eq!(language_from_code("auto"), None);
+        assert_eq!(language_from_code("en"), Some("en".into()));
+        assert_eq!(language_from_code("en-US"), Some("en".into()));
+        assert_eq!(language_from_code("DE_at"), Some("de".into()));
+    }
+
+    #[test]
+    fn s16_to_f32() {
+        let bytes = [0x00, 0x80, 0x00, 0x40, 0xff, 0x7f];
+        let f = to_f32(gst_audio::AudioFormat::S16le, &bytes);
+        assert_eq!(f[0], -1.0);
+        assert_eq!(f[1], 0.5);
+        assert!((f[2] - 1.0).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,148 @@
+//! The mapping between engine sample indices and output time.
+//!
+//! The engine counts seconds from the first sample pushed since its last reset. The element keeps
+//! one *run* per stretch of contiguous audio: the output time of the run's first sample (`base`)
+//! and how many samples the engine has received in it. Output time is the input segment's
+//! timeline (buffer timestamps) for non-live streams and running time for live ones.
+//!
+//! Policy for timestamps that do not follow on (a DISCONT, a GAP event, a jump):
+//! * within [`TOLERANCE`] of the expected time: treated as contiguous (timestamp jitter);
+//! * a forward jump of up to [`MAX_SILENCE_FILL`]: the hole is filled with digital silence, so
+//!   the engine's clock stays aligned and context is kept;
+//! * anything else (backwards, or a longer hole): the run is drained (everything received is
+//!   transcribed, as at EOS) and a new run starts at the new timestamp.
+//!
+//! No sample is ever dropped.
+
+use gst::ClockTime;
+
+/// Engine sample rate.
+pub const SAMPLE_RATE: u64 = 16_000;
+/// Timestamp differences up to this are jitter, not gaps.
+pub const TOLERANCE: ClockTime = ClockTime::from_mseconds(40);
+/// Longest hole filled with silence; longer ones restart the run.
+pub const MAX_SILENCE_FILL: ClockTime = ClockTime::from_seconds(30);
+
+/// Where new audio goes relative to the current run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Follows on (or starts the first run).
+    Contiguous,
+    /// Follows a hole of this many samples, to be filled with silence.
+    Silence(u64),
+    /// Does not fit: drain the run and start a new one at the new time.
+    Restart,
+}
+
+/// The current run.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    base: Option<ClockTime>,
+    samples: u64,
+}
+
+impl Timeline {
+    /// Output time of the run's first sample, once audio arrived.
+    pub fn base(&self) -> Option<ClockTime> {
+        self.base
+    }
+
+    /// Samples the engine received in this run (silence fill included).
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Output time just after the last sample received.
+    pub fn end(&self) -> Option<ClockTime> {
+        self.base.map(|b| b + samples_to_time(self.samples))
+    }
+
+    /// Where audio starting at `time` goes. `None` (no timestamp) always follows on.
+    pub fn place(&self, time: Option<ClockTime>) -> Placement {
+        let (Some(time), Some(expected)) = (time, self.end()) else {
+            return Placement::Contiguous;
+        };
+        if time + TOLERANCE < expected {
+            return Placement::Restart;
+        }
+        if time <= expected + TOLERANCE {
+            return Placement::Contiguous;
+        }
+        let hole = time - expected;
+        if hole > MAX_SILENCE_FILL {
+            Placement::Restart
+        } else {
+            Placement::Silence(time_to_samples(hole))
+        }
+    }
+
+    /// Starts the first run at `time` if none has started.
+    pub fn start_if_needed(&mut self, time: ClockTime) {
+        if self.base.is_none() {
+            self.base = Some(time);
+            self.samples = 0;
+        }
+    }
+
+    /// Counts samples handed to the engine.
+    pub fn advance(&mut self, samples: u64) {
+        self.samples += samples;
+    }
+
+    /// Output time of an engine time (seconds since the run start).
+    pub fn time_of(&self, seconds: f64) -> Option<ClockTime> {
+        let seconds = seconds.max(0.0);
+        self.base
+            .map(|b| b + ClockTime::from_nseconds((seconds * 1e9).round() as u64))
+    }
+
+    /// Forgets the run; the next audio starts a new one.
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+pub fn samples_to_time(samples: u64) -> ClockTime {
+    ClockTime::from_nseconds((samples as u128 * 1_000_000_000 / SAMPLE_RATE as u128) as u64)
+}
+
+pub fn time_to_samples(time: ClockTime) -> u64 {
+    (time.nseconds() as u128 * SAMPLE_RATE as u128 / 1_000_000_000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_jitter_and_holes() {
+        let mut t = Timeline::default();
+        assert_eq!(
+            t.place(Some(ClockTime::from_seconds(5))),
+            Placement::Contiguous
+        );
+        t.start_if_needed(ClockTime::from_seconds(5));
+        t.advance(16_000);
+        assert_eq!(t.end(), Some(ClockTime::from_seconds(6)));
+        assert_eq!(t.place(None), Placement::Contiguous);
+        assert_eq!(
+            t.place(Some(ClockTime::from_mseconds(6_010))),
+            Placement::Contiguous
+        );
+        assert_eq!(
+            t.place(Some(ClockTime::from_seconds(8))),
+            Placement::Silence(32_000)
+        );
+        assert_eq!(
+            t.place(Some(ClockTime::from_seconds(100))),
+            Placement::Restart
+        );
+        assert_eq!(
+            t.place(Some(ClockTime::from_seconds(5))),
+            Placement::Restart
+        );
+        assert_eq!(t.time_of(0.5), Some(ClockTime::from_mseconds(5_500)));
+        t.reset();
+        assert_eq!(t.base(), None);
+    }
+}
