@@ -1,0 +1,178 @@
+"""Reference transcripts from faster-whisper for tests/engine.rs. Run through scripts/fw-reference,
+which sets up the venv, the models and the synthesised audio, and documents the outputs."""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import types
+import wave
+
+# faster-whisper imports onnxruntime at module level but only uses it for VAD (vad_filter=False
+# here); tolerate a `pip install --no-deps faster-whisper` environment without it.
+try:
+    import onnxruntime  # noqa: F401
+except ImportError:
+    sys.modules.setdefault("onnxruntime", types.ModuleType("onnxruntime"))
+
+import ctranslate2
+import faster_whisper
+import numpy as np
+from faster_whisper import WhisperModel
+
+
+def read_wav(path):
+    """16-bit PCM WAV -> mono float32 in [-1, 1], scaled by 1/32768 as tests/common read_wav does."""
+    with wave.open(path, "rb") as w:
+        assert w.getsampwidth() == 2, f"{path}: expected 16-bit PCM"
+        assert w.getframerate() == 16000, f"{path}: expected 16 kHz"
+        channels = w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    x = data.astype(np.float32).reshape(-1, channels) * np.float32(1.0 / 32768.0)
+    return x.mean(axis=1, dtype=np.float32) if channels > 1 else x[:, 0].copy()
+
+
+def normalise(s):
+    """Mirror of `norm` in tests/common/mod.rs `wer_percent`."""
+    s = s.lower()
+    s = "".join(c if (c.isalnum() or c == "'") else " " for c in s)
+    words = (w.strip("'") for w in s.split())
+    return [w for w in words if w]
+
+
+def wer_percent(reference, hyp):
+    r, h = normalise(reference), normalise(hyp)
+    if not r:
+        return 0.0 if not h else 100.0
+    prev = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        cur = [i] + [0] * len(h)
+        for j in range(1, len(h) + 1):
+            sub = prev[j - 1] + (r[i - 1] != h[j - 1])
+            cur[j] = min(sub, prev[j] + 1, cur[j - 1] + 1)
+        prev = cur
+    return 100.0 * prev[len(h)] / len(r)
+
+
+def sha256(path):
+    d = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            d.update(block)
+    return d.hexdigest()
+
+
+OPTIONS = dict(
+    language="en",
+    task="transcribe",
+    beam_size=1,
+    best_of=5,
+    patience=1.0,
+    temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    compression_ratio_threshold=2.4,
+    log_prob_threshold=-1.0,
+    no_speech_threshold=0.6,
+    condition_on_previous_text=True,
+    prompt_reset_on_temperature=0.5,
+    initial_prompt=None,
+    suppress_blank=True,
+    suppress_tokens=[-1],
+    without_timestamps=False,
+    max_initial_timestamp=1.0,
+    word_timestamps=False,
+    vad_filter=False,
+)
+
+
+def transcribe(model, audio):
+    t0 = time.perf_counter()
+    segments, info = model.transcribe(audio, **OPTIONS)
+    segs = [
+        dict(
+            start=round(s.start, 3),
+            end=round(s.end, 3),
+            text=s.text,
+            avg_logprob=round(s.avg_logprob, 4),
+            no_speech_prob=round(s.no_speech_prob, 4),
+            temperature=s.temperature,
+            compression_ratio=round(s.compression_ratio, 4),
+        )
+        for s in segments  # a generator: decoding happens here
+    ]
+    seconds = time.perf_counter() - t0
+    text = " ".join(s["text"].strip() for s in segs)
+    return text, segs, info, seconds
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(f"wrote {path}: {text}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fixtures", required=True)
+    ap.add_argument("--jfk", required=True)
+    ap.add_argument("--multiwindow", required=True)
+    ap.add_argument("--model", action="append", required=True, help="NAME=DIR")
+    ap.add_argument("--espeak-version", required=True)
+    ap.add_argument("--sox-version", required=True)
+    args = ap.parse_args()
+
+    fx = args.fixtures
+    reference = open(os.path.join(fx, "multiwindow.txt"), encoding="utf-8").read()
+    jfk = read_wav(args.jfk)
+    mw = read_wav(args.multiwindow)
+    versions = {
+        "faster_whisper": faster_whisper.__version__,
+        "ctranslate2": ctranslate2.__version__,
+    }
+    settings = dict(OPTIONS, device="cpu", compute_type="float32", cpu_threads=2, num_workers=1)
+
+    jfk_json = {"generator": "scripts/fw-reference", "versions": versions, "options": settings,
+                "audio": {"file": "jfk.wav", "sha256": sha256(args.jfk),
+                          "seconds": len(jfk) / 16000}, "models": {}}
+    mw_json = {"generator": "scripts/fw-reference", "versions": dict(versions),
+               "options": settings,
+               "audio": {"text": "tests/fixtures/multiwindow.txt",
+                         "synthesiser": "scripts/synth-speech",
+                         "espeak_ng": args.espeak_version, "sox": args.sox_version,
+                         "seconds": len(mw) / 16000, "sha256": sha256(args.multiwindow)},
+               "wer_normalisation": "tests/common/mod.rs wer_percent",
+               "models": {}}
+
+    for spec in args.model:
+        name, path = spec.split("=", 1)
+        model = WhisperModel(path, device="cpu", compute_type="float32", cpu_threads=2, num_workers=1)
+        model_sha = sha256(os.path.join(path, "model.bin"))
+
+        text, segs, info, secs = transcribe(model, jfk)
+        write_text(os.path.join(fx, f"jfk.{name}.faster-whisper.txt"), text)
+        jfk_json["models"][name] = {"model_bin_sha256": model_sha, "text": text, "segments": segs}
+        # Segment boundaries alone, for tests/engine.rs (jfk_tiny_en_matches_faster_whisper).
+        bounds = [dict(start=s["start"], end=s["end"], text=s["text"]) for s in segs]
+        with open(os.path.join(fx, f"jfk.{name}.faster-whisper.json"), "w", encoding="utf-8") as f:
+            json.dump(bounds, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+        text, segs, info, secs = transcribe(model, mw)
+        write_text(os.path.join(fx, f"multiwindow.{name}.faster-whisper.txt"), text)
+        wer = wer_percent(reference, text)
+        print(f"{name}: multiwindow WER {wer:.2f} % ({secs:.1f} s, {len(mw) / 16000 / secs:.1f}x realtime)")
+        mw_json["models"][name] = {"model_bin_sha256": model_sha, "wer_percent": round(wer, 3),
+                                   "text": text, "segments": segs}
+
+    for path, obj in ((os.path.join(fx, "jfk.faster-whisper.json"), jfk_json),
+                      (os.path.join(fx, "multiwindow.faster-whisper.json"), mw_json)):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

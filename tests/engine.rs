@@ -1,0 +1,358 @@
+//! End-to-end tests of the pure-Rust Whisper engine: model loading, the long-form transcriber and
+//! its agreement with faster-whisper (reference outputs committed under tests/fixtures/, written by
+//! `scripts/fw-reference`).
+//!
+//! Run with `cargo test --release --test engine -- --test-threads=1` (debug builds are very slow).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use gstwhispernpu::model::{WhisperModel, load_shared};
+use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
+
+const JFK_TEXT: &str = "And so my fellow Americans, ask not what your country can do for you, \
+                        ask what you can do for your country.";
+
+fn fixture(name: &str) -> PathBuf {
+    common::repo().join("tests/fixtures").join(name)
+}
+
+fn read_fixture(name: &str) -> String {
+    let path = fixture(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e}; regenerate the references with scripts/fw-reference",
+            path.display()
+        )
+    })
+}
+
+fn read_json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&read_fixture(name))
+        .unwrap_or_else(|e| panic!("tests/fixtures/{name} is not valid JSON: {e}"))
+}
+
+/// Loads a model from the directory `scripts/fetch-model` installs it into.
+fn model(name: &str) -> Arc<WhisperModel> {
+    let dir = common::model_dir(name);
+    Arc::new(
+        WhisperModel::load(&dir)
+            .unwrap_or_else(|e| panic!("cannot load model {}: {e}", dir.display())),
+    )
+}
+
+/// Pushes `samples` in chunks of `chunk` samples (all at once when `chunk` is 0), then finishes.
+fn run(
+    model: Arc<WhisperModel>,
+    opts: TranscribeOptions,
+    samples: &[f32],
+    chunk: usize,
+) -> Vec<Segment> {
+    let mut t = Transcriber::new(model, opts).expect("Transcriber::new failed");
+    let mut segments = Vec::new();
+    if chunk == 0 {
+        segments.extend(t.push(samples).expect("push failed"));
+    } else {
+        for piece in samples.chunks(chunk) {
+            segments.extend(t.push(piece).expect("push failed"));
+        }
+    }
+    segments.extend(t.finish().expect("finish failed"));
+    segments
+}
+
+fn text_of(segments: &[Segment]) -> String {
+    segments
+        .iter()
+        .map(|s| s.text.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn dump(segments: &[Segment]) -> String {
+    segments
+        .iter()
+        .map(|s| format!("  [{:7.2} -> {:7.2}] {}\n", s.start, s.end, s.text))
+        .collect()
+}
+
+fn jfk() -> Vec<f32> {
+    let (samples, rate) = common::read_wav(&common::jfk_wav());
+    assert_eq!(rate, 16000, "jfk.wav must be 16 kHz");
+    samples
+}
+
+/// Segments are ordered, non-overlapping, and each has start <= end.
+fn assert_monotonic(segments: &[Segment]) {
+    let mut prev_end = 0.0f64;
+    for s in segments {
+        assert!(
+            s.start >= prev_end - 1e-6 && s.end >= s.start,
+            "segment times are not monotonic at [{} -> {}] (previous end {prev_end}):\n{}",
+            s.start,
+            s.end,
+            dump(segments)
+        );
+        prev_end = s.end;
+    }
+}
+
+#[test]
+fn jfk_base_exact() {
+    let segments = run(model("base"), TranscribeOptions::default(), &jfk(), 0);
+    eprintln!("base, default options:\n{}", dump(&segments));
+    assert!(!segments.is_empty(), "no segments");
+    assert_eq!(text_of(&segments), JFK_TEXT);
+    for s in &segments {
+        assert_eq!(s.language, "en", "language of segment {:?}", s.text);
+    }
+    assert_monotonic(&segments);
+    for s in &segments {
+        assert!(
+            s.start >= 0.0 && s.end <= 11.1,
+            "segment [{} -> {}] outside [0, 11.1] s",
+            s.start,
+            s.end
+        );
+    }
+    assert!(
+        segments[0].start < 1.0,
+        "first segment starts at {} s",
+        segments[0].start
+    );
+}
+
+#[test]
+fn jfk_tiny_en_matches_faster_whisper() {
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        tail_padding: TailPadding::Zero,
+        ..Default::default()
+    };
+    let segments = run(model("tiny.en"), opts, &jfk(), 0);
+    eprintln!("tiny.en, zero tail padding:\n{}", dump(&segments));
+    let expected = read_fixture("jfk.tiny.en.faster-whisper.txt");
+    assert_eq!(text_of(&segments), expected.trim());
+
+    let reference = read_json("jfk.tiny.en.faster-whisper.json");
+    let reference = reference.as_array().expect("a JSON array of segments");
+    let times: Vec<(f64, f64)> = reference
+        .iter()
+        .map(|s| {
+            (
+                s["start"].as_f64().expect("start"),
+                s["end"].as_f64().expect("end"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        segments.len(),
+        times.len(),
+        "segment count differs from faster-whisper's {times:?}:\n{}",
+        dump(&segments)
+    );
+    for (s, (start, end)) in segments.iter().zip(&times) {
+        assert!(
+            (s.start - start).abs() <= 0.05 && (s.end - end).abs() <= 0.05,
+            "segment [{} -> {}] {:?} differs from faster-whisper's [{start} -> {end}]",
+            s.start,
+            s.end,
+            s.text
+        );
+    }
+}
+
+#[test]
+fn jfk_base_beam5() {
+    let opts = TranscribeOptions {
+        beam_size: 5,
+        ..Default::default()
+    };
+    let segments = run(model("base"), opts, &jfk(), 0);
+    eprintln!("base, beam 5:\n{}", dump(&segments));
+    let text = text_of(&segments);
+    // faster-whisper 1.2.1 (beam 5): "And so, my fellow Americans, ask not what your country can
+    // do for you, ask what you can do for your country."
+    for phrase in [
+        "my fellow Americans",
+        "ask what you can do for your country",
+    ] {
+        assert!(text.contains(phrase), "{text:?} lacks {phrase:?}");
+    }
+    assert_monotonic(&segments);
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("whispernpu-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("cannot run sha256sum (coreutils)");
+    assert!(out.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Synthesises the multi-window recording with scripts/synth-speech and checks it is the one the
+/// committed faster-whisper references were computed on.
+fn synthesise(dir: &Path, reference: &serde_json::Value) -> PathBuf {
+    let wav = dir.join("multiwindow.wav");
+    let script = common::repo().join("scripts/synth-speech");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&wav)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed ({}); it needs espeak-ng and sox \
+         (apt-get install espeak-ng sox):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = reference["audio"]["sha256"]
+        .as_str()
+        .expect("audio.sha256 in multiwindow.faster-whisper.json");
+    let actual = sha256sum(&wav);
+    assert_eq!(
+        actual, expected,
+        "the synthesiser output changed; regenerate references with scripts/fw-reference"
+    );
+    wav
+}
+
+fn multiwindow_wer_close_to_faster_whisper(name: &str) {
+    let reference = read_json("multiwindow.faster-whisper.json");
+    let fw_wer = reference["models"][name]["wer_percent"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("models.{name}.wer_percent in multiwindow.faster-whisper.json"));
+    let truth = read_fixture("multiwindow.txt");
+
+    let tmp = TempDir::new("multiwindow");
+    let wav = synthesise(tmp.path(), &reference);
+    let (samples, rate) = common::read_wav(&wav);
+    assert_eq!(rate, 16000);
+    let seconds = samples.len() as f64 / 16000.0;
+
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let segments = run(model(name), opts, &samples, 16000);
+    let text = text_of(&segments);
+    let wer = common::wer_percent(&truth, &text);
+    eprintln!("{name}: {seconds:.1} s of audio\n{}", dump(&segments));
+    eprintln!("{name}: our WER {wer:.2} %, faster-whisper's {fw_wer:.2} %");
+    assert!(
+        wer <= fw_wer + 2.0,
+        "{name}: WER {wer:.2} % exceeds faster-whisper's {fw_wer:.2} % + 2.0; transcript:\n{text}"
+    );
+    assert_monotonic(&segments);
+    let last = segments.last().expect("no segments");
+    assert!(
+        last.end > 85.0,
+        "{name}: last segment ends at {} s of {seconds:.1} s",
+        last.end
+    );
+}
+
+#[test]
+fn multiwindow_wer_close_to_faster_whisper_tiny_en() {
+    multiwindow_wer_close_to_faster_whisper("tiny.en");
+}
+
+#[test]
+fn multiwindow_wer_close_to_faster_whisper_base() {
+    multiwindow_wer_close_to_faster_whisper("base");
+}
+
+#[test]
+fn push_chunking_does_not_change_text() {
+    let samples = jfk();
+    let m = model("tiny.en");
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let whole = run(m.clone(), opts.clone(), &samples, 0);
+    let chunked = run(m, opts, &samples, 5923);
+    assert!(!whole.is_empty(), "no segments");
+    assert_eq!(
+        whole,
+        chunked,
+        "one push:\n{}chunks of 5923:\n{}",
+        dump(&whole),
+        dump(&chunked)
+    );
+}
+
+#[test]
+fn model_errors() {
+    let empty = TempDir::new("empty-model");
+    let err = WhisperModel::load(empty.path())
+        .err()
+        .expect("loading an empty directory succeeded");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.bin"),
+        "error does not name model.bin: {msg}"
+    );
+
+    let err = load_shared("no-such-model")
+        .err()
+        .expect("load_shared(\"no-such-model\") succeeded");
+    let msg = err.to_string();
+    for known in ["tiny.en", "base"] {
+        assert!(msg.contains(known), "error does not list {known}: {msg}");
+    }
+}
+
+#[test]
+fn translate_rejected_on_english_only() {
+    let opts = TranscribeOptions {
+        task: Task::Translate,
+        ..Default::default()
+    };
+    let err = Transcriber::new(model("tiny.en"), opts)
+        .err()
+        .expect("Transcriber::new accepted translate with tiny.en");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("translate"),
+        "error does not mention translate: {msg}"
+    );
+}
