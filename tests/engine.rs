@@ -174,15 +174,9 @@ fn jfk_base_beam5() {
     };
     let segments = run(model("base"), opts, &jfk(), 0);
     eprintln!("base, beam 5:\n{}", dump(&segments));
-    let text = text_of(&segments);
-    // faster-whisper 1.2.1 (beam 5): "And so, my fellow Americans, ask not what your country can
-    // do for you, ask what you can do for your country."
-    for phrase in [
-        "my fellow Americans",
-        "ask what you can do for your country",
-    ] {
-        assert!(text.contains(phrase), "{text:?} lacks {phrase:?}");
-    }
+    // (faster-whisper 1.2.1 with beam 5 writes "And so, my fellow Americans, ..."; our engine
+    // gives the greedy text, which is also openai's.)
+    assert_eq!(text_of(&segments), JFK_TEXT);
     assert_monotonic(&segments);
 }
 
@@ -284,7 +278,7 @@ fn multiwindow_wer_close_to_faster_whisper(name: &str) {
     assert_monotonic(&segments);
     let last = segments.last().expect("no segments");
     assert!(
-        last.end > 85.0,
+        last.end > 90.0,
         "{name}: last segment ends at {} s of {seconds:.1} s",
         last.end
     );
@@ -303,21 +297,20 @@ fn multiwindow_wer_close_to_faster_whisper_base() {
 #[test]
 fn push_chunking_does_not_change_text() {
     let samples = jfk();
-    let m = model("tiny.en");
-    let opts = TranscribeOptions {
-        language: Some("en".into()),
-        ..Default::default()
-    };
-    let whole = run(m.clone(), opts.clone(), &samples, 0);
-    let chunked = run(m, opts, &samples, 5923);
-    assert!(!whole.is_empty(), "no segments");
-    assert_eq!(
-        whole,
-        chunked,
-        "one push:\n{}chunks of 5923:\n{}",
-        dump(&whole),
-        dump(&chunked)
-    );
+    for (name, chunk) in [("base", 5920), ("tiny.en", 5923)] {
+        let m = model(name);
+        let opts = TranscribeOptions::default();
+        let whole = run(m.clone(), opts.clone(), &samples, 0);
+        let chunked = run(m, opts, &samples, chunk);
+        assert!(!whole.is_empty(), "{name}: no segments");
+        assert_eq!(
+            whole,
+            chunked,
+            "{name}: one push:\n{}chunks of {chunk}:\n{}",
+            dump(&whole),
+            dump(&chunked)
+        );
+    }
 }
 
 #[test]
@@ -327,10 +320,23 @@ fn model_errors() {
         .err()
         .expect("loading an empty directory succeeded");
     let msg = err.to_string();
+    let shown = empty.path().display().to_string();
     assert!(
-        msg.contains("model.bin"),
-        "error does not name model.bin: {msg}"
+        msg.contains("model.bin") && msg.contains(&shown),
+        "error does not name {shown}/model.bin: {msg}"
     );
+
+    // A model.bin that is not a CTranslate2 model, beside valid configuration files.
+    let tiny = common::model_dir("tiny.en");
+    for f in ["config.json", "vocabulary.txt", "tokenizer.json"] {
+        std::fs::copy(tiny.join(f), empty.path().join(f)).unwrap();
+    }
+    std::fs::write(empty.path().join("model.bin"), b"not a CTranslate2 model").unwrap();
+    let err = WhisperModel::load(empty.path())
+        .err()
+        .expect("loading a garbage model.bin succeeded");
+    let msg = err.to_string();
+    assert!(msg.contains(&shown), "error does not name {shown}: {msg}");
 
     let err = load_shared("no-such-model")
         .err()
@@ -338,6 +344,10 @@ fn model_errors() {
     let msg = err.to_string();
     for known in ["tiny.en", "base"] {
         assert!(msg.contains(known), "error does not list {known}: {msg}");
+    }
+    match err {
+        gstwhispernpu::ModelError::UnknownName { name, .. } => assert_eq!(name, "no-such-model"),
+        other => panic!("expected ModelError::UnknownName, got {other:?}"),
     }
 }
 
