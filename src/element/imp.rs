@@ -54,6 +54,9 @@ const DEFAULT_MODE: Mode = Mode::Auto;
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
 /// Shortest text buffer, when clamping to keep cues from overlapping leaves nothing.
 const MIN_TEXT_DURATION: ClockTime = ClockTime::from_mseconds(100);
+/// Segments over audio whose peak stays below this (−60 dBFS) are dropped: Whisper invents text
+/// ("you", "Thank you.") over digital silence.
+const SILENCE_PEAK: f32 = 0.001;
 /// Offline mode reports one window as its latency when upstream is live anyway.
 const WINDOW: ClockTime = ClockTime::from_seconds(30);
 
@@ -338,7 +341,7 @@ impl WhisperNpu {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Thread,
-                    ["Cannot start the model loader thread: {}", e]
+                    ("Cannot start the model loader thread: {}", e)
                 );
                 ModelSlot::Failed
             }
@@ -376,7 +379,7 @@ impl WhisperNpu {
                     why: "this build has only the cpu backend; set backend=cpu or backend=auto"
                         .into(),
                 };
-                gst::element_imp_error!(self, gst::LibraryError::Init, ["{}", e]);
+                gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
                 self.post_progress(gst::ProgressType::Error, &e.to_string());
                 return None;
             }
@@ -401,14 +404,14 @@ impl WhisperNpu {
             Err(e) => {
                 let msg = match &e {
                     ModelError::NotFound { .. } | ModelError::UnknownName { .. } => {
-                        gst::error_msg!(gst::ResourceError::NotFound, ["{}", e])
+                        gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
                     }
                     ModelError::Io { .. } => {
-                        gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e])
+                        gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e))
                     }
                     _ => gst::error_msg!(
                         gst::ResourceError::Read,
-                        ["Cannot use Whisper model `{}`: {}", name, e]
+                        ("Cannot use Whisper model `{}`: {}", name, e)
                     ),
                 };
                 self.post_error_message(msg);
@@ -455,7 +458,7 @@ impl WhisperNpu {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    ["Audio arrived before caps"]
+                    ("Audio arrived before caps")
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
@@ -470,7 +473,7 @@ impl WhisperNpu {
         };
         let samples = {
             let map = buffer.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Format, ["Unreadable buffer"]);
+                gst::element_imp_error!(self, gst::StreamError::Format, ("Unreadable buffer"));
                 gst::FlowError::Error
             })?;
             to_f32(format, &map)
@@ -567,7 +570,7 @@ impl WhisperNpu {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
-                        ["Only TIME segments are supported, got {:?}", s.segment()]
+                        ("Only TIME segments are supported, got {:?}", s.segment())
                     );
                     return false;
                 };
@@ -639,7 +642,7 @@ impl WhisperNpu {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Thread,
-                    ["Cannot start the worker thread: {}", e]
+                    ("Cannot start the worker thread: {}", e)
                 );
                 gst::StateChangeError
             })?;
@@ -826,7 +829,7 @@ impl WhisperNpu {
                 gst::element_imp_warning!(
                     self,
                     gst::LibraryError::Settings,
-                    ["Property change ignored: {}", e]
+                    ("Property change ignored: {}", e)
                 );
             }
             return Ok(());
@@ -841,7 +844,7 @@ impl WhisperNpu {
                 Ok(())
             }
             Err(e) => {
-                gst::element_imp_error!(self, gst::LibraryError::Settings, ["{}", e]);
+                gst::element_imp_error!(self, gst::LibraryError::Settings, ("{}", e));
                 Err(gst::FlowError::Error)
             }
         }
@@ -890,7 +893,7 @@ impl WhisperNpu {
         gst::element_imp_error!(
             self,
             gst::StreamError::Failed,
-            ["Transcription failed: {}", e]
+            ("Transcription failed: {}", e)
         );
         gst::FlowError::Error
     }
@@ -899,13 +902,12 @@ impl WhisperNpu {
         let Some(engine) = work.engine.as_mut() else {
             return Err(gst::FlowError::Error);
         };
-        work.timeline.advance(samples.len() as u64);
+        work.timeline.advance(samples);
         let segments = work
             .policy
             .push(engine, samples)
             .map_err(|e| self.engine_error(e))?;
-        let decoded =
-            work.timeline.samples() as f64 / SAMPLE_RATE as f64 - engine.pending_seconds();
+        let decoded = work.timeline.seconds() - engine.pending_seconds();
         let language = engine.language().map(str::to_string);
         self.send_language(work, language.as_deref());
         self.output(work, segments, decoded)
@@ -926,7 +928,7 @@ impl WhisperNpu {
             .policy
             .drain(engine)
             .map_err(|e| self.engine_error(e))?;
-        let end = work.timeline.samples() as f64 / SAMPLE_RATE as f64;
+        let end = work.timeline.seconds();
         let res = self.output(work, segments, end);
         work.timeline.reset();
         res
@@ -974,9 +976,22 @@ impl WhisperNpu {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         for seg in segments {
             self.send_language(work, Some(&seg.language));
+            // Timestamps past the audio received come from the padding of a partial window.
+            let seg_end = seg.end.min(work.timeline.seconds());
+            if work.timeline.peak_between(seg.start, seg_end) < SILENCE_PEAK {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Dropping `{}` ({:.2}–{:.2} s): the audio there is silent",
+                    seg.text,
+                    seg.start,
+                    seg.end
+                );
+                continue;
+            }
             let (Some(start), Some(end)) = (
                 work.timeline.time_of(seg.start),
-                work.timeline.time_of(seg.end),
+                work.timeline.time_of(seg_end),
             ) else {
                 continue;
             };

@@ -34,11 +34,18 @@ pub enum Placement {
     Restart,
 }
 
+/// Samples per loudness frame (20 ms).
+const FRAME: usize = 320;
+
 /// The current run.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
     base: Option<ClockTime>,
     samples: u64,
+    /// Peak |sample| of each complete 20 ms frame of the run, for the silence guard.
+    frame_peaks: Vec<f32>,
+    partial_peak: f32,
+    partial_len: usize,
 }
 
 impl Timeline {
@@ -85,8 +92,39 @@ impl Timeline {
     }
 
     /// Counts samples handed to the engine.
-    pub fn advance(&mut self, samples: u64) {
-        self.samples += samples;
+    pub fn advance(&mut self, samples: &[f32]) {
+        self.samples += samples.len() as u64;
+        for &s in samples {
+            self.partial_peak = self.partial_peak.max(s.abs());
+            self.partial_len += 1;
+            if self.partial_len == FRAME {
+                self.frame_peaks.push(self.partial_peak);
+                self.partial_peak = 0.0;
+                self.partial_len = 0;
+            }
+        }
+    }
+
+    /// Peak |sample| of the audio between two engine times (seconds since the run start).
+    pub fn peak_between(&self, start: f64, end: f64) -> f32 {
+        let frame_seconds = FRAME as f64 / SAMPLE_RATE as f64;
+        let first = (start.max(0.0) / frame_seconds).floor() as usize;
+        let last = (end.max(0.0) / frame_seconds).ceil() as usize;
+        let mut peak = self
+            .frame_peaks
+            .get(first.min(self.frame_peaks.len())..last.min(self.frame_peaks.len()))
+            .unwrap_or_default()
+            .iter()
+            .fold(0.0f32, |a, &b| a.max(b));
+        if last > self.frame_peaks.len() {
+            peak = peak.max(self.partial_peak);
+        }
+        peak
+    }
+
+    /// Seconds of audio in the run.
+    pub fn seconds(&self) -> f64 {
+        self.samples as f64 / SAMPLE_RATE as f64
     }
 
     /// Output time of an engine time (seconds since the run start).
@@ -122,7 +160,8 @@ mod tests {
             Placement::Contiguous
         );
         t.start_if_needed(ClockTime::from_seconds(5));
-        t.advance(16_000);
+        t.advance(&[0.0; 16_000]);
+        assert_eq!(t.peak_between(0.0, 1.0), 0.0);
         assert_eq!(t.end(), Some(ClockTime::from_seconds(6)));
         assert_eq!(t.place(None), Placement::Contiguous);
         assert_eq!(

@@ -1,0 +1,558 @@
+//! The `whispernpu` element driven through `gst_check::Harness`: caps, timestamps, events,
+//! latency, errors. Models: tiny.en where only timing matters (fast), base where text does.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use gst::prelude::*;
+use gst_check::Harness;
+
+const RATE: usize = 16_000;
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst::init");
+        gstwhispernpu::plugin_register_static().expect("register whispernpu");
+    });
+}
+
+/// A `whispernpu` with `props`, its own bus, inside a Harness (which sets it to PLAYING).
+fn harness(model: &Path, props: &[(&str, &str)]) -> (Harness, gst::Bus, gst::Element) {
+    init();
+    let element = gst::ElementFactory::make("whispernpu")
+        .property("model", model.to_str().expect("utf-8 path"))
+        .build()
+        .expect("whispernpu element");
+    for (name, value) in props {
+        element.set_property_from_str(name, value);
+    }
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    let h = Harness::with_element(&element, Some("sink"), Some("src"));
+    (h, bus, element)
+}
+
+fn audio_caps(format: &str) -> gst::Caps {
+    gst::Caps::builder("audio/x-raw")
+        .field("format", format)
+        .field("rate", RATE as i32)
+        .field("channels", 1i32)
+        .field("layout", "interleaved")
+        .build()
+}
+
+fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(pts);
+        b.set_duration(samples_time(samples.len()));
+    }
+    buffer
+}
+
+fn s16_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
+    let bytes: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| ((s * 32767.0).round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
+        .collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(pts);
+        b.set_duration(samples_time(samples.len()));
+    }
+    buffer
+}
+
+fn samples_time(n: usize) -> gst::ClockTime {
+    gst::ClockTime::from_nseconds(n as u64 * 1_000_000_000 / RATE as u64)
+}
+
+fn jfk() -> Vec<f32> {
+    let (samples, rate) = common::read_wav(&common::jfk_wav());
+    assert_eq!(rate, RATE as u32);
+    samples
+}
+
+/// Pushes `samples` in 100 ms buffers with timestamps from `start`.
+fn push_audio(h: &mut Harness, samples: &[f32], start: gst::ClockTime, s16: bool) {
+    let chunk = RATE / 10;
+    for (i, c) in samples.chunks(chunk).enumerate() {
+        let pts = start + samples_time(i * chunk);
+        let buffer = if s16 {
+            s16_buffer(c, pts)
+        } else {
+            f32_buffer(c, pts)
+        };
+        h.push(buffer).expect("push audio");
+    }
+}
+
+/// One output buffer.
+#[derive(Debug)]
+struct Cue {
+    start: f64,
+    end: f64,
+    text: String,
+}
+
+/// Waits for EOS downstream, then returns the text buffers and the events before EOS.
+fn collect_until_eos(h: &mut Harness) -> (Vec<Cue>, Vec<gst::Event>) {
+    let mut events = Vec::new();
+    loop {
+        let event = h.pull_event().expect("an event within the harness timeout");
+        let eos = event.type_() == gst::EventType::Eos;
+        events.push(event);
+        if eos {
+            break;
+        }
+    }
+    // The worker pushes every buffer before the EOS.
+    let mut cues = Vec::new();
+    while let Some(buffer) = h.try_pull() {
+        let map = buffer.map_readable().unwrap();
+        let text = std::str::from_utf8(&map).expect("utf-8 text").to_string();
+        let start = buffer.pts().expect("text has a PTS");
+        let duration = buffer.duration().expect("text has a duration");
+        cues.push(Cue {
+            start: start.seconds_f64(),
+            end: (start + duration).seconds_f64(),
+            text,
+        });
+    }
+    (cues, events)
+}
+
+fn gaps(events: &[gst::Event]) -> Vec<(f64, f64)> {
+    events
+        .iter()
+        .filter_map(|e| match e.view() {
+            gst::EventView::Gap(g) => {
+                let (ts, d) = g.get();
+                Some((ts.seconds_f64(), (ts + d.unwrap()).seconds_f64()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn language_tag(events: &[gst::Event]) -> Option<String> {
+    events.iter().find_map(|e| match e.view() {
+        gst::EventView::Tag(t) => t
+            .tag()
+            .get::<gst::tags::LanguageCode>()
+            .map(|v| v.get().to_string()),
+        _ => None,
+    })
+}
+
+fn all_text(cues: &[Cue]) -> String {
+    cues.iter()
+        .map(|c| c.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn assert_monotonic(cues: &[Cue]) {
+    for w in cues.windows(2) {
+        assert!(
+            w[0].end <= w[1].start + 1e-9,
+            "overlapping cues: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    for c in cues {
+        assert!(c.end > c.start, "empty cue {c:?}");
+        assert!(
+            !c.text.is_empty() && !c.text.starts_with(' '),
+            "bad text {c:?}"
+        );
+    }
+}
+
+/// Speech in jfk.wav by frame energy: [0.34 s, 10.96 s].
+const JFK_SPEECH: (f64, f64) = (0.34, 10.96);
+
+fn error_message(bus: &gst::Bus) -> glib::Error {
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn pads_and_caps() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, element) = harness(&model, &[("mode", "offline")]);
+    let sink = element.static_pad("sink").unwrap();
+    assert!(sink.query_accept_caps(&audio_caps("F32LE")));
+    assert!(sink.query_accept_caps(&audio_caps("S16LE")));
+    let stereo = gst::Caps::builder("audio/x-raw")
+        .field("format", "F32LE")
+        .field("rate", 16_000i32)
+        .field("channels", 2i32)
+        .field("layout", "interleaved")
+        .build();
+    assert!(!sink.query_accept_caps(&stereo));
+    h.set_src_caps(audio_caps("S16LE"));
+    push_audio(&mut h, &vec![0.0; RATE], gst::ClockTime::ZERO, true);
+    h.push_event(gst::event::Eos::new());
+    let (_cues, events) = collect_until_eos(&mut h);
+    let caps = events
+        .iter()
+        .find_map(|e| match e.view() {
+            gst::EventView::Caps(c) => Some(c.caps_owned()),
+            _ => None,
+        })
+        .expect("src caps");
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.name(), "text/x-raw");
+    assert_eq!(s.get::<&str>("format").unwrap(), "utf8");
+}
+
+#[test]
+fn wrong_caps_refused() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, element) = harness(&model, &[("mode", "offline")]);
+    assert!(h.push_event(gst::event::StreamStart::new("wrong")));
+    let sink = element.static_pad("sink").unwrap();
+    let caps_44k = gst::Caps::builder("audio/x-raw")
+        .field("format", "F32LE")
+        .field("rate", 44_100i32)
+        .field("channels", 1i32)
+        .field("layout", "interleaved")
+        .build();
+    assert!(!sink.send_event(gst::event::Caps::new(&caps_44k)));
+    let caps_u8 = audio_caps("U8");
+    assert!(!sink.send_event(gst::event::Caps::new(&caps_u8)));
+    // Through the Harness the caps are stored upstream but never reach the element.
+    h.push_event(gst::event::Caps::new(&caps_u8));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    h.push_event(gst::event::Segment::new(&segment));
+    let result = h.push(f32_buffer(&[0.0; 160], gst::ClockTime::ZERO));
+    assert_eq!(result, Err(gst::FlowError::NotNegotiated));
+}
+
+/// jfk with timestamps starting at 10 s, S16LE: cues on the speech, GAPs around, tag, messages.
+#[test]
+fn jfk_timestamps_gaps_tag_messages() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("S16LE"));
+    let offset = gst::ClockTime::from_seconds(10);
+    push_audio(&mut h, &jfk(), offset, true);
+    h.push_event(gst::event::Eos::new());
+    let (cues, events) = collect_until_eos(&mut h);
+    eprintln!("{cues:#?}");
+    assert!(!cues.is_empty(), "no text");
+    assert_monotonic(&cues);
+    let text = all_text(&cues).to_lowercase();
+    for word in ["fellow americans", "your country", "ask what you can do"] {
+        assert!(text.contains(word), "`{word}` missing from `{text}`");
+    }
+    let first = cues.first().unwrap().start - 10.0;
+    let last = cues.last().unwrap().end - 10.0;
+    assert!(
+        (first - JFK_SPEECH.0).abs() <= 0.5,
+        "first cue at {first} s, speech at {} s",
+        JFK_SPEECH.0
+    );
+    assert!(
+        (last - JFK_SPEECH.1).abs() <= 0.5,
+        "last cue ends at {last} s, speech ends at {} s",
+        JFK_SPEECH.1
+    );
+    // Text and GAPs tile the stream without overlap up to its end.
+    let mut spans: Vec<(f64, f64)> = cues.iter().map(|c| (c.start, c.end)).collect();
+    spans.extend(gaps(&events));
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0 + 1e-6, "overlap: {spans:?}");
+    }
+    let covered_end = spans.iter().map(|s| s.1).fold(0.0, f64::max);
+    assert!(
+        covered_end >= 10.0 + 10.9,
+        "stream covered up to {covered_end}"
+    );
+    assert_eq!(language_tag(&events).as_deref(), Some("en"));
+    // One bus message per cue.
+    let mut messages = 0;
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Element]) {
+        let s = msg.structure().unwrap();
+        if s.name() == "whispernpu-segment" {
+            let start = s.get::<u64>("start").unwrap() as f64 / 1e9;
+            let end = s.get::<u64>("end").unwrap() as f64 / 1e9;
+            let cue = &cues[messages];
+            assert!((start - cue.start).abs() < 1e-6 && (end - cue.end).abs() < 1e-6);
+            assert_eq!(s.get::<&str>("text").unwrap(), cue.text);
+            assert_eq!(s.get::<&str>("language").unwrap(), "en");
+            assert!(s.get::<f64>("avg-logprob").unwrap() <= 0.0);
+            let nsp = s.get::<f64>("no-speech-prob").unwrap();
+            assert!((0.0..=1.0).contains(&nsp));
+            messages += 1;
+        }
+    }
+    assert_eq!(messages, cues.len());
+}
+
+/// Less than one window, offline: nothing comes out until EOS, then the text precedes the EOS.
+#[test]
+fn eos_drains() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    push_audio(&mut h, &audio, gst::ClockTime::ZERO, false);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.buffers_in_queue(),
+        0,
+        "text before the window was complete"
+    );
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    assert!(
+        all_text(&cues).to_lowercase().contains("your country"),
+        "{cues:?}"
+    );
+}
+
+/// A flush in the middle forgets the audio before it; timing restarts with the new segment.
+#[test]
+fn flush_resets() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    // "And so my fellow Americans" then a flush.
+    push_audio(&mut h, &audio[..3 * RATE], gst::ClockTime::ZERO, false);
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(100));
+    segment.set_time(gst::ClockTime::from_seconds(100));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    // Only the second half, from 100 s.
+    push_audio(
+        &mut h,
+        &audio[6 * RATE..],
+        gst::ClockTime::from_seconds(100),
+        false,
+    );
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    eprintln!("{cues:#?}");
+    let text = all_text(&cues).to_lowercase();
+    assert!(
+        !text.contains("americans"),
+        "audio before the flush leaked: {text}"
+    );
+    assert!(text.contains("your country"), "{text}");
+    assert!(cues.iter().all(|c| c.start >= 100.0), "{cues:?}");
+    assert!(cues[0].start < 101.0, "{cues:?}");
+}
+
+/// A hole in the timestamps is filled with silence: the text after it moves with the audio.
+#[test]
+fn timestamp_gap_keeps_alignment() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    let cut = 8 * RATE; // before "ask what you can do for your country"
+    push_audio(&mut h, &audio[..cut], gst::ClockTime::ZERO, false);
+    push_audio(
+        &mut h,
+        &audio[cut..],
+        gst::ClockTime::from_seconds(8 + 5),
+        false,
+    );
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    eprintln!("{cues:#?}");
+    assert_monotonic(&cues);
+    let late = cues
+        .iter()
+        .find(|c| c.text.to_lowercase().contains("country."))
+        .or_else(|| cues.last())
+        .unwrap();
+    assert!(late.start >= 12.5, "text after the hole at {late:?}");
+    assert!(all_text(&cues).to_lowercase().contains("americans"));
+}
+
+fn assert_no_text(samples: Vec<f32>) {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &samples, gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, events) = collect_until_eos(&mut h);
+    assert!(cues.is_empty(), "text from no speech: {cues:?}");
+    let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
+    assert!(covered >= 29.9, "GAPs cover only {covered} s of 30 s");
+}
+
+#[test]
+fn digital_silence_gives_no_text() {
+    assert_no_text(vec![0.0; 30 * RATE]);
+}
+
+#[test]
+fn white_noise_gives_no_text() {
+    // xorshift: deterministic uniform noise at −12 dBFS peak.
+    let mut x: u32 = 0x1234_5678;
+    let noise = (0..30 * RATE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * 0.25
+        })
+        .collect();
+    assert_no_text(noise);
+}
+
+/// Live upstream (the Harness says live): latency = upstream + latency + lateness, before caps.
+#[test]
+fn latency_query_live() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("latency", "2000"), ("lateness", "500")]);
+    h.set_upstream_latency(gst::ClockTime::from_mseconds(100));
+    assert_eq!(h.query_latency(), Some(gst::ClockTime::from_mseconds(2600)));
+}
+
+/// Live processing: text comes out in running time while audio streams, and EOS drains.
+#[test]
+fn live_chunks_in_running_time() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("latency", "5000")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    // A segment starting at 50 s: running time = PTS − 50 s.
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(50));
+    segment.set_time(gst::ClockTime::from_seconds(50));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    push_audio(&mut h, &jfk(), gst::ClockTime::from_seconds(50), false);
+    // Decoding happens every ≤ 3.5 s: text arrives without EOS.
+    let first = h.pull().expect("text while streaming");
+    assert!(first.pts().unwrap() < gst::ClockTime::from_seconds(11));
+    h.push_event(gst::event::Eos::new());
+    let (mut cues, events) = collect_until_eos(&mut h);
+    let seg = events
+        .iter()
+        .find_map(|e| match e.view() {
+            gst::EventView::Segment(s) => s.segment().downcast_ref::<gst::ClockTime>().cloned(),
+            _ => None,
+        })
+        .expect("segment");
+    assert_eq!(seg.start(), Some(gst::ClockTime::ZERO));
+    let map = first.map_readable().unwrap();
+    cues.insert(
+        0,
+        Cue {
+            start: first.pts().unwrap().seconds_f64(),
+            end: (first.pts().unwrap() + first.duration().unwrap()).seconds_f64(),
+            text: String::from_utf8(map.to_vec()).unwrap(),
+        },
+    );
+    eprintln!("{cues:#?}");
+    assert_monotonic(&cues);
+    assert!(cues.iter().all(|c| c.end <= 11.5), "{cues:?}");
+    let text = all_text(&cues).to_lowercase();
+    assert!(text.contains("fellow"), "{text}");
+}
+
+fn element_error_kind(model: &str, backend: &str) -> glib::Error {
+    init();
+    let element = gst::ElementFactory::make("whispernpu")
+        .property("model", model)
+        .property_from_str("backend", backend)
+        .property_from_str("mode", "offline")
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps(audio_caps("F32LE"));
+    let err = error_message(&bus);
+    // Streaming stops with an error instead of hanging or crashing.
+    let mut flow = Ok(gst::FlowSuccess::Ok);
+    for i in 0..50 {
+        flow = h.push(f32_buffer(&[0.0; 1600], samples_time(i * 1600)));
+        if flow.is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(flow, Err(gst::FlowError::Error));
+    err
+}
+
+#[test]
+fn missing_model_is_an_error() {
+    let err = element_error_kind("/nonexistent/whisper-model", "cpu");
+    assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
+    assert!(
+        err.message().contains("/nonexistent/whisper-model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_model_is_an_error() {
+    let good = common::model_dir("tiny.en");
+    let dir = std::env::temp_dir().join(format!("whispernpu-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["config.json", "tokenizer.json", "vocabulary.txt"] {
+        if good.join(name).exists() {
+            std::fs::copy(good.join(name), dir.join(name)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("model.bin"), b"this is not a CTranslate2 model").unwrap();
+    let err = element_error_kind(dir.to_str().unwrap(), "cpu");
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(err.matches(gst::ResourceError::Read), "{err:?}");
+    assert!(err.message().contains("model.bin"), "{err}");
+}
+
+#[test]
+fn unavailable_backend_is_an_error() {
+    let model = common::model_dir("tiny.en");
+    let err = element_error_kind(model.to_str().unwrap(), "npu");
+    assert!(err.matches(gst::LibraryError::Init), "{err:?}");
+    assert!(err.message().contains("npu"), "{err}");
+}
+
+/// The offline text equals the engine's on the same audio (what `examples/transcribe` prints).
+#[test]
+fn offline_text_matches_engine() {
+    use gstwhispernpu::transcribe::{TranscribeOptions, Transcriber};
+    let model_dir = common::model_dir("base");
+    let audio = jfk();
+    let model = gstwhispernpu::model::load_shared(model_dir.to_str().unwrap()).unwrap();
+    let mut t = Transcriber::new(model, TranscribeOptions::default()).unwrap();
+    let mut expected = t.push(&audio).unwrap();
+    expected.extend(t.finish().unwrap());
+
+    let (mut h, _bus, _element) = harness(&model_dir, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &audio, gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    let got: Vec<&str> = cues.iter().map(|c| c.text.as_str()).collect();
+    let want: Vec<&str> = expected.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(got, want);
+    for (c, s) in cues.iter().zip(&expected) {
+        assert!((c.start - s.start).abs() < 1e-3, "{c:?} vs {s:?}");
+    }
+}
