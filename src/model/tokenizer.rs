@@ -1,9 +1,18 @@
 //! Whisper's byte-level BPE tokenizer: exact decoding (a UTF-8 character may be split across
 //! tokens, so text is assembled from bytes) and encoding for prompts (GPT-2 pre-tokenisation and
-//! BPE merges from `tokenizer.json`).
+//! BPE merges).
+//!
+//! Encoding needs merge priorities. With `tokenizer.json` they are its `model.merges`, and the ids
+//! equal HuggingFace `tokenizers` (what faster-whisper feeds the model). Without it they come from
+//! the vocabulary order, a pair merging when its concatenation is a token, lower ids first: that is
+//! openai/whisper's own tiktoken encoding. The two agree on the GPT-2 vocabulary; on the
+//! multilingual one the `tokenizer.json` merges lack a few merges (`" they"` is then `" "` +
+//! `"they"`), so the ids can differ while the text is the same.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use fancy_regex::Regex;
 
@@ -26,6 +35,9 @@ pub struct SpecialTokens {
     /// Number of language tokens (0 for English-only models).
     pub n_languages: u32,
 }
+
+/// Timestamp tokens follow `timestamp_begin`: 0.00 s to 30.00 s, 0.02 s apart.
+const N_TIMESTAMPS: u32 = 1501;
 
 impl SpecialTokens {
     /// The layout of a vocabulary of `n_vocab` tokens (English-only 51864, multilingual 51865,
@@ -57,6 +69,27 @@ impl SpecialTokens {
     }
 }
 
+/// openai/whisper's `LANGUAGES` codes in token order: the first 99 are the multilingual models'
+/// language tokens, large-v3 adds `yue`.
+pub const LANGUAGE_CODES: [&str; 100] = [
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it",
+    "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur",
+    "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
+    "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
+    "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
+    "ha", "ba", "jw", "su", "yue",
+];
+
+/// Where the BPE merge priorities used by [`Tokenizer::encode`] come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeSource {
+    /// `model.merges` of `tokenizer.json`: ids as HuggingFace `tokenizers` (and faster-whisper).
+    TokenizerJson,
+    /// The vocabulary order (a token's id is its rank): ids as openai/whisper's tiktoken.
+    VocabularyRanks,
+}
+
 /// GPT-2's reversible byte ↔ printable-character table: byte `b` is written as `table[b]`.
 fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
@@ -78,19 +111,47 @@ fn bytes_to_unicode() -> [char; 256] {
 const PRETOKENIZE: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// Adjacent token pair → the merge that joins it.
+type MergeTable = HashMap<(u32, u32), Merge>;
+
+/// One BPE merge: its priority (lower first) and the token it makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Merge {
+    rank: u32,
+    merged: u32,
+}
+
 pub struct Tokenizer {
     pub specials: SpecialTokens,
     /// Token strings as in the vocabulary file (byte-level form).
     strings: Vec<String>,
-    /// Raw bytes of each token.
-    bytes: Vec<Vec<u8>>,
+    /// Raw bytes of all tokens, concatenated: token `i` is `token_bytes[offsets[i]..offsets[i + 1]]`.
+    token_bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    /// Vocabulary string → id (the first id when a string repeats).
     ids: HashMap<String, u32>,
-    /// BPE merge ranks, keyed by the pair's two strings joined with a space.
-    merges: Option<HashMap<(String, String), usize>>,
+    /// The text token of each single byte.
+    byte_tokens: [u32; 256],
+    merges: MergeTable,
+    merge_source: MergeSource,
+    /// A pre-token that is itself a text token is emitted whole, before any merge (tiktoken does
+    /// this; HuggingFace only with `ignore_merges`).
+    whole_piece_first: bool,
     byte_chars: [char; 256],
     pretokenize: Regex,
     /// Language codes, in token order from `specials.language_begin`.
-    languages: Vec<String>,
+    languages: &'static [&'static str],
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("n_tokens", &self.strings.len())
+            .field("specials", &self.specials)
+            .field("merge_source", &self.merge_source)
+            .field("n_merges", &self.merges.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn corrupt(path: &Path, what: impl Into<String>) -> ModelError {
@@ -100,6 +161,7 @@ fn corrupt(path: &Path, what: impl Into<String>) -> ModelError {
     }
 }
 
+/// The file's bytes, `None` when it does not exist.
 fn read(path: &Path) -> Result<Option<Vec<u8>>, ModelError> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),
@@ -111,139 +173,265 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, ModelError> {
     }
 }
 
+/// Token strings of `vocabulary.txt` (one per line) or else `vocabulary.json` (an array), and the
+/// path they came from.
+fn read_vocabulary(dir: &Path) -> Result<(Vec<String>, PathBuf), ModelError> {
+    let txt = dir.join("vocabulary.txt");
+    if let Some(bytes) = read(&txt)? {
+        let text = String::from_utf8(bytes).map_err(|e| {
+            corrupt(
+                &txt,
+                format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            )
+        })?;
+        // Line i is token i; a line may be empty (the multilingual vocabulary has an empty token),
+        // so only the final newline is dropped. Byte-level tokens never contain '\r' (byte 13 is
+        // written as 'č'), so a trailing one is a CRLF line end.
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let strings = text
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+            .collect();
+        return Ok((strings, txt));
+    }
+    let json = dir.join("vocabulary.json");
+    if let Some(bytes) = read(&json)? {
+        let strings = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(&json, format!("not a JSON array of token strings ({e})")))?;
+        return Ok((strings, json));
+    }
+    Err(ModelError::NotFound { path: txt })
+}
+
+/// Checks that the special tokens sit where the layout of `n_vocab` puts them.
+fn check_specials(
+    strings: &[String],
+    specials: &SpecialTokens,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let expected: [(u32, &[&str]); 8] = [
+        (specials.eot, &["<|endoftext|>"]),
+        (specials.sot, &["<|startoftranscript|>"]),
+        (specials.translate, &["<|translate|>"]),
+        (specials.transcribe, &["<|transcribe|>"]),
+        (specials.sot_lm, &["<|startoflm|>"]),
+        (specials.sot_prev, &["<|startofprev|>"]),
+        // Older vocabularies call it <|nocaptions|>.
+        (specials.no_speech, &["<|nospeech|>", "<|nocaptions|>"]),
+        (specials.no_timestamps, &["<|notimestamps|>"]),
+    ];
+    for (id, names) in expected {
+        let found = strings.get(id as usize).map(String::as_str).unwrap_or("");
+        if !names.contains(&found) {
+            return Err(corrupt(
+                path,
+                format!(
+                    "token {id} is `{found}`, expected {} (is this the vocabulary of another model?)",
+                    names.join(" or ")
+                ),
+            ));
+        }
+    }
+    for (i, code) in (0..specials.n_languages).zip(LANGUAGE_CODES) {
+        let id = specials.language_begin + i;
+        let found = strings.get(id as usize).map(String::as_str).unwrap_or("");
+        if found != format!("<|{code}|>") {
+            return Err(corrupt(
+                path,
+                format!("token {id} is `{found}`, expected the language token <|{code}|>"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Merges of `tokenizer.json` (`model.merges`, as "a b" strings or [a, b] pairs), mapped to ids of
+/// the vocabulary; and whether its `model.ignore_merges` is set.
+fn read_json_merges(
+    path: &Path,
+    bytes: &[u8],
+    strings: &[String],
+    ids: &HashMap<String, u32>,
+) -> Result<(MergeTable, bool), ModelError> {
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(path, format!("invalid JSON: {e}")))?;
+    let model = json
+        .get("model")
+        .ok_or_else(|| corrupt(path, "no `model` object"))?;
+    if let Some(kind) = model.get("type").and_then(|t| t.as_str())
+        && kind != "BPE"
+    {
+        return Err(corrupt(path, format!("model type `{kind}`, expected BPE")));
+    }
+    // The ids must mean the same tokens as the vocabulary file.
+    if let Some(vocab) = model.get("vocab").and_then(|v| v.as_object()) {
+        for (s, id) in vocab {
+            let same = id
+                .as_u64()
+                .and_then(|id| strings.get(id as usize))
+                .is_some_and(|v| v == s);
+            if !same {
+                return Err(corrupt(
+                    path,
+                    format!("model.vocab gives `{s}` id {id}, which disagrees with the vocabulary"),
+                ));
+            }
+        }
+    }
+    let list = model
+        .get("merges")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| corrupt(path, "no model.merges list"))?;
+    let lookup = |rank: usize, s: &str| {
+        ids.get(s).copied().ok_or_else(|| {
+            corrupt(
+                path,
+                format!("merge #{rank}: `{s}` is not in the vocabulary"),
+            )
+        })
+    };
+    let mut merges = HashMap::with_capacity(list.len());
+    for (rank, m) in list.iter().enumerate() {
+        let (a, b) = match m {
+            serde_json::Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
+            serde_json::Value::Array(pair) if pair.len() == 2 => {
+                pair[0].as_str().zip(pair[1].as_str())
+            }
+            _ => None,
+        }
+        .ok_or_else(|| corrupt(path, format!("merge #{rank} is not a pair of tokens: {m}")))?;
+        let merge = Merge {
+            rank: u32::try_from(rank).map_err(|_| corrupt(path, "too many merges"))?,
+            merged: lookup(rank, &format!("{a}{b}"))?,
+        };
+        // A repeated pair keeps its last rank, as in HuggingFace `tokenizers`.
+        merges.insert((lookup(rank, a)?, lookup(rank, b)?), merge);
+    }
+    let ignore_merges = model
+        .get("ignore_merges")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok((merges, ignore_merges))
+}
+
+/// tiktoken's merges: any two text tokens whose bytes concatenate to a text token join, with
+/// that token's id as rank.
+fn vocabulary_merges(token_bytes: &[u8], offsets: &[usize], n_text: u32) -> MergeTable {
+    let bytes_of = |id: u32| &token_bytes[offsets[id as usize]..offsets[id as usize + 1]];
+    let mut by_bytes: HashMap<&[u8], u32> = HashMap::with_capacity(n_text as usize);
+    for id in 0..n_text {
+        if !bytes_of(id).is_empty() {
+            by_bytes.entry(bytes_of(id)).or_insert(id);
+        }
+    }
+    let mut merges = HashMap::new();
+    for (&bytes, &merged) in &by_bytes {
+        for split in 1..bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            if let (Some(&a), Some(&b)) = (by_bytes.get(a), by_bytes.get(b)) {
+                merges.insert(
+                    (a, b),
+                    Merge {
+                        rank: merged,
+                        merged,
+                    },
+                );
+            }
+        }
+    }
+    merges
+}
+
 impl Tokenizer {
     /// Reads `vocabulary.txt` (or `vocabulary.json`) and, when present, the BPE merges of
     /// `tokenizer.json` from a model directory. `n_vocab` is the model's vocabulary size.
+    ///
+    /// Timestamp tokens missing at the end of the vocabulary are named as openai names them
+    /// (`<|1.00|>`); every other special token must be in place.
     pub fn load(dir: &Path, n_vocab: usize) -> Result<Self, ModelError> {
-        let txt = dir.join("vocabulary.txt");
-        let json = dir.join("vocabulary.json");
-        let strings: Vec<String> = if let Some(bytes) = read(&txt)? {
-            let text = String::from_utf8(bytes).map_err(|_| corrupt(&txt, "not UTF-8"))?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            text.split('\n')
-                .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
-                .collect()
-        } else if let Some(bytes) = read(&json)? {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| corrupt(&json, format!("invalid JSON: {e}")))?
-        } else {
-            return Err(ModelError::NotFound { path: txt });
-        };
-        let vocab_path = if txt.exists() { txt } else { json };
+        let (mut strings, vocab_path) = read_vocabulary(dir)?;
         let specials =
             SpecialTokens::for_vocab_size(n_vocab).ok_or_else(|| ModelError::Unsupported {
                 path: dir.join("model.bin"),
                 what: format!("vocabulary size {n_vocab} (expected 51864, 51865 or 51866)"),
             })?;
-        if strings.len() < specials.timestamp_begin as usize {
+        if strings.len() <= specials.timestamp_begin as usize || strings.len() > n_vocab {
             return Err(corrupt(
                 &vocab_path,
                 format!(
-                    "{} tokens, but the model needs at least {}",
+                    "{} tokens, but a model with {n_vocab} needs {} to {n_vocab}",
                     strings.len(),
-                    specials.timestamp_begin
+                    specials.timestamp_begin + 1
                 ),
             ));
         }
-        if strings[specials.eot as usize] != "<|endoftext|>"
-            || strings[specials.sot as usize] != "<|startoftranscript|>"
-        {
-            return Err(corrupt(
-                &vocab_path,
-                format!(
-                    "token {} is `{}` and {} is `{}`, expected <|endoftext|> and <|startoftranscript|>",
-                    specials.eot,
-                    strings[specials.eot as usize],
-                    specials.sot,
-                    strings[specials.sot as usize]
-                ),
-            ));
-        }
+        check_specials(&strings, &specials, &vocab_path)?;
+        let first_missing = strings.len() as u32 - specials.timestamp_begin;
+        strings.extend(
+            (first_missing..N_TIMESTAMPS).map(|i| format!("<|{:.2}|>", f64::from(i) * 0.02)),
+        );
+
         let byte_chars = bytes_to_unicode();
         let char_bytes: HashMap<char, u8> = byte_chars
             .iter()
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let bytes = strings
-            .iter()
-            .map(|s| {
-                let mut out = Vec::with_capacity(s.len());
-                for c in s.chars() {
-                    match char_bytes.get(&c) {
-                        Some(&b) => out.push(b),
-                        None => out.extend(c.to_string().as_bytes()),
-                    }
+        let mut token_bytes = Vec::with_capacity(strings.iter().map(String::len).sum());
+        let mut offsets = Vec::with_capacity(strings.len() + 1);
+        offsets.push(0);
+        for s in &strings {
+            for c in s.chars() {
+                match char_bytes.get(&c) {
+                    Some(&b) => token_bytes.push(b),
+                    // Not byte-level text (never in Whisper's vocabularies): keep it as written.
+                    None => token_bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                 }
-                out
-            })
-            .collect();
-        let ids = strings
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i as u32))
-            .collect();
-
-        let tok_json = dir.join("tokenizer.json");
-        let merges = match read(&tok_json)? {
-            None => None,
-            Some(b) => {
-                let v: serde_json::Value = serde_json::from_slice(&b)
-                    .map_err(|e| corrupt(&tok_json, format!("invalid JSON: {e}")))?;
-                let list = v
-                    .pointer("/model/merges")
-                    .and_then(|m| m.as_array())
-                    .ok_or_else(|| corrupt(&tok_json, "no model.merges list"))?;
-                let mut ranks = HashMap::with_capacity(list.len());
-                for (rank, m) in list.iter().enumerate() {
-                    let pair = match m {
-                        serde_json::Value::String(s) => s
-                            .split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string())),
-                        serde_json::Value::Array(a) if a.len() == 2 => {
-                            match (a[0].as_str(), a[1].as_str()) {
-                                (Some(x), Some(y)) => Some((x.to_string(), y.to_string())),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    }
-                    .ok_or_else(|| corrupt(&tok_json, format!("merge #{rank} is malformed")))?;
-                    ranks.entry(pair).or_insert(rank);
-                }
-                Some(ranks)
             }
+            offsets.push(token_bytes.len());
+        }
+        let mut ids = HashMap::with_capacity(strings.len());
+        for (i, s) in strings.iter().enumerate() {
+            ids.entry(s.clone()).or_insert(i as u32);
+        }
+        let mut byte_tokens = [0u32; 256];
+        for (b, token) in byte_tokens.iter_mut().enumerate() {
+            *token = ids
+                .get(byte_chars[b].encode_utf8(&mut [0; 4]) as &str)
+                .copied()
+                .filter(|&id| id < specials.eot)
+                .ok_or_else(|| corrupt(&vocab_path, format!("no token for byte {b:#04x}")))?;
+        }
+
+        let tokenizer_json = dir.join("tokenizer.json");
+        let (merges, merge_source, whole_piece_first) = match read(&tokenizer_json)? {
+            Some(bytes) => {
+                let (merges, ignore_merges) =
+                    read_json_merges(&tokenizer_json, &bytes, &strings, &ids)?;
+                (merges, MergeSource::TokenizerJson, ignore_merges)
+            }
+            None => (
+                vocabulary_merges(&token_bytes, &offsets, specials.eot),
+                MergeSource::VocabularyRanks,
+                true,
+            ),
         };
 
-        let languages = if specials.n_languages == 0 {
-            Vec::new()
-        } else {
-            (0..specials.n_languages)
-                .map(|i| {
-                    let s = &strings[(specials.language_begin + i) as usize];
-                    s.strip_prefix("<|")
-                        .and_then(|s| s.strip_suffix("|>"))
-                        .map(str::to_string)
-                        .ok_or_else(|| {
-                            corrupt(
-                                &vocab_path,
-                                format!(
-                                    "token {} `{s}` is not a language token",
-                                    specials.language_begin + i
-                                ),
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let pretokenize =
-            Regex::new(PRETOKENIZE).map_err(|e| corrupt(dir, format!("tokenizer pattern: {e}")))?;
+        let pretokenize = Regex::new(PRETOKENIZE).map_err(|e| ModelError::Unsupported {
+            path: tokenizer_json.clone(),
+            what: format!("pre-tokenizer pattern ({e})"),
+        })?;
+        let languages = &LANGUAGE_CODES[..specials.n_languages as usize];
         Ok(Self {
             specials,
             strings,
-            bytes,
+            token_bytes,
+            offsets,
             ids,
+            byte_tokens,
             merges,
+            merge_source,
+            whole_piece_first,
             byte_chars,
             pretokenize,
             languages,
@@ -254,7 +442,7 @@ impl Tokenizer {
         self.specials.n_languages > 0
     }
 
-    /// Number of tokens in the vocabulary file.
+    /// Number of tokens (the model's vocabulary size).
     pub fn len(&self) -> usize {
         self.strings.len()
     }
@@ -263,93 +451,157 @@ impl Tokenizer {
         self.strings.is_empty()
     }
 
+    /// Where the merges used by [`Tokenizer::encode`] come from.
+    pub fn merge_source(&self) -> MergeSource {
+        self.merge_source
+    }
+
+    /// Raw bytes of a token (special tokens: their name), empty for an unknown id.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&start), Some(&end)) => &self.token_bytes[start..end],
+            _ => &[],
+        }
+    }
+
+    fn decode_filtered(&self, ids: &[u32], keep: impl Fn(u32) -> bool) -> String {
+        let mut buf = Vec::new();
+        for &id in ids.iter().filter(|&&id| keep(id)) {
+            buf.extend_from_slice(self.token_bytes(id));
+        }
+        // Replaces each maximal invalid subpart with one U+FFFD, as Python's
+        // `bytes.decode("utf-8", errors="replace")` does.
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
     /// Text of text tokens (ids < eot); special and timestamp tokens are skipped. Invalid UTF-8
     /// becomes U+FFFD as with Python's `errors="replace"`.
     pub fn decode(&self, ids: &[u32]) -> String {
         let eot = self.specials.eot;
-        let mut buf = Vec::new();
-        for &id in ids {
-            if id < eot {
-                if let Some(b) = self.bytes.get(id as usize) {
-                    buf.extend_from_slice(b);
-                }
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        self.decode_filtered(ids, |id| id < eot)
     }
 
     /// Text of all tokens, special and timestamp tokens written as in the vocabulary.
     pub fn decode_with_specials(&self, ids: &[u32]) -> String {
-        let mut buf = Vec::new();
-        for &id in ids {
-            if let Some(b) = self.bytes.get(id as usize) {
-                buf.extend_from_slice(b);
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        self.decode_filtered(ids, |_| true)
     }
 
-    /// Encodes text (GPT-2 pre-tokenisation + BPE merges) to ids; no special tokens. Needs the
-    /// merges of `tokenizer.json`; without them it falls back to the longest vocabulary match,
-    /// which is exact for most text but not guaranteed to equal the BPE segmentation.
+    /// Encodes text (GPT-2 pre-tokenisation + byte-level BPE) to text-token ids. Text that looks
+    /// like a special token (`<|endoftext|>`) is encoded as plain text, never as the special token.
+    /// See the module documentation for where the merges come from.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        for piece in self.pretokenize.find_iter(text).filter_map(Result::ok) {
-            let symbols: Vec<String> = piece
-                .as_str()
-                .bytes()
-                .map(|b| self.byte_chars[b as usize].to_string())
-                .collect();
-            let merged = match &self.merges {
-                Some(ranks) => bpe(symbols, ranks),
-                None => self.greedy_longest(symbols),
+        let mut pos = 0;
+        while pos < text.len() {
+            // The pattern matches any character, so a match always starts at `pos`; should the
+            // matcher give up (backtracking limit), the rest is one piece rather than lost.
+            let (start, end) = match self.pretokenize.find_from_pos(text, pos) {
+                Ok(Some(m)) if m.end() > pos => (m.start(), m.end()),
+                _ => (pos, text.len()),
             };
-            for s in merged {
-                match self.ids.get(&s) {
-                    Some(&id) => out.push(id),
-                    // Cannot happen with a consistent vocabulary: fall back to byte tokens.
-                    None => out.extend(
-                        s.chars()
-                            .filter_map(|c| self.ids.get(&c.to_string()).copied()),
-                    ),
-                }
+            if start > pos {
+                self.encode_piece(&text.as_bytes()[pos..start], &mut out);
             }
+            self.encode_piece(&text.as_bytes()[start..end], &mut out);
+            pos = end;
         }
         out
     }
 
-    fn greedy_longest(&self, symbols: Vec<String>) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < symbols.len() {
-            let mut j = symbols.len();
-            while j > i + 1 && !self.ids.contains_key(&symbols[i..j].concat()) {
-                j -= 1;
-            }
-            out.push(symbols[i..j].concat());
-            i = j;
+    /// Appends the tokens of one pre-token.
+    fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if let [b] = piece {
+            out.push(self.byte_tokens[*b as usize]);
+            return;
         }
-        out
+        if self.whole_piece_first {
+            let s: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
+            if let Some(&id) = self.ids.get(&s)
+                && id < self.specials.eot
+            {
+                out.push(id);
+                return;
+            }
+        }
+        self.bpe(piece, out);
+    }
+
+    /// Byte-level BPE of one pre-token: repeatedly joins the adjacent pair with the lowest merge
+    /// rank, the leftmost on ties (as both tiktoken and HuggingFace do), in O(n log n).
+    fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        let mut ids: Vec<u32> = piece
+            .iter()
+            .map(|&b| self.byte_tokens[b as usize])
+            .collect();
+        // Doubly linked list over the symbols; a merged symbol keeps the left one's slot, so
+        // slot order is text order. `n` / `usize::MAX` mark the ends.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut queue = BinaryHeap::new();
+        let push = |queue: &mut BinaryHeap<_>, left: usize, pair: (u32, u32)| {
+            if let Some(m) = self.merges.get(&pair) {
+                queue.push(Reverse((m.rank, left, m.merged)));
+            }
+        };
+        for i in 0..n.saturating_sub(1) {
+            push(&mut queue, i, (ids[i], ids[i + 1]));
+        }
+        while let Some(Reverse((rank, left, merged))) = queue.pop() {
+            let right = next[left];
+            if !alive[left] || right >= n {
+                continue;
+            }
+            // Skip entries made stale by an earlier merge of either symbol.
+            let current = self.merges.get(&(ids[left], ids[right]));
+            if current != Some(&Merge { rank, merged }) {
+                continue;
+            }
+            ids[left] = merged;
+            alive[right] = false;
+            let after = next[right];
+            next[left] = after;
+            if after < n {
+                prev[after] = left;
+                push(&mut queue, left, (merged, ids[after]));
+            }
+            let before = prev[left];
+            if before < n {
+                push(&mut queue, before, (ids[before], merged));
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(ids[i]);
+            i = next[i];
+        }
     }
 
     /// openai `split_tokens_on_unicode`: groups tokens so each group decodes to whole
     /// characters; returns the groups' texts and tokens.
+    ///
+    /// A group is closed when its text has no U+FFFD, or when its first U+FFFD is also in the
+    /// text of all tokens at that position (a genuinely invalid sequence, not a character cut in
+    /// two). As in openai, trailing tokens that never form such a group are left out.
     pub fn split_tokens_on_unicode(&self, ids: &[u32]) -> (Vec<String>, Vec<Vec<u32>>) {
+        const REPLACEMENT: char = '\u{fffd}';
         let full: Vec<char> = self.decode_with_specials(ids).chars().collect();
         let mut words = Vec::new();
         let mut word_tokens = Vec::new();
         let mut current: Vec<u32> = Vec::new();
+        // Offset of the current group in `full`, in characters (Python string indices).
         let mut offset = 0;
         for &id in ids {
             current.push(id);
             let decoded = self.decode_with_specials(&current);
-            let chars: Vec<char> = decoded.chars().collect();
-            let complete = match chars.iter().position(|&c| c == '\u{fffd}') {
+            let complete = match decoded.chars().position(|c| c == REPLACEMENT) {
                 None => true,
-                Some(at) => full.get(offset + at) == Some(&'\u{fffd}'),
+                Some(at) => full.get(offset + at) == Some(&REPLACEMENT),
             };
             if complete {
-                offset += chars.len();
+                offset += decoded.chars().count();
                 words.push(decoded);
                 word_tokens.push(std::mem::take(&mut current));
             }
@@ -357,27 +609,29 @@ impl Tokenizer {
         (words, word_tokens)
     }
 
-    /// Language token of a code ("en"; "en-US" and "EN" are accepted as "en").
+    /// Language codes of this vocabulary's language tokens, in token order (empty for
+    /// English-only models).
+    pub fn languages(&self) -> &[&'static str] {
+        self.languages
+    }
+
+    /// Language token of a code ("en"; "en-US", "en_GB" and "EN" are accepted as "en").
     pub fn language_token(&self, code: &str) -> Option<u32> {
-        let base = code
-            .split(['-', '_'])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let base = code.split(['-', '_']).next()?.trim().to_ascii_lowercase();
         self.languages
             .iter()
-            .position(|l| *l == base)
+            .position(|&l| l == base)
             .map(|i| self.specials.language_begin + i as u32)
     }
 
     /// Language code of a language token.
     pub fn language_code(&self, token: u32) -> Option<&str> {
         let i = token.checked_sub(self.specials.language_begin)? as usize;
-        self.languages.get(i).map(String::as_str)
+        self.languages.get(i).copied()
     }
 
-    /// Ids of all language tokens of this vocabulary.
-    pub fn language_tokens(&self) -> std::ops::Range<u32> {
+    /// Ids of all language tokens of this vocabulary (empty for English-only models).
+    pub fn language_tokens(&self) -> Range<u32> {
         self.specials.language_begin..self.specials.language_begin + self.specials.n_languages
     }
 
@@ -398,43 +652,6 @@ impl Tokenizer {
     }
 }
 
-/// Byte-level BPE: repeatedly merges the adjacent pair with the lowest rank.
-fn bpe(mut symbols: Vec<String>, ranks: &HashMap<(String, String), usize>) -> Vec<String> {
-    let mut key = (String::new(), String::new());
-    loop {
-        let mut best: Option<(usize, usize)> = None;
-        for i in 0..symbols.len().saturating_sub(1) {
-            key.0.clear();
-            key.0.push_str(&symbols[i]);
-            key.1.clear();
-            key.1.push_str(&symbols[i + 1]);
-            if let Some(&r) = ranks.get(&key) {
-                if best.is_none_or(|(br, _)| r < br) {
-                    best = Some((r, i));
-                }
-            }
-        }
-        let Some((rank, _)) = best else {
-            return symbols;
-        };
-        // Merge every occurrence of that pair, left to right.
-        let mut out = Vec::with_capacity(symbols.len());
-        let mut i = 0;
-        while i < symbols.len() {
-            if i + 1 < symbols.len()
-                && ranks.get(&(symbols[i].clone(), symbols[i + 1].clone())) == Some(&rank)
-            {
-                out.push(format!("{}{}", symbols[i], symbols[i + 1]));
-                i += 2;
-            } else {
-                out.push(std::mem::take(&mut symbols[i]));
-                i += 1;
-            }
-        }
-        symbols = out;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,7 +662,10 @@ mod tests {
         let set: std::collections::HashSet<char> = t.iter().copied().collect();
         assert_eq!(set.len(), 256);
         assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'\r' as usize], 'č');
         assert_eq!(t[b'a' as usize], 'a');
+        assert_eq!(t[0xad], 'Ń');
     }
 
     #[test]
@@ -461,6 +681,7 @@ mod tests {
             ),
             (50256, 50257, 50362, 50363, 0)
         );
+        assert_eq!(en.timestamp_begin + N_TIMESTAMPS, 51864);
         let multi = SpecialTokens::for_vocab_size(51865).unwrap();
         assert_eq!(
             (
@@ -472,10 +693,37 @@ mod tests {
             ),
             (50257, 50358, 50362, 50364, 99)
         );
+        assert_eq!(multi.timestamp_begin + N_TIMESTAMPS, 51865);
         let v3 = SpecialTokens::for_vocab_size(51866).unwrap();
         assert_eq!(
             (v3.translate, v3.timestamp_begin, v3.n_languages),
             (50359, 50365, 100)
         );
+        assert_eq!(v3.timestamp_begin + N_TIMESTAMPS, 51866);
+        assert_eq!(LANGUAGE_CODES[98], "su");
+        assert_eq!(LANGUAGE_CODES[99], "yue");
+    }
+
+    /// `String::from_utf8_lossy` against CPython 3.11 `bytes.decode("utf-8", errors="replace")`
+    /// (expected strings printed by Python; the two also agreed on 200 000 random byte strings
+    /// built from boundary bytes).
+    #[test]
+    fn lossy_decoding_matches_python() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"\xe4\xbd", "\u{fffd}"),
+            (b"\xe4\xbd\xa0", "你"),
+            (b"a\xe4\xbdb", "a\u{fffd}b"),
+            (b"\xf0\x80\x80", "\u{fffd}\u{fffd}\u{fffd}"),
+            (b"\xed\xa0\x80", "\u{fffd}\u{fffd}\u{fffd}"),
+            (b"\xf0\x9f\x98", "\u{fffd}"),
+            (b"\xf0\x9f\x98\x80\x80", "😀\u{fffd}"),
+            (b"\xc0\xaf", "\u{fffd}\u{fffd}"),
+            (b"\xf5\x80", "\u{fffd}\u{fffd}"),
+            (b"\xe0\x80\xaf", "\u{fffd}\u{fffd}\u{fffd}"),
+            (b"\xbf\xbf", "\u{fffd}\u{fffd}"),
+        ];
+        for (bytes, python) in cases {
+            assert_eq!(String::from_utf8_lossy(bytes), *python, "{bytes:x?}");
+        }
     }
 }
