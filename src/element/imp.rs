@@ -614,7 +614,12 @@ impl WhisperNpu {
             QueryViewMut::Latency(q) => {
                 let mut upstream = gst::query::Latency::new();
                 if !self.sinkpad.peer_query(&mut upstream) {
-                    return false;
+                    // Some sources answer only once they have caps (audiotestsrc); transcriberbin
+                    // asks before. Answer with our own latency, as for a live stream.
+                    let ours = self.own_latency();
+                    gst::debug!(CAT, imp = self, "Upstream gave no latency; ours: {}", ours);
+                    q.set(true, ours, gst::ClockTime::NONE);
+                    return true;
                 }
                 let (live, min, max) = upstream.result();
                 if live {

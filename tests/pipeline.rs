@@ -1,0 +1,358 @@
+//! `whispernpu` in real pipelines: SRT output checked cue by cue and read back with `subparse`,
+//! other subtitle consumers, two elements sharing a model, the LATENCY query.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gst::prelude::*;
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst::init");
+        gstwhispernpu::plugin_register_static().expect("register whispernpu");
+    });
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("whispernpu-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a pipeline to EOS; panics with the error message on error.
+fn run(pipeline: &gst::Element) {
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(300),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS or error within 300 s");
+    pipeline.set_state(gst::State::Null).unwrap();
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("pipeline error: {} ({:?})", e.error(), e.debug());
+    }
+}
+
+fn source(wav: &Path) -> String {
+    format!(
+        "filesrc location=\"{}\" ! decodebin ! audioconvert ! audioresample",
+        wav.display()
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Cue {
+    index: usize,
+    start: f64,
+    end: f64,
+    text: String,
+}
+
+fn parse_srt_time(s: &str) -> f64 {
+    // HH:MM:SS,mmm
+    let (hms, ms) = s.trim().split_once(',').expect("SRT time has a comma");
+    let parts: Vec<f64> = hms
+        .split(':')
+        .map(|p| p.parse().expect("SRT time field"))
+        .collect();
+    assert_eq!(parts.len(), 3, "SRT time `{s}`");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2] + ms.parse::<f64>().unwrap() / 1000.0
+}
+
+fn parse_srt(text: &str) -> Vec<Cue> {
+    let text = text.replace("\r\n", "\n");
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut lines = block.lines();
+            let index = lines
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("cue index in `{block}`"));
+            let times = lines.next().expect("cue times");
+            let (start, end) = times.split_once(" --> ").expect("`-->` in cue times");
+            let text = lines.collect::<Vec<_>>().join("\n");
+            Cue {
+                index,
+                start: parse_srt_time(start),
+                end: parse_srt_time(end),
+                text,
+            }
+        })
+        .collect()
+}
+
+/// The words of jfk.wav, in order.
+const JFK_WORDS: &[&str] = &[
+    "and so",
+    "fellow",
+    "americans",
+    "ask not",
+    "country",
+    "can do",
+    "for you",
+    "ask what",
+    "you can do",
+    "country",
+];
+
+fn assert_words_in_order(text: &str) {
+    let text = text.to_lowercase();
+    let mut at = 0;
+    for word in JFK_WORDS {
+        match text[at..].find(word) {
+            Some(i) => at += i + word.len(),
+            None => panic!("`{word}` missing (in order) from `{text}`"),
+        }
+    }
+}
+
+#[test]
+fn srt_file_cue_by_cue_and_subparse_round_trip() {
+    init();
+    let model = common::model_dir("base");
+    let dir = temp_dir("srt");
+    let srt = dir.join("jfk.srt");
+    let pipeline = gst::parse::launch(&format!(
+        "{} ! whispernpu model=\"{}\" ! srtenc ! filesink location=\"{}\"",
+        source(&common::jfk_wav()),
+        model.display(),
+        srt.display()
+    ))
+    .unwrap();
+    run(&pipeline);
+
+    let content = std::fs::read_to_string(&srt).unwrap();
+    eprintln!("{content}");
+    let cues = parse_srt(&content);
+    assert!(!cues.is_empty(), "empty SRT");
+    for (i, cue) in cues.iter().enumerate() {
+        assert_eq!(cue.index, i + 1, "cue numbering");
+        assert!(cue.end > cue.start, "cue {cue:?} has no duration");
+        assert!(!cue.text.trim().is_empty(), "cue {cue:?} has no text");
+        assert!(!cue.text.starts_with(' '), "leading space in {cue:?}");
+        assert!(cue.end <= 11.5, "cue {cue:?} past the audio");
+    }
+    for w in cues.windows(2) {
+        assert!(w[0].start <= w[1].start, "cues not monotonic: {w:?}");
+        assert!(w[0].end <= w[1].start, "cues overlap: {w:?}");
+    }
+    assert!(cues[0].start < 1.0, "first cue late: {:?}", cues[0]);
+    let all: Vec<&str> = cues.iter().map(|c| c.text.as_str()).collect();
+    assert_words_in_order(&all.join(" "));
+
+    // Read it back.
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! subparse ! appsink name=sink sync=false",
+        srt.display()
+    ))
+    .unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut back = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        let buffer = sample.buffer().unwrap();
+        let map = buffer.map_readable().unwrap();
+        let start = buffer.pts().unwrap().seconds_f64();
+        let end = start + buffer.duration().unwrap().seconds_f64();
+        back.push((start, end, String::from_utf8(map.to_vec()).unwrap()));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(back.len(), cues.len(), "subparse read {back:?}");
+    for ((start, end, text), cue) in back.iter().zip(&cues) {
+        assert!((start - cue.start).abs() < 0.002, "{start} vs {cue:?}");
+        assert!((end - cue.end).abs() < 0.002, "{end} vs {cue:?}");
+        assert_eq!(text.trim(), cue.text.trim());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// webvttenc, matroskamux and mp4mux subtitle pads, textoverlay.
+#[test]
+fn subtitle_consumers() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let dir = temp_dir("consumers");
+    let src = source(&common::jfk_wav());
+    let m = model.display();
+    let d = dir.display();
+    for launch in [
+        format!("{src} ! whispernpu model=\"{m}\" ! webvttenc ! filesink location=\"{d}/a.vtt\""),
+        format!(
+            "{src} ! whispernpu model=\"{m}\" ! mux.subtitle_%u matroskamux name=mux ! filesink location=\"{d}/a.mkv\""
+        ),
+        format!(
+            "{src} ! whispernpu model=\"{m}\" ! mux.subtitle_%u mp4mux name=mux ! filesink location=\"{d}/a.mp4\""
+        ),
+        format!(
+            "{src} ! whispernpu model=\"{m}\" ! o.text_sink \
+             videotestsrc num-buffers=120 ! video/x-raw,width=320,height=240,framerate=10/1 \
+             ! textoverlay name=o ! fakesink"
+        ),
+    ] {
+        eprintln!("{launch}");
+        run(&gst::parse::launch(&launch).unwrap());
+    }
+    let vtt = std::fs::read_to_string(dir.join("a.vtt")).unwrap();
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    assert!(vtt.to_lowercase().contains("country"), "{vtt}");
+    for f in ["a.mkv", "a.mp4"] {
+        assert!(
+            std::fs::metadata(dir.join(f)).unwrap().len() > 0,
+            "{f} empty"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Two elements in one pipeline share one copy of the weights and both transcribe.
+#[test]
+fn two_elements_share_one_model() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let m = model.display();
+    let pipeline = gst::parse::launch(&format!(
+        "{} ! tee name=t \
+         t. ! queue ! whispernpu name=a model=\"{m}\" ! appsink name=sa sync=false \
+         t. ! queue ! whispernpu name=b model=\"{m}\" ! appsink name=sb sync=false",
+        source(&common::jfk_wav())
+    ))
+    .unwrap();
+    let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
+    let texts: Vec<Arc<std::sync::Mutex<String>>> = ["sa", "sb"]
+        .iter()
+        .map(|name| {
+            let text = Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = bin
+                .by_name(name)
+                .unwrap()
+                .downcast::<gst_app::AppSink>()
+                .unwrap();
+            let t = Arc::clone(&text);
+            sink.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                        let mut t = t.lock().unwrap();
+                        t.push_str(&String::from_utf8_lossy(&map));
+                        t.push(' ');
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+            text
+        })
+        .collect();
+    let a = bin
+        .by_name("a")
+        .unwrap()
+        .downcast::<gstwhispernpu::element::WhisperNpu>()
+        .unwrap();
+    let b = bin
+        .by_name("b")
+        .unwrap()
+        .downcast::<gstwhispernpu::element::WhisperNpu>()
+        .unwrap();
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(300),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS or error");
+    assert!(
+        matches!(msg.view(), gst::MessageView::Eos(_)),
+        "pipeline failed: {msg:?}"
+    );
+    let (ma, mb) = (a.model().unwrap(), b.model().unwrap());
+    assert!(Arc::ptr_eq(&ma, &mb), "the two elements loaded two copies");
+    pipeline.set_state(gst::State::Null).unwrap();
+    for text in texts {
+        let text = text.lock().unwrap().to_lowercase();
+        assert!(text.contains("your country"), "{text}");
+    }
+}
+
+fn latency_of(launch: &str, state: gst::State) -> (bool, gst::ClockTime) {
+    let pipeline = gst::parse::launch(launch).unwrap();
+    let res = pipeline.set_state(state).unwrap();
+    if state == gst::State::Paused {
+        assert_eq!(res, gst::StateChangeSuccess::NoPreroll, "live source");
+    }
+    let w = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("w")
+        .unwrap();
+    let src = w.static_pad("src").unwrap();
+    assert!(src.current_caps().is_none(), "caps already negotiated");
+    let mut q = gst::query::Latency::new();
+    assert!(src.query(&mut q), "latency query unanswered");
+    let (live, min, _max) = q.result();
+    pipeline.set_state(gst::State::Null).unwrap();
+    (live, min)
+}
+
+const CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
+
+/// Non-live upstream: the LATENCY query passes upstream's answer through (not live).
+#[test]
+fn latency_query_non_live() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let (live, min) = latency_of(
+        &format!(
+            "appsrc is-live=false format=time caps={CAPS} ! whispernpu name=w model=\"{}\" \
+             ! fakesink",
+            model.display()
+        ),
+        gst::State::Ready,
+    );
+    assert!(!live);
+    assert_eq!(min, gst::ClockTime::ZERO);
+}
+
+/// Live upstream, PAUSED, no caps yet: upstream latency + latency + lateness.
+#[test]
+fn latency_query_live_paused_before_caps() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let (live, min) = latency_of(
+        &format!(
+            "appsrc is-live=true min-latency=100000000 format=time caps={CAPS} \
+             ! whispernpu name=w model=\"{}\" latency=3000 lateness=250 ! fakesink",
+            model.display()
+        ),
+        gst::State::Paused,
+    );
+    assert!(live);
+    assert_eq!(min, gst::ClockTime::from_mseconds(100 + 3000 + 250));
+    // audiotestsrc answers only once it has caps: the element answers with its own latency.
+    let (live, min) = latency_of(
+        &format!(
+            "audiotestsrc is-live=true ! audio/x-raw,rate=16000,channels=1 \
+             ! whispernpu name=w model=\"{}\" latency=3000 lateness=250 ! fakesink",
+            model.display()
+        ),
+        gst::State::Paused,
+    );
+    assert!(live);
+    assert_eq!(min, gst::ClockTime::from_mseconds(3000 + 250));
+}
