@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use gstwhispernpu::audio::N_FRAMES;
-use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
+use gstwhispernpu::audio::mel::{MelFrontend, MelStream, mel_filterbank};
 
 fn fixture(name: &str) -> Vec<f32> {
     let path = common::repo().join("tests/fixtures").join(name);
@@ -129,4 +129,183 @@ fn window_pads_and_trims() {
     let mut after_trim = vec![0.0; 80 * N_FRAMES];
     stream.window(500, n - 500, 0.0, &mut after_trim);
     assert_eq!(later, after_trim);
+}
+
+/// Each filter is a non-negative triangle; peaks move up (never down) the spectrum, and the top
+/// filters reach close to Nyquist.
+#[test]
+fn filterbank_sanity() {
+    for n_mels in [80, 128] {
+        let bank = mel_filterbank(n_mels);
+        assert_eq!(bank.len(), n_mels);
+        let mut last_peak = 0;
+        for (i, row) in bank.iter().enumerate() {
+            assert_eq!(row.len(), 201);
+            assert!(
+                row.iter().all(|&w| w >= 0.0),
+                "filter {i} has a negative weight"
+            );
+            assert!(row.iter().any(|&w| w > 0.0), "filter {i} is empty");
+            let peak = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0);
+            assert!(
+                peak >= last_peak,
+                "{n_mels}: filter {i} peaks at {peak} < {last_peak}"
+            );
+            // A triangle: non-decreasing up to the peak, non-increasing after it.
+            assert!(row[..=peak].windows(2).all(|w| w[0] <= w[1]));
+            assert!(row[peak..].windows(2).all(|w| w[0] >= w[1]));
+            last_peak = peak;
+        }
+        assert!(
+            last_peak > 180,
+            "{n_mels}: last filter peaks at bin {last_peak}"
+        );
+    }
+}
+
+fn push_in_chunks(stream: &mut MelStream, audio: &[f32], sizes: &[usize], trim_lag: Option<usize>) {
+    let mut at = 0;
+    for size in sizes.iter().cycle() {
+        if at >= audio.len() {
+            break;
+        }
+        let end = (at + size).min(audio.len());
+        stream.push(&audio[at..end]);
+        at = end;
+        if let Some(lag) = trim_lag {
+            stream.trim_before(stream.frames_available().saturating_sub(lag));
+        }
+    }
+}
+
+/// Raw frames from uneven chunks are bit-identical to the one-shot raw values with openai's
+/// 30 s of padding, for jfk and for streams shorter than one STFT window.
+#[test]
+fn stream_raw_frames_are_bitwise_one_shot() {
+    let audio = jfk();
+    let frontend = Arc::new(MelFrontend::new(80));
+    let sizes = [1usize, 7, 160, 4000, 33_333, 3, 199, 201, 12_345];
+    for len in [0, 1, 150, 200, 201, 359, 360, 361, 4_321, audio.len()] {
+        let audio = &audio[..len];
+        let one_shot = frontend.log10_mel_spectrogram(audio, 480_000);
+        let mut stream = MelStream::new(frontend.clone());
+        push_in_chunks(&mut stream, audio, &sizes, None);
+        stream.finish();
+        assert_eq!(stream.content_frames(), len / 160);
+        assert_eq!(stream.samples_pushed(), len as u64);
+        assert_eq!(stream.frames_available(), one_shot.n_frames, "len {len}");
+        for t in 0..one_shot.n_frames {
+            let raw = stream.raw_frame(t).expect("frame held");
+            for (m, v) in raw.iter().enumerate() {
+                let r = one_shot.data[m * one_shot.n_frames + t];
+                assert!(
+                    v.to_bits() == r.to_bits(),
+                    "len {len} frame {t} bin {m}: {v} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+/// Before `finish`, a frame appears exactly when its window [160 t − 200, 160 t + 200) has
+/// arrived (frame 0 also needs sample 200, the reflection of sample −200).
+#[test]
+fn frames_appear_when_their_window_is_complete() {
+    let audio = jfk();
+    let mut stream = MelStream::new(Arc::new(MelFrontend::new(80)));
+    for pushed in 1..=2_000usize {
+        stream.push(&audio[pushed - 1..pushed]);
+        let expected = if pushed <= 200 {
+            0
+        } else {
+            (pushed - 200) / 160 + 1
+        };
+        assert_eq!(
+            stream.frames_available(),
+            expected,
+            "after {pushed} samples"
+        );
+    }
+}
+
+/// `window(0, content)` equals openai's normalised mel on the content frames when the prefix
+/// maximum is the global one (jfk's loudest frame is in its content), then zero padding.
+#[test]
+fn window_equals_normalised_one_shot_on_content() {
+    let audio = jfk();
+    let frontend = Arc::new(MelFrontend::new(80));
+    let one_shot = frontend.log_mel_spectrogram(&audio, 480_000);
+    let mut stream = MelStream::new(frontend);
+    push_in_chunks(&mut stream, &audio, &[4000, 33_333, 7], None);
+    stream.finish();
+    let n = stream.content_frames();
+    let mut window = vec![1.0; 80 * N_FRAMES];
+    stream.window(0, n, 0.0, &mut window);
+    let mut worst = 0.0f32;
+    for m in 0..80 {
+        for t in 0..n {
+            let d = (window[m * N_FRAMES + t] - one_shot.data[m * one_shot.n_frames + t]).abs();
+            worst = worst.max(d);
+        }
+        assert!(
+            window[m * N_FRAMES + n..(m + 1) * N_FRAMES]
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+    }
+    eprintln!("window(0, content) vs one-shot max |difference|: {worst:e}");
+    assert!(worst <= 1e-6, "window differs by {worst}");
+}
+
+/// Trimming while streaming keeps the prefix maximum and later windows unchanged.
+#[test]
+fn trimming_while_streaming_keeps_windows() {
+    let audio = jfk();
+    let frontend = Arc::new(MelFrontend::new(80));
+    let mut full = MelStream::new(frontend.clone());
+    full.push(&audio);
+    full.finish();
+    let mut trimmed = MelStream::new(frontend);
+    push_in_chunks(&mut trimmed, &audio, &[1, 7, 160, 4000, 33_333], Some(5));
+    trimmed.finish();
+    let start = trimmed.first_frame();
+    assert!(start > 1000, "trimmed up to {start}");
+    assert!(trimmed.raw_frame(start - 1).is_none());
+    let (mut a, mut b) = (vec![0.0; 80 * N_FRAMES], vec![0.0; 80 * N_FRAMES]);
+    full.window(start, 2000, 0.0, &mut a);
+    trimmed.window(start, 2000, 0.0, &mut b);
+    assert_eq!(a, b);
+    assert_eq!(
+        full.prefix_max(start + 10).to_bits(),
+        trimmed.prefix_max(start + 10).to_bits()
+    );
+}
+
+/// After `finish` pushes are ignored; `reset` gives a fresh stream.
+#[test]
+fn finish_and_reset() {
+    let audio = jfk();
+    let frontend = Arc::new(MelFrontend::new(80));
+    let mut stream = MelStream::new(frontend.clone());
+    stream.push(&audio[..10_000]);
+    stream.finish();
+    let frames = stream.frames_available();
+    stream.push(&audio[10_000..20_000]);
+    stream.finish();
+    assert!(stream.is_finished());
+    assert_eq!(
+        (stream.samples_pushed(), stream.frames_available()),
+        (10_000, frames)
+    );
+    stream.reset();
+    assert!(!stream.is_finished());
+    assert_eq!((stream.samples_pushed(), stream.frames_available()), (0, 0));
+    stream.push(&audio[..20_000]);
+    let mut fresh = MelStream::new(frontend);
+    fresh.push(&audio[..20_000]);
+    assert_eq!(stream.frames_available(), fresh.frames_available());
+    let t = stream.frames_available() - 1;
+    assert_eq!(stream.raw_frame(t), fresh.raw_frame(t));
 }

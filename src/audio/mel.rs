@@ -65,7 +65,9 @@ fn mel_to_hz(mel: f64) -> f64 {
     }
 }
 
-/// Slaney-normalised triangular filters over `N_BINS` FFT bins, dense `[n_mels][N_BINS]`.
+/// Slaney-normalised triangular filters over the 201 FFT bins, dense `[n_mels][201]`: librosa's
+/// `filters.mel(sr=16000, n_fft=400, n_mels, htk=False, norm="slaney")`, which openai ships as
+/// `mel_filters.npz` (these match it to its f32 precision).
 pub fn mel_filterbank(n_mels: usize) -> Vec<Vec<f64>> {
     let nyquist = SAMPLE_RATE as f64 / 2.0;
     let fft_freqs: Vec<f64> = (0..N_BINS)
@@ -92,6 +94,7 @@ pub fn mel_filterbank(n_mels: usize) -> Vec<Vec<f64>> {
 }
 
 impl MelFrontend {
+    /// Window, filterbank and FFT plan for `n_mels` bins (80, or 128 for large-v3 and turbo).
     pub fn new(n_mels: usize) -> Self {
         let filters = mel_filterbank(n_mels)
             .into_iter()
@@ -146,8 +149,24 @@ impl MelFrontend {
     }
 
     /// Exactly openai's `log_mel_spectrogram(audio, n_mels, padding)`: `padding` zeros are
-    /// appended before the STFT; the result has `(len + padding) / 160` frames.
+    /// appended before the STFT; the result has `(len + padding) / 160` frames, normalised
+    /// (clamped to `max − 8`, then `(x + 4) / 4`).
+    ///
+    /// For inputs (with padding) shorter than 201 samples, where torch's reflect padding fails,
+    /// reflected indices are clamped into the input; no input panics.
     pub fn log_mel_spectrogram(&self, samples: &[f32], padding: usize) -> Mel {
+        let mut mel = self.log10_mel_spectrogram(samples, padding);
+        let max = mel.data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for v in &mut mel.data {
+            *v = (v.max(max - 8.0) + 4.0) / 4.0;
+        }
+        mel
+    }
+
+    /// [`log_mel_spectrogram`](Self::log_mel_spectrogram) before normalisation: the raw
+    /// `log10(max(mel, 1e-10))` values, `[n_mels][n_frames]`. These are the values
+    /// [`MelStream::raw_frame`] holds.
+    pub fn log10_mel_spectrogram(&self, samples: &[f32], padding: usize) -> Mel {
         let n = samples.len() + padding;
         let n_frames = n / HOP_LENGTH;
         let get = |i: usize| samples.get(i).copied().unwrap_or(0.0);
@@ -171,10 +190,6 @@ impl MelFrontend {
                 raw[m * n_frames + t] = *v;
             }
         }
-        let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for v in &mut raw {
-            *v = (v.max(max - 8.0) + 4.0) / 4.0;
-        }
         Mel {
             n_mels: self.n_mels,
             n_frames,
@@ -191,8 +206,9 @@ struct FrameScratch {
 
 /// Incremental log-mel: samples in, raw log10 mel frames out, normalised per window.
 ///
-/// Frames are identical to [`MelFrontend::log_mel_spectrogram`] over the whole stream followed by
-/// 30 s of zeros (openai's `padding=N_SAMPLES`): frame `t` is computed once its window
+/// Whatever the chunk sizes, the raw frames are bit-identical to
+/// [`MelFrontend::log10_mel_spectrogram`] over the whole stream followed by 30 s of zeros
+/// (openai's `padding=N_SAMPLES`): frame `t` is computed once its window
 /// `[160 t − 200, 160 t + 200)` has arrived (reflect padding at the stream start), and at
 /// [`finish`](Self::finish) the stream continues with zeros. Frames are indexed from the start of
 /// the stream; [`trim_before`](Self::trim_before) frees what is no longer needed.
@@ -215,6 +231,7 @@ pub struct MelStream {
 }
 
 impl MelStream {
+    /// An empty stream sharing `frontend`'s filterbank and FFT plan.
     pub fn new(frontend: Arc<MelFrontend>) -> Self {
         let scratch = frontend.scratch();
         let frame_buf = vec![0.0; frontend.n_mels];
@@ -233,30 +250,39 @@ impl MelStream {
         }
     }
 
+    /// Mel bins per frame.
     pub fn n_mels(&self) -> usize {
         self.frontend.n_mels
     }
 
-    /// Appends audio and computes every frame whose window is complete. Samples pushed after
-    /// [`finish`](Self::finish) are ignored until [`reset`](Self::reset).
+    /// Appends audio (any chunk size, empty included) and computes the raw log10 mel values of
+    /// every frame `t` whose STFT window `[160 t − 200, 160 t + 200)` has fully arrived. Frame 0
+    /// reflects samples `1..=200` into its left half (torch's `center=True`), so it waits for 201
+    /// samples; frame `t ≥ 1` is ready once `160 t + 200` samples have been pushed. The frames are
+    /// bit-identical to [`MelFrontend::log10_mel_spectrogram`] of the whole stream. Samples
+    /// pushed after [`finish`](Self::finish) are ignored until [`reset`](Self::reset).
+    ///
+    /// Computing a frame allocates nothing: scratch buffers are preallocated, and the frame store
+    /// grows amortised.
     pub fn push(&mut self, samples: &[f32]) {
         if self.finished {
             return;
         }
         self.samples.extend_from_slice(samples);
         self.pushed += samples.len() as u64;
-        // Frame t needs samples up to index 160 t + 200 (the reflect source of frame 0 included).
         let pushed = self.pushed as usize;
         let ready = if pushed > PAD {
-            (pushed - PAD - 1) / HOP_LENGTH + 1
+            (pushed - PAD) / HOP_LENGTH + 1
         } else {
             0
         };
         self.compute_until(ready);
     }
 
-    /// End of stream: the audio continues with zeros and frames are computed up to
-    /// `content_frames() + 3000`, so that any window may extend past the content.
+    /// End of stream: the audio is taken to continue with zeros — exactly openai's
+    /// `log_mel_spectrogram(audio, padding=N_SAMPLES)` — and frames are computed up to
+    /// `content_frames() + 3000`, so that any 30 s window may extend past the content. After
+    /// this the stream ignores [`push`](Self::push) until [`reset`](Self::reset). Idempotent.
     pub fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
@@ -267,6 +293,9 @@ impl MelStream {
     fn compute_until(&mut self, end: usize) {
         let n_mels = self.frontend.n_mels;
         let pushed = self.pushed as usize;
+        let more = end.saturating_sub(self.frames_available());
+        self.frames.reserve(more * n_mels);
+        self.frame_max.reserve(more);
         while self.frames_available() < end {
             let t = self.frames_available();
             let (samples, base) = (&self.samples, self.sample_base);
@@ -292,25 +321,47 @@ impl MelStream {
         }
     }
 
-    /// Frames that carry content: samples pushed / 160 (openai's `content_frames`).
+    /// Frames that carry content: samples pushed / 160, integer division (openai's
+    /// `content_frames`). Before [`finish`](Self::finish) the last one or two of them may not be
+    /// computed yet (see [`frames_available`](Self::frames_available)).
     pub fn content_frames(&self) -> usize {
         self.pushed as usize / HOP_LENGTH
     }
 
-    /// One past the last computed frame (absolute index).
+    /// One past the last computed frame. Frames are indexed from the start of the stream, not
+    /// from the trim point.
     pub fn frames_available(&self) -> usize {
         self.frame_base + self.frame_max.len()
     }
 
+    /// Total samples pushed since the start (or the last [`reset`](Self::reset)).
     pub fn samples_pushed(&self) -> u64 {
         self.pushed
     }
 
+    /// Whether [`finish`](Self::finish) has been called since the last reset.
     pub fn is_finished(&self) -> bool {
         self.finished
     }
 
-    /// Frees frames before `frame` and the samples no later frame needs.
+    /// First frame still held (everything before it was trimmed).
+    pub fn first_frame(&self) -> usize {
+        self.frame_base
+    }
+
+    /// Raw `log10(max(mel, 1e-10))` values of frame `frame` (absolute index), one per mel bin,
+    /// before any normalisation; `None` when it was trimmed or is not computed yet.
+    pub fn raw_frame(&self, frame: usize) -> Option<&[f32]> {
+        let n_mels = self.frontend.n_mels;
+        let i = frame.checked_sub(self.frame_base)?;
+        self.frames.get(i * n_mels..(i + 1) * n_mels)
+    }
+
+    /// Frees frames before `frame` and the samples no later frame needs; later calls may only
+    /// ask for frames `>= frame`. Their maximum is remembered, so [`window`](Self::window) and
+    /// [`prefix_max`](Self::prefix_max) still see it. Frames not computed yet are never freed
+    /// (the trim point is capped at [`frames_available`](Self::frames_available)), and the sample
+    /// context of every frame still to be computed is kept.
     pub fn trim_before(&mut self, frame: usize) {
         let n_mels = self.frontend.n_mels;
         let frame = frame.min(self.frames_available());
@@ -340,7 +391,8 @@ impl MelStream {
         }
     }
 
-    /// Maximum raw log10 value over frames `[0, end)`.
+    /// Maximum raw log10 value over frames `[0, end)` (trimmed frames included). `end` is capped
+    /// at [`frames_available`](Self::frames_available); `-inf` for an empty prefix.
     pub fn prefix_max(&self, end: usize) -> f32 {
         let end = end.clamp(self.frame_base, self.frames_available());
         self.frame_max[..end - self.frame_base]
@@ -349,32 +401,47 @@ impl MelStream {
             .fold(self.trimmed_max, f32::max)
     }
 
-    /// Fills `out` (`[n_mels][3000]`) with frames `start..start + n_content` normalised as
-    /// openai does — clamp at `M − 8`, then `(x + 4) / 4`, where `M` is the maximum over frames
-    /// `[0, start + n_content)` — and `pad` for the remaining columns.
+    /// Fills `out` (`[n_mels][3000]`, row-major) with frames `start..start + n_content`
+    /// (`n_content ≤ 3000`) normalised as openai does — clamp at `M − 8`, then `(x + 4) / 4`,
+    /// where `M` is the maximum raw value over frames `[0, start + n_content)`, a prefix maximum
+    /// that survives trimming — and `pad` in columns `n_content..3000`. openai's `pad_or_trim`
+    /// pads the normalised mel with `pad = 0.0`; [`silence_value`](Self::silence_value) gives the
+    /// value digital silence would have instead.
+    ///
+    /// Asking for frames that are trimmed or not computed yet is a programming error: it fails
+    /// a debug assertion, and in release builds those columns get `pad`.
     pub fn window(&self, start: usize, n_content: usize, pad: f32, out: &mut [f32]) {
         let n_mels = self.frontend.n_mels;
-        assert_eq!(out.len(), n_mels * N_FRAMES);
+        debug_assert_eq!(out.len(), n_mels * N_FRAMES);
         let n_content = n_content.min(N_FRAMES);
-        assert!(start >= self.frame_base && start + n_content <= self.frames_available());
+        debug_assert!(
+            start >= self.frame_base && start + n_content <= self.frames_available(),
+            "window {start}+{n_content} outside the held frames {}..{}",
+            self.frame_base,
+            self.frames_available()
+        );
         let floor = self.prefix_max(start + n_content) - 8.0;
-        for m in 0..n_mels {
-            let row = &mut out[m * N_FRAMES..(m + 1) * N_FRAMES];
-            for (j, v) in row[..n_content].iter_mut().enumerate() {
-                let raw = self.frames[(start + j - self.frame_base) * n_mels + m];
-                *v = (raw.max(floor) + 4.0) / 4.0;
+        // Columns of the window backed by held frames; the rest (only on misuse) is padding.
+        let held_from = self.frame_base.saturating_sub(start).min(n_content);
+        let held_to = (self.frames_available().saturating_sub(start)).clamp(held_from, n_content);
+        for (m, row) in out.chunks_exact_mut(N_FRAMES).take(n_mels).enumerate() {
+            row[..held_from].fill(pad);
+            for (j, v) in row[held_from..held_to].iter_mut().enumerate() {
+                let frame = start + held_from + j - self.frame_base;
+                *v = (self.frames[frame * n_mels + m].max(floor) + 4.0) / 4.0;
             }
-            row[n_content..].fill(pad);
+            row[held_to..].fill(pad);
         }
     }
 
-    /// Normalised value of digital silence for a window ending at frame `end`.
+    /// Normalised value of digital silence (raw `log10(1e-10) = −10`) in a window ending at frame
+    /// `end`: an alternative to openai's zero padding for [`window`](Self::window).
     pub fn silence_value(&self, end: usize) -> f32 {
         let floor = self.prefix_max(end) - 8.0;
         ((-10.0f32).max(floor) + 4.0) / 4.0
     }
 
-    /// Back to an empty stream.
+    /// Back to an empty stream (keeps the allocations).
     pub fn reset(&mut self) {
         self.samples.clear();
         self.sample_base = 0;
