@@ -1,11 +1,13 @@
 //! Measures transcription speed on one audio file.
 //!
 //! ```text
-//! cargo run --release --example bench -- --model NAME [--threads N] [--beam-size N] [--language en] AUDIO
+//! cargo run --release --example bench -- --model NAME [--threads N] [--beam-size N] [--language en] [--repeat N] AUDIO
 //! ```
-//! Prints the audio length, wall time, × realtime, encoder time per 30 s window, decoder time per
-//! token and peak RSS. Model loading is timed separately and excluded from × realtime; the wall
-//! time covers decoding the audio with GStreamer and transcribing it, as `transcribe` does.
+//! The audio is first decoded into memory with GStreamer (not timed); the model load is timed on
+//! its own; then the samples are pushed into a fresh `Transcriber` in 1 s chunks and drained with
+//! `finish()`: that is the wall time (the median of `--repeat` runs). Prints audio seconds, load
+//! seconds, wall seconds, × realtime, windows, encoder ms per window, decoder ms per token,
+//! decoder calls, mel ms, fallbacks, peak RSS (VmHWM) and the start of the transcript.
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
-use gstwhispernpu::transcribe::{TranscribeOptions, Transcriber};
+use gstwhispernpu::transcribe::{Stats, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
 usage: bench --model NAME|DIR [OPTIONS] AUDIO
@@ -24,6 +26,7 @@ options:
   --threads N           worker threads, 0 = one per core [default: 0]
   --beam-size N         1 = greedy [default: 1]
   --language CODE|auto  fixed language, or auto to detect [default: auto]
+  --repeat N            transcribe N times, report the median wall time [default: 1]
   -h, --help            print this help";
 
 fn main() -> ExitCode {
@@ -45,9 +48,14 @@ fn run() -> Result<(), (u8, String)> {
 
     let mut options = TranscribeOptions::default();
     let mut model_name = "base".to_string();
+    let mut repeat: usize = 1;
     let mut inputs = Vec::new();
-    let takes_value =
-        |name: &str| matches!(name, "--model" | "--threads" | "--beam-size" | "--language");
+    let takes_value = |name: &str| {
+        matches!(
+            name,
+            "--model" | "--threads" | "--beam-size" | "--language" | "--repeat"
+        )
+    };
     let mut cli = Cli::from_env();
     while let Some(arg) = cli.next(takes_value) {
         match arg.map_err(usage)? {
@@ -67,6 +75,12 @@ fn run() -> Result<(), (u8, String)> {
                         options.beam_size = common::parse_number(&name, &value).map_err(usage)?
                     }
                     "--language" => options.language = common::parse_language(&value),
+                    "--repeat" => {
+                        repeat = common::parse_number(&name, &value).map_err(usage)?;
+                        if repeat == 0 {
+                            return Err(usage("--repeat: must be at least 1".into()));
+                        }
+                    }
                     _ => return Err(usage(format!("unknown option {name}"))),
                 }
             }
@@ -84,57 +98,62 @@ fn run() -> Result<(), (u8, String)> {
     };
     options.validate().map_err(|e| usage(e.to_string()))?;
 
+    // 1. The whole audio in memory (not timed).
+    let mut reader = AudioReader::open(&input).map_err(|e| runtime(e.to_string()))?;
+    let mut audio: Vec<f32> = Vec::new();
+    while let Some(chunk) = reader.next_chunk().map_err(|e| runtime(e.to_string()))? {
+        audio.extend_from_slice(&chunk);
+    }
+    drop(reader);
+    let audio_seconds = audio.len() as f64 / SAMPLE_RATE as f64;
+
+    // 2. The model (timed on its own).
     let t_load = Instant::now();
     let model = gstwhispernpu::model::load_shared(&model_name)
         .map_err(|e| runtime(common::model_error(&model_name, &e)))?;
-    let mut transcriber =
-        Transcriber::new(model.clone(), options.clone()).map_err(|e| runtime(e.to_string()))?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 
-    let t_run = Instant::now();
-    let mut reader = AudioReader::open(&input).map_err(|e| runtime(e.to_string()))?;
-    let mut samples: u64 = 0;
-    let mut n_segments = 0usize;
-    while let Some(chunk) = reader.next_chunk().map_err(|e| runtime(e.to_string()))? {
-        samples += chunk.len() as u64;
-        n_segments += transcriber
-            .push(&chunk)
-            .map_err(|e| runtime(e.to_string()))?
-            .len();
+    // 3. Transcription, `repeat` times with a fresh transcriber each (timed).
+    let mut runs: Vec<(f64, Stats, String, usize)> = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let mut transcriber = Transcriber::new(model.clone(), options.clone()).map_err(|e| {
+            let code = if matches!(e, gstwhispernpu::Error::InvalidOption { .. }) {
+                2
+            } else {
+                1
+            };
+            (code, e.to_string())
+        })?;
+        let t_run = Instant::now();
+        let mut segments = Vec::new();
+        for chunk in audio.chunks(SAMPLE_RATE as usize) {
+            segments.extend(
+                transcriber
+                    .push(chunk)
+                    .map_err(|e| runtime(e.to_string()))?,
+            );
+        }
+        segments.extend(transcriber.finish().map_err(|e| runtime(e.to_string()))?);
+        let wall = t_run.elapsed().as_secs_f64();
+        let text = segments
+            .iter()
+            .map(|s| s.text.trim())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        runs.push((wall, transcriber.stats().clone(), text, segments.len()));
     }
-    n_segments += transcriber
-        .finish()
-        .map_err(|e| runtime(e.to_string()))?
-        .len();
-    let wall_seconds = t_run.elapsed().as_secs_f64();
-    let audio_seconds = samples as f64 / SAMPLE_RATE as f64;
+    // The median run (the upper middle one for an even count) gives every figure below.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| runs[a].0.total_cmp(&runs[b].0));
+    let (wall_seconds, stats, text, n_segments) = &runs[order[order.len() / 2]];
+    let wall_seconds = *wall_seconds;
 
     let threads = if options.n_threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         options.n_threads
     };
-    println!("input           {input}");
-    println!("model           {model_name} ({})", model.dir.display());
-    println!(
-        "settings        threads {threads}, beam size {}, language {}",
-        options.beam_size,
-        options.language.as_deref().unwrap_or("auto")
-    );
-    println!("load seconds    {load_seconds:.3}  (excluded from x realtime)");
-    println!("audio seconds   {audio_seconds:.3}");
-    println!("wall seconds    {wall_seconds:.3}");
-    println!(
-        "x realtime      {:.2}",
-        if wall_seconds > 0.0 {
-            audio_seconds / wall_seconds
-        } else {
-            0.0
-        }
-    );
-    println!("segments        {n_segments}");
-
-    let stats = transcriber.stats();
     let per = |total: f64, n: u64| {
         if n > 0 {
             format!("{:.2}", total * 1000.0 / n as f64)
@@ -142,23 +161,55 @@ fn run() -> Result<(), (u8, String)> {
             "n/a".to_string()
         }
     };
-    println!("mel ms total    {:.2}", stats.mel_seconds * 1000.0);
+    println!("input            {input}");
+    println!("model            {model_name} ({})", model.dir.display());
     println!(
-        "encoder ms/win  {}  ({} windows)",
-        per(stats.encoder_seconds, stats.windows),
-        stats.windows
+        "settings         threads {threads}, beam size {}, language {}, repeat {repeat}",
+        options.beam_size,
+        options.language.as_deref().unwrap_or("auto")
     );
-    println!(
-        "decoder ms/tok  {}  ({} tokens, {} forward calls, {} fallbacks)",
-        per(stats.decoder_seconds, stats.decoder_tokens),
-        stats.decoder_tokens,
-        stats.decoder_calls,
-        stats.fallbacks
-    );
-    match peak_rss_kib() {
-        Some(kib) => println!("peak RSS MiB    {:.1}", kib as f64 / 1024.0),
-        None => println!("peak RSS MiB    n/a (no VmHWM in /proc/self/status)"),
+    println!("audio seconds    {audio_seconds:.3}");
+    println!("load seconds     {load_seconds:.3}  (not in wall / x realtime)");
+    if repeat > 1 {
+        let walls: Vec<String> = order.iter().map(|&i| format!("{:.3}", runs[i].0)).collect();
+        println!(
+            "wall seconds     {wall_seconds:.3}  (median of {repeat}: {})",
+            walls.join(" ")
+        );
+    } else {
+        println!("wall seconds     {wall_seconds:.3}");
     }
+    println!(
+        "x realtime       {}",
+        if wall_seconds > 0.0 {
+            format!("{:.2}", audio_seconds / wall_seconds)
+        } else {
+            "n/a".into()
+        }
+    );
+    println!("windows          {}", stats.windows);
+    println!(
+        "encoder ms/win   {}",
+        per(stats.encoder_seconds, stats.windows)
+    );
+    println!(
+        "decoder ms/tok   {}  ({} tokens)",
+        per(stats.decoder_seconds, stats.decoder_tokens),
+        stats.decoder_tokens
+    );
+    println!("decoder calls    {}", stats.decoder_calls);
+    println!("mel ms           {:.2}", stats.mel_seconds * 1000.0);
+    println!("fallbacks        {}", stats.fallbacks);
+    match peak_rss_kib() {
+        Some(kib) => println!("peak RSS MiB     {:.1}", kib as f64 / 1024.0),
+        None => println!("peak RSS MiB     n/a (no VmHWM in /proc/self/status)"),
+    }
+    println!("segments         {n_segments}");
+    let mut head: String = text.chars().take(80).collect();
+    if text.chars().count() > 80 {
+        head.push_str("...");
+    }
+    println!("transcript       {head}");
     Ok(())
 }
 

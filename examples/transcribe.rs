@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
-use gstwhispernpu::transcribe::{Segment, Task, TranscribeOptions, Transcriber};
+use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
 usage: transcribe [OPTIONS] AUDIO
@@ -27,12 +27,15 @@ options:
   --beam-size N           1 = greedy decoding, N > 1 = beam search [default: 1]
   --threads N             worker threads, 0 = one per core [default: 0]
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
+  --tail-padding silence|zero
+                          what follows the end of the audio in the last 30 s window:
+                          log-mel of silence (whisper.cpp) or zeros (openai) [default: silence]
   --format txt|srt|vtt|json
                           output format on stdout [default: txt]
   -q, --quiet             no progress lines on stderr
   -h, --help              print this help
 
-Progress goes to stderr when stderr is a terminal or the audio is longer than 60 s.
+Progress (one line per decoded 30 s window) goes to stderr when the audio is longer than 60 s.
 Models are installed with scripts/fetch-model NAME.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +113,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--beam-size"
                 | "--threads"
                 | "--initial-prompt"
+                | "--tail-padding"
                 | "--format"
         )
     };
@@ -146,6 +150,13 @@ fn parse_args() -> Result<Option<Config>, Failure> {
             "--threads" => options.n_threads = common::parse_number(&name, &value).map_err(bad)?,
             "--initial-prompt" => {
                 options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())
+            }
+            "--tail-padding" => {
+                options.tail_padding = value.parse::<TailPadding>().map_err(|_| {
+                    bad(format!(
+                        "--tail-padding: `{value}` is not one of silence, zero"
+                    ))
+                })?
             }
             "--format" => {
                 format = match value.as_str() {
@@ -195,16 +206,18 @@ fn run(config: &Config) -> Result<(), Failure> {
 
     let model = gstwhispernpu::model::load_shared(&config.model)
         .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
-    let mut transcriber =
-        Transcriber::new(model, config.options.clone()).map_err(|e| runtime(&e))?;
+    // What the model rules out (a language it lacks, translate with an English-only model) is a
+    // bad option value, like the checks made while parsing.
+    let mut transcriber = Transcriber::new(model, config.options.clone()).map_err(|e| match e {
+        gstwhispernpu::Error::InvalidOption { .. } => Failure::BadValue(e.to_string()),
+        e => runtime(&e),
+    })?;
 
     let total_seconds = reader.duration_seconds();
-    let show_progress = !config.quiet
-        && (std::io::stderr().is_terminal() || total_seconds.is_some_and(|d| d > 60.0));
     let mut progress = Progress {
-        enabled: show_progress,
-        total_seconds,
-        next_report: 30.0,
+        enabled: !config.quiet,
+        long: total_seconds.is_some_and(|d| d > 60.0),
+        windows: 0,
     };
 
     let mut segments: Vec<Segment> = Vec::new();
@@ -213,16 +226,15 @@ fn run(config: &Config) -> Result<(), Failure> {
     while let Some(audio) = chunk {
         samples += audio.len() as u64;
         let new = transcriber.push(&audio).map_err(|e| runtime(&e))?;
-        progress.report(samples, &new);
+        progress.report(samples, transcriber.stats().windows, &new);
         segments.extend(new);
         chunk = reader.next_chunk().map_err(|e| runtime(&e))?;
     }
     // `finish` resets the transcriber, so read the language first.
     let language = transcriber.language().map(str::to_string);
     let new = transcriber.finish().map_err(|e| runtime(&e))?;
-    progress.report(samples, &new);
+    progress.report(samples, transcriber.stats().windows, &new);
     segments.extend(new);
-    progress.done(samples);
 
     let language = segments
         .first()
@@ -235,7 +247,7 @@ fn run(config: &Config) -> Result<(), Failure> {
         Format::Txt => to_txt(&segments),
         Format::Srt => to_srt(&segments),
         Format::Vtt => to_vtt(&segments),
-        Format::Json => to_json(&segments, &language, duration),
+        Format::Json => to_json(&config.model, &segments, &language, duration),
     };
     let mut stdout = std::io::stdout().lock();
     match stdout
@@ -249,53 +261,43 @@ fn run(config: &Config) -> Result<(), Failure> {
     }
 }
 
-/// Progress lines on stderr: one per decoded window (or 30 s of audio).
+/// Progress lines on stderr, one per decoded 30 s window, for audio longer than 60 s (when the
+/// format says how long the audio is; otherwise from the moment it passes 60 s).
 struct Progress {
     enabled: bool,
-    total_seconds: Option<f64>,
-    next_report: f64,
+    /// The audio is (or has turned out to be) longer than 60 s.
+    long: bool,
+    /// Windows already reported.
+    windows: u64,
 }
 
 impl Progress {
-    fn report(&mut self, samples: u64, new: &[Segment]) {
-        if !self.enabled {
+    fn report(&mut self, samples: u64, windows: u64, new: &[Segment]) {
+        let received = samples as f64 / SAMPLE_RATE as f64;
+        self.long |= received > 60.0;
+        if !self.enabled || !self.long || windows == self.windows {
             return;
         }
-        let position = new
+        self.windows = windows;
+        // How far the transcript reaches: the end of the newest segment, or the window's end.
+        let upto = new
             .last()
             .map(|s| s.end)
-            .unwrap_or(samples as f64 / SAMPLE_RATE as f64);
-        if new.is_empty() && position < self.next_report {
-            return;
-        }
-        self.next_report = position + 30.0;
-        let total = self
-            .total_seconds
-            .map_or_else(|| "?".to_string(), common::clock);
+            .unwrap_or_else(|| (windows as f64 * 30.0).min(received));
         let mut line = new
             .last()
-            .map(|s| s.text.clone())
-            .unwrap_or_else(|| "...".into());
+            .map(|s| s.text.trim().to_string())
+            .unwrap_or_default();
         if line.chars().count() > 60 {
             line = line.chars().take(57).collect::<String>() + "...";
         }
         let _ = writeln!(
             std::io::stderr(),
-            "[{} / {}] {}",
-            common::clock(position),
-            total,
-            line
+            "[{}] decoded up to {} (window {windows}){}{line}",
+            common::clock(received),
+            common::clock(upto),
+            if line.is_empty() { "" } else { ": " },
         );
-    }
-
-    fn done(&self, samples: u64) {
-        if self.enabled {
-            let _ = writeln!(
-                std::io::stderr(),
-                "[done: {} of audio]",
-                common::clock(samples as f64 / SAMPLE_RATE as f64)
-            );
-        }
     }
 }
 
@@ -361,12 +363,13 @@ struct JsonSegment<'a> {
     compression_ratio: f32,
 }
 
-/// `{"language", "duration", "segments": [...]}`, one segment per line. serde_json writes
-/// non-finite floats as null, so the output is always valid JSON.
-fn to_json(segments: &[Segment], language: &str, duration: f64) -> String {
+/// `{"model", "language", "duration", "segments": [...]}`, one segment per line. serde_json
+/// writes non-finite floats as null, so the output is always valid JSON.
+fn to_json(model: &str, segments: &[Segment], language: &str, duration: f64) -> String {
     let ms = |t: f64| (t * 1000.0).round() / 1000.0;
     let mut out = format!(
-        "{{\n  \"language\": {},\n  \"duration\": {},\n  \"segments\": [",
+        "{{\n  \"model\": {},\n  \"language\": {},\n  \"duration\": {},\n  \"segments\": [",
+        json(model),
         json(language),
         json(&ms(duration))
     );

@@ -361,7 +361,7 @@ pub fn parse_language(value: &str) -> Option<String> {
 /// directory or an unknown name already say what to do.)
 pub fn model_error(name: &str, err: &dyn fmt::Display) -> String {
     if gstwhispernpu::model::KNOWN_MODELS.contains(&name) {
-        format!("cannot load model {name}: {err}; install with scripts/fetch-model {name}")
+        format!("cannot load model {name}: {err}; install it with scripts/fetch-model {name}")
     } else {
         format!("cannot load model {name}: {err}")
     }
