@@ -556,3 +556,43 @@ fn offline_text_matches_engine() {
         assert!((c.start - s.start).abs() < 1e-3, "{c:?} vs {s:?}");
     }
 }
+
+/// Live: audio arriving faster than it can be decoded posts a warning instead of drifting silently.
+#[test]
+fn live_falling_behind_warns() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, bus, _element) = harness(&model, &[("mode", "live"), ("latency", "500")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    // 11 s delivered at once: far more than latency + lateness + 1 s waits for the engine.
+    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Warning])
+        .expect("a falling-behind warning");
+    let gst::MessageView::Warning(w) = msg.view() else {
+        unreachable!()
+    };
+    assert!(w.error().message().contains("behind"), "{}", w.error());
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    assert_monotonic(&cues);
+}
+
+/// F32LE then S16LE in the same stream, and a property change while PLAYING.
+#[test]
+fn caps_and_property_change_mid_stream() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, element) = harness(&model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    let cut = 4 * RATE;
+    push_audio(&mut h, &audio[..cut], gst::ClockTime::ZERO, false);
+    element.set_property("beam-size", 2u32);
+    element.set_property("no-speech-threshold", 0.5f32);
+    assert!(h.push_event(gst::event::Caps::new(&audio_caps("S16LE"))));
+    push_audio(&mut h, &audio[cut..], samples_time(cut), true);
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    assert_monotonic(&cues);
+    let text = all_text(&cues).to_lowercase();
+    assert!(text.contains("americans") && text.contains("your country"), "{text}");
+}
