@@ -566,7 +566,10 @@ fn live_falling_behind_warns() {
     // 11 s delivered at once: far more than latency + lateness + 1 s waits for the engine.
     push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
     let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Warning])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Warning],
+        )
         .expect("a falling-behind warning");
     let gst::MessageView::Warning(w) = msg.view() else {
         unreachable!()
@@ -594,5 +597,8 @@ fn caps_and_property_change_mid_stream() {
     let (cues, _events) = collect_until_eos(&mut h);
     assert_monotonic(&cues);
     let text = all_text(&cues).to_lowercase();
-    assert!(text.contains("americans") && text.contains("your country"), "{text}");
+    assert!(
+        text.contains("americans") && text.contains("your country"),
+        "{text}"
+    );
 }
