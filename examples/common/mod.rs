@@ -122,12 +122,11 @@ impl AudioReader {
                     .property("sync", false)
                     .property("async", false)
                     .build()
+                    && pipeline.add(&fakesink).is_ok()
                 {
-                    if pipeline.add(&fakesink).is_ok() {
-                        let _ = fakesink.sync_state_with_parent();
-                        if let Some(sinkpad) = fakesink.static_pad("sink") {
-                            let _ = pad.link(&sinkpad);
-                        }
+                    let _ = fakesink.sync_state_with_parent();
+                    if let Some(sinkpad) = fakesink.static_pad("sink") {
+                        let _ = pad.link(&sinkpad);
                     }
                 }
             });
