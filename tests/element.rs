@@ -305,6 +305,38 @@ fn jfk_timestamps_gaps_tag_messages() {
     assert_eq!(messages, cues.len());
 }
 
+/// Offline jfk from `offset` (segment start and buffer PTS): its cues.
+fn jfk_cues_from(model: &Path, offset: gst::ClockTime) -> Vec<Cue> {
+    let (mut h, _bus, _element) = harness(model, &[("mode", "offline")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(offset);
+    segment.set_time(offset);
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    push_audio(&mut h, &jfk(), offset, false);
+    h.push_event(gst::event::Eos::new());
+    collect_until_eos(&mut h).0
+}
+
+/// A stream starting at 100 s gives the same cues as one starting at 0, 100 s later.
+#[test]
+fn offset_of_100_s_shifts_every_pts() {
+    let model = common::model_dir("tiny.en");
+    let at_zero = jfk_cues_from(&model, gst::ClockTime::ZERO);
+    let at_100 = jfk_cues_from(&model, gst::ClockTime::from_seconds(100));
+    eprintln!("{at_zero:#?}\n{at_100:#?}");
+    assert!(!at_zero.is_empty());
+    assert!(at_zero[0].start < 1.0, "{at_zero:?}");
+    let end = at_zero.last().unwrap().end;
+    assert!((10.4..=11.5).contains(&end), "last cue ends at {end}");
+    assert_eq!(at_zero.len(), at_100.len());
+    for (a, b) in at_zero.iter().zip(&at_100) {
+        assert_eq!(a.text, b.text);
+        assert!((b.start - a.start - 100.0).abs() < 1e-6, "{a:?} vs {b:?}");
+        assert!((b.end - a.end - 100.0).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+}
+
 /// Less than one window, offline: nothing comes out until EOS, then the text precedes the EOS.
 #[test]
 fn eos_drains() {

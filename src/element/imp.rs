@@ -167,8 +167,25 @@ enum Item {
     Reset,
 }
 
+impl Item {
+    /// Kept across a flush: stream-start, caps and other sticky events except SEGMENT and EOS
+    /// (a flush clears those downstream too).
+    fn survives_flush(&self) -> bool {
+        match self {
+            Item::Caps { .. } => true,
+            Item::Event(e) => {
+                e.is_sticky() && !matches!(e.type_(), gst::EventType::Segment | gst::EventType::Eos)
+            }
+            _ => false,
+        }
+    }
+}
+
 struct Queue {
     items: VecDeque<Item>,
+    /// Between FLUSH_START and FLUSH_STOP: the sticky items (stream-start, caps, ...) that were
+    /// queued but not forwarded yet; they are re-queued after the FLUSH_STOP.
+    held: Vec<Item>,
     queued_samples: u64,
     flushing: bool,
     shutdown: bool,
@@ -182,6 +199,7 @@ impl Default for Queue {
     fn default() -> Self {
         Self {
             items: VecDeque::new(),
+            held: Vec::new(),
             queued_samples: 0,
             flushing: false,
             shutdown: false,
@@ -511,7 +529,9 @@ impl WhisperNpu {
                 {
                     let mut q = lock(&self.queue);
                     q.flushing = true;
-                    q.items.clear();
+                    let items = std::mem::take(&mut q.items);
+                    q.held
+                        .extend(items.into_iter().filter(Item::survives_flush));
                     q.queued_samples = 0;
                     self.queue_cond.notify_all();
                 }
@@ -523,12 +543,16 @@ impl WhisperNpu {
                 while q.busy {
                     q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
-                q.items.clear();
+                let items = std::mem::take(&mut q.items);
+                let mut held = std::mem::take(&mut q.held);
+                held.extend(items.into_iter().filter(Item::survives_flush));
                 q.queued_samples = 0;
                 q.flow = Ok(gst::FlowSuccess::Ok);
                 q.flushing = false;
                 q.items.push_back(Item::Reset);
                 q.items.push_back(Item::Event(event));
+                // Sticky events the worker had not forwarded yet (a flush right after start).
+                q.items.extend(held);
                 self.queue_cond.notify_all();
                 true
             }
