@@ -530,14 +530,36 @@ fn element_error_kind(model: &str, backend: &str) -> glib::Error {
     err
 }
 
+/// NULL→READY with a setting that cannot work fails at once, with an error on the bus.
+fn ready_fails(model: &str, backend: &str) -> glib::Error {
+    init();
+    let element = gst::ElementFactory::make("whispernpu")
+        .property("model", model)
+        .property_from_str("backend", backend)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert_eq!(
+        element.set_state(gst::State::Ready),
+        Err(gst::StateChangeError)
+    );
+    let err = error_message(&bus);
+    element.set_state(gst::State::Null).unwrap();
+    err
+}
+
 #[test]
 fn missing_model_is_an_error() {
-    let err = element_error_kind("/nonexistent/whisper-model", "cpu");
+    let err = ready_fails("/nonexistent/whisper-model", "cpu");
     assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
     assert!(
         err.message().contains("/nonexistent/whisper-model"),
         "{err}"
     );
+    let err = ready_fails("no-such-model-name", "auto");
+    assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
+    assert!(err.message().contains("no-such-model-name"), "{err}");
 }
 
 #[test]
@@ -553,16 +575,22 @@ fn corrupt_model_is_an_error() {
     std::fs::write(dir.join("model.bin"), b"this is not a CTranslate2 model").unwrap();
     let err = element_error_kind(dir.to_str().unwrap(), "cpu");
     std::fs::remove_dir_all(&dir).ok();
-    assert!(err.matches(gst::ResourceError::Read), "{err:?}");
+    assert!(err.matches(gst::ResourceError::Failed), "{err:?}");
     assert!(err.message().contains("model.bin"), "{err}");
 }
 
 #[test]
 fn unavailable_backend_is_an_error() {
     let model = common::model_dir("tiny.en");
-    let err = element_error_kind(model.to_str().unwrap(), "npu");
-    assert!(err.matches(gst::LibraryError::Init), "{err:?}");
-    assert!(err.message().contains("npu"), "{err}");
+    for backend in ["npu", "onnx"] {
+        let err = ready_fails(model.to_str().unwrap(), backend);
+        assert!(err.matches(gst::LibraryError::Init), "{err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("backend `{backend}` is not available")),
+            "{err}"
+        );
+    }
 }
 
 /// The offline text equals the engine's on the same audio (what `examples/transcribe` prints).

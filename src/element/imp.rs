@@ -2,8 +2,10 @@
 //! worker thread.
 //!
 //! Threads:
-//! * the application thread loads nothing itself: NULL→READY starts a loader thread (Progress
-//!   messages; errors become element errors);
+//! * the application thread loads no weights: NULL→READY checks the backend and that the model
+//!   exists (a bad `backend` or `model` fails the state change with an element error), then starts
+//!   a loader thread (Progress messages; a corrupt model becomes an element error and stops the
+//!   stream at its first buffer). Weights are shared process-wide by `model::load_shared`;
 //! * the streaming thread converts audio to f32, maps timestamps to output time and queues it,
 //!   together with the serialized events, in arrival order. Non-live it waits while more than
 //!   [`MAX_QUEUED_OFFLINE`] of audio is queued (back-pressure); live it never waits;
@@ -127,6 +129,20 @@ fn language_from_code(code: &str) -> Option<String> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     (!primary.is_empty() && primary != "auto").then_some(primary)
+}
+
+/// The element error for a model that cannot be used; the message names the file at fault.
+fn model_error_message(name: &str, e: &ModelError) -> gst::ErrorMessage {
+    match e {
+        ModelError::NotFound { .. } | ModelError::UnknownName { .. } => {
+            gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
+        }
+        ModelError::Io { .. } => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
+        _ => gst::error_msg!(
+            gst::ResourceError::Failed,
+            ("Cannot use Whisper model `{}`: {}", name, e)
+        ),
+    }
 }
 
 /// Little-endian F32 or S16 bytes → f32 samples in [-1, 1].
@@ -347,12 +363,20 @@ impl WhisperNpu {
         }
     }
 
-    fn start_loading(&self) {
+    /// NULL→READY: checks the backend and that the model exists (both cheap, so a bad setting
+    /// fails the state change at once), then loads the weights on a loader thread (Progress
+    /// messages; errors become element errors and stop the stream at its first buffer).
+    fn start_loading(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
+        self.check_backend(settings.backend)?;
+        if let Err(e) = model::resolve(&settings.model) {
+            self.post_error_message(model_error_message(&settings.model, &e));
+            return Err(gst::StateChangeError);
+        }
         let obj = self.obj().clone();
         let handle = std::thread::Builder::new()
             .name("whispernpu-load".into())
-            .spawn(move || obj.imp().load_model(&settings.model, settings.backend));
+            .spawn(move || obj.imp().load_model(&settings.model));
         *lock(&self.model) = match handle {
             Ok(handle) => ModelSlot::Loading(handle),
             Err(e) => {
@@ -361,9 +385,33 @@ impl WhisperNpu {
                     gst::CoreError::Thread,
                     ("Cannot start the model loader thread: {}", e)
                 );
-                ModelSlot::Failed
+                return Err(gst::StateChangeError);
             }
         };
+        Ok(())
+    }
+
+    /// Only the cpu backend exists in this build: `auto` falls back to it, npu and onnx fail.
+    fn check_backend(&self, backend: Backend) -> Result<(), gst::StateChangeError> {
+        let nick = match backend {
+            Backend::Cpu => return Ok(()),
+            Backend::Auto => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "backend=auto: no NPU or ONNX backend in this build, using the cpu backend"
+                );
+                return Ok(());
+            }
+            Backend::Npu => "npu",
+            Backend::Onnx => "onnx",
+        };
+        let e = Error::BackendUnavailable {
+            backend: nick.into(),
+            why: "this build has only the cpu backend; set backend=cpu or backend=auto".into(),
+        };
+        gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
+        Err(gst::StateChangeError)
     }
 
     fn post_progress(&self, kind: gst::ProgressType, text: &str) {
@@ -374,34 +422,11 @@ impl WhisperNpu {
     }
 
     /// Runs on the loader thread.
-    fn load_model(&self, name: &str, backend: Backend) -> Option<Arc<WhisperModel>> {
+    fn load_model(&self, name: &str) -> Option<Arc<WhisperModel>> {
         self.post_progress(
             gst::ProgressType::Start,
             &format!("Loading Whisper model `{name}`"),
         );
-        match backend {
-            Backend::Cpu => {}
-            Backend::Auto => gst::info!(
-                CAT,
-                imp = self,
-                "backend=auto: no NPU or ONNX backend in this build, using the cpu backend"
-            ),
-            Backend::Npu | Backend::Onnx => {
-                let nick = if backend == Backend::Npu {
-                    "npu"
-                } else {
-                    "onnx"
-                };
-                let e = Error::BackendUnavailable {
-                    backend: nick.into(),
-                    why: "this build has only the cpu backend; set backend=cpu or backend=auto"
-                        .into(),
-                };
-                gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
-                self.post_progress(gst::ProgressType::Error, &e.to_string());
-                return None;
-            }
-        }
         let t0 = std::time::Instant::now();
         match model::load_shared(name) {
             Ok(model) => {
@@ -420,19 +445,7 @@ impl WhisperNpu {
                 Some(model)
             }
             Err(e) => {
-                let msg = match &e {
-                    ModelError::NotFound { .. } | ModelError::UnknownName { .. } => {
-                        gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
-                    }
-                    ModelError::Io { .. } => {
-                        gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e))
-                    }
-                    _ => gst::error_msg!(
-                        gst::ResourceError::Read,
-                        ("Cannot use Whisper model `{}`: {}", name, e)
-                    ),
-                };
-                self.post_error_message(msg);
+                self.post_error_message(model_error_message(name, &e));
                 self.post_progress(gst::ProgressType::Error, &e.to_string());
                 None
             }
@@ -1425,7 +1438,7 @@ impl ElementImpl for WhisperNpu {
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         gst::debug!(CAT, imp = self, "Changing state {:?}", transition);
         match transition {
-            gst::StateChange::NullToReady => self.start_loading(),
+            gst::StateChange::NullToReady => self.start_loading()?,
             gst::StateChange::ReadyToPaused => {
                 *lock(&self.stream) = Stream::default();
                 self.start_worker()?;
