@@ -220,6 +220,45 @@ fn pads_and_caps() {
     assert_eq!(s.get::<&str>("format").unwrap(), "utf8");
 }
 
+/// Downstream that takes only Pango markup gets `format=pango-markup` and escaped text.
+#[test]
+fn pango_markup_downstream() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, bus, _element) = harness(&model, &[("mode", "offline")]);
+    h.set_sink_caps(
+        gst::Caps::builder("text/x-raw")
+            .field("format", "pango-markup")
+            .build(),
+    );
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, events) = collect_until_eos(&mut h);
+    let caps = events
+        .iter()
+        .find_map(|e| match e.view() {
+            gst::EventView::Caps(c) => Some(c.caps_owned()),
+            _ => None,
+        })
+        .expect("src caps");
+    assert_eq!(
+        caps.structure(0).unwrap().get::<&str>("format").unwrap(),
+        "pango-markup"
+    );
+    assert!(!cues.is_empty());
+    // Each buffer is the escaped form of the plain text in the matching bus message.
+    let mut i = 0;
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Element]) {
+        let s = msg.structure().unwrap();
+        if s.name() == "whispernpu-segment" {
+            let plain = s.get::<&str>("text").unwrap();
+            assert_eq!(cues[i].text, glib::markup_escape_text(plain).as_str());
+            i += 1;
+        }
+    }
+    assert_eq!(i, cues.len());
+}
+
 #[test]
 fn wrong_caps_refused() {
     let model = common::model_dir("tiny.en");
