@@ -394,7 +394,7 @@ fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
             .scalar_int(&format!("{prefix}/num_heads"))
             .map(|h| h as usize)
             .unwrap_or(state / 64);
-        if h == 0 || state % h != 0 {
+        if h == 0 || !state.is_multiple_of(h) {
             return Err(corrupt(
                 path,
                 format!("{prefix}: {h} heads do not divide width {state}"),

@@ -205,11 +205,11 @@ impl Transcriber {
         self.seek = 0;
         self.all_tokens.clear();
         self.prompt_reset_since = 0;
-        if let Some(prompt) = self.opts.initial_prompt.as_deref().map(str::trim) {
-            if !prompt.is_empty() {
-                let tokens = self.model.tokenizer.encode(&format!(" {prompt}"));
-                self.all_tokens.extend(tokens);
-            }
+        if let Some(prompt) = self.opts.initial_prompt.as_deref().map(str::trim)
+            && !prompt.is_empty()
+        {
+            let tokens = self.model.tokenizer.encode(&format!(" {prompt}"));
+            self.all_tokens.extend(tokens);
         }
         self.language = None;
         self.language_token = None;
@@ -285,10 +285,10 @@ impl Transcriber {
 
         if let Some(threshold) = self.opts.no_speech_threshold {
             let mut skip = result.no_speech_prob > threshold;
-            if let Some(lp) = self.opts.log_prob_threshold {
-                if result.avg_logprob > lp {
-                    skip = false;
-                }
+            if let Some(lp) = self.opts.log_prob_threshold
+                && result.avg_logprob > lp
+            {
+                skip = false;
             }
             if skip {
                 self.seek += segment_size;
@@ -329,10 +329,10 @@ impl Transcriber {
             }
         } else {
             let mut duration = segment_duration;
-            if let Some(&last) = tokens.iter().rev().find(|&&t| t >= tb) {
-                if last != tb {
-                    duration = (last - tb) as f64 * TIME_PRECISION;
-                }
+            if let Some(&last) = tokens.iter().rev().find(|&&t| t >= tb)
+                && last != tb
+            {
+                duration = (last - tb) as f64 * TIME_PRECISION;
             }
             current.push((time_offset, time_offset + duration, tokens.clone()));
             self.seek += segment_size;
@@ -482,20 +482,21 @@ impl Transcriber {
             self.stats.decoder_tokens += result.tokens.len() as u64 + 1;
 
             let mut needs_fallback = false;
-            if let Some(cr) = opts.compression_ratio_threshold {
-                if result.compression_ratio > cr {
-                    needs_fallback = true;
-                }
+            if let Some(cr) = opts.compression_ratio_threshold
+                && result.compression_ratio > cr
+            {
+                needs_fallback = true;
             }
-            if let Some(lp) = opts.log_prob_threshold {
-                if result.avg_logprob < lp {
-                    needs_fallback = true;
-                }
+            if let Some(lp) = opts.log_prob_threshold
+                && result.avg_logprob < lp
+            {
+                needs_fallback = true;
             }
-            if let (Some(ns), Some(lp)) = (opts.no_speech_threshold, opts.log_prob_threshold) {
-                if result.no_speech_prob > ns && result.avg_logprob < lp {
-                    needs_fallback = false;
-                }
+            if let (Some(ns), Some(lp)) = (opts.no_speech_threshold, opts.log_prob_threshold)
+                && result.no_speech_prob > ns
+                && result.avg_logprob < lp
+            {
+                needs_fallback = false;
             }
             results.push(result);
             if !needs_fallback {

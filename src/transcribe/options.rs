@@ -121,7 +121,7 @@ impl TranscribeOptions {
                 why: format!("{} is outside 1..=16", self.beam_size),
             });
         }
-        if !(self.patience > 0.0) {
+        if self.patience.is_nan() || self.patience <= 0.0 {
             return Err(Error::InvalidOption {
                 option: "patience",
                 why: format!("{} must be > 0", self.patience),
@@ -135,13 +135,13 @@ impl TranscribeOptions {
                 why: "need one or more values in 0..=2".into(),
             });
         }
-        if let Some(t) = self.no_speech_threshold {
-            if !(0.0..=1.0).contains(&t) {
-                return Err(Error::InvalidOption {
-                    option: "no-speech-threshold",
-                    why: format!("{t} is outside 0..=1"),
-                });
-            }
+        if let Some(t) = self.no_speech_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(Error::InvalidOption {
+                option: "no-speech-threshold",
+                why: format!("{t} is outside 0..=1"),
+            });
         }
         Ok(())
     }
