@@ -15,38 +15,30 @@ pub struct Linear {
 impl Linear {
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        debug_assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-        matmul_bt(
-            x,
-            rows,
-            self.n_in,
-            &self.weight,
-            self.n_out,
-            out,
-            self.n_out,
-            false,
-            par,
-        );
-        if let Some(bias) = &self.bias {
-            add_bias(&mut out[..rows * self.n_out], bias);
-        }
+        self.apply(x, rows, out, false, par);
     }
 
     /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
     pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        self.apply(x, rows, out, true, par);
+    }
+
+    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
+        debug_assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+        let (n_in, n_out) = (self.n_in, self.n_out);
         matmul_bt(
             x,
             rows,
-            self.n_in,
+            n_in,
             &self.weight,
-            self.n_out,
+            n_out,
             out,
-            self.n_out,
-            true,
+            n_out,
+            accumulate,
             par,
         );
         if let Some(bias) = &self.bias {
-            add_bias(&mut out[..rows * self.n_out], bias);
+            add_bias(&mut out[..rows * n_out], bias);
         }
     }
 }
