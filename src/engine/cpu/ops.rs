@@ -165,10 +165,23 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Exact GELU: `0.5 x (1 + erf(x / sqrt 2))`.
+/// `erf(x)` with absolute error below 1e-6 in f32 (A&S 7.1.26: 1.5e-7 exactly), branch-free so loops
+/// over it vectorise; within f32 rounding of libm's `erff` for GELU's purposes.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_nonpositive(-a * a);
+    y.copysign(x)
+}
+
+/// GELU in its erf form: `0.5 x (1 + erf(x / sqrt 2))`.
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 pub fn gelu_inplace(x: &mut [f32]) {
@@ -185,7 +198,9 @@ pub fn gelu_inplace(x: &mut [f32]) {
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so loops vectorise).
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
     // ln 2 split in two parts for an exact reduction.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
@@ -240,6 +255,20 @@ mod tests {
         }
         assert!(worst < 3e-7, "relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn erf_and_gelu_match_libm() {
+        let mut worst = 0.0f32;
+        for i in -100_000..=100_000 {
+            let x = i as f32 * 1e-4; // -10 .. 10
+            worst = worst.max((erf(x) - libm::erff(x)).abs());
+        }
+        assert!(worst < 1e-6, "erf absolute error {worst}");
+        for x in [-3.0f32, -0.5, 0.0, 0.7, 2.0] {
+            let exact = 0.5 * x * (1.0 + libm::erff(x / 2f32.sqrt()));
+            assert!((gelu(x) - exact).abs() < 1e-6, "gelu({x})");
+        }
     }
 
     #[test]
