@@ -60,7 +60,7 @@ pub struct Weights {
     pub enc_layers: Vec<EncoderLayer>,
     pub enc_ln: LayerNorm,
     /// Token embeddings `[n_vocab][d]`, also the output projection (tied).
-    pub tok_emb: Vec<f32>,
+    pub tok_emb: Embedding,
     pub dec_pos: Vec<f32>,
     pub dec_layers: Vec<DecoderLayer>,
     pub dec_ln: LayerNorm,
@@ -152,7 +152,10 @@ impl Weights {
             )?,
             enc_layers,
             enc_ln: l.ln("encoder/layer_norm", da)?,
-            tok_emb: file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
+            tok_emb: Embedding::new(
+                file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
+                dt,
+            ),
             dec_pos: file.tensor(
                 "decoder/position_encodings/encodings",
                 &[dims.n_text_ctx, dt],
@@ -160,6 +163,79 @@ impl Weights {
             dec_layers,
             dec_ln: l.ln("decoder/layer_norm", dt)?,
         })
+    }
+}
+
+/// The token embedding matrix `[n_vocab][d]`, which is also the tied output projection. Kept in
+/// f16 when that is lossless (the weights were stored as f16), halving the bytes the decoder
+/// streams for every token's logits; f32 otherwise.
+pub enum Embedding {
+    F32 { data: Vec<f32>, d: usize },
+    F16 { data: Vec<half::f16>, d: usize },
+}
+
+impl Embedding {
+    pub fn new(data: Vec<f32>, d: usize) -> Self {
+        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        if halves.iter().zip(&data).all(|(h, &v)| h.to_f32() == v) {
+            Embedding::F16 { data: halves, d }
+        } else {
+            Embedding::F32 { data, d }
+        }
+    }
+
+    /// Row `token` as f32 into `out`.
+    pub fn row_into(&self, token: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Embedding::F32 { data, d } => out.copy_from_slice(&data[token * d..(token + 1) * d]),
+            Embedding::F16 { data, d } => {
+                data[token * d..(token + 1) * d].convert_to_f32_slice(out)
+            }
+        }
+    }
+
+    /// `logits[rows][n_vocab] = h[rows][d] · E^T`; `scratch` holds `[n_vocab][rows]`.
+    pub fn logits(
+        &self,
+        h: &[f32],
+        rows: usize,
+        scratch: &mut [f32],
+        logits: &mut [f32],
+        p: Parallelism,
+    ) {
+        match self {
+            Embedding::F32 { data, d } => {
+                let vocab = data.len() / d;
+                matmul_bt(h, rows, *d, data, vocab, logits, vocab, false, p);
+            }
+            Embedding::F16 { data, d } => {
+                let d = *d;
+                let vocab = data.len() / d;
+                const BLOCK: usize = 64;
+                scratch[..vocab * rows]
+                    .par_chunks_mut(BLOCK * rows)
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0.0f32; d],
+                        |row, (block, out)| {
+                            use half::slice::HalfFloatSliceExt;
+                            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+                                let token = block * BLOCK + i;
+                                data[token * d..(token + 1) * d].convert_to_f32_slice(row);
+                                for (r, v) in o.iter_mut().enumerate() {
+                                    *v = ops::dot(row, &h[r * d..(r + 1) * d]);
+                                }
+                            }
+                        },
+                    );
+                for r in 0..rows {
+                    for (t, l) in logits[r * vocab..(r + 1) * vocab].iter_mut().enumerate() {
+                        *l = scratch[t * rows + r];
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -342,6 +418,8 @@ pub struct DecoderState {
     reorder_tmp: Vec<f32>,
     /// Logits of the last call, `[rows][n_vocab]`.
     pub logits: Vec<f32>,
+    /// Scratch for the f16 output projection, `[n_vocab][rows]`.
+    logits_t: Vec<f32>,
 }
 
 impl DecoderState {
@@ -369,6 +447,7 @@ impl DecoderState {
             last: vec![0.0; 2 * max_batch.max(1) * d],
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
             logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
+            logits_t: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
         }
     }
 
@@ -433,12 +512,7 @@ impl DecoderState {
     /// `batch..2*batch` for `extra`.
     pub fn forward(&mut self, w: &Weights, tokens: &[u32], extra: Option<usize>, threads: usize) {
         let dims = &self.dims;
-        let (d, heads, ctx, vocab) = (
-            dims.n_text_state,
-            dims.n_text_head,
-            dims.n_text_ctx,
-            dims.n_vocab,
-        );
+        let (d, heads, ctx) = (dims.n_text_state, dims.n_text_head, dims.n_text_ctx);
         let batch = self.batch;
         let n = tokens.len() / batch;
         assert!(n >= 1 && n * batch == tokens.len());
@@ -451,10 +525,10 @@ impl DecoderState {
 
         for (r, &tok) in tokens.iter().enumerate() {
             let pos = offset + r % n;
-            let emb = &w.tok_emb[tok as usize * d..(tok as usize + 1) * d];
-            let pe = &w.dec_pos[pos * d..(pos + 1) * d];
-            for ((x, e), pe) in self.x[r * d..(r + 1) * d].iter_mut().zip(emb).zip(pe) {
-                *x = e + pe;
+            let x = &mut self.x[r * d..(r + 1) * d];
+            w.tok_emb.row_into(tok as usize, x);
+            for (x, pe) in x.iter_mut().zip(&w.dec_pos[pos * d..(pos + 1) * d]) {
+                *x += pe;
             }
         }
 
@@ -559,15 +633,11 @@ impl DecoderState {
                 out_rows += 1;
             }
         }
-        matmul_bt(
-            &self.last,
+        w.tok_emb.logits(
+            &self.last[..out_rows * d],
             out_rows,
-            d,
-            &w.tok_emb,
-            vocab,
+            &mut self.logits_t,
             &mut self.logits,
-            vocab,
-            false,
             p,
         );
     }
@@ -664,5 +734,40 @@ fn scatter_heads(head_out: &[f32], n: usize, heads: usize, dh: usize, out: &mut 
             out[i * d + h * dh..i * d + (h + 1) * dh]
                 .copy_from_slice(&head_out[(h * n + i) * dh..(h * n + i + 1) * dh]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_embedding_is_lossless_and_matches_f32_logits() {
+        let (vocab, d, rows) = (131, 24, 3);
+        // Values exactly representable in f16 select the f16 path.
+        let data: Vec<f32> = (0..vocab * d)
+            .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_f32())
+            .collect();
+        let emb = Embedding::new(data.clone(), d);
+        assert!(matches!(emb, Embedding::F16 { .. }));
+        let mut row = vec![0.0; d];
+        emb.row_into(77, &mut row);
+        assert_eq!(row, data[77 * d..78 * d]);
+
+        let h: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut scratch, mut got) = (vec![0.0; vocab * rows], vec![0.0; vocab * rows]);
+        emb.logits(&h, rows, &mut scratch, &mut got, Parallelism::None);
+        let reference = Embedding::F32 { data, d };
+        let mut want = vec![0.0; vocab * rows];
+        reference.logits(&h, rows, &mut scratch, &mut want, Parallelism::None);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+        }
+
+        // A value f16 cannot hold keeps the f32 path.
+        assert!(matches!(
+            Embedding::new(vec![0.1; d], d),
+            Embedding::F32 { .. }
+        ));
     }
 }
