@@ -103,6 +103,17 @@ struct Cue {
 }
 
 /// Waits for EOS downstream, then returns the text buffers and the events before EOS.
+/// The caps of the first CAPS event among `events`.
+fn src_caps(events: &[gst::Event]) -> gst::Caps {
+    events
+        .iter()
+        .find_map(|e| match e.view() {
+            gst::EventView::Caps(c) => Some(c.caps_owned()),
+            _ => None,
+        })
+        .expect("src caps")
+}
+
 fn collect_until_eos(h: &mut Harness) -> (Vec<Cue>, Vec<gst::Event>) {
     let mut events = Vec::new();
     loop {
@@ -208,13 +219,7 @@ fn pads_and_caps() {
     push_audio(&mut h, &vec![0.0; RATE], gst::ClockTime::ZERO, true);
     h.push_event(gst::event::Eos::new());
     let (_cues, events) = collect_until_eos(&mut h);
-    let caps = events
-        .iter()
-        .find_map(|e| match e.view() {
-            gst::EventView::Caps(c) => Some(c.caps_owned()),
-            _ => None,
-        })
-        .expect("src caps");
+    let caps = src_caps(&events);
     let s = caps.structure(0).unwrap();
     assert_eq!(s.name(), "text/x-raw");
     assert_eq!(s.get::<&str>("format").unwrap(), "utf8");
@@ -234,13 +239,7 @@ fn pango_markup_downstream() {
     push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
     h.push_event(gst::event::Eos::new());
     let (cues, events) = collect_until_eos(&mut h);
-    let caps = events
-        .iter()
-        .find_map(|e| match e.view() {
-            gst::EventView::Caps(c) => Some(c.caps_owned()),
-            _ => None,
-        })
-        .expect("src caps");
+    let caps = src_caps(&events);
     assert_eq!(
         caps.structure(0).unwrap().get::<&str>("format").unwrap(),
         "pango-markup"

@@ -180,7 +180,6 @@ pub fn decode_window(
             completed = finished.len() >= max_candidates || new_seqs.is_empty();
             if !new_seqs.is_empty() {
                 state.reorder(&sources);
-                logits_rows = sources.iter().map(|&s| logits_rows[s].clone()).collect();
                 next_tokens = new_seqs.iter().map(|s| *s.last().unwrap_or(&eot)).collect();
                 seqs = new_seqs;
                 sum_logprobs = new_sums;

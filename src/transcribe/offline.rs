@@ -175,11 +175,7 @@ impl Transcriber {
     /// text context: for live chunking.
     pub fn flush_available(&mut self) -> Result<Vec<Segment>, Error> {
         let content = self.mel.frames_available().min(self.mel.content_frames());
-        let mut out = Vec::new();
-        while self.seek < content {
-            let size = (content - self.seek).min(N_FRAMES);
-            self.decode_window(size, &mut out);
-        }
+        let out = self.decode_until(content);
         self.mel.trim_before(self.seek);
         Ok(out)
     }
@@ -190,13 +186,19 @@ impl Transcriber {
         self.mel.finish();
         self.stats.mel_seconds += t0.elapsed().as_secs_f64();
         let content = self.mel.content_frames();
+        let out = self.decode_until(content);
+        self.reset();
+        Ok(out)
+    }
+
+    /// Decodes windows until `seek` reaches `content` frames, the last one possibly partial.
+    fn decode_until(&mut self, content: usize) -> Vec<Segment> {
         let mut out = Vec::new();
         while self.seek < content {
             let size = (content - self.seek).min(N_FRAMES);
             self.decode_window(size, &mut out);
         }
-        self.reset();
-        Ok(out)
+        out
     }
 
     /// Forgets audio, text context and the detected language.
