@@ -513,7 +513,7 @@ fn live_chunks_in_running_time() {
     segment.set_time(gst::ClockTime::from_seconds(50));
     assert!(h.push_event(gst::event::Segment::new(&segment)));
     push_audio(&mut h, &jfk(), gst::ClockTime::from_seconds(50), false);
-    // Decoding happens every ≤ 3.5 s: text arrives without EOS.
+    // Each utterance is final at its pause: text arrives without EOS.
     let first = h.pull().expect("text while streaming");
     assert!(first.pts().unwrap() < gst::ClockTime::from_seconds(11));
     h.push_event(gst::event::Eos::new());
@@ -539,7 +539,7 @@ fn live_chunks_in_running_time() {
     assert_monotonic(&cues);
     assert!(cues.iter().all(|c| c.end <= 11.5), "{cues:?}");
     let text = all_text(&cues).to_lowercase();
-    assert!(text.contains("fellow"), "{text}");
+    assert!(text.contains("your country"), "{text}");
 }
 
 fn element_error_kind(model: &str, backend: &str) -> glib::Error {
@@ -699,4 +699,105 @@ fn caps_and_property_change_mid_stream() {
         text.contains("americans") && text.contains("your country"),
         "{text}"
     );
+}
+
+/// Live with Silero VAD and partial results, jfk paced in real time (20 ms buffers, as a live
+/// source delivers them): final text arrives while the audio streams, soon after the speech it
+/// covers; partial text comes as bus messages and custom events, never as buffers.
+#[test]
+fn live_vad_real_time_finals_and_partials() {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, bus, _element) = harness(
+        &model,
+        &[
+            ("mode", "live"),
+            ("vad", "true"),
+            ("partial-results", "true"),
+            ("latency", "4000"),
+        ],
+    );
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    let piece = RATE / 50;
+    let start = std::time::Instant::now();
+    let mut arrived = Vec::new();
+    for (i, c) in audio.chunks(piece).enumerate() {
+        let due = Duration::from_secs_f64((i * piece) as f64 / RATE as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        h.push(f32_buffer(c, samples_time(i * piece)))
+            .expect("push audio");
+        while let Some(buffer) = h.try_pull() {
+            arrived.push((start.elapsed().as_secs_f64(), buffer));
+        }
+    }
+    let streamed = arrived.len();
+    h.push_event(gst::event::Eos::new());
+    let (mut cues, events) = collect_until_eos(&mut h);
+    let mut early = Vec::new();
+    for (at, buffer) in &arrived {
+        let pts = buffer.pts().unwrap().seconds_f64();
+        let end = pts + buffer.duration().unwrap().seconds_f64();
+        let map = buffer.map_readable().unwrap();
+        let text = std::str::from_utf8(&map).unwrap().to_string();
+        eprintln!("{at:6.2} [{pts:6.2} – {end:6.2}] +{:.2} s {text}", at - end);
+        early.push(at - end);
+        cues.insert(
+            cues.len().min(early.len() - 1),
+            Cue {
+                start: pts,
+                end,
+                text,
+            },
+        );
+    }
+    eprintln!("{cues:#?}");
+    assert!(streamed >= 2, "only {streamed} text buffers before EOS");
+    assert!(
+        early.iter().all(|&l| l <= 3.5),
+        "text later than 3.5 s after its speech: {early:?}"
+    );
+    assert_monotonic(&cues);
+    let wer = common::wer_percent(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can \
+         do for your country.",
+        &all_text(&cues),
+    );
+    assert!(wer <= 15.0, "WER {wer:.1} %: {}", all_text(&cues));
+    let partials = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Element]))
+        .filter(|m| {
+            m.structure().is_some_and(|s| {
+                s.name() == "whispernpu-partial" && s.get::<String>("text").is_ok()
+            })
+        })
+        .count();
+    assert!(partials >= 1, "no whispernpu-partial messages");
+    let custom = events
+        .iter()
+        .filter(|e| {
+            e.type_() == gst::EventType::CustomDownstream
+                && e.structure()
+                    .is_some_and(|s| s.name() == "whispernpu-partial")
+        })
+        .count();
+    assert!(custom >= 1, "no whispernpu-partial events downstream");
+}
+
+/// Live with the VAD: two minutes of silence, noise and hum give no text, and GAP events keep
+/// downstream moving over all of it.
+#[test]
+fn live_noise_gives_no_text_and_gaps() {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(&model, &[("mode", "live"), ("vad", "true")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    let noise = common::noise_mix(120);
+    push_audio(&mut h, &noise, gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, events) = collect_until_eos(&mut h);
+    assert!(cues.is_empty(), "text from noise: {cues:?}");
+    let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
+    assert!(covered >= 119.9, "GAPs cover only {covered:.1} s of 120 s");
 }

@@ -365,3 +365,55 @@ pub fn model_error(name: &str, err: &dyn fmt::Display) -> String {
         format!("cannot load model {name}: {err}")
     }
 }
+
+/// Words of `text` after openai-style light normalisation: lower case, every character that is
+/// neither alphanumeric nor an apostrophe becomes a space, apostrophes at word ends are dropped,
+/// numbers stay as they are. The same rules as `wer_percent` in tests/common/mod.rs.
+pub fn normalized_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_string())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Word error rate in percent of `hyp` against `reference` (word-level Levenshtein distance over
+/// the reference's word count, after [`normalized_words`]); copied from tests/common/mod.rs. An
+/// empty reference gives 0 for an empty hypothesis, else 100.
+pub fn wer_percent(reference: &str, hyp: &str) -> f64 {
+    let r = normalized_words(reference);
+    let h = normalized_words(hyp);
+    if r.is_empty() {
+        return if h.is_empty() { 0.0 } else { 100.0 };
+    }
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    let mut cur = vec![0; h.len() + 1];
+    for i in 1..=r.len() {
+        cur[0] = i;
+        for j in 1..=h.len() {
+            let sub = prev[j - 1] + usize::from(r[i - 1] != h[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    100.0 * prev[h.len()] as f64 / r.len() as f64
+}
+
+/// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`, ...), in KiB; `None` where there is none.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}

@@ -2,6 +2,7 @@
 //! a fixed order), greedy / beam search / sampling, ranking, and temperature fallback.
 
 mod filters;
+pub mod timing;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -76,6 +77,10 @@ pub struct WindowInput<'a> {
     pub prompt: &'a [u32],
     /// Index of `<|startoftranscript|>` in `prompt`.
     pub sot_index: usize,
+    /// Tokens forced after the prompt (openai's `prefix`): they start every sequence, the logit
+    /// filters see them as already sampled, and the result includes them; only the tokens after
+    /// them count towards `avg_logprob`. Live decoding passes the text already committed.
+    pub prefix: &'a [u32],
     pub filters: &'a LogitFilters,
     pub specials: &'a SpecialTokens,
 }
@@ -108,7 +113,14 @@ pub fn decode_window(
     let beam = params.temperature == 0.0 && params.beam_size > 1;
 
     state.reset(1);
-    state.forward(w, input.prompt, Some(input.sot_index), threads);
+    if input.prefix.is_empty() {
+        state.forward(w, input.prompt, Some(input.sot_index), threads);
+    } else {
+        let mut initial = Vec::with_capacity(input.prompt.len() + input.prefix.len());
+        initial.extend_from_slice(input.prompt);
+        initial.extend_from_slice(input.prefix);
+        state.forward(w, &initial, Some(input.sot_index), threads);
+    }
     let mut calls = 1;
     let mut scratch = Scratch {
         logits: vec![0.0; vocab],
@@ -122,7 +134,7 @@ pub fn decode_window(
     // All sequences start from the single prompt pass.
     let first_logits = state.logits_row(0).to_vec();
     state.reorder(&vec![0; group]);
-    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); group];
+    let mut seqs: Vec<Vec<u32>> = vec![input.prefix.to_vec(); group];
     let mut sum_logprobs = vec![0.0f32; group];
     let mut logits_rows: Vec<Vec<f32>> = vec![first_logits; group];
     let max_candidates = ((params.beam_size as f32) * params.patience)
@@ -236,8 +248,9 @@ pub fn decode_window(
             tokens.truncate(end);
         }
     }
+    let forced = input.prefix.len();
     let score = |(tokens, lp): &(Vec<u32>, f32)| {
-        let len = tokens.len() as f32;
+        let len = tokens.len().saturating_sub(forced) as f32;
         let penalty = match params.length_penalty {
             None => len,
             Some(alpha) => ((5.0 + len) / 6.0).powf(alpha),
@@ -253,7 +266,7 @@ pub fn decode_window(
     let (tokens, sum_logprob) = candidates.swap_remove(best);
     let text = decode_text(&tokens);
     let result = DecodeResult {
-        avg_logprob: sum_logprob / (tokens.len() as f32 + 1.0),
+        avg_logprob: sum_logprob / (tokens.len().saturating_sub(forced) as f32 + 1.0),
         compression_ratio: compression_ratio(&text),
         tokens,
         text,

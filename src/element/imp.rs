@@ -24,12 +24,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::policy::{Chunked, DecodePolicy, Offline};
+use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
 use super::{Backend, Mode, TaskMode};
 use crate::error::{Error, ModelError};
 use crate::model::{self, WhisperModel};
-use crate::transcribe::{Segment, Task, TranscribeOptions, Transcriber};
+use crate::transcribe::{Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -43,7 +43,7 @@ const DEFAULT_MODEL: &str = "base";
 const DEFAULT_BACKEND: Backend = Backend::Auto;
 const DEFAULT_LANGUAGE_CODE: &str = "";
 const DEFAULT_TASK: TaskMode = TaskMode::Transcribe;
-const DEFAULT_LATENCY_MS: u32 = 5_000;
+const DEFAULT_LATENCY_MS: u32 = 4_000;
 const DEFAULT_LATENESS_MS: u32 = 0;
 const DEFAULT_BEAM_SIZE: u32 = 1;
 const DEFAULT_N_THREADS: u32 = 0;
@@ -51,6 +51,8 @@ const DEFAULT_INITIAL_PROMPT: &str = "";
 const DEFAULT_NO_SPEECH_THRESHOLD: f32 = 0.6;
 const DEFAULT_CONDITION_ON_PREVIOUS_TEXT: bool = true;
 const DEFAULT_MODE: Mode = Mode::Auto;
+const DEFAULT_VAD: bool = true;
+const DEFAULT_PARTIAL_RESULTS: bool = false;
 
 /// Non-live: audio queued ahead of the worker before the streaming thread waits.
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
@@ -76,6 +78,8 @@ struct Settings {
     no_speech_threshold: f32,
     condition_on_previous_text: bool,
     mode: Mode,
+    vad: bool,
+    partial_results: bool,
 }
 
 impl Default for Settings {
@@ -93,6 +97,8 @@ impl Default for Settings {
             no_speech_threshold: DEFAULT_NO_SPEECH_THRESHOLD,
             condition_on_previous_text: DEFAULT_CONDITION_ON_PREVIOUS_TEXT,
             mode: DEFAULT_MODE,
+            vad: DEFAULT_VAD,
+            partial_results: DEFAULT_PARTIAL_RESULTS,
         }
     }
 }
@@ -280,7 +286,7 @@ struct Work {
 }
 
 impl Work {
-    fn new(latency: Duration) -> Self {
+    fn new() -> Self {
         Self {
             engine: None,
             policy: Box::new(Offline),
@@ -294,21 +300,6 @@ impl Work {
             settings_generation: 0,
             behind: false,
         }
-        .with_live(false, latency)
-    }
-
-    fn with_live(mut self, live: bool, latency: Duration) -> Self {
-        self.set_live(live, latency);
-        self
-    }
-
-    fn set_live(&mut self, live: bool, latency: Duration) {
-        self.live = live;
-        self.policy = if live {
-            Box::new(Chunked::new(latency))
-        } else {
-            Box::new(Offline)
-        };
     }
 
     /// Default output time of a run whose first buffer has no timestamp.
@@ -708,7 +699,7 @@ impl WhisperNpu {
     }
 
     fn worker_loop(&self) {
-        let mut work = Work::new(lock(&self.settings).latency());
+        let mut work = Work::new();
         loop {
             let item = {
                 let mut q = lock(&self.queue);
@@ -774,7 +765,7 @@ impl WhisperNpu {
             Item::Caps { live } => {
                 if live != work.live {
                     self.drain(work)?;
-                    work.set_live(live, lock(&self.settings).latency());
+                    self.set_live(work, live);
                 }
                 gst::debug!(CAT, imp = self, "Decode policy: {}", work.policy.name());
                 let format = self.negotiate();
@@ -836,8 +827,7 @@ impl WhisperNpu {
                 work.live_segment_sent = false;
                 work.language_sent = None;
                 work.behind = false;
-                let latency = lock(&self.settings).latency();
-                work.set_live(work.live, latency);
+                self.set_live(work, work.live);
                 Ok(gst::FlowSuccess::Ok)
             }
         }
@@ -945,14 +935,79 @@ impl WhisperNpu {
             return Err(gst::FlowError::Error);
         };
         work.timeline.advance(samples);
-        let segments = work
+        let backlog =
+            work.live && matches!(lock(&self.queue).items.front(), Some(Item::Audio { .. }));
+        let out = work
             .policy
-            .push(engine, samples)
+            .push(engine, samples, backlog)
             .map_err(|e| self.engine_error(e))?;
-        let decoded = work.timeline.seconds() - engine.pending_seconds();
+        let decoded = out
+            .settled
+            .unwrap_or_else(|| work.timeline.seconds() - engine.pending_seconds());
         let language = engine.language().map(str::to_string);
         self.send_language(work, language.as_deref());
-        self.output(work, segments, decoded)
+        if let Some(warning) = work.policy.take_warning() {
+            gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", warning));
+        }
+        let PolicyOutput {
+            segments, partial, ..
+        } = out;
+        self.output(work, segments, decoded)?;
+        if let Some(partial) = partial {
+            self.send_partial(work, &partial);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Creates the decode policy for the stream (live or offline), opening the speech
+    /// gate; a VAD that cannot be loaded falls back with a warning.
+    fn set_live(&self, work: &mut Work, live: bool) {
+        work.live = live;
+        if !live {
+            work.policy = Box::new(Offline);
+            return;
+        }
+        let (vad, latency) = {
+            let s = lock(&self.settings);
+            (s.vad, s.latency())
+        };
+        let (gate, warning) = open_gate(vad);
+        if let Some(warning) = warning {
+            gst::element_imp_warning!(self, gst::LibraryError::Init, ("{}", warning));
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "Live decoding, speech gate: {}",
+            gate.name()
+        );
+        work.policy = Box::new(Streaming::new(gate, latency));
+    }
+
+    /// Live, `partial-results=true`: the not-yet-final text as an element message and a
+    /// custom downstream event, both named `whispernpu-partial`.
+    fn send_partial(&self, work: &Work, partial: &Partial) {
+        if !lock(&self.settings).partial_results {
+            return;
+        }
+        let (Some(start), Some(end)) = (
+            work.timeline.time_of(partial.start),
+            work.timeline.time_of(partial.end.max(partial.start)),
+        ) else {
+            return;
+        };
+        let structure = gst::Structure::builder("whispernpu-partial")
+            .field("start", start)
+            .field("end", end)
+            .field("text", &partial.text)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(structure.clone())
+                .src(&*self.obj())
+                .build(),
+        );
+        self.srcpad
+            .push_event(gst::event::CustomDownstream::new(structure));
     }
 
     /// Transcribes everything of the current run and ends it.
@@ -966,12 +1021,12 @@ impl WhisperNpu {
             "Draining {:.2} s",
             engine.pending_seconds()
         );
-        let segments = work
+        let out = work
             .policy
             .drain(engine)
             .map_err(|e| self.engine_error(e))?;
         let end = work.timeline.seconds();
-        let res = self.output(work, segments, end);
+        let res = self.output(work, out.segments, end);
         work.timeline.reset();
         res
     }
@@ -1090,7 +1145,7 @@ impl WhisperNpu {
         let pending = work
             .engine
             .as_ref()
-            .map_or(0.0, Transcriber::pending_seconds);
+            .map_or(0.0, |e| work.policy.pending_seconds(e));
         let backlog = queued + pending;
         let allowed = {
             let s = lock(&self.settings);
@@ -1219,11 +1274,14 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
                     .blurb(
-                        "Live: milliseconds from audio to its text. The engine decodes every \
-                         latency minus a processing headroom (30–70 %), and the element adds \
-                         latency + lateness to the LATENCY query answer. Ignored for non-live \
-                         streams. Range 500–60000 ms, default 5000 ms. Applies from the next chunk \
-                         (posts a LATENCY message)",
+                        "Live: the budget in milliseconds from the start of a word to its text \
+                         leaving the element. Text is final once two successive hypotheses agree \
+                         or at a pause, usually well within it; words about to exceed it are \
+                         made final without agreement (less stable). The buffer is re-decoded \
+                         every 12 % of it (0.3–1 s of new audio). The element adds latency + \
+                         lateness to the LATENCY query answer. Ignored for non-live streams. \
+                         Range 500–60000 ms, default 4000 ms. Applies at once (posts a LATENCY \
+                         message)",
                     )
                     .minimum(500)
                     .maximum(60_000)
@@ -1302,11 +1360,35 @@ impl ObjectImpl for WhisperNpu {
                     .blurb(
                         "auto = live processing when upstream answers the LATENCY query as live, \
                          else offline; offline = openai's long-form algorithm over 30 s windows \
-                         (the same text as examples/transcribe); live = decode every latency minus \
-                         headroom, timestamps in running time. Default: auto. Read at each caps \
-                         event",
+                         (the same text as examples/transcribe); live = a speech-gated buffer \
+                         re-decoded as audio arrives, text final when successive hypotheses \
+                         agree, at pauses, or at the latency budget; timestamps in running time. \
+                         Default: auto. Read at each caps event",
                     )
                     .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("vad")
+                    .nick("Voice activity detection")
+                    .blurb(
+                        "Live: decode only speech, found by Silero VAD (ONNX Runtime, installed \
+                         by scripts/fetch-runtime; an energy detector with a warning if it cannot \
+                         be loaded). Off: everything is decoded and the model's no-speech \
+                         probability is the only guard. Default: true. Read when live decoding \
+                         starts (caps, flush)",
+                    )
+                    .default_value(DEFAULT_VAD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("partial-results")
+                    .nick("Partial results")
+                    .blurb(
+                        "Live: after each decode, post the not-yet-final rest of the hypothesis as \
+                         an element message `whispernpu-partial` (start, end: running time; text) \
+                         and send it downstream as a custom event of the same name. Text buffers \
+                         carry final text only. Default: false",
+                    )
+                    .default_value(DEFAULT_PARTIAL_RESULTS)
+                    .mutable_playing()
                     .build(),
             ]
         });
@@ -1354,6 +1436,8 @@ impl ObjectImpl for WhisperNpu {
                 s.condition_on_previous_text = value.get().expect("type checked upstream");
             }
             "mode" => s.mode = value.get().expect("type checked upstream"),
+            "vad" => s.vad = value.get().expect("type checked upstream"),
+            "partial-results" => s.partial_results = value.get().expect("type checked upstream"),
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
@@ -1381,6 +1465,8 @@ impl ObjectImpl for WhisperNpu {
             "no-speech-threshold" => s.no_speech_threshold.to_value(),
             "condition-on-previous-text" => s.condition_on_previous_text.to_value(),
             "mode" => s.mode.to_value(),
+            "vad" => s.vad.to_value(),
+            "partial-results" => s.partial_results.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -1463,6 +1549,16 @@ impl ElementImpl for WhisperNpu {
         }
         res
     }
+}
+
+/// The speech gate for live decoding: Silero VAD when `vad` is set (an energy detector, with the
+/// reason, when it cannot be loaded), or none.
+fn open_gate(vad: bool) -> (Box<dyn SpeechGate>, Option<String>) {
+    if !vad {
+        return (Box::new(crate::transcribe::AlwaysSpeech::default()), None);
+    }
+    let (gate, warning) = crate::transcribe::VadGate::open(crate::vad::VadKind::Silero);
+    (Box::new(gate), warning)
 }
 
 #[cfg(test)]

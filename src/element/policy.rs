@@ -3,27 +3,59 @@
 //!
 //! * [`Offline`]: every complete 30 s window is decoded as it fills; the tail at drain. This is
 //!   openai's long-form algorithm and gives the same text as `examples/transcribe`.
-//! * [`Chunked`] (live): additionally decodes whatever is buffered once `chunk` seconds are
-//!   pending, with `chunk = latency − headroom`, where the headroom is the larger of 30 % of the
-//!   latency and 1.5 × the last decode's wall time, capped at 70 % of the latency. Text of a chunk
-//!   is final; context carries over to the next chunk.
-//!
-//! A later policy (VAD gating + agreement of successive hypotheses) implements the same trait.
+//! * [`Streaming`] (live): a speech-gated buffer re-decoded as audio arrives, text committed
+//!   when consecutive hypotheses agree, at pauses, or when the latency budget runs out
+//!   ([`LiveTranscriber`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Error;
-use crate::transcribe::{Segment, Transcriber};
+use crate::transcribe::{LiveOptions, LiveTranscriber, Partial, Segment, SpeechGate, Transcriber};
+
+/// What a policy call produced.
+#[derive(Debug, Default)]
+pub struct PolicyOutput {
+    /// Final text.
+    pub segments: Vec<Segment>,
+    /// Live: the not-yet-final rest of the latest hypothesis.
+    pub partial: Option<Partial>,
+    /// Seconds since the run start before which no more text will come; `None`: everything the
+    /// engine has decoded.
+    pub settled: Option<f64>,
+}
+
+impl From<Vec<Segment>> for PolicyOutput {
+    fn from(segments: Vec<Segment>) -> Self {
+        Self {
+            segments,
+            ..Self::default()
+        }
+    }
+}
 
 /// Decides when the engine decodes.
 pub trait DecodePolicy: Send {
-    /// New audio (already placed on the timeline). Returns the segments now final.
-    fn push(&mut self, engine: &mut Transcriber, samples: &[f32]) -> Result<Vec<Segment>, Error>;
+    /// New audio (already placed on the timeline). `backlog`: more audio is already queued
+    /// behind this buffer.
+    fn push(
+        &mut self,
+        engine: &mut Transcriber,
+        samples: &[f32],
+        backlog: bool,
+    ) -> Result<PolicyOutput, Error>;
     /// End of a run (EOS, discontinuity, segment change): decode everything. The engine is reset
     /// afterwards.
-    fn drain(&mut self, engine: &mut Transcriber) -> Result<Vec<Segment>, Error>;
+    fn drain(&mut self, engine: &mut Transcriber) -> Result<PolicyOutput, Error>;
     /// The `latency` property changed.
     fn set_latency(&mut self, _latency: Duration) {}
+    /// Seconds of audio received but not yet looked at by the engine.
+    fn pending_seconds(&self, engine: &Transcriber) -> f64 {
+        engine.pending_seconds()
+    }
+    /// A problem met while running, reported once (e.g. the VAD fell back to another detector).
+    fn take_warning(&mut self) -> Option<String> {
+        None
+    }
     /// Name for logs.
     fn name(&self) -> &'static str;
 }
@@ -33,12 +65,18 @@ pub trait DecodePolicy: Send {
 pub struct Offline;
 
 impl DecodePolicy for Offline {
-    fn push(&mut self, engine: &mut Transcriber, samples: &[f32]) -> Result<Vec<Segment>, Error> {
-        engine.push(samples)
+    fn push(
+        &mut self,
+        engine: &mut Transcriber,
+        samples: &[f32],
+        _backlog: bool,
+    ) -> Result<PolicyOutput, Error> {
+        engine.push(samples).map(Into::into)
     }
 
-    fn drain(&mut self, engine: &mut Transcriber) -> Result<Vec<Segment>, Error> {
-        engine.finish()
+    fn drain(&mut self, engine: &mut Transcriber) -> Result<PolicyOutput, Error> {
+        let out = engine.finish()?;
+        Ok(out.into())
     }
 
     fn name(&self) -> &'static str {
@@ -46,73 +84,59 @@ impl DecodePolicy for Offline {
     }
 }
 
-/// Live chunking: decode every `latency − headroom` of audio.
-#[derive(Debug)]
-pub struct Chunked {
-    latency: Duration,
-    last_decode: Duration,
+/// Live: [`LiveTranscriber`] behind a speech gate.
+pub struct Streaming {
+    live: LiveTranscriber,
 }
 
-/// Shortest chunk: Whisper needs some context to say anything useful.
-const MIN_CHUNK: Duration = Duration::from_millis(500);
-
-impl Chunked {
-    pub fn new(latency: Duration) -> Self {
+impl Streaming {
+    pub fn new(gate: Box<dyn SpeechGate>, latency: Duration) -> Self {
         Self {
-            latency,
-            last_decode: Duration::ZERO,
+            live: LiveTranscriber::new(gate, LiveOptions::for_latency(latency.as_secs_f64())),
         }
-    }
-
-    /// Audio to collect before decoding.
-    pub fn chunk(&self) -> Duration {
-        let min_headroom = self.latency.mul_f64(0.3);
-        let max_headroom = self.latency.mul_f64(0.7);
-        let headroom = self
-            .last_decode
-            .mul_f64(1.5)
-            .clamp(min_headroom, max_headroom);
-        self.latency.saturating_sub(headroom).max(MIN_CHUNK)
     }
 }
 
-impl DecodePolicy for Chunked {
-    fn push(&mut self, engine: &mut Transcriber, samples: &[f32]) -> Result<Vec<Segment>, Error> {
-        let mut out = engine.push(samples)?;
-        if engine.pending_seconds() >= self.chunk().as_secs_f64() {
-            let t0 = Instant::now();
-            out.extend(engine.flush_available()?);
-            self.last_decode = t0.elapsed();
-        }
-        Ok(out)
+impl DecodePolicy for Streaming {
+    fn push(
+        &mut self,
+        engine: &mut Transcriber,
+        samples: &[f32],
+        backlog: bool,
+    ) -> Result<PolicyOutput, Error> {
+        let out = self.live.push(engine, samples, backlog)?;
+        Ok(PolicyOutput {
+            segments: out.segments,
+            partial: out.partial,
+            settled: Some(out.settled),
+        })
     }
 
-    fn drain(&mut self, engine: &mut Transcriber) -> Result<Vec<Segment>, Error> {
-        engine.finish()
+    fn drain(&mut self, engine: &mut Transcriber) -> Result<PolicyOutput, Error> {
+        let out = self.live.drain(engine)?;
+        engine.reset();
+        Ok(PolicyOutput {
+            segments: out.segments,
+            partial: None,
+            settled: Some(out.settled),
+        })
     }
 
     fn set_latency(&mut self, latency: Duration) {
-        self.latency = latency;
+        self.live
+            .set_options(LiveOptions::for_latency(latency.as_secs_f64()));
+    }
+
+    fn take_warning(&mut self) -> Option<String> {
+        self.live.take_warning()
+    }
+
+    fn pending_seconds(&self, _engine: &Transcriber) -> f64 {
+        // The live buffer is bounded; what can pile up is the element's queue.
+        0.0
     }
 
     fn name(&self) -> &'static str {
-        "chunked"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_keeps_headroom() {
-        let mut p = Chunked::new(Duration::from_secs(5));
-        assert_eq!(p.chunk(), Duration::from_millis(3500));
-        p.last_decode = Duration::from_secs(2);
-        assert_eq!(p.chunk(), Duration::from_secs(2));
-        p.last_decode = Duration::from_secs(10);
-        assert_eq!(p.chunk(), Duration::from_millis(1500));
-        p.set_latency(Duration::from_millis(200));
-        assert_eq!(p.chunk(), MIN_CHUNK);
+        "streaming"
     }
 }

@@ -1,8 +1,15 @@
 //! Transcription drivers: the long-form (offline) seek loop over 30 s windows.
 
+mod gate;
+mod live;
 mod offline;
 mod options;
 
+pub use gate::{LIVE_MIN_SILENCE_MS, VadGate};
+pub use live::{
+    AlwaysSpeech, GateEvent, LiveOptions, LiveOutput, LiveStats, LiveTranscriber, Partial,
+    SpeechGate,
+};
 pub use offline::{Stats, Transcriber};
 pub use options::{TailPadding, Task, TranscribeOptions};
 

@@ -243,6 +243,119 @@ impl Transcriber {
         self.language.as_deref()
     }
 
+    // --- Live decoding (`super::live`): the caller chooses the spans and keeps the text state. ---
+
+    /// Live: appends samples to the front end without decoding anything.
+    pub(crate) fn push_audio(&mut self, samples: &[f32]) {
+        let t0 = Instant::now();
+        self.mel.push(samples);
+        self.stats.mel_seconds += t0.elapsed().as_secs_f64();
+    }
+
+    /// Live: mel frames whose audio has fully arrived.
+    pub(crate) fn frames_ready(&self) -> usize {
+        self.mel.frames_available().min(self.mel.content_frames())
+    }
+
+    /// Live: the first mel frame still held.
+    pub(crate) fn first_frame(&self) -> usize {
+        self.mel.first_frame()
+    }
+
+    /// Live: frees the front end's frames before `frame` (they are never decoded again).
+    pub(crate) fn discard_before(&mut self, frame: usize) {
+        self.mel.trim_before(frame.min(self.frames_ready()));
+    }
+
+    /// Live: encodes mel frames `start..end` (at most one window; the rest of the window is the
+    /// log-mel of silence) and decodes them conditioned on `previous` text, continuing the
+    /// forced `prefix`. Detects the language first when it is not known. The result's tokens
+    /// start with `prefix`; timestamps count from `start`.
+    pub(crate) fn decode_span(
+        &mut self,
+        start: usize,
+        end: usize,
+        previous: &[u32],
+        prefix: &[u32],
+        temperatures: &[f32],
+    ) -> DecodeResult {
+        let model = Arc::clone(&self.model);
+        let t0 = Instant::now();
+        let end = end.min(self.frames_ready());
+        let start = start.max(self.mel.first_frame()).min(end);
+        let columns = (end - start).min(N_FRAMES);
+        let pad = match self.opts.tail_padding {
+            TailPadding::Silence => self.mel.silence_value(start + columns),
+            TailPadding::Zero => 0.0,
+        };
+        self.mel.window(start, columns, pad, &mut self.mel_window);
+        let (enc_ws, dec, mel_window, threads) = (
+            &mut self.enc_ws,
+            &mut self.dec,
+            &self.mel_window,
+            self.threads,
+        );
+        self.pool.install(|| {
+            encode(&model.weights, mel_window, enc_ws, threads);
+            dec.set_audio(&model.weights, &enc_ws.x, threads);
+        });
+        self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
+        self.stats.windows += 1;
+        if self.language.is_none() {
+            self.detect_language();
+        }
+        let t1 = Instant::now();
+        // The prompt and the prefix share half the text context.
+        let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
+        let previous = &previous[previous.len().saturating_sub(keep)..];
+        let result = self.decode_with_fallback(previous, prefix, temperatures);
+        self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
+        result
+    }
+
+    /// Live: times (seconds from the window start) of `text` tokens in the window whose
+    /// cross-attention K/V are set (the last [`decode_span`](Self::decode_span)) of
+    /// `content_frames` mel frames: one per text token, then one for the end of the text.
+    /// `None` when the model has no alignment heads or the text does not fit.
+    pub(crate) fn align(&mut self, text: &[u32], content_frames: usize) -> Option<Vec<f64>> {
+        let model = Arc::clone(&self.model);
+        if model.alignment_heads.is_empty() || text.is_empty() {
+            return None;
+        }
+        let specials = &model.tokenizer.specials;
+        let mut tokens = vec![specials.sot];
+        if model.is_multilingual() {
+            tokens.extend(self.language_token);
+            tokens.push(match self.opts.task {
+                Task::Transcribe => specials.transcribe,
+                Task::Translate => specials.translate,
+            });
+        }
+        let sot_len = tokens.len();
+        tokens.push(specials.no_timestamps);
+        tokens.extend_from_slice(text);
+        tokens.push(specials.eot);
+        if tokens.len() > model.dims.n_text_ctx {
+            return None;
+        }
+        let frames = (content_frames / INPUT_STRIDE).clamp(1, model.dims.n_audio_ctx);
+        let heads = model.alignment_heads.clone();
+        let (dec, threads) = (&mut self.dec, self.threads);
+        let t0 = Instant::now();
+        let weights = self
+            .pool
+            .install(|| dec.forward_capture(&model.weights, &tokens, &heads, frames, threads));
+        let times = crate::decode::timing::token_times(
+            &weights,
+            heads.len(),
+            tokens.len(),
+            frames,
+            sot_len,
+        );
+        self.stats.decoder_seconds += t0.elapsed().as_secs_f64();
+        Some(times)
+    }
+
     /// Decodes the window at `self.seek` holding `segment_size` frames of content, appends its
     /// segments to `out` and advances `seek` as openai's loop does.
     fn decode_window(&mut self, segment_size: usize, out: &mut Vec<Segment>) {
@@ -278,7 +391,9 @@ impl Transcriber {
         }
 
         let t1 = Instant::now();
-        let result = self.decode_with_fallback();
+        let previous = self.previous_context();
+        let temperatures = self.opts.temperatures.clone();
+        let result = self.decode_with_fallback(&previous, &[], &temperatures);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
 
         let time_offset = self.seek as f64 * FRAME_SECONDS;
@@ -389,14 +504,28 @@ impl Transcriber {
         self.language = tok.language_code(best).map(str::to_string);
     }
 
-    fn decode_with_fallback(&mut self) -> DecodeResult {
+    /// The text since the last prompt reset that conditions the next window (at most half the
+    /// text context).
+    fn previous_context(&self) -> Vec<u32> {
+        let previous = &self.all_tokens[self.prompt_reset_since..];
+        let keep = self.model.dims.n_text_ctx / 2 - 1;
+        previous[previous.len().saturating_sub(keep)..].to_vec()
+    }
+
+    /// Decodes the window whose encoder output is set, conditioned on `previous` text and
+    /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback).
+    fn decode_with_fallback(
+        &mut self,
+        previous: &[u32],
+        prefix: &[u32],
+        temperatures: &[f32],
+    ) -> DecodeResult {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
         let opts = self.opts.clone();
 
         // Prompt: [sot_prev, previous text...] + SOT sequence (+ no_timestamps).
         let mut prompt = Vec::new();
-        let previous = &self.all_tokens[self.prompt_reset_since..];
         if !previous.is_empty() {
             let keep = model.dims.n_text_ctx / 2 - 1;
             prompt.push(specials.sot_prev);
@@ -446,6 +575,7 @@ impl Transcriber {
         let input = WindowInput {
             prompt: &prompt,
             sot_index,
+            prefix,
             filters: &filters,
             specials,
         };
@@ -456,7 +586,7 @@ impl Transcriber {
         };
 
         let mut results: Vec<DecodeResult> = Vec::new();
-        for (attempt, &temperature) in opts.temperatures.iter().enumerate() {
+        for (attempt, &temperature) in temperatures.iter().enumerate() {
             if attempt > 0 {
                 self.stats.fallbacks += 1;
             }

@@ -108,3 +108,55 @@ pub fn wer_percent(reference: &str, hyp: &str) -> f64 {
     }
     100.0 * prev[h.len()] as f64 / r.len() as f64
 }
+
+/// Installs ONNX Runtime and the Silero model through the project's script (a no-op when
+/// present).
+pub fn fetch_runtime() {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/fetch-runtime"))
+        .output()
+        .expect("cannot run scripts/fetch-runtime");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-runtime failed ({}): {}\nRun it by hand to see why.",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `seconds` of: digital silence, white noise at −30 dBFS, pink noise at −25 dBFS, a 100 Hz hum
+/// with harmonics at −20 dBFS, and quiet room tone, in 5 s blocks (fixed seed).
+pub fn noise_mix(seconds: usize) -> Vec<f32> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut white = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+    };
+    let db = |d: f32| 10f32.powf(d / 20.0);
+    let (mut b0, mut b1, mut b2) = (0.0f32, 0.0f32, 0.0f32);
+    let mut out = Vec::with_capacity(seconds * 16_000);
+    let block = 5 * 16_000;
+    for i in 0..seconds * 16_000 {
+        let t = i as f32 / 16_000.0;
+        let v = match (i / block) % 5 {
+            0 => 0.0,
+            1 => white() * db(-30.0) * 1.73,
+            2 => {
+                let w = white();
+                b0 = 0.99765 * b0 + w * 0.099_046;
+                b1 = 0.963 * b1 + w * 0.296_516_4;
+                b2 = 0.57 * b2 + w * 1.052_691_3;
+                (b0 + b1 + b2 + w * 0.1848) * 0.2 * db(-25.0)
+            }
+            3 => {
+                let f = std::f32::consts::TAU * 100.0 * t;
+                (f.sin() + 0.5 * (2.0 * f).sin() + 0.25 * (3.0 * f).sin()) * db(-20.0) * 0.6
+            }
+            _ => white() * db(-55.0),
+        };
+        out.push(v);
+    }
+    out
+}

@@ -420,7 +420,18 @@ pub struct DecoderState {
     pub logits: Vec<f32>,
     /// Scratch for the f16 output projection, `[n_vocab][rows]`.
     logits_t: Vec<f32>,
+    /// Cross-attention capture for word alignment (see [`forward_capture`](Self::forward_capture)).
+    capture: Option<Capture>,
 }
+
+/// Cross-attention weights of chosen heads over the first `frames` encoder positions.
+struct Capture {
+    heads: Vec<(usize, usize)>,
+    frames: usize,
+    /// `[heads.len()][n][frames]`.
+    out: Vec<f32>,
+}
+
 
 impl DecoderState {
     pub fn new(dims: &Dims, max_batch: usize) -> Self {
@@ -448,6 +459,7 @@ impl DecoderState {
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
             logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
             logits_t: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
+            capture: None,
         }
     }
 
@@ -597,6 +609,24 @@ impl DecoderState {
                     &mut self.head_out,
                 );
                 scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
+                if b == 0
+                    && let Some(c) = self.capture.as_mut()
+                {
+                    let f = c.frames;
+                    for (k, &(l, h)) in c.heads.iter().enumerate() {
+                        if l != li || h >= heads {
+                            continue;
+                        }
+                        for i in 0..n {
+                            let row = &self.scores[(h * n + i) * t_audio..][..f];
+                            let sum: f32 = row.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+                            let dst = &mut c.out[(k * n + i) * f..][..f];
+                            for (o, &p) in dst.iter_mut().zip(row) {
+                                *o = p / sum;
+                            }
+                        }
+                    }
+                }
             }
             layer
                 .cross_out
@@ -640,6 +670,29 @@ impl DecoderState {
             &mut self.logits,
             p,
         );
+    }
+
+    /// One sequence of `tokens` from an empty cache, recording the cross-attention weights of
+    /// `heads` (`(layer, head)` pairs) over the first `frames` encoder positions, renormalised
+    /// to sum to one there (as a softmax over those positions only). Returns
+    /// `[heads.len()][tokens.len()][frames]`.
+    pub fn forward_capture(
+        &mut self,
+        w: &Weights,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+        frames: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let frames = frames.clamp(1, self.dims.n_audio_ctx);
+        self.capture = Some(Capture {
+            heads: heads.to_vec(),
+            frames,
+            out: vec![0.0; heads.len() * tokens.len() * frames],
+        });
+        self.reset(1);
+        self.forward(w, tokens, None, threads);
+        self.capture.take().map(|c| c.out).unwrap_or_default()
     }
 
     /// Logits row `i` of the last forward call.

@@ -1,0 +1,1010 @@
+//! Live transcription: a speech-gated growing buffer, re-decoded as audio arrives, with text
+//! committed when successive hypotheses agree (LocalAgreement-2), at the end of each utterance,
+//! or when the latency budget runs out.
+//!
+//! * A [`SpeechGate`] (Silero VAD, an energy detector, or nothing) opens an utterance at speech
+//!   onset and closes it after a pause. Audio outside utterances is never decoded: silence, noise
+//!   and music cannot turn into text.
+//! * While an utterance is open, its audio (from the buffer start to now) is decoded every
+//!   `step` of new audio, greedily, with the committed text of the utterance forced as the
+//!   decoder's prefix and the earlier committed text as the prompt. Words that two consecutive
+//!   hypotheses agree on are committed, except the last word of a hypothesis (it is often cut at
+//!   the buffer edge). Words whose start is about to exceed the `latency` budget are committed
+//!   without agreement.
+//! * When the utterance ends (a pause), its final hypothesis is committed whole. A hypothesis
+//!   decoded at the start of the pause is reused, so the end of an utterance costs no decode.
+//! * A buffer longer than `max_buffer` is trimmed at the end of its committed text, which then
+//!   becomes prompt context.
+//! * Guards: hypotheses that the model itself rates as no speech (`no_speech_prob` above
+//!   `no_speech_threshold`, whatever their log-probability) commit nothing; n-gram loops are cut
+//!   at their first occurrence, text faster than 6 words a second is cut, and a repetitive
+//!   hypothesis (compression ratio above its threshold) adds nothing.
+//!
+//! Word times come from the hypothesis' timestamp tokens, interpolated within a segment by
+//! character count, and clamped to the utterance's speech end.
+
+use std::time::Instant;
+
+use super::{Segment, Transcriber};
+use crate::audio::{HOP_LENGTH, SAMPLE_RATE};
+use crate::decode::DecodeResult;
+use crate::error::Error;
+use crate::model::tokenizer::Tokenizer;
+
+/// Onset and end of speech, in samples since the stream start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateEvent {
+    Start(u64),
+    End(u64),
+}
+
+/// Decides which audio is speech.
+pub trait SpeechGate: Send {
+    /// Feeds 16 kHz mono samples (the stream continues from the previous call); returns the
+    /// speech onsets and ends now known, in order.
+    fn push(&mut self, samples: &[f32]) -> Vec<GateEvent>;
+    /// End of stream: closes an open utterance.
+    fn flush(&mut self) -> Vec<GateEvent>;
+    /// Seconds of non-speech at the end of the audio pushed so far while an utterance is open
+    /// (the start of a pause that may end it); 0 otherwise.
+    fn trailing_silence(&self) -> f64;
+    fn reset(&mut self);
+    fn name(&self) -> &'static str;
+    /// A problem met while running (e.g. the VAD runtime failed and a fallback took over),
+    /// reported once.
+    fn take_warning(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// No gating: everything is one utterance, closed only at the end of the stream.
+#[derive(Debug, Default)]
+pub struct AlwaysSpeech {
+    started: bool,
+    samples: u64,
+}
+
+impl SpeechGate for AlwaysSpeech {
+    fn push(&mut self, samples: &[f32]) -> Vec<GateEvent> {
+        self.samples += samples.len() as u64;
+        if self.started || samples.is_empty() {
+            return Vec::new();
+        }
+        self.started = true;
+        vec![GateEvent::Start(0)]
+    }
+
+    fn flush(&mut self) -> Vec<GateEvent> {
+        if std::mem::take(&mut self.started) {
+            vec![GateEvent::End(self.samples)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn trailing_silence(&self) -> f64 {
+        0.0
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    fn name(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// Tuning of the live policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveOptions {
+    /// Seconds of new audio between two decodes of an open utterance (a decode also waits for
+    /// the previous one: on a slow machine the effective step is the decode time).
+    pub step: f64,
+    /// Seconds from the start of a word to its text leaving the element, at most: words about to
+    /// miss it are committed without waiting for agreement.
+    pub latency: f64,
+    /// Buffer length (seconds) above which the committed part is cut off.
+    pub max_buffer: f64,
+    /// The step is at least this many times the last decodes' wall time, so that decoding
+    /// leaves the cores some headroom (0: a fixed step, for reproducible runs).
+    pub headroom: f64,
+    /// Seconds of trailing non-speech after which an open utterance is decoded at once, so that
+    /// its end (when the gate confirms the pause) is committed without another decode.
+    pub early_final: f64,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            step: 0.5,
+            latency: 4.0,
+            max_buffer: 15.0,
+            headroom: 1.25,
+            early_final: 0.1,
+        }
+    }
+}
+
+impl LiveOptions {
+    /// Options for a `latency` budget in seconds: the step shrinks with it.
+    pub fn for_latency(latency: f64) -> Self {
+        Self {
+            step: (latency * 0.12).clamp(0.3, 1.0),
+            latency,
+            ..Self::default()
+        }
+    }
+}
+
+/// Text not yet final: what the current hypothesis says after the committed words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial {
+    /// Seconds since the stream start.
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+}
+
+/// What a call produced.
+#[derive(Debug, Default)]
+pub struct LiveOutput {
+    /// Final text, in time order; never revised.
+    pub segments: Vec<Segment>,
+    /// The latest hypothesis beyond the committed text, when a decode ran.
+    pub partial: Option<Partial>,
+    /// No final text will start before this time (seconds since the stream start): everything
+    /// earlier is committed or known not to be speech.
+    pub settled: f64,
+}
+
+/// Counters, for benchmarks and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveStats {
+    pub utterances: u64,
+    pub decodes: u64,
+    /// Units (words) committed by agreement, by the latency budget, and at utterance ends.
+    pub agreed: u64,
+    pub forced: u64,
+    pub finals: u64,
+    /// Utterance ends that reused the hypothesis decoded at the start of the pause.
+    pub reused_finals: u64,
+    /// Hypotheses dropped as no speech, and n-gram loops cut.
+    pub no_speech: u64,
+    pub loops_cut: u64,
+    pub trims: u64,
+}
+
+/// A word (or, for scripts without spaces, a token) of a hypothesis.
+#[derive(Debug, Clone)]
+struct Unit {
+    /// Token range in the hypothesis.
+    from: usize,
+    to: usize,
+    /// Comparison key: lowercase letters and digits.
+    key: String,
+    /// Seconds from the buffer start.
+    start: f64,
+    end: f64,
+    /// The unit ends a segment closed by a timestamp token: that token's index.
+    closes: Option<usize>,
+}
+
+struct Hypothesis {
+    result: DecodeResult,
+    units: Vec<Unit>,
+    /// Units that survive the guards.
+    valid: usize,
+    /// Sample up to which the audio was decoded.
+    audio_end: u64,
+    /// Word times come from cross-attention alignment (else interpolation).
+    aligned: bool,
+}
+
+/// An open utterance: the buffer being re-decoded.
+struct Utterance {
+    /// Buffer start, in samples (a multiple of the mel hop).
+    start: u64,
+    /// Hypothesis tokens already committed (the decoder's forced prefix).
+    committed_tokens: Vec<u32>,
+    /// Units committed from the buffer start.
+    committed_units: usize,
+    /// End (seconds since stream start) of the committed text.
+    committed_end: f64,
+    /// Keys of the previous hypothesis, for agreement.
+    prev_keys: Vec<String>,
+    last: Option<Hypothesis>,
+    /// Audio end (samples) of the last decode.
+    decoded_to: u64,
+    /// Set when the speech paused here: the buffer is kept (its text committed) in case the
+    /// next utterance follows closely, to decode it with this audio and text as context.
+    paused_at: Option<u64>,
+}
+
+/// The live policy's state; the engine is passed in on every call.
+pub struct LiveTranscriber {
+    opts: LiveOptions,
+    gate: Box<dyn SpeechGate>,
+    /// Samples pushed since the stream start.
+    total: u64,
+    utt: Option<Utterance>,
+    /// Committed text tokens, the prompt of later decodes.
+    context: Vec<u32>,
+    /// Smoothed wall time of a decode, seconds.
+    decode_seconds: f64,
+    /// Everything before this is settled (seconds since stream start).
+    settled: f64,
+    stats: LiveStats,
+}
+
+/// `WHISPERNPU_LIVE_TRACE=1` prints every decode and commit on stderr.
+static TRACE: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
+    std::env::var_os("WHISPERNPU_LIVE_TRACE").is_some_and(|v| v != "0")
+});
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if *TRACE {
+            eprintln!("live: {}", format_args!($($arg)*));
+        }
+    };
+}
+
+/// Hard limit: one window holds 30 s.
+const HARD_MAX_BUFFER: f64 = 28.0;
+/// Words per second above which a hypothesis is cut (fast speech is ~4).
+const MAX_WORDS_PER_SECOND: f64 = 6.0;
+/// An utterance starting at most this long after the previous one ended continues its buffer.
+const JOIN_GAP: f64 = 2.0;
+/// How far back a speech onset can be reported (the gate's minimum speech, padding and frame).
+const ONSET_LOOKBACK: f64 = 0.5;
+/// Audio kept before a speech onset in case the gate's padding reaches back.
+const KEEP_BEFORE: f64 = 1.0;
+
+fn seconds(samples: u64) -> f64 {
+    samples as f64 / SAMPLE_RATE as f64
+}
+
+fn to_samples(seconds: f64) -> u64 {
+    (seconds.max(0.0) * SAMPLE_RATE as f64).round() as u64
+}
+
+fn frame(sample: u64) -> usize {
+    (sample / HOP_LENGTH as u64) as usize
+}
+
+impl LiveTranscriber {
+    pub fn new(gate: Box<dyn SpeechGate>, opts: LiveOptions) -> Self {
+        Self {
+            opts,
+            gate,
+            total: 0,
+            utt: None,
+            context: Vec::new(),
+            decode_seconds: 0.0,
+            settled: 0.0,
+            stats: LiveStats::default(),
+        }
+    }
+
+    pub fn options(&self) -> &LiveOptions {
+        &self.opts
+    }
+
+    pub fn set_options(&mut self, opts: LiveOptions) {
+        self.opts = opts;
+    }
+
+    pub fn stats(&self) -> &LiveStats {
+        &self.stats
+    }
+
+    pub fn gate_name(&self) -> &'static str {
+        self.gate.name()
+    }
+
+    /// A problem the speech gate met while running, reported once.
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.gate.take_warning()
+    }
+
+    /// Seconds of audio pushed since the stream start.
+    pub fn seconds(&self) -> f64 {
+        seconds(self.total)
+    }
+
+    /// Forgets audio and text (the engine is reset by its owner).
+    pub fn reset(&mut self) {
+        self.gate.reset();
+        self.total = 0;
+        self.utt = None;
+        self.context.clear();
+        self.settled = 0.0;
+    }
+
+    /// Appends audio; decodes when due. `backlog`: more audio is already waiting, so a regular
+    /// step decode would be stale before it ends and is skipped (ends of utterances and full
+    /// buffers are decoded anyway).
+    pub fn push(
+        &mut self,
+        engine: &mut Transcriber,
+        samples: &[f32],
+        backlog: bool,
+    ) -> Result<LiveOutput, Error> {
+        if self.total == 0 && self.context.is_empty() {
+            self.context = initial_context(engine);
+        }
+        engine.push_audio(samples);
+        self.total += samples.len() as u64;
+        let mut out = LiveOutput::default();
+        for event in self.gate.push(samples) {
+            self.handle_event(engine, event, &mut out);
+        }
+        if let Some(paused) = self.utt.as_ref().and_then(|u| u.paused_at)
+            && self.total > paused + to_samples(JOIN_GAP)
+        {
+            self.close_buffer(engine);
+        }
+        if let Some(utt) = self.utt.as_ref().filter(|u| u.paused_at.is_none()) {
+            let length = seconds(self.total - utt.start);
+            let new_audio = seconds(self.total - utt.decoded_to);
+            let silence = self.gate.trailing_silence();
+            let due = if length >= HARD_MAX_BUFFER {
+                true
+            } else if silence >= self.opts.early_final {
+                // Decode once at the start of a pause: its result ends the utterance.
+                utt.decoded_to <= self.total.saturating_sub(to_samples(silence))
+            } else if silence > 0.0 {
+                false
+            } else if length >= self.opts.max_buffer && new_audio >= self.opts.step {
+                true
+            } else {
+                // Leave the cores some headroom: a step shorter than the decode only queues
+                // audio behind it.
+                !backlog
+                    && new_audio >= self.opts.step.max(self.opts.headroom * self.decode_seconds)
+            };
+            if due {
+                self.step(engine, &mut out);
+            }
+        } else if self.utt.is_none() {
+            engine.discard_before(frame(self.total.saturating_sub(to_samples(KEEP_BEFORE))));
+        }
+        out.settled = self.settled();
+        Ok(out)
+    }
+
+    /// End of stream: commits everything open. The caller resets the engine afterwards.
+    pub fn drain(&mut self, engine: &mut Transcriber) -> Result<LiveOutput, Error> {
+        let mut out = LiveOutput::default();
+        for event in self.gate.flush() {
+            self.handle_event(engine, event, &mut out);
+        }
+        if self.utt.as_ref().is_some_and(|u| u.paused_at.is_none()) {
+            self.finish_utterance(engine, self.total, &mut out);
+        }
+        out.settled = seconds(self.total);
+        self.reset();
+        Ok(out)
+    }
+
+    fn settled(&self) -> f64 {
+        // Outside speech, an onset may still be reported a little in the past.
+        let quiet = (seconds(self.total) - ONSET_LOOKBACK).max(0.0);
+        match &self.utt {
+            Some(u) if u.paused_at.is_none() => {
+                u.committed_end.max(seconds(u.start)).max(self.settled)
+            }
+            _ => quiet.max(self.settled),
+        }
+    }
+
+    /// Drops the paused buffer: its text becomes prompt context, its audio is freed.
+    fn close_buffer(&mut self, engine: &mut Transcriber) {
+        let Some(utt) = self.utt.take() else {
+            return;
+        };
+        let eot = engine.model().tokenizer.specials.eot;
+        self.context
+            .extend(utt.committed_tokens.iter().copied().filter(|&t| t < eot));
+        self.trim_context(engine);
+        let end = utt.paused_at.unwrap_or(self.total);
+        engine.discard_before(frame(end.saturating_sub(to_samples(KEEP_BEFORE))));
+    }
+
+    fn handle_event(&mut self, engine: &mut Transcriber, event: GateEvent, out: &mut LiveOutput) {
+        match event {
+            GateEvent::Start(at) => {
+                if let Some(u) = self.utt.as_mut() {
+                    let Some(paused) = u.paused_at else {
+                        return;
+                    };
+                    let joins = at <= paused + to_samples(JOIN_GAP)
+                        && seconds(self.total - u.start) < self.opts.max_buffer;
+                    if joins {
+                        trace!("speech again from {:.2} s, same buffer", seconds(at));
+                        self.stats.utterances += 1;
+                        u.paused_at = None;
+                        return;
+                    }
+                    self.close_buffer(engine);
+                }
+                self.stats.utterances += 1;
+                let first = (engine_first_sample(engine)).max(to_samples(self.settled));
+                let start = at.max(first).min(self.total);
+                let start = start - start % HOP_LENGTH as u64;
+                trace!("speech from {:.2} s", seconds(start));
+                self.utt = Some(Utterance {
+                    start,
+                    committed_tokens: Vec::new(),
+                    committed_units: 0,
+                    committed_end: seconds(start),
+                    prev_keys: Vec::new(),
+                    last: None,
+                    decoded_to: start,
+                    paused_at: None,
+                });
+            }
+            GateEvent::End(at) => {
+                if self.utt.as_ref().is_some_and(|u| u.paused_at.is_none()) {
+                    self.finish_utterance(engine, at.min(self.total), out);
+                }
+            }
+        }
+    }
+
+    /// Decodes the open utterance and commits what agrees or is due.
+    fn step(&mut self, engine: &mut Transcriber, out: &mut LiveOutput) {
+        let Some(mut utt) = self.utt.take() else {
+            return;
+        };
+        let hyp = self.decode(engine, &utt, self.total);
+        let c = committed_count(&hyp, utt.committed_tokens.len());
+        let valid = hyp.valid.max(c);
+        let keys: Vec<String> = hyp.units.iter().map(|u| u.key.clone()).collect();
+
+        // LocalAgreement-2: the longest common prefix with the previous hypothesis, never the
+        // hypothesis' last word.
+        // At the start of a pause the utterance probably ends here: its text then goes out whole
+        // (one caption) when the gate confirms the pause, from this same hypothesis.
+        let pausing = self.gate.trailing_silence() >= self.opts.early_final;
+        let mut agreed = 0;
+        while !pausing
+            && c + agreed < valid
+            && c + agreed < utt.prev_keys.len()
+            && keys[c + agreed] == utt.prev_keys[c + agreed]
+        {
+            agreed += 1;
+        }
+        if c + agreed == valid {
+            agreed = agreed.saturating_sub(1);
+        }
+        // The latency budget: a word whose text would otherwise leave after start + latency.
+        // (A fixed step, for reproducible runs, also leaves the decode time out.)
+        let d = if self.opts.headroom > 0.0 {
+            self.decode_seconds
+        } else {
+            0.0
+        };
+        let next_out = seconds(self.total) + self.opts.step.max(d) + d;
+        let budget_from = next_out - self.opts.latency;
+        let base = seconds(utt.start);
+        let mut forced = 0;
+        while c + forced < valid && base + hyp.units[c + forced].start < budget_from {
+            forced += 1;
+        }
+        let k = agreed.max(forced);
+        if k > 0 {
+            self.stats.agreed += agreed as u64;
+            self.stats.forced += (forced.saturating_sub(agreed)) as u64;
+            self.commit(engine, &mut utt, &hyp, c, c + k, None, out);
+        }
+        if valid > c + k {
+            let units = &hyp.units[c + k..valid];
+            let text = text_of(
+                engine,
+                &hyp.result.tokens[hyp.units[c + k].from..units[units.len() - 1].to],
+            );
+            out.partial = Some(Partial {
+                start: base + units[0].start,
+                end: base + units[units.len() - 1].end,
+                text,
+            });
+        }
+        utt.prev_keys = keys[..valid].to_vec();
+        utt.decoded_to = hyp.audio_end;
+        let uncommitted = valid > utt.committed_units;
+        utt.last = Some(hyp);
+
+        let length = seconds(self.total - utt.start);
+        if length >= HARD_MAX_BUFFER {
+            // Nothing agreed for a whole window: take the hypothesis as it is.
+            let end = self.total;
+            self.utt = Some(utt);
+            self.finish_utterance(engine, end, out);
+            self.handle_event(engine, GateEvent::Start(end), out);
+            return;
+        }
+        if length >= self.opts.max_buffer || (!uncommitted && length >= 3.0) {
+            self.trim(engine, &mut utt);
+        }
+        self.utt = Some(utt);
+    }
+
+    /// Cuts the buffer at the end of the last closed segment (a timestamp token) whose words are
+    /// all committed: the words there are reliable boundaries, unlike interpolated word times.
+    /// Committed words after the cut stay the forced prefix, their timestamps re-based. With
+    /// nothing heard in the buffer, keeps only its last second.
+    fn trim(&mut self, engine: &mut Transcriber, utt: &mut Utterance) {
+        let Some(hyp) = utt.last.as_ref() else {
+            return;
+        };
+        let tok = &engine.model().tokenizer;
+        let tb = tok.specials.timestamp_begin;
+        let eot = tok.specials.eot;
+        let committed = committed_count(hyp, utt.committed_tokens.len());
+        let cut = hyp.units[..committed]
+            .iter()
+            .rposition(|u| u.closes.is_some());
+        let (offset_ts, keep_from) = match cut {
+            Some(i) => {
+                let at = hyp.units[i].closes.unwrap_or_default();
+                (hyp.result.tokens[at] - tb, Some((i + 1, at + 1)))
+            }
+            None if hyp.valid == 0 && committed == 0 => {
+                let secs = seconds(self.total - utt.start) - KEEP_BEFORE;
+                ((secs / 0.02).floor().max(0.0) as u32, None)
+            }
+            None if hyp.aligned && committed > 0 => {
+                // No closed segment: cut where the alignment puts the end of the committed
+                // words; all of them leave the buffer.
+                let secs = hyp.units[committed - 1].end;
+                let at = utt.committed_tokens.len();
+                ((secs / 0.02).floor().max(0.0) as u32, Some((committed, at)))
+            }
+            None => return,
+        };
+        if offset_ts == 0 {
+            return;
+        }
+        // Timestamps past the audio decoded (the model may emit them) cannot be cut at.
+        let to = utt.start + to_samples(offset_ts as f64 * 0.02);
+        if to > hyp.audio_end {
+            return;
+        }
+        self.stats.trims += 1;
+        trace!("trim {:.2} → {:.2} s", seconds(utt.start), seconds(to));
+        let mut prefix = Vec::new();
+        if let Some((units_gone, token_from)) = keep_from {
+            // Text leaving the buffer becomes prompt context.
+            let gone = &hyp.result.tokens[..token_from];
+            self.context
+                .extend(gone.iter().copied().filter(|&t| t < eot));
+            let rest = &utt.committed_tokens[token_from.min(utt.committed_tokens.len())..];
+            if rest.iter().any(|&t| t < eot) {
+                if rest.first().is_none_or(|&t| t < tb) {
+                    prefix.push(tb);
+                }
+                prefix.extend(rest.iter().map(|&t| {
+                    if t >= tb {
+                        tb + (t - tb).saturating_sub(offset_ts)
+                    } else {
+                        t
+                    }
+                }));
+            }
+            utt.prev_keys.drain(..units_gone.min(utt.prev_keys.len()));
+            utt.committed_units = utt.committed_units.saturating_sub(units_gone);
+        } else {
+            utt.prev_keys.clear();
+            utt.committed_units = 0;
+        }
+        self.trim_context(engine);
+        utt.committed_tokens = prefix;
+        utt.last = None;
+        utt.start = to;
+        utt.committed_end = utt.committed_end.max(seconds(to));
+        self.settled = self.settled.max(seconds(to).min(utt.committed_end));
+        engine.discard_before(frame(to));
+    }
+
+    /// Keeps the prompt context within half the text context.
+    fn trim_context(&mut self, engine: &Transcriber) {
+        let keep = engine.model().dims.n_text_ctx / 2;
+        if self.context.len() > keep {
+            self.context.drain(..self.context.len() - keep);
+        }
+    }
+
+    /// Ends the open utterance at sample `end`: commits its final hypothesis whole.
+    fn finish_utterance(&mut self, engine: &mut Transcriber, end: u64, out: &mut LiveOutput) {
+        let Some(mut utt) = self.utt.take() else {
+            return;
+        };
+        let reusable = utt
+            .last
+            .take()
+            .filter(|h| h.audio_end + to_samples(0.1) >= end);
+        let hyp = match reusable {
+            Some(h) => {
+                self.stats.reused_finals += 1;
+                h
+            }
+            None => self.decode(engine, &utt, end),
+        };
+        let c = committed_count(&hyp, utt.committed_tokens.len());
+        let valid = hyp.valid.max(c);
+        if valid > c {
+            self.stats.finals += (valid - c) as u64;
+            self.commit(engine, &mut utt, &hyp, c, valid, Some(seconds(end)), out);
+        }
+        // Close the last segment in the prefix, so that a joining utterance starts a new one.
+        let tb = engine.model().tokenizer.specials.timestamp_begin;
+        if utt.committed_tokens.last().is_some_and(|&t| t < tb) {
+            let at = ((seconds(end - utt.start) / 0.02).round() as u32).min(1500);
+            utt.committed_tokens.push(tb + at);
+        }
+        utt.committed_end = utt.committed_end.max(seconds(end));
+        utt.paused_at = Some(end);
+        utt.last = None;
+        utt.prev_keys.truncate(utt.committed_units);
+        self.settled = self.settled.max(seconds(end));
+        trace!("speech until {:.2} s", seconds(end));
+        self.utt = Some(utt);
+    }
+
+    /// Emits units `from..to` of `hyp` as one segment and makes them the forced prefix.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        engine: &Transcriber,
+        utt: &mut Utterance,
+        hyp: &Hypothesis,
+        from: usize,
+        to: usize,
+        speech_end: Option<f64>,
+        out: &mut LiveOutput,
+    ) {
+        let base = seconds(utt.start);
+        let first_token = utt.committed_tokens.len().min(hyp.units[from].from);
+        let last_token = hyp.units[to - 1].to;
+        let specials = &engine.model().tokenizer.specials;
+        let text_tokens: Vec<u32> = hyp.result.tokens[first_token..last_token]
+            .iter()
+            .copied()
+            .filter(|&t| t < specials.eot)
+            .collect();
+        let text = engine.model().tokenizer.decode(&text_tokens);
+        let mut start = base + hyp.units[from].start;
+        let mut end = base + hyp.units[to - 1].end;
+        if let Some(limit) = speech_end {
+            end = end.min(limit);
+        }
+        end = end.min(seconds(hyp.audio_end));
+        start = start.max(utt.committed_end).min(end);
+        // A segment the hypothesis closed stays closed in the prefix (its timestamp tokens
+        // too): later hypotheses keep the segment structure, and trimming needs it.
+        let tb = specials.timestamp_begin;
+        let mut prefix_end = last_token;
+        if hyp.units[to - 1].closes.is_some() {
+            while prefix_end < hyp.result.tokens.len()
+                && hyp.result.tokens[prefix_end] >= tb
+                && prefix_end < last_token + 2
+            {
+                prefix_end += 1;
+            }
+        }
+        utt.committed_tokens = hyp.result.tokens[..prefix_end].to_vec();
+        utt.committed_units = to;
+        utt.committed_end = end;
+        if text.trim().is_empty() {
+            return;
+        }
+        out.segments.push(Segment {
+            start,
+            end,
+            text: text.trim().to_string(),
+            tokens: text_tokens,
+            avg_logprob: hyp.result.avg_logprob,
+            no_speech_prob: hyp.result.no_speech_prob,
+            temperature: hyp.result.temperature,
+            compression_ratio: hyp.result.compression_ratio,
+            language: engine.language().unwrap_or_default().to_string(),
+        });
+    }
+
+    /// Decodes the utterance's buffer up to sample `end`.
+    fn decode(&mut self, engine: &mut Transcriber, utt: &Utterance, end: u64) -> Hypothesis {
+        let t0 = Instant::now();
+        let opts = engine.options().clone();
+        let context: &[u32] = if opts.condition_on_previous_text {
+            &self.context
+        } else {
+            &[]
+        };
+        let result = engine.decode_span(
+            frame(utt.start),
+            frame(end),
+            context,
+            &utt.committed_tokens,
+            &[0.0],
+        );
+        let elapsed = t0.elapsed().as_secs_f64();
+        self.decode_seconds = if self.stats.decodes == 0 {
+            elapsed
+        } else {
+            0.7 * self.decode_seconds + 0.3 * elapsed
+        };
+        self.stats.decodes += 1;
+        let span = seconds(end - utt.start);
+        let tokenizer = &engine.model().tokenizer;
+        let cjk = matches!(
+            engine.language(),
+            Some("zh" | "ja" | "th" | "lo" | "my" | "yue" | "km")
+        );
+        let mut units = split_units(tokenizer, &result.tokens, span, cjk);
+        let aligned = self.align(
+            engine,
+            &result.tokens,
+            &mut units,
+            frame(end) - frame(utt.start),
+            span,
+        );
+        let prefix = utt.committed_tokens.len();
+        let c = units.iter().take_while(|u| u.from < prefix).count();
+        let mut valid = units.len();
+        // Stricter than offline, where a confident decode (avg_logprob above its threshold)
+        // overrides the no-speech probability: over short live buffers Whisper is often
+        // confident about text it invents ("you", "Thank you.").
+        let no_speech = opts
+            .no_speech_threshold
+            .is_some_and(|ns| result.no_speech_prob > ns);
+        if no_speech {
+            self.stats.no_speech += 1;
+            valid = c;
+        } else {
+            let keys: Vec<&str> = units[c..].iter().map(|u| u.key.as_str()).collect();
+            if let Some(cut) = repetition_cut(&keys) {
+                self.stats.loops_cut += 1;
+                valid = c + cut;
+            } else if opts
+                .compression_ratio_threshold
+                .is_some_and(|cr| result.compression_ratio > cr)
+            {
+                // Repetitive without a clean n-gram loop: nothing new is trusted.
+                self.stats.loops_cut += 1;
+                valid = c;
+            }
+            // Nobody speaks faster than ~6 words a second: the rest is invented.
+            let heard = span - units.get(c.wrapping_sub(1)).map_or(0.0, |u| u.end);
+            let plausible = c + (heard.max(0.0) * MAX_WORDS_PER_SECOND).ceil() as usize + 2;
+            if valid > plausible {
+                self.stats.loops_cut += 1;
+                valid = plausible;
+            }
+        }
+        trace!(
+            "decoded {:.2}–{:.2} s in {:.0} ms (no-speech {:.2}, logprob {:.2}): {:?}",
+            seconds(utt.start),
+            seconds(end),
+            elapsed * 1000.0,
+            result.no_speech_prob,
+            result.avg_logprob,
+            text_of(engine, &result.tokens)
+        );
+        Hypothesis {
+            result,
+            units,
+            valid,
+            audio_end: end,
+            aligned,
+        }
+    }
+
+    /// Word times from cross-attention alignment (openai's word timestamps) instead of the
+    /// interpolation between timestamp tokens. Returns whether it applied.
+    fn align(
+        &mut self,
+        engine: &mut Transcriber,
+        tokens: &[u32],
+        units: &mut [Unit],
+        frames: usize,
+        span: f64,
+    ) -> bool {
+        let eot = engine.model().tokenizer.specials.eot;
+        let mut text = Vec::with_capacity(tokens.len());
+        let mut index = vec![0usize; tokens.len()];
+        for (i, &t) in tokens.iter().enumerate() {
+            index[i] = text.len();
+            if t < eot {
+                text.push(t);
+            }
+        }
+        let Some(times) = engine.align(&text, frames) else {
+            return false;
+        };
+        for k in 0..units.len() {
+            let first = index[units[k].from];
+            let next = units.get(k + 1).map_or(text.len(), |u| index[u.from]);
+            let (Some(&a), Some(&b)) = (times.get(first), times.get(next)) else {
+                return false;
+            };
+            units[k].start = a.min(span);
+            units[k].end = b.max(a).min(span);
+        }
+        true
+    }
+}
+
+/// The initial prompt's tokens, when set.
+fn initial_context(engine: &Transcriber) -> Vec<u32> {
+    match engine.options().initial_prompt.as_deref().map(str::trim) {
+        Some(p) if !p.is_empty() => engine.model().tokenizer.encode(&format!(" {p}")),
+        _ => Vec::new(),
+    }
+}
+
+fn engine_first_sample(engine: &Transcriber) -> u64 {
+    engine.first_frame() as u64 * HOP_LENGTH as u64
+}
+
+/// Units of `hyp` made of forced-prefix tokens.
+fn committed_count(hyp: &Hypothesis, prefix: usize) -> usize {
+    hyp.units.iter().take_while(|u| u.from < prefix).count()
+}
+
+fn text_of(engine: &Transcriber, tokens: &[u32]) -> String {
+    let eot = engine.model().tokenizer.specials.eot;
+    let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < eot).collect();
+    engine.model().tokenizer.decode(&text).trim().to_string()
+}
+
+/// Splits a hypothesis (text and timestamp tokens, no EOT) into words with times: a word starts
+/// at a token beginning with a space (every token when `each_token`); a word's time is
+/// interpolated by byte count within its segment (between the segment's timestamp tokens; an
+/// open last segment ends at `span`).
+fn split_units(tok: &Tokenizer, tokens: &[u32], span: f64, each_token: bool) -> Vec<Unit> {
+    let tb = tok.specials.timestamp_begin;
+    let eot = tok.specials.eot;
+    let ts = |t: u32| (t - tb) as f64 * 0.02;
+    let mut units: Vec<Unit> = Vec::new();
+    // Current segment: start time, first unit index, byte offsets of its units.
+    let mut seg_start = 0.0f64;
+    let mut seg_first = 0usize;
+    let mut seg_bytes: Vec<(usize, usize)> = Vec::new();
+    let mut seg_len = 0usize;
+    let mut last_end = 0.0f64;
+
+    let close = |units: &mut Vec<Unit>,
+                 seg_first: usize,
+                 seg_bytes: &[(usize, usize)],
+                 seg_len: usize,
+                 start: f64,
+                 end: f64| {
+        let end = end.max(start);
+        let total = seg_len.max(1) as f64;
+        for (u, &(b0, b1)) in units[seg_first..].iter_mut().zip(seg_bytes) {
+            u.start = start + (end - start) * b0 as f64 / total;
+            u.end = start + (end - start) * b1 as f64 / total;
+        }
+    };
+
+    for (i, &t) in tokens.iter().enumerate() {
+        if t >= tb {
+            let time = ts(t);
+            if seg_bytes.is_empty() {
+                seg_start = time.max(last_end);
+            } else {
+                close(&mut units, seg_first, &seg_bytes, seg_len, seg_start, time);
+                if let Some(u) = units.last_mut() {
+                    u.closes = Some(i);
+                }
+                last_end = time;
+                seg_bytes.clear();
+                seg_len = 0;
+                seg_first = units.len();
+                seg_start = time;
+            }
+            continue;
+        }
+        if t >= eot {
+            continue;
+        }
+        let bytes = tok.token_bytes(t);
+        let starts_word = each_token || bytes.first() == Some(&b' ') || seg_bytes.is_empty();
+        let n = bytes.len();
+        if starts_word {
+            units.push(Unit {
+                from: i,
+                to: i + 1,
+                key: String::new(),
+                start: 0.0,
+                end: 0.0,
+                closes: None,
+            });
+            seg_bytes.push((seg_len, seg_len + n));
+        } else if let (Some(u), Some(b)) = (units.last_mut(), seg_bytes.last_mut()) {
+            u.to = i + 1;
+            b.1 += n;
+        }
+        seg_len += n;
+    }
+    if !seg_bytes.is_empty() {
+        close(
+            &mut units,
+            seg_first,
+            &seg_bytes,
+            seg_len,
+            seg_start,
+            span.max(seg_start),
+        );
+    }
+    for u in &mut units {
+        let text = tok.decode(&tokens[u.from..u.to]);
+        u.key = text
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect();
+    }
+    units
+}
+
+/// Where an n-gram loop starts repeating: `Some(i)` keeps `keys[..i]` (the first occurrence).
+/// A loop is a 1-gram repeated 4 times or a 2..16-gram repeated 3 times in a row.
+fn repetition_cut(keys: &[&str]) -> Option<usize> {
+    for i in 0..keys.len() {
+        for n in 1..=16 {
+            let needed = if n == 1 { 4 } else { 3 };
+            if i + n * needed > keys.len() {
+                break;
+            }
+            let gram = &keys[i..i + n];
+            if gram.iter().all(|k| k.is_empty()) {
+                continue;
+            }
+            let mut reps = 1;
+            while i + (reps + 1) * n <= keys.len()
+                && keys[i + reps * n..i + (reps + 1) * n] == *gram
+            {
+                reps += 1;
+            }
+            if reps >= needed {
+                return Some(i + n);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_are_cut_at_the_first_occurrence() {
+        let k = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        let cut = |s: &str| {
+            let keys = k(s);
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            repetition_cut(&refs)
+        };
+        assert_eq!(cut("thank you thank you thank you"), Some(2));
+        assert_eq!(cut("so i said you you you you you"), Some(4));
+        assert_eq!(cut("no no no we will not"), None);
+        assert_eq!(
+            cut("ask not what your country can do for you ask what you can do"),
+            None
+        );
+        assert_eq!(cut("a b c d a b c d a b c d e"), Some(4));
+    }
+
+    #[test]
+    fn always_speech_opens_once_and_closes_at_flush() {
+        let mut g = AlwaysSpeech::default();
+        assert_eq!(g.push(&[0.0; 10]), vec![GateEvent::Start(0)]);
+        assert!(g.push(&[0.0; 10]).is_empty());
+        assert_eq!(g.flush(), vec![GateEvent::End(20)]);
+        assert!(g.flush().is_empty());
+    }
+}

@@ -1,0 +1,308 @@
+//! The live policy (`LiveTranscriber`) on real audio, without GStreamer: agreement commits,
+//! utterance ends, trimming, VAD gating, silence and noise. Audio is pushed in 20 ms pieces;
+//! `backlog` is always false and the step does not depend on decode times (`headroom: 0`), so
+//! the runs are deterministic.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use gstwhispernpu::model::WhisperModel;
+use gstwhispernpu::transcribe::{
+    AlwaysSpeech, LiveOptions, LiveStats, LiveTranscriber, Segment, SpeechGate, TranscribeOptions,
+    Transcriber, VadGate,
+};
+use gstwhispernpu::vad::VadKind;
+
+const RATE: usize = 16_000;
+const PIECE: usize = 320;
+
+fn model(name: &str) -> Arc<WhisperModel> {
+    let dir = common::model_dir(name);
+    gstwhispernpu::model::load_shared(dir.to_str().unwrap()).expect("model loads")
+}
+
+fn silero() -> Box<dyn SpeechGate> {
+    common::fetch_runtime();
+    let (gate, warning) = VadGate::open(VadKind::Silero);
+    assert_eq!(
+        gate.detector(),
+        "silero",
+        "Silero VAD did not load ({warning:?}); run scripts/fetch-runtime"
+    );
+    Box::new(gate)
+}
+
+fn energy() -> Box<dyn SpeechGate> {
+    let (gate, _) = VadGate::open(VadKind::Energy);
+    assert_eq!(gate.detector(), "energy");
+    Box::new(gate)
+}
+
+/// A committed segment and the audio time (seconds pushed) when it came out.
+#[derive(Debug)]
+struct Commit {
+    at: f64,
+    segment: Segment,
+}
+
+struct Run {
+    commits: Vec<Commit>,
+    stats: LiveStats,
+    partials: usize,
+}
+
+impl Run {
+    fn text(&self) -> String {
+        self.commits
+            .iter()
+            .map(|c| c.segment.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn run_live(
+    model: &Arc<WhisperModel>,
+    gate: Box<dyn SpeechGate>,
+    opts: LiveOptions,
+    audio: &[f32],
+) -> Run {
+    let mut engine = Transcriber::new(Arc::clone(model), TranscribeOptions::default()).unwrap();
+    let mut live = LiveTranscriber::new(
+        gate,
+        LiveOptions {
+            headroom: 0.0,
+            ..opts
+        },
+    );
+    let mut commits = Vec::new();
+    let mut partials = 0;
+    let mut pushed = 0usize;
+    for piece in audio.chunks(PIECE) {
+        pushed += piece.len();
+        let out = live.push(&mut engine, piece, false).unwrap();
+        partials += usize::from(out.partial.is_some());
+        let at = pushed as f64 / RATE as f64;
+        assert!(
+            out.settled <= at + 1e-9,
+            "settled {} beyond {at}",
+            out.settled
+        );
+        commits.extend(
+            out.segments
+                .into_iter()
+                .map(|segment| Commit { at, segment }),
+        );
+    }
+    let end = pushed as f64 / RATE as f64;
+    let out = live.drain(&mut engine).unwrap();
+    commits.extend(
+        out.segments
+            .into_iter()
+            .map(|segment| Commit { at: end, segment }),
+    );
+    let run = Run {
+        commits,
+        stats: live.stats().clone(),
+        partials,
+    };
+    for c in &run.commits {
+        eprintln!(
+            "{:7.2} [{:6.2} – {:6.2}] {}",
+            c.at, c.segment.start, c.segment.end, c.segment.text
+        );
+    }
+    eprintln!("{:?}, partials {}", run.stats, run.partials);
+    check_order(&run);
+    run
+}
+
+/// Segments are in time order, never overlap, lie within the audio heard when they were
+/// committed, and are non-empty.
+fn check_order(run: &Run) {
+    for w in run.commits.windows(2) {
+        assert!(
+            w[0].segment.end <= w[1].segment.start + 1e-6,
+            "overlap: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    for c in &run.commits {
+        assert!(c.segment.start <= c.segment.end, "{c:?}");
+        assert!(c.segment.end <= c.at + 1e-6, "text from the future: {c:?}");
+        assert!(!c.segment.text.trim().is_empty(), "{c:?}");
+    }
+}
+
+fn offline_text(model: &Arc<WhisperModel>, audio: &[f32]) -> String {
+    let mut t = Transcriber::new(Arc::clone(model), TranscribeOptions::default()).unwrap();
+    let mut segs = t.push(audio).unwrap();
+    segs.extend(t.finish().unwrap());
+    segs.iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn jfk() -> Vec<f32> {
+    let (samples, rate) = common::read_wav(&common::jfk_wav());
+    assert_eq!(rate as usize, RATE);
+    samples
+}
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what \
+                   you can do for your country.";
+
+/// Text is committed while the audio streams (by agreement of consecutive hypotheses), not only
+/// at the end, and the whole matches the known text.
+#[test]
+fn agreement_commits_while_streaming() {
+    let model = model("tiny.en");
+    let audio = jfk();
+    let run = run_live(
+        &model,
+        Box::new(AlwaysSpeech::default()),
+        LiveOptions::default(),
+        &audio,
+    );
+    let before_end = run.commits.iter().filter(|c| c.at < 10.9).count();
+    assert!(before_end >= 3, "only {before_end} commits before the end");
+    assert!(run.stats.agreed >= 8, "{:?}", run.stats);
+    assert!(run.partials > 0);
+    let wer = common::wer_percent(JFK, &run.text());
+    assert!(wer <= 15.0, "WER {wer:.1} %: {}", run.text());
+}
+
+/// With the VAD, each pause ends an utterance: its text is final within a second of the pause
+/// (the gate's 0.4 s plus padding), and silence between utterances is never decoded.
+#[test]
+fn vad_utterances_end_at_pauses() {
+    let model = model("tiny.en");
+    let speech = jfk();
+    let gap = 4 * RATE;
+    let mut audio = speech.clone();
+    audio.extend(std::iter::repeat_n(0.0, gap));
+    audio.extend(&speech);
+    let first_end = 11.0;
+    let run = run_live(&model, silero(), LiveOptions::default(), &audio);
+    assert!(run.stats.utterances >= 2, "{:?}", run.stats);
+    // Everything of the first jfk is final before the second starts.
+    let first: Vec<&Commit> = run
+        .commits
+        .iter()
+        .filter(|c| c.segment.end <= first_end + 0.5)
+        .collect();
+    let last_first = first.last().expect("text from the first half");
+    assert!(
+        last_first.at <= first_end + 1.0,
+        "the first half's end came out at {:.2} s",
+        last_first.at
+    );
+    let first_text: Vec<&str> = first.iter().map(|c| c.segment.text.as_str()).collect();
+    let wer = common::wer_percent(JFK, &first_text.join(" "));
+    assert!(
+        wer <= 15.0,
+        "WER {wer:.1} % of the first half: {first_text:?}"
+    );
+    // Nothing decoded inside the 4 s gap: no commit there, and the decodes fit the speech.
+    assert!(
+        run.commits
+            .iter()
+            .all(|c| c.segment.end <= first_end + 0.5 || c.segment.start >= first_end + 3.5),
+        "text in the gap"
+    );
+    let second: Vec<&str> = run
+        .commits
+        .iter()
+        .filter(|c| c.segment.start >= first_end + 3.5)
+        .map(|c| c.segment.text.as_str())
+        .collect();
+    let wer = common::wer_percent(JFK, &second.join(" "));
+    assert!(wer <= 15.0, "WER {wer:.1} % of the second half: {second:?}");
+}
+
+/// Minutes of silence and noise: no decode and no text, with Silero and with the energy VAD.
+#[test]
+fn silence_and_noise_give_nothing() {
+    let model = model("tiny.en");
+    let audio = common::noise_mix(60);
+    for (name, gate) in [("silero", silero()), ("energy", energy())] {
+        let run = run_live(&model, gate, LiveOptions::default(), &audio);
+        assert!(
+            run.commits.is_empty(),
+            "{name}: text from noise: {}",
+            run.text()
+        );
+        assert!(
+            run.stats.decodes <= 2,
+            "{name}: {} decodes over noise",
+            run.stats.decodes
+        );
+    }
+}
+
+/// Continuous speech longer than the buffer limit: the buffer is trimmed at committed segment
+/// ends, and the text stays close to the offline transcript.
+#[test]
+fn long_speech_is_trimmed_and_complete() {
+    let model = model("tiny.en");
+    let wav = synthesise_paragraph();
+    let (audio, rate) = common::read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    assert_eq!(rate as usize, RATE);
+    let seconds = audio.len() as f64 / RATE as f64;
+    assert!(seconds > 25.0, "only {seconds:.1} s of speech");
+    let opts = LiveOptions {
+        step: 1.0,
+        max_buffer: 10.0,
+        ..LiveOptions::default()
+    };
+    let run = run_live(&model, Box::new(AlwaysSpeech::default()), opts, &audio);
+    assert!(run.stats.trims >= 2, "{:?}", run.stats);
+    let offline = offline_text(&model, &audio);
+    let wer = common::wer_percent(&offline, &run.text());
+    eprintln!(
+        "offline: {offline}\nlive:    {}\nWER vs offline {wer:.1} %",
+        run.text()
+    );
+    assert!(wer <= 12.0, "WER {wer:.1} % against the offline text");
+    let truth = PARAGRAPH;
+    let live_wer = common::wer_percent(truth, &run.text());
+    let offline_wer = common::wer_percent(truth, &offline);
+    assert!(
+        live_wer <= offline_wer + 8.0,
+        "live WER {live_wer:.1} % vs offline {offline_wer:.1} %"
+    );
+}
+
+const PARAGRAPH: &str = "The morning began with a thin gray fog that rolled in from the harbor and \
+    settled over the quiet streets. By the time the bakery opened its doors, the air smelled of \
+    warm bread and wet stone. People walked slowly, wrapped in heavy coats, and nobody seemed to \
+    be in a hurry. Around noon the wind changed direction, the clouds broke apart, and a pale sun \
+    appeared above the rooftops. The old city is built on a gentle hill beside a wide river.";
+
+/// One paragraph without pauses, by scripts/synth-speech (espeak-ng).
+fn synthesise_paragraph() -> PathBuf {
+    let dir = std::env::temp_dir();
+    let text = dir.join(format!("whispernpu-live-{}.txt", std::process::id()));
+    let wav = dir.join(format!("whispernpu-live-{}.wav", std::process::id()));
+    std::fs::write(&text, PARAGRAPH).unwrap();
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/synth-speech"))
+        .arg(&wav)
+        .arg(&text)
+        .env("SYNTH_MIN_SECONDS", "20")
+        .output()
+        .expect("cannot run scripts/synth-speech");
+    std::fs::remove_file(&text).ok();
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wav
+}
