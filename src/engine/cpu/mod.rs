@@ -4,7 +4,9 @@
 //! preallocated [`EncoderWorkspace`]; the decoder keeps its self-attention KV cache and the
 //! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
 
+pub mod gemv16;
 pub mod ops;
+pub mod sgemm;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -12,7 +14,9 @@ use rayon::prelude::*;
 use crate::error::ModelError;
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
-use ops::{Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
+use gemv16::{MatF16, matmul_f16};
+use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
+use sgemm::{Epilogue, MatRef, PackedB};
 
 pub struct LayerNorm {
     pub gamma: Vec<f32>,
@@ -78,6 +82,19 @@ impl Loader<'_> {
         })
     }
     fn linear(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        self.linear_with(prefix, n_out, n_in, false)
+    }
+    /// A decoder layer: also kept as f16 when lossless, for the few-row products of decoding.
+    fn linear_dec(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        self.linear_with(prefix, n_out, n_in, true)
+    }
+    fn linear_with(
+        &self,
+        prefix: &str,
+        n_out: usize,
+        n_in: usize,
+        f16: bool,
+    ) -> Result<Linear, ModelError> {
         let weight = self
             .file
             .tensor(&format!("{prefix}/weight"), &[n_out, n_in])?;
@@ -87,24 +104,19 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear {
-            weight,
-            bias,
-            n_in,
-            n_out,
-        })
+        let half = if f16 {
+            MatF16::lossless(&weight, n_out, n_in)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias, n_in, n_out).with_f16(half))
     }
     fn conv(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
         let weight = self
             .file
             .tensor(&format!("{prefix}/weight"), &[n_out, n_in, 3])?;
         let bias = Some(self.file.tensor(&format!("{prefix}/bias"), &[n_out])?);
-        Ok(Linear {
-            weight,
-            bias,
-            n_in: n_in * 3,
-            n_out,
-        })
+        Ok(Linear::new(weight, bias, n_in * 3, n_out))
     }
 }
 
@@ -130,15 +142,15 @@ impl Weights {
                 let p = format!("decoder/layer_{i}");
                 Ok(DecoderLayer {
                     self_ln: l.ln(&format!("{p}/self_attention/layer_norm"), dt)?,
-                    self_qkv: l.linear(&format!("{p}/self_attention/linear_0"), 3 * dt, dt)?,
-                    self_out: l.linear(&format!("{p}/self_attention/linear_1"), dt, dt)?,
+                    self_qkv: l.linear_dec(&format!("{p}/self_attention/linear_0"), 3 * dt, dt)?,
+                    self_out: l.linear_dec(&format!("{p}/self_attention/linear_1"), dt, dt)?,
                     cross_ln: l.ln(&format!("{p}/attention/layer_norm"), dt)?,
-                    cross_q: l.linear(&format!("{p}/attention/linear_0"), dt, dt)?,
+                    cross_q: l.linear_dec(&format!("{p}/attention/linear_0"), dt, dt)?,
                     cross_kv: l.linear(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
-                    cross_out: l.linear(&format!("{p}/attention/linear_2"), dt, dt)?,
+                    cross_out: l.linear_dec(&format!("{p}/attention/linear_2"), dt, dt)?,
                     mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), dt)?,
-                    fc1: l.linear(&format!("{p}/ffn/linear_0"), 4 * dt, dt)?,
-                    fc2: l.linear(&format!("{p}/ffn/linear_1"), dt, 4 * dt)?,
+                    fc1: l.linear_dec(&format!("{p}/ffn/linear_0"), 4 * dt, dt)?,
+                    fc2: l.linear_dec(&format!("{p}/ffn/linear_1"), dt, 4 * dt)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -171,70 +183,33 @@ impl Weights {
 /// streams for every token's logits; f32 otherwise.
 pub enum Embedding {
     F32 { data: Vec<f32>, d: usize },
-    F16 { data: Vec<half::f16>, d: usize },
+    F16(MatF16),
 }
 
 impl Embedding {
     pub fn new(data: Vec<f32>, d: usize) -> Self {
-        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
-        if halves.iter().zip(&data).all(|(h, &v)| h.to_f32() == v) {
-            Embedding::F16 { data: halves, d }
-        } else {
-            Embedding::F32 { data, d }
+        match MatF16::lossless(&data, data.len() / d, d) {
+            Some(m) => Embedding::F16(m),
+            None => Embedding::F32 { data, d },
         }
     }
 
     /// Row `token` as f32 into `out`.
     pub fn row_into(&self, token: usize, out: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
         match self {
             Embedding::F32 { data, d } => out.copy_from_slice(&data[token * d..(token + 1) * d]),
-            Embedding::F16 { data, d } => {
-                data[token * d..(token + 1) * d].convert_to_f32_slice(out)
-            }
+            Embedding::F16(m) => m.row_into(token, out),
         }
     }
 
-    /// `logits[rows][n_vocab] = h[rows][d] · E^T`; `scratch` holds `[n_vocab][rows]`.
-    pub fn logits(
-        &self,
-        h: &[f32],
-        rows: usize,
-        scratch: &mut [f32],
-        logits: &mut [f32],
-        p: Parallelism,
-    ) {
+    /// `logits[rows][n_vocab] = h[rows][d] · E^T`.
+    pub fn logits(&self, h: &[f32], rows: usize, logits: &mut [f32], p: Parallelism) {
         match self {
             Embedding::F32 { data, d } => {
                 let vocab = data.len() / d;
                 matmul_bt(h, rows, *d, data, vocab, logits, vocab, false, p);
             }
-            Embedding::F16 { data, d } => {
-                let d = *d;
-                let vocab = data.len() / d;
-                const BLOCK: usize = 64;
-                scratch[..vocab * rows]
-                    .par_chunks_mut(BLOCK * rows)
-                    .enumerate()
-                    .for_each_init(
-                        || vec![0.0f32; d],
-                        |row, (block, out)| {
-                            use half::slice::HalfFloatSliceExt;
-                            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
-                                let token = block * BLOCK + i;
-                                data[token * d..(token + 1) * d].convert_to_f32_slice(row);
-                                for (r, v) in o.iter_mut().enumerate() {
-                                    *v = ops::dot(row, &h[r * d..(r + 1) * d]);
-                                }
-                            }
-                        },
-                    );
-                for r in 0..rows {
-                    for (t, l) in logits[r * vocab..(r + 1) * vocab].iter_mut().enumerate() {
-                        *l = scratch[t * rows + r];
-                    }
-                }
-            }
+            Embedding::F16(m) => matmul_f16(h, rows, m, logits, m.n(), false, None, p),
         }
     }
 }
@@ -257,7 +232,11 @@ pub struct EncoderWorkspace {
     h: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
-    scores: Vec<f32>,
+    /// Per-head attention outputs `[heads][n_ctx][dh]`.
+    heads_out: Vec<f32>,
+    /// Per head, `Kᵀ` and `V` packed for the GEMM kernel (refilled every layer).
+    k_packed: Vec<PackedB>,
+    v_packed: Vec<PackedB>,
     hidden: Vec<f32>,
 }
 
@@ -272,7 +251,9 @@ impl EncoderWorkspace {
             h: vec![0.0; t * d],
             qkv: vec![0.0; t * 3 * d],
             attn: vec![0.0; t * d],
-            scores: vec![0.0; t * t],
+            heads_out: vec![0.0; t * d],
+            k_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
+            v_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
             hidden: vec![0.0; t * 4 * d],
         }
     }
@@ -349,48 +330,129 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 
     layer.attn_ln.forward(&ws.x, &mut ws.h);
     layer.qkv.forward(&ws.h, t, &mut ws.qkv, p);
-    for h in 0..heads {
-        let q = &ws.qkv[h * dh..];
-        let k = &ws.qkv[d + h * dh..];
-        matmul_strided(
-            t,
-            t,
-            dh,
-            &mut ws.scores,
-            t,
-            q,
-            3 * d,
-            1,
-            k,
-            1,
-            3 * d,
-            scale,
-            p,
-        );
-        ws.scores.par_chunks_mut(t).for_each(softmax_row);
-        let v = &ws.qkv[2 * d + h * dh..];
-        matmul_strided(
-            t,
-            dh,
-            t,
-            &mut ws.attn[h * dh..],
-            d,
-            &ws.scores,
-            t,
-            1,
-            v,
-            3 * d,
-            1,
-            1.0,
-            p,
-        );
-    }
+    encoder_self_attention(
+        &ws.qkv,
+        t,
+        heads,
+        dh,
+        scale,
+        &mut ws.k_packed,
+        &mut ws.v_packed,
+        &mut ws.heads_out,
+        threads,
+    );
+    scatter_heads(&ws.heads_out, t, heads, dh, &mut ws.attn);
     layer.attn_out.forward_accumulate(&ws.attn, t, &mut ws.x, p);
 
     layer.mlp_ln.forward(&ws.x, &mut ws.h);
     layer.fc1.forward(&ws.h, t, &mut ws.hidden, p);
     gelu_inplace(&mut ws.hidden);
     layer.fc2.forward_accumulate(&ws.hidden, t, &mut ws.x, p);
+}
+
+/// Query rows per attention task: a `ROWS × n_ctx` block of scores (500 KiB for 1500 keys)
+/// stays in L2 between the two products; a multiple of the AVX-512 kernel's 14 rows.
+const ATTN_BLOCK_ROWS: usize = 84;
+
+thread_local! {
+    /// One task's block of attention scores.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Unmasked multi-head self-attention over `t` positions, blocked by query rows so the full
+/// `t × t` score matrix is never materialised: per head, `Kᵀ` and `V` are packed once; then every
+/// (head, block of [`ATTN_BLOCK_ROWS`] queries) task computes its scores `Q Kᵀ · scale`, the
+/// softmax, and `P V` while the scores are still in cache. Tasks run on the current rayon pool
+/// (single-threaded GEMMs inside); outputs go to `out[heads][t][dh]`.
+#[allow(clippy::too_many_arguments)]
+fn encoder_self_attention(
+    qkv: &[f32],
+    t: usize,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    k_packed: &mut [PackedB],
+    v_packed: &mut [PackedB],
+    out: &mut [f32],
+    threads: usize,
+) {
+    let d = heads * dh;
+    let pack = |h: usize, kp: &mut PackedB, vp: &mut PackedB| {
+        // Kᵀ[p][j] = K[j][p]: row stride 1, column stride 3d.
+        let k = MatRef {
+            data: &qkv[d + h * dh..],
+            rs: 1,
+            cs: 3 * d,
+        };
+        kp.pack_from(k, dh, t);
+        let v = MatRef {
+            data: &qkv[2 * d + h * dh..],
+            rs: 3 * d,
+            cs: 1,
+        };
+        vp.pack_from(v, t, dh);
+    };
+    if threads <= 1 {
+        for (h, (kp, vp)) in k_packed.iter_mut().zip(v_packed.iter_mut()).enumerate() {
+            pack(h, kp, vp);
+        }
+    } else {
+        k_packed
+            .par_iter_mut()
+            .zip(v_packed.par_iter_mut())
+            .enumerate()
+            .for_each(|(h, (kp, vp))| pack(h, kp, vp));
+    }
+    let (k_packed, v_packed) = (&*k_packed, &*v_packed);
+    let block = |h: usize, r0: usize, o: &mut [f32]| {
+        let rows = o.len() / dh;
+        SCORES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < ATTN_BLOCK_ROWS * t {
+                buf.resize(ATTN_BLOCK_ROWS * t, 0.0);
+            }
+            let s = &mut buf[..rows * t];
+            let q = MatRef {
+                data: &qkv[r0 * 3 * d + h * dh..],
+                rs: 3 * d,
+                cs: 1,
+            };
+            let ep = Epilogue {
+                alpha: scale,
+                ..Epilogue::default()
+            };
+            sgemm::sgemm(rows, q, &k_packed[h], s, t, ep, Parallelism::None);
+            s.chunks_exact_mut(t).for_each(softmax_row);
+            let p = MatRef {
+                data: s,
+                rs: t,
+                cs: 1,
+            };
+            sgemm::sgemm(
+                rows,
+                p,
+                &v_packed[h],
+                o,
+                dh,
+                Epilogue::default(),
+                Parallelism::None,
+            );
+        });
+    };
+    let out = &mut out[..heads * t * dh];
+    if threads <= 1 {
+        for (h, o) in out.chunks_mut(t * dh).enumerate() {
+            for (b, ob) in o.chunks_mut(ATTN_BLOCK_ROWS * dh).enumerate() {
+                block(h, b * ATTN_BLOCK_ROWS, ob);
+            }
+        }
+    } else {
+        out.par_chunks_mut(t * dh).enumerate().for_each(|(h, o)| {
+            o.par_chunks_mut(ATTN_BLOCK_ROWS * dh)
+                .enumerate()
+                .for_each(|(b, ob)| block(h, b * ATTN_BLOCK_ROWS, ob));
+        });
+    }
 }
 
 /// Decoder runtime state: KV caches for `batch` sequences of equal length, the cross-attention
@@ -418,8 +480,6 @@ pub struct DecoderState {
     reorder_tmp: Vec<f32>,
     /// Logits of the last call, `[rows][n_vocab]`.
     pub logits: Vec<f32>,
-    /// Scratch for the f16 output projection, `[n_vocab][rows]`.
-    logits_t: Vec<f32>,
     /// Cross-attention capture for word alignment (see [`forward_capture`](Self::forward_capture)).
     capture: Option<Capture>,
 }
@@ -431,7 +491,6 @@ struct Capture {
     /// `[heads.len()][n][frames]`.
     out: Vec<f32>,
 }
-
 
 impl DecoderState {
     pub fn new(dims: &Dims, max_batch: usize) -> Self {
@@ -458,7 +517,6 @@ impl DecoderState {
             last: vec![0.0; 2 * max_batch.max(1) * d],
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
             logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
-            logits_t: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
             capture: None,
         }
     }
@@ -663,13 +721,8 @@ impl DecoderState {
                 out_rows += 1;
             }
         }
-        w.tok_emb.logits(
-            &self.last[..out_rows * d],
-            out_rows,
-            &mut self.logits_t,
-            &mut self.logits,
-            p,
-        );
+        w.tok_emb
+            .logits(&self.last[..out_rows * d], out_rows, &mut self.logits, p);
     }
 
     /// One sequence of `tokens` from an empty cache, recording the cross-attention weights of
@@ -702,20 +755,9 @@ impl DecoderState {
     }
 }
 
-struct AttendArgs<'a> {
-    q: &'a [f32],
-    q_rs: usize,
-    k: &'a [f32],
-    v: &'a [f32],
-    kv_rs: usize,
-    n: usize,
-    keys: usize,
-    heads: usize,
-    dh: usize,
-    scale: f32,
-    /// For self-attention: query `i` sees keys `0..=offset + i`.
-    causal_offset: Option<usize>,
-}
+/// Up to this many queries per sequence, [`attend`] reads K and V in place ([`ops::attend_head`])
+/// instead of running two GEMMs per head.
+const ATTEND_DIRECT_MAX_QUERIES: usize = 8;
 
 /// Multi-head attention of `n` queries over `keys` keys; per-head outputs `[heads][n][dh]`.
 fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
@@ -738,6 +780,10 @@ fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
         .enumerate()
         .for_each(|(h, (s, out))| {
             let c = h * dh;
+            if n <= ATTEND_DIRECT_MAX_QUERIES {
+                ops::attend_head(&a, h, s, out);
+                return;
+            }
             matmul_strided(
                 n,
                 keys,
@@ -795,6 +841,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn blocked_encoder_attention_matches_naive() {
+        // More rows than one block, a ragged last block, on one thread and on two.
+        let (t, heads, dh) = (2 * ATTN_BLOCK_ROWS + 13, 2, 16);
+        let d = heads * dh;
+        let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.113).sin()).collect();
+        let scale = 1.0 / (dh as f32).sqrt();
+        let want = |h: usize, i: usize, p: usize| -> f32 {
+            let c = h * dh;
+            let logits: Vec<f64> = (0..t)
+                .map(|j| {
+                    (0..dh)
+                        .map(|x| qkv[i * 3 * d + c + x] as f64 * qkv[j * 3 * d + d + c + x] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            (0..t)
+                .map(|j| (logits[j] - max).exp() / sum * qkv[j * 3 * d + 2 * d + c + p] as f64)
+                .sum::<f64>() as f32
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for threads in [1, 2] {
+            let mut kp: Vec<PackedB> = (0..heads).map(|_| PackedB::default()).collect();
+            let mut vp: Vec<PackedB> = (0..heads).map(|_| PackedB::default()).collect();
+            let mut out = vec![0.0; heads * t * dh];
+            pool.install(|| {
+                encoder_self_attention(
+                    &qkv, t, heads, dh, scale, &mut kp, &mut vp, &mut out, threads,
+                )
+            });
+            for h in 0..heads {
+                for i in [0, 1, ATTN_BLOCK_ROWS - 1, ATTN_BLOCK_ROWS, t - 1] {
+                    for p in [0, dh - 1] {
+                        let got = out[(h * t + i) * dh + p];
+                        assert!(
+                            (got - want(h, i, p)).abs() < 1e-4,
+                            "threads {threads} h {h} i {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn f16_embedding_is_lossless_and_matches_f32_logits() {
         let (vocab, d, rows) = (131, 24, 3);
         // Values exactly representable in f16 select the f16 path.
@@ -802,17 +898,17 @@ mod tests {
             .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_f32())
             .collect();
         let emb = Embedding::new(data.clone(), d);
-        assert!(matches!(emb, Embedding::F16 { .. }));
+        assert!(matches!(emb, Embedding::F16(_)));
         let mut row = vec![0.0; d];
         emb.row_into(77, &mut row);
         assert_eq!(row, data[77 * d..78 * d]);
 
         let h: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.37).sin()).collect();
-        let (mut scratch, mut got) = (vec![0.0; vocab * rows], vec![0.0; vocab * rows]);
-        emb.logits(&h, rows, &mut scratch, &mut got, Parallelism::None);
+        let mut got = vec![0.0; vocab * rows];
+        emb.logits(&h, rows, &mut got, Parallelism::None);
         let reference = Embedding::F32 { data, d };
         let mut want = vec![0.0; vocab * rows];
-        reference.logits(&h, rows, &mut scratch, &mut want, Parallelism::None);
+        reference.logits(&h, rows, &mut want, Parallelism::None);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-4, "{g} vs {w}");
         }

@@ -1,18 +1,65 @@
 //! Numeric kernels of the CPU engine. All write into caller-provided buffers: nothing here
-//! allocates.
+//! allocates (beyond the GEMM's thread-local packing buffers, once).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemv16::{MatF16, matmul_f16};
+use super::sgemm::{self, Epilogue, MatRef, PackedB};
+
+/// Up to this many rows, a [`Linear`] with f16 weights uses them (see [`Linear::with_f16`]).
+pub const F16_MAX_ROWS: usize = 16;
+
 /// A dense layer `y = x W^T + b`, weights `[out][in]` row-major as stored by CTranslate2.
+///
+/// The weights are packed once, at construction, into the panel layout of [`sgemm`] (AVX-512
+/// kernel where the CPU has it, AVX2 or portable otherwise); `forward` packs only `x`.
 pub struct Linear {
-    pub weight: Vec<f32>,
+    weight: PackedB,
+    /// The same weights `[n_out][n_in]` in f16 ([`Linear::with_f16`]), for products of at most
+    /// [`F16_MAX_ROWS`] rows, which stream the weights once and are bound by their bytes.
+    half: Option<MatF16>,
     pub bias: Option<Vec<f32>>,
     pub n_in: usize,
     pub n_out: usize,
 }
 
 impl Linear {
+    /// A layer from row-major weights `[n_out][n_in]` and an optional bias `[n_out]`.
+    pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
+        assert_eq!(weight.len(), n_out * n_in, "weight shape");
+        if let Some(b) = &bias {
+            assert_eq!(b.len(), n_out, "bias shape");
+        }
+        Self {
+            weight: PackedB::from_rows(&weight, n_out, n_in),
+            half: None,
+            bias,
+            n_in,
+            n_out,
+        }
+    }
+
+    /// Adds an f16 copy of the same weights ([`MatF16::lossless`] of the `[n_out][n_in]`
+    /// matrix), used for products of at most [`F16_MAX_ROWS`] rows (decoding: a row per beam).
+    pub fn with_f16(mut self, half: Option<MatF16>) -> Self {
+        if let Some(h) = &half {
+            assert_eq!((h.n(), h.k()), (self.n_out, self.n_in), "f16 weight shape");
+        }
+        self.half = half;
+        self
+    }
+
+    /// Whether an f16 copy is held.
+    pub fn has_f16(&self) -> bool {
+        self.half.is_some()
+    }
+
+    /// The packed weights (`B = Wᵀ`, `k = n_in`, `n = n_out`).
+    pub fn weight(&self) -> &PackedB {
+        &self.weight
+    }
+
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
         self.apply(x, rows, out, false, par);
@@ -24,23 +71,58 @@ impl Linear {
     }
 
     fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
-        debug_assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-        let (n_in, n_out) = (self.n_in, self.n_out);
-        matmul_bt(
+        assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+        if let Some(half) = self.half.as_ref().filter(|_| rows <= F16_MAX_ROWS) {
+            let bias = self.bias.as_deref();
+            matmul_f16(x, rows, half, out, self.n_out, accumulate, bias, par);
+            return;
+        }
+        matmul_packed(
             x,
             rows,
-            n_in,
+            self.n_in,
             &self.weight,
-            n_out,
             out,
-            n_out,
+            self.n_out,
             accumulate,
+            self.bias.as_deref(),
             par,
         );
-        if let Some(bias) = &self.bias {
-            add_bias(&mut out[..rows * n_out], bias);
-        }
     }
+}
+
+/// `c[m][n] (+)= a[m][k] · B + bias` for B packed once ([`PackedB`], e.g. `Wᵀ` of a weight
+/// `W[n][k]`), `a` row stride `lda`, `c` row stride `ldc`; the bias (length `n`) is fused into
+/// the store. The fast path for weights: AVX-512/AVX2 kernels chosen at run time.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed(
+    a: &[f32],
+    m: usize,
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    par: Parallelism,
+) {
+    sgemm::sgemm(
+        m,
+        MatRef {
+            data: a,
+            rs: lda,
+            cs: 1,
+        },
+        b,
+        c,
+        ldc,
+        Epilogue {
+            alpha: 1.0,
+            accumulate,
+            bias,
+        },
+        par,
+    );
 }
 
 /// `c[m][n] (+)= a[m][k] · b[n][k]^T` with `c` row stride `ldc`.
@@ -83,9 +165,48 @@ pub fn matmul_bt(
     }
 }
 
-/// General strided GEMM: `c = alpha * a · b` (+ c if accumulate); all strides in elements.
+/// From this many rows of `c` on, [`matmul_strided`] uses [`sgemm::sgemm_strided`] (which packs
+/// `b` per call, `2m` flops per packed element); below, the `gemm` crate.
+const STRIDED_SGEMM_MIN_ROWS: usize = 128;
+
+/// General strided GEMM: `c = alpha * a · b`; all strides in elements.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    alpha: f32,
+    par: Parallelism,
+) {
+    if m >= STRIDED_SGEMM_MIN_ROWS {
+        let a = MatRef {
+            data: a,
+            rs: a_rs,
+            cs: a_cs,
+        };
+        let b = MatRef {
+            data: b,
+            rs: b_rs,
+            cs: b_cs,
+        };
+        sgemm::sgemm_strided(m, n, k, c, c_rs, a, b, alpha, false, par);
+        return;
+    }
+    gemm_crate_strided(m, n, k, c, c_rs, a, a_rs, a_cs, b, b_rs, b_cs, alpha, par);
+}
+
+/// [`matmul_strided`] through the `gemm` crate (AVX2/FMA kernels; the engine's path for fewer
+/// than [`STRIDED_SGEMM_MIN_ROWS`] rows, and the baseline `examples/gemm_bench` compares with).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_crate_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -134,7 +255,7 @@ pub fn matmul_strided(
 }
 
 /// Dot product with 16 independent accumulators, so it vectorises.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -165,14 +286,7 @@ pub fn add_bias(out: &mut [f32], bias: &[f32]) {
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
     let d = gamma.len();
     let rows = x.len() / d;
-    let norm_row = |(xr, yr): (&[f32], &mut [f32])| {
-        let mean = xr.iter().sum::<f32>() / d as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + 1e-5).sqrt();
-        for i in 0..d {
-            yr[i] = (xr[i] - mean) * inv * gamma[i] + beta[i];
-        }
-    };
+    let norm_row = |(xr, yr): (&[f32], &mut [f32])| layer_norm_row(xr, gamma, beta, yr);
     if rows >= 64 {
         x.par_chunks_exact(d)
             .zip(out[..rows * d].par_chunks_exact_mut(d))
@@ -181,6 +295,67 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
         x.chunks_exact(d)
             .zip(out[..rows * d].chunks_exact_mut(d))
             .for_each(norm_row);
+    }
+}
+
+/// Defines `$name(args)` that runs `$body(args)` compiled for the widest vector ISA the CPU has
+/// (AVX-512, AVX2 + FMA, else the baseline target). `$body` must be `#[inline(always)]` and
+/// written so its loops vectorise (per-lane accumulators, no serial reductions).
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match super::sgemm::Isa::detected() {
+                    // SAFETY: the CPU has the features (detected at run time).
+                    super::sgemm::Isa::Avx512 => return unsafe { wide($($arg),*) },
+                    super::sgemm::Isa::Avx2 => return unsafe { narrow($($arg),*) },
+                    super::sgemm::Isa::Portable => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the per-lane accumulators in the vectorised reductions (one zmm).
+const LANES: usize = 16;
+
+/// The sum of `x`, accumulated per lane (vectorises; a different rounding order from a serial sum).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += f(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+simd_dispatch! {
+    /// One row of [`layer_norm`] (ε = 1e-5, biased variance, as PyTorch).
+    fn layer_norm_row(xr: &[f32], gamma: &[f32], beta: &[f32], yr: &mut [f32]) => layer_norm_row_body
+}
+
+#[inline(always)]
+fn layer_norm_row_body(xr: &[f32], gamma: &[f32], beta: &[f32], yr: &mut [f32]) {
+    let d = gamma.len();
+    let mean = lane_sum(xr, |v| v) / d as f32;
+    let var = lane_sum(xr, |v| (v - mean) * (v - mean)) / d as f32;
+    let inv = 1.0 / (var + 1e-5).sqrt();
+    for (((y, &x), &g), &b) in yr[..d].iter_mut().zip(&xr[..d]).zip(gamma).zip(beta) {
+        *y = (x - mean) * inv * g + b;
     }
 }
 
@@ -198,18 +373,26 @@ pub fn erf(x: f32) -> f32 {
 }
 
 /// GELU in its erf form: `0.5 x (1 + erf(x / sqrt 2))`.
-#[inline]
+#[inline(always)]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 pub fn gelu_inplace(x: &mut [f32]) {
     if x.len() >= 1 << 16 {
-        x.par_chunks_mut(4096)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
+        x.par_chunks_mut(4096).for_each(gelu_slice);
     } else {
-        x.iter_mut().for_each(|v| *v = gelu(*v));
+        gelu_slice(x);
     }
+}
+
+simd_dispatch! {
+    fn gelu_slice(x: &mut [f32]) => gelu_slice_body
+}
+
+#[inline(always)]
+fn gelu_slice_body(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = gelu(*v));
 }
 
 /// `e^x` for x ≤ 0 (softmax arguments), relative error below 3e-7 (a few ulp), branch-free so loops over it
@@ -219,34 +402,125 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
     // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so loops vectorise).
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
     // ln 2 split in two parts for an exact reduction.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // 2^n without a float-to-int conversion (which would not vectorise): `shifted`'s low
+    // mantissa bits hold n (-126 ≤ n ≤ 0), and shifting by 23 drops every bit above them.
+    f32::from_bits(shifted.to_bits().wrapping_add(127) << 23) * p
 }
 
-/// In-place softmax of one row.
-#[inline]
-pub fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
+simd_dispatch! {
+    /// In-place softmax of one row; `-inf` entries (masks) become exactly 0. The maximum and the
+    /// sum are kept per lane and reduced at the end, so the loops vectorise.
+    pub fn softmax_row(row: &mut [f32]) => softmax_row_lanes
+}
+
+#[inline(always)]
+fn softmax_row_lanes(row: &mut [f32]) {
+    const L: usize = LANES;
+    let ninf = f32::NEG_INFINITY;
+    let greater = |a: f32, b: f32| if b > a { b } else { a };
+    let (chunks, tail) = row.as_chunks::<L>();
+    let mut lanes = [ninf; L];
+    for c in chunks {
+        for i in 0..L {
+            lanes[i] = greater(lanes[i], c[i]);
+        }
+    }
+    let max = lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(ninf, greater);
+    if max == ninf {
         return;
     }
+    let exp = |v: f32| {
+        let e = exp_nonpositive(v - max);
+        if v == ninf { 0.0 } else { e }
+    };
+    let mut sums = [0.0f32; L];
+    let (chunks, tail) = row.as_chunks_mut::<L>();
+    for c in chunks {
+        for i in 0..L {
+            let e = exp(c[i]);
+            c[i] = e;
+            sums[i] += e;
+        }
+    }
     let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = if *v == f32::NEG_INFINITY {
-            0.0
-        } else {
-            exp_nonpositive(*v - max)
-        };
+    for v in tail.iter_mut() {
+        *v = exp(*v);
         sum += *v;
     }
+    sum += sums.iter().sum::<f32>();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Multi-head attention of `n` queries (rows of `q`, stride `q_rs`, head `h` in columns
+/// `h * dh ..`) over `keys` keys and values (rows of `k`, `v`, stride `kv_rs`), scaled by `scale`.
+#[derive(Clone, Copy)]
+pub struct AttendArgs<'a> {
+    pub q: &'a [f32],
+    pub q_rs: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub kv_rs: usize,
+    pub n: usize,
+    pub keys: usize,
+    pub heads: usize,
+    pub dh: usize,
+    pub scale: f32,
+    /// For self-attention: query `i` sees keys `0..=offset + i`.
+    pub causal_offset: Option<usize>,
+}
+
+simd_dispatch! {
+    /// Attention of head `h` for a few queries (decoding), straight from the K/V rows with no
+    /// packing. Leaves the probabilities in `scores[n][keys]` (masked keys 0) and the outputs in
+    /// `out[n][dh]`.
+    pub fn attend_head(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut [f32]) => attend_head_body
+}
+
+#[inline(always)]
+fn attend_head_body(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut [f32]) {
+    let AttendArgs {
+        q,
+        q_rs,
+        k,
+        v,
+        kv_rs,
+        n,
+        keys,
+        dh,
+        scale,
+        causal_offset: causal,
+        ..
+    } = *a;
+    let (q, k, v) = (&q[h * dh..], &k[h * dh..], &v[h * dh..]);
+    for i in 0..n {
+        let qi = &q[i * q_rs..][..dh];
+        let visible = causal.map_or(keys, |offset| (offset + i + 1).min(keys));
+        let row = &mut scores[i * keys..][..keys];
+        for (j, s) in row[..visible].iter_mut().enumerate() {
+            *s = scale * dot(qi, &k[j * kv_rs..][..dh]);
+        }
+        row[visible..].fill(f32::NEG_INFINITY);
+        softmax_row_lanes(row);
+        let o = &mut out[i * dh..][..dh];
+        o.fill(0.0);
+        for (j, &pj) in row[..visible].iter().enumerate() {
+            for (o, &vj) in o.iter_mut().zip(&v[j * kv_rs..][..dh]) {
+                *o += pj * vj;
+            }
+        }
+    }
 }
 
 /// Log-softmax of `logits` into `out` (f64 accumulation of the normaliser).
@@ -262,6 +536,110 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_matches_naive_product() {
+        let (rows, n_in, n_out) = (37, 45, 70);
+        let w: Vec<f32> = (0..n_out * n_in)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..n_out).map(|i| i as f32 * 0.01).collect();
+        let x: Vec<f32> = (0..rows * n_in)
+            .map(|i| ((i * 104_729 % 997) as f32 / 997.0) - 0.5)
+            .collect();
+        let lin = Linear::new(w.clone(), Some(b.clone()), n_in, n_out);
+        let naive = |r: usize, o: usize| -> f32 {
+            (0..n_in)
+                .map(|i| x[r * n_in + i] * w[o * n_in + i])
+                .sum::<f32>()
+                + b[o]
+        };
+        for par in [Parallelism::None, Parallelism::Rayon(2)] {
+            let mut out = vec![0.0f32; rows * n_out];
+            lin.forward(&x, rows, &mut out, par);
+            for r in 0..rows {
+                for o in 0..n_out {
+                    assert!((out[r * n_out + o] - naive(r, o)).abs() < 1e-5, "({r},{o})");
+                }
+            }
+            let mut acc = vec![1.0f32; rows * n_out];
+            lin.forward_accumulate(&x, rows, &mut acc, par);
+            for (a, o) in acc.iter().zip(&out) {
+                assert!((a - 1.0 - o).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Naive attention of head `h` for query `i`: (probabilities over all keys, output).
+    fn naive_attention(a: &AttendArgs<'_>, h: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = h * a.dh;
+        let visible = a.causal_offset.map_or(a.keys, |o| (o + i + 1).min(a.keys));
+        let logits: Vec<f64> = (0..visible)
+            .map(|j| {
+                (0..a.dh)
+                    .map(|p| a.q[i * a.q_rs + c + p] as f64 * a.k[j * a.kv_rs + c + p] as f64)
+                    .sum::<f64>()
+                    * a.scale as f64
+            })
+            .collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let mut probs: Vec<f32> = logits
+            .iter()
+            .map(|l| ((l - max).exp() / sum) as f32)
+            .collect();
+        probs.resize(a.keys, 0.0);
+        let out = (0..a.dh)
+            .map(|p| {
+                (0..visible)
+                    .map(|j| probs[j] as f64 * a.v[j * a.kv_rs + c + p] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        (probs, out)
+    }
+
+    #[test]
+    fn attend_head_matches_naive_attention() {
+        let (heads, dh, keys, n) = (3, 20, 37, 4);
+        let d = heads * dh;
+        let q: Vec<f32> = (0..n * 3 * d).map(|i| (i as f32 * 0.71).sin()).collect();
+        let kv: Vec<f32> = (0..keys * 2 * d).map(|i| (i as f32 * 0.37).cos()).collect();
+        for causal_offset in [None, Some(5)] {
+            let a = AttendArgs {
+                q: &q,
+                q_rs: 3 * d,
+                k: &kv,
+                v: &kv[d..],
+                kv_rs: 2 * d,
+                n,
+                keys,
+                heads,
+                dh,
+                scale: 0.3,
+                causal_offset,
+            };
+            for h in 0..heads {
+                let (mut scores, mut out) = (vec![9.0; n * keys], vec![9.0; n * dh]);
+                attend_head(&a, h, &mut scores, &mut out);
+                for i in 0..n {
+                    let (probs, want) = naive_attention(&a, h, i);
+                    for (g, w) in scores[i * keys..(i + 1) * keys].iter().zip(&probs) {
+                        assert!(
+                            (g - w).abs() < 1e-5,
+                            "{causal_offset:?} h {h} i {i}: p {g} vs {w}"
+                        );
+                    }
+                    for (g, w) in out[i * dh..(i + 1) * dh].iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4,
+                            "{causal_offset:?} h {h} i {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_nonpositive_is_accurate() {

@@ -1,0 +1,530 @@
+//! Encoder GEMM micro-benchmark: achieved GFLOP/s of the encoder's matrix products against the
+//! machine's measured fp32 peak.
+//!
+//! ```text
+//! cargo run --release --example gemm_bench -- [--model base|tiny|small|all] [--runs N] [--threads LIST]
+//! ```
+//! The peak is measured two ways: a register-only loop of independent FMAs with the widest
+//! vectors the CPU has (per thread count), and the best GEMM achieved on a large square product.
+//! Then, for every GEMM shape of one encoder layer (and the convolutions, and a few decoder
+//! shapes), prints the median GFLOP/s over `--runs` runs of
+//! - `gemm`: the `gemm` crate call the engine has used so far (`ops::matmul_bt` /
+//!   `ops::matmul_strided`, AVX2/FMA kernels on stable Rust),
+//! - `sgemm`: the new kernel ([`sgemm`]) with the detected instruction set (B pre-packed for
+//!   weights; packed per call for attention),
+//! - `avx2`: the new kernel forced onto its AVX2 path (where the CPU has AVX2),
+//!
+//! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses).
+
+use std::time::{Duration, Instant};
+
+use gemm::Parallelism;
+use gstwhispernpu::engine::cpu::ops;
+use gstwhispernpu::engine::cpu::sgemm::{self, Epilogue, Isa, MatRef, PackedB};
+
+const USAGE: &str = "\
+usage: gemm_bench [--model base|tiny|small|all] [--runs N] [--threads LIST] [--only LIST] [--impls LIST] [--no-peak] [--cpu-time]
+
+options:
+  --model NAME     encoder dimensions: tiny (d 384), base (d 512), small (d 768), all [default: base]
+  --runs N         timed runs per measurement, the median is reported [default: 7]
+  --threads LIST   comma-separated thread counts [default: 1,<cores>]
+  --only LIST      only the shapes whose name contains one of these (e.g. fc1,scores)
+  --impls LIST     comma-separated subset of gemm,sgemm,avx2 [default: all]
+  --no-peak        skip the peak measurements
+  --cpu-time       time by process CPU time / threads instead of wall time (Linux; for a
+                   machine shared with other work: ignores time other processes hold the cores)";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `x · Wᵀ` with W `[n][k]` (a Linear layer).
+    Linear,
+    /// Attention scores of one head: `q · kᵀ`, both strided rows of the fused QKV buffer.
+    Scores { ld: usize },
+    /// Attention output of one head: `p · v`, v strided rows of the fused QKV buffer.
+    Pv { ld: usize },
+}
+
+struct Shape {
+    name: String,
+    m: usize,
+    n: usize,
+    k: usize,
+    kind: Kind,
+    /// Times per encoder layer (for the per-layer total).
+    per_layer: usize,
+}
+
+fn shapes(d: usize, heads: usize) -> Vec<Shape> {
+    let t = 1500;
+    let dh = d / heads;
+    let lin = |name: &str, m, n, k, per_layer| Shape {
+        name: name.to_string(),
+        m,
+        n,
+        k,
+        kind: Kind::Linear,
+        per_layer,
+    };
+    vec![
+        lin("conv1 (im2col)", 2 * t, d, 80 * 3, 0),
+        lin("conv2 (im2col)", t, d, 3 * d, 0),
+        lin("qkv", t, 3 * d, d, 1),
+        Shape {
+            name: format!("scores/head ×{heads}"),
+            m: t,
+            n: t,
+            k: dh,
+            kind: Kind::Scores { ld: 3 * d },
+            per_layer: heads,
+        },
+        Shape {
+            name: format!("p·v/head ×{heads}"),
+            m: t,
+            n: dh,
+            k: t,
+            kind: Kind::Pv { ld: 3 * d },
+            per_layer: heads,
+        },
+        lin("attn out", t, d, d, 1),
+        lin("fc1", t, 4 * d, d, 1),
+        lin("fc2", t, d, 4 * d, 1),
+        lin("dec qkv m=1", 1, 3 * d, d, 0),
+        lin("dec fc1 m=5", 5, 4 * d, d, 0),
+        lin("dec fc2 m=5", 5, d, 4 * d, 0),
+    ]
+}
+
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Clock of the measurements: wall time, or (`--cpu-time`, Linux) the CPU time of the whole
+/// process divided by the thread count, which is what the wall time would be on otherwise idle
+/// cores with perfect balance: for measuring while other work shares the machine.
+static CPU_TIME: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn now() -> f64 {
+    let threads = CPU_TIME.load(std::sync::atomic::Ordering::Relaxed);
+    if threads > 0 {
+        #[cfg(target_os = "linux")]
+        {
+            #[repr(C)]
+            struct Timespec {
+                sec: i64,
+                nsec: i64,
+            }
+            unsafe extern "C" {
+                fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+            }
+            const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+            let mut ts = Timespec { sec: 0, nsec: 0 };
+            // SAFETY: valid out pointer; the struct matches `timespec` on 64-bit Linux.
+            unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            return (ts.sec as f64 + ts.nsec as f64 * 1e-9) / threads as f64;
+        }
+    }
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Median seconds of `runs` calls of `f` after one warm-up call; with at least ~20 ms per timed
+/// sample (small shapes are repeated within a sample).
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = now();
+    f();
+    let once = (now() - t0).max(1e-7);
+    let reps = ((0.02 / once).ceil() as usize).clamp(1, 10_000);
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = now();
+                for _ in 0..reps {
+                    f();
+                }
+                (now() - t) / reps as f64
+            })
+            .collect(),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    GemmCrate,
+    Sgemm(Isa),
+}
+
+/// Operands of one shape, allocated once.
+struct Operands {
+    a: Vec<f32>,
+    w: Vec<f32>,
+    packed: PackedB,
+    bias: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl Operands {
+    fn new(s: &Shape) -> Self {
+        match s.kind {
+            Kind::Linear => {
+                let w = fill(s.n * s.k, 2);
+                Self {
+                    a: fill(s.m * s.k, 1),
+                    packed: PackedB::from_rows(&w, s.n, s.k),
+                    w,
+                    bias: fill(s.n, 3),
+                    c: vec![0.0; s.m * s.n],
+                }
+            }
+            Kind::Scores { ld } => Self {
+                // One buffer holds q (at 0) and k (at ld / 3), rows of stride ld.
+                a: fill(s.m * ld, 1),
+                w: Vec::new(),
+                packed: PackedB::from_rows(&[], 0, 0),
+                bias: Vec::new(),
+                c: vec![0.0; s.m * s.n],
+            },
+            Kind::Pv { ld } => Self {
+                a: fill(s.m * s.k, 1),
+                w: fill(s.k * ld, 2),
+                packed: PackedB::from_rows(&[], 0, 0),
+                bias: Vec::new(),
+                c: vec![0.0; s.m * ld / 3],
+            },
+        }
+    }
+
+    /// One product, as the engine would issue it.
+    fn run(&mut self, s: &Shape, imp: Impl, par: Parallelism) {
+        let (m, n, k) = (s.m, s.n, s.k);
+        match (s.kind, imp) {
+            (Kind::Linear, Impl::GemmCrate) => {
+                ops::gemm_crate_strided(
+                    m,
+                    n,
+                    k,
+                    &mut self.c,
+                    n,
+                    &self.a,
+                    k,
+                    1,
+                    &self.w,
+                    1,
+                    k,
+                    1.0,
+                    par,
+                );
+                ops::add_bias(&mut self.c, &self.bias);
+            }
+            (Kind::Linear, Impl::Sgemm(_)) => sgemm::sgemm(
+                m,
+                MatRef {
+                    data: &self.a,
+                    rs: k,
+                    cs: 1,
+                },
+                &self.packed,
+                &mut self.c,
+                n,
+                Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: Some(&self.bias),
+                },
+                par,
+            ),
+            (Kind::Scores { ld }, Impl::GemmCrate) => ops::gemm_crate_strided(
+                m,
+                n,
+                k,
+                &mut self.c,
+                n,
+                &self.a,
+                ld,
+                1,
+                &self.a[ld / 3..],
+                1,
+                ld,
+                0.125,
+                par,
+            ),
+            (Kind::Scores { ld }, Impl::Sgemm(_)) => sgemm::sgemm_strided(
+                m,
+                n,
+                k,
+                &mut self.c,
+                n,
+                MatRef {
+                    data: &self.a,
+                    rs: ld,
+                    cs: 1,
+                },
+                MatRef {
+                    data: &self.a[ld / 3..],
+                    rs: 1,
+                    cs: ld,
+                },
+                0.125,
+                false,
+                par,
+            ),
+            (Kind::Pv { ld }, Impl::GemmCrate) => ops::gemm_crate_strided(
+                m,
+                n,
+                k,
+                &mut self.c,
+                ld / 3,
+                &self.a,
+                k,
+                1,
+                &self.w,
+                ld,
+                1,
+                1.0,
+                par,
+            ),
+            (Kind::Pv { ld }, Impl::Sgemm(_)) => sgemm::sgemm_strided(
+                m,
+                n,
+                k,
+                &mut self.c,
+                ld / 3,
+                MatRef {
+                    data: &self.a,
+                    rs: k,
+                    cs: 1,
+                },
+                MatRef {
+                    data: &self.w,
+                    rs: ld,
+                    cs: 1,
+                },
+                1.0,
+                false,
+                par,
+            ),
+        }
+    }
+}
+
+/// Measures `imp` on `shape` with `threads` threads: seconds per product.
+fn measure(shape: &Shape, ops: &mut Operands, imp: Impl, threads: usize, runs: usize) -> f64 {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let par = if threads <= 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    };
+    let cpu_time = CPU_TIME.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    if cpu_time {
+        CPU_TIME.store(threads, std::sync::atomic::Ordering::Relaxed);
+    }
+    pool.install(|| {
+        let mut go = || time(runs, || ops.run(shape, imp, par));
+        match imp {
+            Impl::Sgemm(isa) => sgemm::with_isa(isa, go),
+            Impl::GemmCrate => go(),
+        }
+    })
+}
+
+/// FMA-loop peak of `threads` threads running at once, GFLOP/s.
+fn fma_peak(threads: usize) -> f64 {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| sgemm::fma_peak_gflops(Duration::from_millis(600))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+fn main() {
+    let mut models = vec!["base".to_string()];
+    let mut runs = 7usize;
+    let mut only: Option<String> = None;
+    let mut no_peak = false;
+    let mut impl_filter: Option<String> = None;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut thread_counts = vec![1, cores];
+    thread_counts.dedup();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next().unwrap_or_else(|| {
+                eprintln!("gemm_bench: {arg} needs a value\n\n{USAGE}");
+                std::process::exit(2)
+            })
+        };
+        match arg.as_str() {
+            "--model" => {
+                let v = value();
+                models = if v == "all" {
+                    vec!["tiny".into(), "base".into(), "small".into()]
+                } else {
+                    vec![v]
+                }
+            }
+            "--cpu-time" => CPU_TIME.store(1, std::sync::atomic::Ordering::Relaxed),
+            "--no-peak" => no_peak = true,
+            "--only" => only = Some(value()),
+            "--impls" => impl_filter = Some(value()),
+            "--runs" => runs = value().parse().expect("--runs N"),
+            "--threads" => {
+                thread_counts = value()
+                    .split(',')
+                    .map(|t| t.trim().parse().expect("--threads LIST"))
+                    .collect()
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("gemm_bench: unknown argument {other}\n\n{USAGE}");
+                std::process::exit(2)
+            }
+        }
+    }
+    let runs = runs.max(1);
+
+    let isa = Isa::detected();
+    println!("sgemm kernel     {isa:?}");
+    let mut impls = vec![("gemm", Impl::GemmCrate), ("sgemm", Impl::Sgemm(isa))];
+    if isa != Isa::Avx2 && Isa::Avx2.supported() {
+        impls.push(("avx2", Impl::Sgemm(Isa::Avx2)));
+    }
+    if let Some(f) = &impl_filter {
+        impls.retain(|(name, _)| f.split(',').any(|x| x.trim() == *name));
+    }
+
+    // Peaks.
+    let mut fma = Vec::new();
+    let mut square = Vec::new();
+    let big = Shape {
+        name: "square 2048".into(),
+        m: 2048,
+        n: 2048,
+        k: 2048,
+        kind: Kind::Linear,
+        per_layer: 0,
+    };
+    let mut big_ops = Operands::new(&big);
+    for &t in &thread_counts {
+        if no_peak {
+            fma.push(f64::NAN);
+            square.push(f64::NAN);
+            continue;
+        }
+        let f = fma_peak(t);
+        let flops = 2.0 * (big.m * big.n * big.k) as f64;
+        let best = impls
+            .iter()
+            .map(|&(_, imp)| flops / measure(&big, &mut big_ops, imp, t, runs.min(5)) / 1e9)
+            .fold(0.0, f64::max);
+        println!(
+            "peak {t} thread{}   FMA loop {f:7.1} GFLOP/s   best GEMM 2048³ {best:7.1} GFLOP/s",
+            if t == 1 { " " } else { "s" }
+        );
+        fma.push(f);
+        square.push(best);
+    }
+    drop(big_ops);
+
+    for model in &models {
+        let (d, heads) = match model.as_str() {
+            "tiny" => (384, 6),
+            "base" => (512, 8),
+            "small" => (768, 12),
+            other => {
+                eprintln!("gemm_bench: unknown model {other}\n\n{USAGE}");
+                std::process::exit(2)
+            }
+        };
+        println!(
+            "\n{model} (d {d}, {heads} heads, T 1500): GFLOP/s, median of {runs}; (%) of the FMA-loop peak"
+        );
+        let mut header = format!("{:<22} {:>16}", "shape", "m×n×k");
+        for &t in &thread_counts {
+            for (name, _) in &impls {
+                header += &format!(" {:>13}", format!("{name} {t}T"));
+            }
+        }
+        println!("{header}");
+        // Per-layer seconds for each (threads, impl) column.
+        let mut layer = vec![0.0f64; thread_counts.len() * impls.len()];
+        let mut layer_flops = 0.0;
+        for s in shapes(d, heads) {
+            if only
+                .as_ref()
+                .is_some_and(|o| !o.split(',').any(|o| s.name.contains(o.trim())))
+            {
+                continue;
+            }
+            let flops = 2.0 * (s.m * s.n * s.k) as f64;
+            let mut ops = Operands::new(&s);
+            let mut line = format!("{:<22} {:>16}", s.name, format!("{}×{}×{}", s.m, s.n, s.k));
+            let mut col = 0;
+            for (ti, &t) in thread_counts.iter().enumerate() {
+                for &(_, imp) in &impls {
+                    let secs = measure(&s, &mut ops, imp, t, runs);
+                    let g = flops / secs / 1e9;
+                    line += &format!(" {:>6.1} ({:>3.0}%)", g, 100.0 * g / fma[ti]);
+                    layer[col] += secs * s.per_layer as f64;
+                    col += 1;
+                }
+            }
+            layer_flops += flops * s.per_layer as f64;
+            println!("{line}");
+        }
+        let mut line = format!("{:<22} {:>16}", "encoder layer total", "");
+        for (col, secs) in layer.iter().enumerate() {
+            let ti = col / impls.len();
+            let g = layer_flops / secs / 1e9;
+            line += &format!(" {:>6.1} ({:>3.0}%)", g, 100.0 * g / fma[ti]);
+        }
+        println!("{line}");
+        let mut line = format!("{:<22} {:>16}", "  ms per layer (GEMMs)", "");
+        for secs in &layer {
+            line += &format!(" {:>13.2}", secs * 1e3);
+        }
+        println!("{line}");
+        if only.is_none() {
+            // For scale: the softmax over the attention scores, as the encoder runs it.
+            let t = 1500;
+            let mut scores = fill(t * t, 4);
+            let mut line = format!("{:<39}", format!("  softmax {heads}×{t}×{t}, ms/layer"));
+            for &threads in &thread_counts {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                let secs = pool.install(|| {
+                    time(runs, || {
+                        use rayon::prelude::*;
+                        scores.par_chunks_mut(t).for_each(ops::softmax_row)
+                    })
+                });
+                line += &format!(" {:>12.2} ({threads}T)", secs * heads as f64 * 1e3);
+            }
+            println!("{line}");
+        }
+    }
+    let _ = square;
+}

@@ -1,0 +1,330 @@
+//! Products with f16 weights for the decoder, where few rows (one per beam) meet large weight
+//! matrices and the time goes to streaming the weights: stored as f16 (lossless when the model
+//! file holds f16, as Whisper checkpoints do), the bytes read per token halve.
+//!
+//! `out[r][j] (+)= Σ_p h[r][p] · W[j][p] (+ bias[j])` with `W` row-major `[n][k]`, the `Linear`
+//! layout. The kernel walks four weight rows at a time along `k`, converting 16 (AVX-512) or 8
+//! (AVX2 + F16C) halves per load to f32 and multiplying them with up to four input rows held
+//! in L1; accumulators are reduced once per output. Threads split the output columns.
+
+use gemm::Parallelism;
+use half::f16;
+use rayon::prelude::*;
+
+use super::sgemm::Isa;
+
+/// A row-major `[n][k]` f16 matrix.
+pub struct MatF16 {
+    data: Vec<f16>,
+    n: usize,
+    k: usize,
+}
+
+impl MatF16 {
+    /// `w[n][k]` as f16 when every value survives the conversion exactly, else `None`.
+    pub fn lossless(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), n * k);
+        let data: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        data.iter()
+            .zip(w)
+            .all(|(h, &v)| h.to_f32() == v)
+            .then_some(Self { data, n, k })
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Row `j` as f32 into `out`.
+    pub fn row_into(&self, j: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        self.data[j * self.k..(j + 1) * self.k].convert_to_f32_slice(&mut out[..self.k]);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// Output columns per task when threads split the work (a multiple of the 4-row step).
+const COLS_PER_TASK: usize = 256;
+/// Input rows handled together (the weights are re-read from L1 for every group).
+const ROW_GROUP: usize = 4;
+
+/// `out[r][j] (+)= h[r][..k] · W[j][..k] (+ bias[j])` for `r < rows`, `j < n`; `h` row stride
+/// `k`, `out` row stride `ldo`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f16(
+    h: &[f32],
+    rows: usize,
+    w: &MatF16,
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    par: Parallelism,
+) {
+    let (n, k) = (w.n, w.k);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(h.len() >= rows * k, "h too small");
+    assert!(
+        ldo >= n && out.len() >= (rows - 1) * ldo + n,
+        "out too small"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "bias too short");
+    }
+    let job = Job {
+        h: h.as_ptr(),
+        rows,
+        w: w.data.as_ptr(),
+        k,
+        out: out.as_mut_ptr(),
+        ldo,
+        accumulate,
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        isa: super::sgemm::current_isa(),
+    };
+    let threads = super::sgemm::threads_of(par);
+    if threads <= 1 || n * k * rows < (1 << 17) {
+        job.columns(0..n);
+    } else {
+        let per = COLS_PER_TASK.min(n.div_ceil(threads).next_multiple_of(4));
+        (0..n.div_ceil(per))
+            .into_par_iter()
+            .for_each(|t| job.columns(t * per..n.min((t + 1) * per)));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Job {
+    h: *const f32,
+    rows: usize,
+    w: *const f16,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+    bias: *const f32,
+    isa: Isa,
+}
+
+// SAFETY: tasks write disjoint columns of `out` and only read `h`, `w`, `bias`, which outlive
+// the call (asserted sizes in `matmul_f16`).
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    fn columns(&self, cols: std::ops::Range<usize>) {
+        let mut j = cols.start;
+        while j < cols.end {
+            let nj = 4.min(cols.end - j);
+            let mut r = 0;
+            while r < self.rows {
+                let nr = ROW_GROUP.min(self.rows - r);
+                let mut acc = [[0.0f32; 4]; ROW_GROUP];
+                // SAFETY: rows r..r+nr of h and weight rows j..j+nj exist (asserted by the caller).
+                unsafe { self.dots(r, nr, j, nj, &mut acc) };
+                for (ri, row) in acc.iter().enumerate().take(nr) {
+                    for (jj, &v) in row.iter().enumerate().take(nj) {
+                        // SAFETY: (r + ri, j + jj) is inside `out`, in this task's columns.
+                        unsafe {
+                            let o = self.out.add((r + ri) * self.ldo + j + jj);
+                            let mut v = v;
+                            if !self.bias.is_null() {
+                                v += *self.bias.add(j + jj);
+                            }
+                            if self.accumulate {
+                                v += *o;
+                            }
+                            *o = v;
+                        }
+                    }
+                }
+                r += nr;
+            }
+            j += nj;
+        }
+    }
+
+    /// `acc[ri][jj] = h[r + ri] · W[j + jj]` for `ri < nr`, `jj < nj`.
+    ///
+    /// # Safety
+    /// Rows `r..r+nr` of `h` and `j..j+nj` of `w` exist.
+    unsafe fn dots(&self, r: usize, nr: usize, j: usize, nj: usize, acc: &mut [[f32; 4]; 4]) {
+        // SAFETY: forwarded; the ISA was detected on this CPU.
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => dots_avx512(self.h, self.k, r, nr, self.w, j, nj, acc),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 if std::arch::is_x86_feature_detected!("f16c") => {
+                    dots_avx2(self.h, self.k, r, nr, self.w, j, nj, acc)
+                }
+                _ => dots_portable(self.h, self.k, r, nr, self.w, j, nj, acc),
+            }
+        }
+    }
+}
+
+/// Portable fallback.
+///
+/// # Safety
+/// As [`Job::dots`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_portable(
+    h: *const f32,
+    k: usize,
+    r: usize,
+    nr: usize,
+    w: *const f16,
+    j: usize,
+    nj: usize,
+    acc: &mut [[f32; 4]; 4],
+) {
+    for jj in 0..nj {
+        // SAFETY: row j + jj of w has k halves.
+        let wr = unsafe { std::slice::from_raw_parts(w.add((j + jj) * k), k) };
+        for (ri, a) in acc.iter_mut().enumerate().take(nr) {
+            // SAFETY: row r + ri of h has k floats.
+            let hr = unsafe { std::slice::from_raw_parts(h.add((r + ri) * k), k) };
+            a[jj] = hr.iter().zip(wr).map(|(x, y)| x * y.to_f32()).sum();
+        }
+    }
+}
+
+/// Defines an x86 `dots` kernel (see [`Job::dots`]) for one vector width: `$lanes` floats per
+/// vector, `$cvt` converting `$lanes` halves at a pointer, `$sum` reducing a vector.
+macro_rules! dots_kernel {
+    ($name:ident, $features:literal, $lanes:literal, $zero:expr, $cvt:expr, $load:expr, $fma:expr, $sum:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            h: *const f32,
+            k: usize,
+            r: usize,
+            nr: usize,
+            w: *const f16,
+            j: usize,
+            nj: usize,
+            acc: &mut [[f32; 4]; 4],
+        ) {
+            #[allow(unused_imports)]
+            use std::arch::x86_64::*;
+            let mut s = [[$zero; 4]; 4];
+            let main = k / $lanes * $lanes;
+            // SAFETY (whole body): reads stay inside rows r..r+nr of h and j..j+nj of w
+            // (caller); rows past nj / nr are clamped to the last valid one, their sums unused.
+            unsafe {
+                let wrow = |jj: usize| w.add((j + jj.min(nj - 1)) * k);
+                let hrow = |ri: usize| h.add((r + ri.min(nr - 1)) * k);
+                let (w0, w1, w2, w3) = (wrow(0), wrow(1), wrow(2), wrow(3));
+                let mut p = 0;
+                while p < main {
+                    let b = [
+                        $cvt(w0.add(p)),
+                        $cvt(w1.add(p)),
+                        $cvt(w2.add(p)),
+                        $cvt(w3.add(p)),
+                    ];
+                    for (ri, srow) in s.iter_mut().enumerate() {
+                        if ri < nr {
+                            let a = $load(hrow(ri).add(p));
+                            for jj in 0..4 {
+                                srow[jj] = $fma(a, b[jj], srow[jj]);
+                            }
+                        }
+                    }
+                    p += $lanes;
+                }
+                for ri in 0..nr {
+                    for jj in 0..nj {
+                        let mut v = $sum(s[ri][jj]);
+                        for q in main..k {
+                            v += *hrow(ri).add(q) * (*wrow(jj).add(q)).to_f32();
+                        }
+                        acc[ri][jj] = v;
+                    }
+                }
+            }
+        }
+    };
+}
+
+dots_kernel!(
+    dots_avx512,
+    "avx512f",
+    16,
+    _mm512_setzero_ps(),
+    |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+    |p: *const f32| _mm512_loadu_ps(p),
+    |a, b, c| _mm512_fmadd_ps(a, b, c),
+    |v| _mm512_reduce_add_ps(v)
+);
+
+dots_kernel!(
+    dots_avx2,
+    "avx2,fma,f16c",
+    8,
+    _mm256_setzero_ps(),
+    |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    |p: *const f32| _mm256_loadu_ps(p),
+    |a, b, c| _mm256_fmadd_ps(a, b, c),
+    |v: __m256| {
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::sgemm::with_isa;
+
+    #[test]
+    fn matches_f32_product_on_every_path() {
+        for (rows, n, k) in [(1, 70, 45), (5, 33, 512), (9, 130, 24), (3, 4, 16)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0) - 0.5).to_f32())
+                .collect();
+            let m = MatF16::lossless(&w, n, k).expect("f16-exact weights");
+            let h: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+            let want = |r: usize, j: usize| -> f32 {
+                (0..k).map(|p| h[r * k + p] * w[j * k + p]).sum::<f32>() + bias[j]
+            };
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                if !isa.supported() {
+                    continue;
+                }
+                for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                    let ldo = n + 3;
+                    let mut out = vec![1.0f32; rows * ldo];
+                    with_isa(isa, || {
+                        matmul_f16(&h, rows, &m, &mut out, ldo, true, Some(&bias), par)
+                    });
+                    for r in 0..rows {
+                        for j in 0..n {
+                            let got = out[r * ldo + j] - 1.0;
+                            assert!(
+                                (got - want(r, j)).abs() < 1e-4,
+                                "{isa:?} rows {rows} ({r},{j}): {got} vs {}",
+                                want(r, j)
+                            );
+                        }
+                        assert_eq!(out[r * ldo + n], 1.0, "padding untouched");
+                    }
+                }
+            }
+        }
+        assert!(MatF16::lossless(&[0.1], 1, 1).is_none());
+    }
+}
