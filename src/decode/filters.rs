@@ -1,5 +1,6 @@
 //! Logit filters, applied in openai's order: suppress blank, suppress tokens, timestamp rules.
 
+use crate::engine::cpu::ops::log_sum_exp;
 use crate::model::SpecialTokens;
 
 /// The filters of one window's decoding, prepared once per window.
@@ -111,18 +112,8 @@ impl TimestampRules {
         if max == neg {
             return;
         }
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let lse = max as f64 + sum.ln();
-        let ts_max = logits[tb..].iter().copied().fold(neg, f32::max);
-        let timestamp_logprob = if ts_max == neg {
-            f64::NEG_INFINITY
-        } else {
-            let s: f64 = logits[tb..]
-                .iter()
-                .map(|&l| ((l - ts_max) as f64).exp())
-                .sum();
-            ts_max as f64 + s.ln() - lse
-        };
+        let lse = log_sum_exp(logits);
+        let timestamp_logprob = log_sum_exp(&logits[tb..]) - lse;
         let text_max = logits[..tb].iter().copied().fold(neg, f32::max) as f64 - lse;
         if timestamp_logprob > text_max {
             logits[..tb].fill(neg);

@@ -425,18 +425,7 @@ simd_dispatch! {
 fn softmax_row_lanes(row: &mut [f32]) {
     const L: usize = LANES;
     let ninf = f32::NEG_INFINITY;
-    let greater = |a: f32, b: f32| if b > a { b } else { a };
-    let (chunks, tail) = row.as_chunks::<L>();
-    let mut lanes = [ninf; L];
-    for c in chunks {
-        for i in 0..L {
-            lanes[i] = greater(lanes[i], c[i]);
-        }
-    }
-    let max = lanes
-        .into_iter()
-        .chain(tail.iter().copied())
-        .fold(ninf, greater);
+    let max = lane_max(row);
     if max == ninf {
         return;
     }
@@ -523,11 +512,45 @@ fn attend_head_body(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut 
     }
 }
 
-/// Log-softmax of `logits` into `out` (f64 accumulation of the normaliser).
+simd_dispatch! {
+    /// `ln Σ eˣ` over `x` (f64 result, per-lane f32 sums of exponentials taken from the maximum);
+    /// `-inf` entries (masks) add nothing; `-inf` when every entry is.
+    pub fn log_sum_exp(x: &[f32]) -> f64 => log_sum_exp_body
+}
+
+#[inline(always)]
+fn log_sum_exp_body(x: &[f32]) -> f64 {
+    let max = lane_max(x);
+    if max == f32::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    let sum = lane_sum(x, |v| {
+        let e = exp_nonpositive(v - max);
+        if v == f32::NEG_INFINITY { 0.0 } else { e }
+    });
+    max as f64 + (sum as f64).ln()
+}
+
+/// The maximum of `x` (`-inf` when empty), per lane so it vectorises.
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let greater = |a: f32, b: f32| if b > a { b } else { a };
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = greater(lanes[i], c[i]);
+        }
+    }
+    lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, greater)
+}
+
+/// Log-softmax of `logits` into `out`.
 pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
+    let lse = log_sum_exp(logits) as f32;
     for (o, &v) in out.iter_mut().zip(logits) {
         *o = v - lse;
     }
