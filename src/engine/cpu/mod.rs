@@ -4,7 +4,7 @@
 //! preallocated [`EncoderWorkspace`]; the decoder keeps its self-attention KV cache and the
 //! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
 
-pub mod gemv16;
+pub mod gemv;
 pub mod ops;
 pub mod sgemm;
 
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::error::ModelError;
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
-use gemv16::{MatF16, matmul_f16};
+use gemv::{MatLow, matmul_low};
 use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
 use sgemm::{Epilogue, MatRef, PackedB};
 
@@ -72,6 +72,14 @@ pub struct Weights {
 
 struct Loader<'a> {
     file: &'a Ct2File,
+    /// Decoder weights in int8 (experimental, `WHISPERNPU_DECODER_INT8=1`).
+    int8: bool,
+}
+
+/// Whether `WHISPERNPU_DECODER_INT8=1` asks for int8 decoder weights (an experiment measured with
+/// `scripts/bench-anchor`; not yet a `compute-type` option).
+fn decoder_int8_requested() -> bool {
+    std::env::var("WHISPERNPU_DECODER_INT8").is_ok_and(|v| v == "1")
 }
 
 impl Loader<'_> {
@@ -104,12 +112,15 @@ impl Loader<'_> {
         } else {
             None
         };
-        let half = if f16 {
-            MatF16::lossless(&weight, n_out, n_in)
-        } else {
-            None
+        let low = match (f16, self.int8) {
+            (false, _) => None,
+            (true, false) => MatLow::lossless(&weight, n_out, n_in),
+            (true, true) => Some(MatLow::int8(&weight, n_out, n_in)),
         };
-        Ok(Linear::new(weight, bias, n_in, n_out).with_f16(half))
+        Ok(match low {
+            Some(low) => Linear::new_low(low, bias),
+            None => Linear::new(weight, bias, n_in, n_out),
+        })
     }
     fn conv(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
         let weight = self
@@ -122,7 +133,10 @@ impl Loader<'_> {
 
 impl Weights {
     pub fn from_ct2(file: &Ct2File, dims: &Dims) -> Result<Self, ModelError> {
-        let l = Loader { file };
+        let l = Loader {
+            file,
+            int8: decoder_int8_requested(),
+        };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         let enc_layers = (0..dims.n_audio_layer)
             .map(|i| {
@@ -164,10 +178,15 @@ impl Weights {
             )?,
             enc_layers,
             enc_ln: l.ln("encoder/layer_norm", da)?,
-            tok_emb: Embedding::new(
-                file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
-                dt,
-            ),
+            tok_emb: if l.int8 {
+                let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
+                Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt))
+            } else {
+                Embedding::new(
+                    file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
+                    dt,
+                )
+            },
             dec_pos: file.tensor(
                 "decoder/position_encodings/encodings",
                 &[dims.n_text_ctx, dt],
@@ -180,16 +199,16 @@ impl Weights {
 
 /// The token embedding matrix `[n_vocab][d]`, which is also the tied output projection. Kept in
 /// f16 when that is lossless (the weights were stored as f16), halving the bytes the decoder
-/// streams for every token's logits; f32 otherwise.
+/// streams for every token's logits (int8 with `WHISPERNPU_DECODER_INT8=1`); f32 otherwise.
 pub enum Embedding {
     F32 { data: Vec<f32>, d: usize },
-    F16(MatF16),
+    Low(MatLow),
 }
 
 impl Embedding {
     pub fn new(data: Vec<f32>, d: usize) -> Self {
-        match MatF16::lossless(&data, data.len() / d, d) {
-            Some(m) => Embedding::F16(m),
+        match MatLow::lossless(&data, data.len() / d, d) {
+            Some(m) => Embedding::Low(m),
             None => Embedding::F32 { data, d },
         }
     }
@@ -198,7 +217,7 @@ impl Embedding {
     pub fn row_into(&self, token: usize, out: &mut [f32]) {
         match self {
             Embedding::F32 { data, d } => out.copy_from_slice(&data[token * d..(token + 1) * d]),
-            Embedding::F16(m) => m.row_into(token, out),
+            Embedding::Low(m) => m.row_into(token, out),
         }
     }
 
@@ -209,7 +228,7 @@ impl Embedding {
                 let vocab = data.len() / d;
                 matmul_bt(h, rows, *d, data, vocab, logits, vocab, false, p);
             }
-            Embedding::F16(m) => matmul_f16(h, rows, m, logits, m.n(), false, None, p),
+            Embedding::Low(m) => matmul_low(h, rows, m, logits, m.n(), false, None, p),
         }
     }
 }
@@ -898,7 +917,7 @@ mod tests {
             .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_f32())
             .collect();
         let emb = Embedding::new(data.clone(), d);
-        assert!(matches!(emb, Embedding::F16(_)));
+        assert!(matches!(emb, Embedding::Low(_)));
         let mut row = vec![0.0; d];
         emb.row_into(77, &mut row);
         assert_eq!(row, data[77 * d..78 * d]);

@@ -4,60 +4,70 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::gemv16::{MatF16, matmul_f16};
+use super::gemv::{MatLow, matmul_low};
 use super::sgemm::{self, Epilogue, MatRef, PackedB};
 
-/// Up to this many rows, a [`Linear`] with f16 weights uses them (see [`Linear::with_f16`]).
-pub const F16_MAX_ROWS: usize = 16;
+/// Up to this many rows, a [`Linear`] with reduced-precision weights streams them directly
+/// ([`matmul_low`]); more rows unpack them and run the packed GEMM.
+pub const LOW_MAX_ROWS: usize = 16;
 
 /// A dense layer `y = x W^T + b`, weights `[out][in]` row-major as stored by CTranslate2.
 ///
-/// The weights are packed once, at construction, into the panel layout of [`sgemm`] (AVX-512
-/// kernel where the CPU has it, AVX2 or portable otherwise); `forward` packs only `x`.
+/// Either packed once, at construction, into the panel layout of [`sgemm`] (AVX-512 kernel where
+/// the CPU has it, AVX2 or portable otherwise; `forward` packs only `x`), or, for the decoder,
+/// held in reduced precision ([`MatLow`]: f16, lossless for f16 checkpoints, or int8): products
+/// of at most [`LOW_MAX_ROWS`] rows (a row per beam) stream those weights directly; larger ones
+/// (a prompt) unpack them into a per-thread scratch and run the packed GEMM.
 pub struct Linear {
-    weight: PackedB,
-    /// The same weights `[n_out][n_in]` in f16 ([`Linear::with_f16`]), for products of at most
-    /// [`F16_MAX_ROWS`] rows, which stream the weights once and are bound by their bytes.
-    half: Option<MatF16>,
+    weights: LinearWeights,
     pub bias: Option<Vec<f32>>,
     pub n_in: usize,
     pub n_out: usize,
+}
+
+enum LinearWeights {
+    Packed(PackedB),
+    Low(MatLow),
+}
+
+thread_local! {
+    /// Reduced-precision weights unpacked to f32 for a many-row product.
+    static UNPACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Linear {
     /// A layer from row-major weights `[n_out][n_in]` and an optional bias `[n_out]`.
     pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
+        Self::with(
+            LinearWeights::Packed(PackedB::from_rows(&weight, n_out, n_in)),
+            bias,
+            n_in,
+            n_out,
+        )
+    }
+
+    /// A layer holding its weights `[n_out][n_in]` in reduced precision only.
+    pub fn new_low(weight: MatLow, bias: Option<Vec<f32>>) -> Self {
+        let (n_in, n_out) = (weight.k(), weight.n());
+        Self::with(LinearWeights::Low(weight), bias, n_in, n_out)
+    }
+
+    fn with(weights: LinearWeights, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         if let Some(b) = &bias {
             assert_eq!(b.len(), n_out, "bias shape");
         }
         Self {
-            weight: PackedB::from_rows(&weight, n_out, n_in),
-            half: None,
+            weights,
             bias,
             n_in,
             n_out,
         }
     }
 
-    /// Adds an f16 copy of the same weights ([`MatF16::lossless`] of the `[n_out][n_in]`
-    /// matrix), used for products of at most [`F16_MAX_ROWS`] rows (decoding: a row per beam).
-    pub fn with_f16(mut self, half: Option<MatF16>) -> Self {
-        if let Some(h) = &half {
-            assert_eq!((h.n(), h.k()), (self.n_out, self.n_in), "f16 weight shape");
-        }
-        self.half = half;
-        self
-    }
-
-    /// Whether an f16 copy is held.
-    pub fn has_f16(&self) -> bool {
-        self.half.is_some()
-    }
-
-    /// The packed weights (`B = Wᵀ`, `k = n_in`, `n = n_out`).
-    pub fn weight(&self) -> &PackedB {
-        &self.weight
+    /// Whether the weights are held in reduced precision.
+    pub fn is_low(&self) -> bool {
+        matches!(self.weights, LinearWeights::Low(_))
     }
 
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
@@ -71,23 +81,38 @@ impl Linear {
     }
 
     fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
-        assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-        if let Some(half) = self.half.as_ref().filter(|_| rows <= F16_MAX_ROWS) {
-            let bias = self.bias.as_deref();
-            matmul_f16(x, rows, half, out, self.n_out, accumulate, bias, par);
-            return;
+        let (n_in, n_out) = (self.n_in, self.n_out);
+        assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
+        let bias = self.bias.as_deref();
+        match &self.weights {
+            LinearWeights::Packed(w) => {
+                matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par)
+            }
+            LinearWeights::Low(w) if rows <= LOW_MAX_ROWS => {
+                matmul_low(x, rows, w, out, n_out, accumulate, bias, par)
+            }
+            LinearWeights::Low(w) => UNPACKED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.resize(n_out * n_in, 0.0);
+                for (j, row) in buf.chunks_exact_mut(n_in).enumerate() {
+                    w.row_into(j, row);
+                }
+                let a = MatRef {
+                    data: x,
+                    rs: n_in,
+                    cs: 1,
+                };
+                let b = MatRef {
+                    data: &buf,
+                    rs: 1,
+                    cs: n_in,
+                };
+                sgemm::sgemm_strided(rows, n_out, n_in, out, n_out, a, b, 1.0, accumulate, par);
+                if let Some(bias) = bias {
+                    add_bias(&mut out[..rows * n_out], bias);
+                }
+            }),
         }
-        matmul_packed(
-            x,
-            rows,
-            self.n_in,
-            &self.weight,
-            out,
-            self.n_out,
-            accumulate,
-            self.bias.as_deref(),
-            par,
-        );
     }
 }
 
@@ -589,6 +614,38 @@ mod tests {
             lin.forward_accumulate(&x, rows, &mut acc, par);
             for (a, o) in acc.iter().zip(&out) {
                 assert!((a - 1.0 - o).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn low_precision_linear_matches_naive_product_for_few_and_many_rows() {
+        let (n_in, n_out) = (45, 70);
+        // f16-exact weights: the f16 layer must equal the f32 one up to summation order.
+        let w: Vec<f32> = (0..n_out * n_in)
+            .map(|i| half::f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0) - 0.5).to_f32())
+            .collect();
+        let b: Vec<f32> = (0..n_out).map(|i| i as f32 * 0.01).collect();
+        let low = Linear::new_low(MatLow::lossless(&w, n_out, n_in).unwrap(), Some(b.clone()));
+        assert!(low.is_low());
+        for rows in [1, LOW_MAX_ROWS, LOW_MAX_ROWS + 21] {
+            let x: Vec<f32> = (0..rows * n_in).map(|i| (i as f32 * 0.61).cos()).collect();
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let mut out = vec![1.0f32; rows * n_out];
+                low.forward_accumulate(&x, rows, &mut out, par);
+                for r in 0..rows {
+                    for o in 0..n_out {
+                        let want = 1.0
+                            + b[o]
+                            + (0..n_in)
+                                .map(|i| x[r * n_in + i] * w[o * n_in + i])
+                                .sum::<f32>();
+                        assert!(
+                            (out[r * n_out + o] - want).abs() < 1e-4,
+                            "rows {rows} ({r},{o})"
+                        );
+                    }
+                }
             }
         }
     }

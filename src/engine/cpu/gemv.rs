@@ -1,10 +1,11 @@
-//! Products with f16 weights for the decoder, where few rows (one per beam) meet large weight
-//! matrices and the time goes to streaming the weights: stored as f16 (lossless when the model
-//! file holds f16, as Whisper checkpoints do), the bytes read per token halve.
+//! Products with reduced-precision weights for the decoder, where few rows (one per beam) meet
+//! large weight matrices and the time goes to streaming the weights: stored as f16 (lossless
+//! when the model file holds f16, as Whisper checkpoints do) the bytes read per token halve; as
+//! int8 with a scale per row (lossy, experimental) they halve again.
 //!
 //! `out[r][j] (+)= Σ_p h[r][p] · W[j][p] (+ bias[j])` with `W` row-major `[n][k]`, the `Linear`
 //! layout. The kernel walks four weight rows at a time along `k`, converting 16 (AVX-512) or 8
-//! (AVX2 + F16C) halves per load to f32 and multiplying them with up to four input rows held
+//! (AVX2) weights per load to f32 and multiplying them with up to four input rows held
 //! in L1; accumulators are reduced once per output. Threads split the output columns.
 
 use gemm::Parallelism;
@@ -13,14 +14,20 @@ use rayon::prelude::*;
 
 use super::sgemm::Isa;
 
-/// A row-major `[n][k]` f16 matrix.
-pub struct MatF16 {
-    data: Vec<f16>,
+/// A row-major `[n][k]` weight matrix in reduced precision: f16 (lossless for f16 checkpoints)
+/// or int8 with one f32 scale per row (symmetric, `w ≈ q · scale`, `|q| ≤ 127`).
+pub struct MatLow {
+    data: Low,
     n: usize,
     k: usize,
 }
 
-impl MatF16 {
+enum Low {
+    F16(Vec<f16>),
+    I8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+impl MatLow {
     /// `w[n][k]` as f16 when every value survives the conversion exactly, else `None`.
     pub fn lossless(w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k);
@@ -28,7 +35,34 @@ impl MatF16 {
         data.iter()
             .zip(w)
             .all(|(h, &v)| h.to_f32() == v)
-            .then_some(Self { data, n, k })
+            .then_some(Self {
+                data: Low::F16(data),
+                n,
+                k,
+            })
+    }
+
+    /// `w[n][k]` quantised to int8 per row (lossy: about 0.4 % of the row's largest weight).
+    pub fn int8(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k);
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![0.0f32; n];
+        for ((row, qrow), scale) in w
+            .chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .zip(&mut scales)
+        {
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            for (d, &v) in qrow.iter_mut().zip(row) {
+                *d = (v / *scale).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Self {
+            data: Low::I8 { q, scales },
+            n,
+            k,
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -39,14 +73,30 @@ impl MatF16 {
         self.k
     }
 
-    /// Row `j` as f32 into `out`.
+    /// Whether the weights are int8.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.data, Low::I8 { .. })
+    }
+
+    /// Row `j` as f32 into `out` (dequantised for int8).
     pub fn row_into(&self, j: usize, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
-        self.data[j * self.k..(j + 1) * self.k].convert_to_f32_slice(&mut out[..self.k]);
+        let k = self.k;
+        match &self.data {
+            Low::F16(d) => d[j * k..(j + 1) * k].convert_to_f32_slice(&mut out[..k]),
+            Low::I8 { q, scales } => {
+                for (o, &v) in out[..k].iter_mut().zip(&q[j * k..(j + 1) * k]) {
+                    *o = v as f32 * scales[j];
+                }
+            }
+        }
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len() * 2
+        match &self.data {
+            Low::F16(d) => d.len() * 2,
+            Low::I8 { q, scales } => q.len() + scales.len() * 4,
+        }
     }
 }
 
@@ -58,10 +108,10 @@ const ROW_GROUP: usize = 4;
 /// `out[r][j] (+)= h[r][..k] · W[j][..k] (+ bias[j])` for `r < rows`, `j < n`; `h` row stride
 /// `k`, `out` row stride `ldo`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_f16(
+pub fn matmul_low(
     h: &[f32],
     rows: usize,
-    w: &MatF16,
+    w: &MatLow,
     out: &mut [f32],
     ldo: usize,
     accumulate: bool,
@@ -80,10 +130,15 @@ pub fn matmul_f16(
     if let Some(b) = bias {
         assert!(b.len() >= n, "bias too short");
     }
+    let (wp, scales) = match &w.data {
+        Low::F16(d) => (Weights::F16(d.as_ptr()), std::ptr::null()),
+        Low::I8 { q, scales } => (Weights::I8(q.as_ptr()), scales.as_ptr()),
+    };
     let job = Job {
         h: h.as_ptr(),
         rows,
-        w: w.data.as_ptr(),
+        w: wp,
+        scales,
         k,
         out: out.as_mut_ptr(),
         ldo,
@@ -103,10 +158,18 @@ pub fn matmul_f16(
 }
 
 #[derive(Clone, Copy)]
+enum Weights {
+    F16(*const f16),
+    I8(*const i8),
+}
+
+#[derive(Clone, Copy)]
 struct Job {
     h: *const f32,
     rows: usize,
-    w: *const f16,
+    w: Weights,
+    /// Per-row scales of int8 weights, else null.
+    scales: *const f32,
     k: usize,
     out: *mut f32,
     ldo: usize,
@@ -116,7 +179,7 @@ struct Job {
 }
 
 // SAFETY: tasks write disjoint columns of `out` and only read `h`, `w`, `bias`, which outlive
-// the call (asserted sizes in `matmul_f16`).
+// the call (asserted sizes in `matmul_low`).
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
@@ -137,6 +200,9 @@ impl Job {
                         unsafe {
                             let o = self.out.add((r + ri) * self.ldo + j + jj);
                             let mut v = v;
+                            if !self.scales.is_null() {
+                                v *= *self.scales.add(j + jj);
+                            }
                             if !self.bias.is_null() {
                                 v += *self.bias.add(j + jj);
                             }
@@ -158,18 +224,47 @@ impl Job {
     /// # Safety
     /// Rows `r..r+nr` of `h` and `j..j+nj` of `w` exist.
     unsafe fn dots(&self, r: usize, nr: usize, j: usize, nj: usize, acc: &mut [[f32; 4]; 4]) {
+        let (h, k) = (self.h, self.k);
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = self.isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("f16c");
         // SAFETY: forwarded; the ISA was detected on this CPU.
         unsafe {
-            match self.isa {
+            match self.w {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => dots_avx512(self.h, self.k, r, nr, self.w, j, nj, acc),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 if std::arch::is_x86_feature_detected!("f16c") => {
-                    dots_avx2(self.h, self.k, r, nr, self.w, j, nj, acc)
+                Weights::F16(w) if self.isa == Isa::Avx512 => {
+                    dots_avx512(h, k, r, nr, w, j, nj, acc)
                 }
-                _ => dots_portable(self.h, self.k, r, nr, self.w, j, nj, acc),
+                #[cfg(target_arch = "x86_64")]
+                Weights::F16(w) if avx2 => dots_avx2(h, k, r, nr, w, j, nj, acc),
+                Weights::F16(w) => dots_portable(h, k, r, nr, w, j, nj, acc),
+                #[cfg(target_arch = "x86_64")]
+                Weights::I8(w) if self.isa == Isa::Avx512 => {
+                    dots_avx512_i8(h, k, r, nr, w, j, nj, acc)
+                }
+                #[cfg(target_arch = "x86_64")]
+                Weights::I8(w) if avx2 => dots_avx2_i8(h, k, r, nr, w, j, nj, acc),
+                Weights::I8(w) => dots_portable(h, k, r, nr, w, j, nj, acc),
             }
         }
+    }
+}
+
+/// A weight element the kernels read.
+trait Elem: Copy {
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Elem for i8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
     }
 }
 
@@ -178,12 +273,12 @@ impl Job {
 /// # Safety
 /// As [`Job::dots`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn dots_portable(
+unsafe fn dots_portable<E: Elem>(
     h: *const f32,
     k: usize,
     r: usize,
     nr: usize,
-    w: *const f16,
+    w: *const E,
     j: usize,
     nj: usize,
     acc: &mut [[f32; 4]; 4],
@@ -202,7 +297,7 @@ unsafe fn dots_portable(
 /// Defines an x86 `dots` kernel (see [`Job::dots`]) for one vector width: `$lanes` floats per
 /// vector, `$cvt` converting `$lanes` halves at a pointer, `$sum` reducing a vector.
 macro_rules! dots_kernel {
-    ($name:ident, $features:literal, $lanes:literal, $zero:expr, $cvt:expr, $load:expr, $fma:expr, $sum:expr) => {
+    ($name:ident, $features:literal, $wty:ty, $lanes:literal, $zero:expr, $cvt:expr, $load:expr, $fma:expr, $sum:expr) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
@@ -211,7 +306,7 @@ macro_rules! dots_kernel {
             k: usize,
             r: usize,
             nr: usize,
-            w: *const f16,
+            w: *const $wty,
             j: usize,
             nj: usize,
             acc: &mut [[f32; 4]; 4],
@@ -248,7 +343,7 @@ macro_rules! dots_kernel {
                     for jj in 0..nj {
                         let mut v = $sum(s[ri][jj]);
                         for q in main..k {
-                            v += *hrow(ri).add(q) * (*wrow(jj).add(q)).to_f32();
+                            v += *hrow(ri).add(q) * Elem::to_f32(*wrow(jj).add(q));
                         }
                         acc[ri][jj] = v;
                     }
@@ -261,6 +356,7 @@ macro_rules! dots_kernel {
 dots_kernel!(
     dots_avx512,
     "avx512f",
+    f16,
     16,
     _mm512_setzero_ps(),
     |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
@@ -269,19 +365,50 @@ dots_kernel!(
     |v| _mm512_reduce_add_ps(v)
 );
 
+/// Sum of the 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
+}
+
 dots_kernel!(
     dots_avx2,
     "avx2,fma,f16c",
+    f16,
     8,
     _mm256_setzero_ps(),
     |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
     |p: *const f32| _mm256_loadu_ps(p),
     |a, b, c| _mm256_fmadd_ps(a, b, c),
-    |v: __m256| {
-        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
-    }
+    |v| hsum256(v)
+);
+
+dots_kernel!(
+    dots_avx512_i8,
+    "avx512f",
+    i8,
+    16,
+    _mm512_setzero_ps(),
+    |p: *const i8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
+    |p: *const f32| _mm512_loadu_ps(p),
+    |a, b, c| _mm512_fmadd_ps(a, b, c),
+    |v| _mm512_reduce_add_ps(v)
+);
+
+dots_kernel!(
+    dots_avx2_i8,
+    "avx2,fma",
+    i8,
+    8,
+    _mm256_setzero_ps(),
+    |p: *const i8| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))),
+    |p: *const f32| _mm256_loadu_ps(p),
+    |a, b, c| _mm256_fmadd_ps(a, b, c),
+    |v| hsum256(v)
 );
 
 #[cfg(test)]
@@ -295,7 +422,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0) - 0.5).to_f32())
                 .collect();
-            let m = MatF16::lossless(&w, n, k).expect("f16-exact weights");
+            let m = MatLow::lossless(&w, n, k).expect("f16-exact weights");
             let h: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
             let want = |r: usize, j: usize| -> f32 {
@@ -309,7 +436,7 @@ mod tests {
                     let ldo = n + 3;
                     let mut out = vec![1.0f32; rows * ldo];
                     with_isa(isa, || {
-                        matmul_f16(&h, rows, &m, &mut out, ldo, true, Some(&bias), par)
+                        matmul_low(&h, rows, &m, &mut out, ldo, true, Some(&bias), par)
                     });
                     for r in 0..rows {
                         for j in 0..n {
@@ -325,6 +452,43 @@ mod tests {
                 }
             }
         }
-        assert!(MatF16::lossless(&[0.1], 1, 1).is_none());
+        assert!(MatLow::lossless(&[0.1], 1, 1).is_none());
+    }
+
+    #[test]
+    fn int8_matches_its_dequantised_weights_on_every_path() {
+        for (rows, n, k) in [(1, 70, 45), (5, 33, 512), (2, 9, 7)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5)
+                .collect();
+            let m = MatLow::int8(&w, n, k);
+            assert!(m.is_int8());
+            let mut deq = vec![0.0f32; n * k];
+            for (j, row) in deq.chunks_exact_mut(k).enumerate() {
+                m.row_into(j, row);
+                for (d, o) in row.iter().zip(&w[j * k..(j + 1) * k]) {
+                    let max = w[j * k..(j + 1) * k]
+                        .iter()
+                        .fold(0.0f32, |a, v| a.max(v.abs()));
+                    assert!((d - o).abs() <= max / 254.0 + 1e-7, "quantisation error");
+                }
+            }
+            let h: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                if !isa.supported() {
+                    continue;
+                }
+                let mut out = vec![0.0f32; rows * n];
+                with_isa(isa, || {
+                    matmul_low(&h, rows, &m, &mut out, n, false, None, Parallelism::None)
+                });
+                for r in 0..rows {
+                    for j in 0..n {
+                        let want: f32 = (0..k).map(|p| h[r * k + p] * deq[j * k + p]).sum();
+                        assert!((out[r * n + j] - want).abs() < 1e-4, "{isa:?} ({r},{j})");
+                    }
+                }
+            }
+        }
     }
 }
