@@ -1,7 +1,7 @@
 //! Measures transcription speed on one audio file.
 //!
 //! ```text
-//! cargo run --release --example bench -- --model NAME [--threads N] [--beam-size N] [--language en] [--repeat N] AUDIO
+//! cargo run --release --example bench -- --model NAME [--threads N] [--compute-type T] [--beam-size N] [--language en] [--repeat N] AUDIO
 //! ```
 //! The audio is first decoded into memory with GStreamer (not timed); the model load is timed on
 //! its own; then the samples are pushed into a fresh `Transcriber` in 1 s chunks and drained with
@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
+use gstwhispernpu::model::ComputeType;
 use gstwhispernpu::transcribe::{Stats, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
@@ -24,6 +25,7 @@ usage: bench --model NAME|DIR [OPTIONS] AUDIO
 options:
   --model NAME|DIR      model name (tiny.en, base) or directory [default: base]
   --threads N           worker threads, 0 = one per core [default: 0]
+  --compute-type T      auto, f32 or int8 (see the transcribe example) [default: auto]
   --beam-size N         1 = greedy [default: 1]
   --language CODE|auto  fixed language, or auto to detect [default: auto]
   --repeat N            transcribe N times, report the median wall time [default: 1]
@@ -48,12 +50,13 @@ fn run() -> Result<(), (u8, String)> {
 
     let mut options = TranscribeOptions::default();
     let mut model_name = "base".to_string();
+    let mut compute_type = ComputeType::Auto;
     let mut repeat: usize = 1;
     let mut inputs = Vec::new();
     let takes_value = |name: &str| {
         matches!(
             name,
-            "--model" | "--threads" | "--beam-size" | "--language" | "--repeat"
+            "--model" | "--threads" | "--compute-type" | "--beam-size" | "--language" | "--repeat"
         )
     };
     let mut cli = Cli::from_env();
@@ -70,6 +73,11 @@ fn run() -> Result<(), (u8, String)> {
                     "--model" => model_name = value,
                     "--threads" => {
                         options.n_threads = common::parse_number(&name, &value).map_err(usage)?
+                    }
+                    "--compute-type" => {
+                        compute_type = value
+                            .parse()
+                            .map_err(|e| usage(format!("--compute-type: {e}")))?
                     }
                     "--beam-size" => {
                         options.beam_size = common::parse_number(&name, &value).map_err(usage)?
@@ -109,7 +117,7 @@ fn run() -> Result<(), (u8, String)> {
 
     // 2. The model (timed on its own).
     let t_load = Instant::now();
-    let model = gstwhispernpu::model::load_shared(&model_name)
+    let model = gstwhispernpu::model::load_shared_with(&model_name, compute_type)
         .map_err(|e| runtime(common::model_error(&model_name, &e)))?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 
@@ -162,7 +170,11 @@ fn run() -> Result<(), (u8, String)> {
         }
     };
     println!("input            {input}");
-    println!("model            {model_name} ({})", model.dir.display());
+    println!(
+        "model            {model_name} ({}, compute type {})",
+        model.dir.display(),
+        model.compute_type
+    );
     println!(
         "settings         threads {threads}, beam size {}, language {}, repeat {repeat}",
         options.beam_size,

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
+use gstwhispernpu::model::ComputeType;
 use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
@@ -26,6 +27,10 @@ options:
                           translate = English text from any language [default: transcribe]
   --beam-size N           1 = greedy decoding, N > 1 = beam search [default: 1]
   --threads N             worker threads, 0 = one per core [default: 0]
+  --compute-type auto|f32|int8
+                          numeric precision: f32 = weights as stored, int8 = int8 decoder
+                          weights; auto = the fastest whose accuracy holds (f32 for now)
+                          [default: auto]
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:
@@ -48,6 +53,7 @@ enum Format {
 
 struct Config {
     model: String,
+    compute_type: ComputeType,
     format: Format,
     quiet: bool,
     input: String,
@@ -101,6 +107,7 @@ fn fail(failure: Failure) -> ExitCode {
 fn parse_args() -> Result<Option<Config>, Failure> {
     let mut options = TranscribeOptions::default();
     let mut model = "base".to_string();
+    let mut compute_type = ComputeType::Auto;
     let mut format = Format::Txt;
     let mut quiet = false;
     let mut inputs = Vec::new();
@@ -112,6 +119,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--task"
                 | "--beam-size"
                 | "--threads"
+                | "--compute-type"
                 | "--initial-prompt"
                 | "--tail-padding"
                 | "--format"
@@ -148,6 +156,11 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 options.beam_size = common::parse_number(&name, &value).map_err(bad)?
             }
             "--threads" => options.n_threads = common::parse_number(&name, &value).map_err(bad)?,
+            "--compute-type" => {
+                compute_type = value
+                    .parse::<ComputeType>()
+                    .map_err(|e| bad(format!("--compute-type: {e}")))?
+            }
             "--initial-prompt" => {
                 options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())
             }
@@ -190,6 +203,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
         .map_err(|e| Failure::BadValue(e.to_string()))?;
     Ok(Some(Config {
         model,
+        compute_type,
         format,
         quiet,
         input,
@@ -204,7 +218,7 @@ fn run(config: &Config) -> Result<(), Failure> {
     let mut reader = AudioReader::open(&config.input).map_err(|e| runtime(&e))?;
     let first = reader.next_chunk().map_err(|e| runtime(&e))?;
 
-    let model = gstwhispernpu::model::load_shared(&config.model)
+    let model = gstwhispernpu::model::load_shared_with(&config.model, config.compute_type)
         .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
     // What the model rules out (a language it lacks, translate with an English-only model) is a
     // bad option value, like the checks made while parsing.

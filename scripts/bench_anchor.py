@@ -47,7 +47,14 @@ FW_OPTIONS = dict(
     vad_filter=False,
 )
 
-SYSTEMS = ["whispernpu", "fw-int8", "fw-float32"]
+# whispernpu with its default compute type (the one the targets are checked on) and with
+# --compute-type int8; faster-whisper int8 and float32.
+SYSTEMS = ["whispernpu", "whispernpu-int8", "fw-int8", "fw-float32"]
+
+
+def ours(system):
+    return system.startswith("whispernpu")
+
 SPEED_FACTOR = 1.5  # whispernpu x realtime >= 1.5 x faster-whisper int8's
 WER_MARGIN = 0.5  # whispernpu WER <= faster-whisper float32's + 0.5 point
 
@@ -133,9 +140,11 @@ def wer_percent(reference, hyp):
 
 
 def command(system, model_dir, audio, args):
-    if system == "whispernpu":
+    if ours(system):
+        compute_type = system.split("-", 1)[1] if "-" in system else "auto"
         return [args.cli, "--model", model_dir, "--language", "en", "--beam-size", "1",
-                "--threads", str(args.threads), "--format", "json", "--quiet", audio]
+                "--threads", str(args.threads), "--compute-type", compute_type,
+                "--format", "json", "--quiet", audio]
     compute_type = system.split("-", 1)[1]
     return [sys.executable, os.path.abspath(__file__), "--worker", "--model-dir", model_dir,
             "--compute-type", compute_type, "--threads", str(args.threads), "--audio", audio]
@@ -159,7 +168,7 @@ def run_child(cmd):
 
 
 def parse_output(system, stdout):
-    if system == "whispernpu":
+    if ours(system):
         doc = json.loads(stdout)
         texts = (s["text"].strip() for s in doc["segments"])
         return dict(text=" ".join(t for t in texts if t), segments=len(doc["segments"]),
@@ -239,7 +248,7 @@ def benchmark(args):
             order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
             for system in order:
                 wall, _, stdout = run_child(command(system, model_dir, args.empty, args))
-                startups[system].append(dict(wall_s=wall, **({} if system == "whispernpu"
+                startups[system].append(dict(wall_s=wall, **({} if ours(system)
                                                                else parse_output(system, stdout))))
                 wall, rss, stdout = run_child(command(system, model_dir, args.audio, args))
                 run = parse_output(system, stdout)
@@ -249,7 +258,7 @@ def benchmark(args):
                 with open(os.path.join(args.out, f"{name}.{system}.txt"), "w",
                           encoding="utf-8") as f:
                     f.write(run["text"] + "\n")
-                print(f"  round {r + 1}: {system:<10}  wall {wall:7.2f} s  "
+                print(f"  round {r + 1}: {system:<15}  wall {wall:7.2f} s  "
                       f"{duration / wall:6.2f}x realtime  RSS {rss / 1024:7.1f} MiB  "
                       f"WER {run['wer']:6.2f} %  (startup {startups[system][-1]['wall_s']:.2f} s)",
                       flush=True)
@@ -264,7 +273,7 @@ def benchmark(args):
                 net_x_realtime=duration / (wall - startup) if wall > startup else float("nan"),
                 peak_rss_mib=max(x["rss_kib"] for x in runs[system]) / 1024,
                 wer=median(wers), wer_min=min(wers), wer_max=max(wers))
-            if system != "whispernpu":
+            if not ours(system):
                 summary[system].update(
                     load_s=median([x["load_s"] for x in runs[system]]),
                     transcribe_s=median([x["transcribe_s"] for x in runs[system]]),
@@ -272,16 +281,16 @@ def benchmark(args):
                 summary[system]["transcribe_x_realtime"] = duration / summary[system]["transcribe_s"]
 
         print(f"\n{name}: median of {args.rounds} round(s), {duration:.1f} s of audio{quick_note}")
-        print(f"  {'system':<11} {'wall s':>8} {'x RT':>7} {'startup s':>9} {'net x RT':>8} "
+        print(f"  {'system':<15} {'wall s':>8} {'x RT':>7} {'startup s':>9} {'net x RT':>8} "
               f"{'peak RSS MiB':>12} {'WER %':>7}")
         for system in SYSTEMS:
             s = summary[system]
             wer = f"{s['wer']:7.2f}"
             if s["wer_min"] != s["wer_max"]:
                 wer += f" ({s['wer_min']:.2f}..{s['wer_max']:.2f})"
-            print(f"  {system:<11} {s['wall_s']:8.2f} {s['x_realtime']:7.2f} {s['startup_s']:9.2f} "
+            print(f"  {system:<15} {s['wall_s']:8.2f} {s['x_realtime']:7.2f} {s['startup_s']:9.2f} "
                   f"{s['net_x_realtime']:8.2f} {s['peak_rss_mib']:12.1f} {wer}")
-        for system in SYSTEMS[1:]:
+        for system in (x for x in SYSTEMS if not ours(x)):
             s = summary[system]
             print(f"  {system}: in-process model load {s['load_s']:.2f} s, transcription alone "
                   f"{s['transcribe_s']:.2f} s = {s['transcribe_x_realtime']:.2f}x realtime")
@@ -296,6 +305,10 @@ def benchmark(args):
               f"(net of startup {ratios['net_speed_vs_int8']:.2f}x)")
         print(f"  speed ratio whispernpu / fw-float32: {ratios['speed_vs_float32']:.2f}x "
               f"(net of startup {ratios['net_speed_vs_float32']:.2f}x)")
+        q8 = summary["whispernpu-int8"]
+        ratios["int8_speed_vs_int8"] = q8["x_realtime"] / i8["x_realtime"]
+        print(f"  speed ratio whispernpu-int8 / fw-int8: {ratios['int8_speed_vs_int8']:.2f}x "
+              f"(WER {q8['wer']:.2f} %, peak RSS {q8['peak_rss_mib']:.1f} MiB; not in the verdicts)")
         verdicts = dict(
             speed=ratios["speed_vs_int8"] >= SPEED_FACTOR,
             wer=npu["wer"] <= f32["wer"] + WER_MARGIN,

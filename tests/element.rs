@@ -397,6 +397,34 @@ fn eos_drains() {
     );
 }
 
+/// `compute-type=int8` loads int8 decoder weights and still transcribes jfk; the property reads
+/// back, and an unknown value is refused by the enum.
+#[test]
+fn compute_type_int8_transcribes() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, element) = harness(&model, &[("mode", "offline"), ("compute-type", "int8")]);
+    let nick = |e: &gst::Element| {
+        let v = e.property_value("compute-type");
+        glib::EnumValue::from_value(&v).map(|(_, ev)| ev.nick().to_string())
+    };
+    assert_eq!(nick(&element).as_deref(), Some("int8"));
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    let text = all_text(&cues).to_lowercase();
+    for word in ["fellow americans", "your country", "ask what you can do"] {
+        assert!(text.contains(word), "`{word}` missing from `{text}`");
+    }
+    let default = gst::ElementFactory::make("whispernpu").build().unwrap();
+    assert_eq!(nick(&default).as_deref(), Some("auto"));
+    let spec = default
+        .find_property("compute-type")
+        .expect("compute-type property");
+    let enum_class = glib::EnumClass::with_type(spec.value_type()).unwrap();
+    assert!(enum_class.value_by_nick("bf16").is_none());
+}
+
 /// A flush in the middle forgets the audio before it; timing restarts with the new segment.
 #[test]
 fn flush_resets() {

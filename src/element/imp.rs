@@ -26,7 +26,7 @@ use once_cell::sync::Lazy;
 
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
-use super::{Backend, Mode, TaskMode};
+use super::{Backend, ComputeTypeMode, Mode, TaskMode};
 use crate::error::{Error, ModelError};
 use crate::model::{self, WhisperModel};
 use crate::transcribe::{Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber};
@@ -41,6 +41,7 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
 
 const DEFAULT_MODEL: &str = "base";
 const DEFAULT_BACKEND: Backend = Backend::Auto;
+const DEFAULT_COMPUTE_TYPE: ComputeTypeMode = ComputeTypeMode::Auto;
 const DEFAULT_LANGUAGE_CODE: &str = "";
 const DEFAULT_TASK: TaskMode = TaskMode::Transcribe;
 const DEFAULT_LATENCY_MS: u32 = 4_000;
@@ -68,6 +69,7 @@ const WINDOW: ClockTime = ClockTime::from_seconds(30);
 struct Settings {
     model: String,
     backend: Backend,
+    compute_type: ComputeTypeMode,
     language_code: String,
     task: TaskMode,
     latency_ms: u32,
@@ -87,6 +89,7 @@ impl Default for Settings {
         Self {
             model: DEFAULT_MODEL.into(),
             backend: DEFAULT_BACKEND,
+            compute_type: DEFAULT_COMPUTE_TYPE,
             language_code: DEFAULT_LANGUAGE_CODE.into(),
             task: DEFAULT_TASK,
             latency_ms: DEFAULT_LATENCY_MS,
@@ -367,7 +370,10 @@ impl WhisperNpu {
         let obj = self.obj().clone();
         let handle = std::thread::Builder::new()
             .name("whispernpu-load".into())
-            .spawn(move || obj.imp().load_model(&settings.model));
+            .spawn(move || {
+                obj.imp()
+                    .load_model(&settings.model, settings.compute_type.into())
+            });
         *lock(&self.model) = match handle {
             Ok(handle) => ModelSlot::Loading(handle),
             Err(e) => {
@@ -413,20 +419,25 @@ impl WhisperNpu {
     }
 
     /// Runs on the loader thread.
-    fn load_model(&self, name: &str) -> Option<Arc<WhisperModel>> {
+    fn load_model(
+        &self,
+        name: &str,
+        compute_type: model::ComputeType,
+    ) -> Option<Arc<WhisperModel>> {
         self.post_progress(
             gst::ProgressType::Start,
             &format!("Loading Whisper model `{name}`"),
         );
         let t0 = std::time::Instant::now();
-        match model::load_shared(name) {
+        match model::load_shared_with(name, compute_type) {
             Ok(model) => {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "Model `{}` ready ({}) in {:.2} s",
+                    "Model `{}` ready ({}, compute type {}) in {:.2} s",
                     name,
                     model.dir.display(),
+                    model.compute_type,
                     t0.elapsed().as_secs_f64()
                 );
                 self.post_progress(
@@ -1251,6 +1262,16 @@ impl ObjectImpl for WhisperNpu {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("compute-type", DEFAULT_COMPUTE_TYPE)
+                    .nick("Compute type")
+                    .blurb(
+                        "Numeric precision: auto (the fastest type whose accuracy holds: f32 for now), \
+                         f32 (weights as stored; f16 checkpoints are kept in f16, losslessly), \
+                         int8 (decoder weights in int8 with a scale per row; the encoder stays \
+                         f32). Default: auto. Read at NULL→READY",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("language-code")
                     .nick("Language code")
                     .blurb(
@@ -1406,6 +1427,7 @@ impl ObjectImpl for WhisperNpu {
                     .unwrap_or_else(|| DEFAULT_MODEL.into());
             }
             "backend" => s.backend = value.get().expect("type checked upstream"),
+            "compute-type" => s.compute_type = value.get().expect("type checked upstream"),
             "language-code" => {
                 s.language_code = value
                     .get::<Option<String>>()
@@ -1455,6 +1477,7 @@ impl ObjectImpl for WhisperNpu {
         match pspec.name() {
             "model" => s.model.to_value(),
             "backend" => s.backend.to_value(),
+            "compute-type" => s.compute_type.to_value(),
             "language-code" => s.language_code.to_value(),
             "task" => s.task.to_value(),
             "latency" => s.latency_ms.to_value(),

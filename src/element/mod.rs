@@ -64,6 +64,36 @@ pub enum Backend {
     Onnx,
 }
 
+/// Numeric precision (`compute-type` property); see [`crate::model::ComputeType`].
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuComputeType")]
+pub enum ComputeTypeMode {
+    #[default]
+    #[enum_value(
+        name = "Auto: fastest type whose accuracy holds (f32 for now)",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(
+        name = "F32: weights as stored (f16 checkpoints kept in f16)",
+        nick = "f32"
+    )]
+    F32,
+    #[enum_value(name = "Int8: int8 decoder weights, f32 encoder", nick = "int8")]
+    Int8,
+}
+
+impl From<ComputeTypeMode> for crate::model::ComputeType {
+    fn from(m: ComputeTypeMode) -> Self {
+        match m {
+            ComputeTypeMode::Auto => Self::Auto,
+            ComputeTypeMode::F32 => Self::F32,
+            ComputeTypeMode::Int8 => Self::Int8,
+        }
+    }
+}
+
 /// Decoder task (`task` property).
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]

@@ -426,7 +426,10 @@ fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
     Ok(dims)
 }
 
-pub(super) fn load_model(dir: &Path) -> Result<WhisperModel, ModelError> {
+pub(super) fn load_model(
+    dir: &Path,
+    compute_type: super::ComputeType,
+) -> Result<WhisperModel, ModelError> {
     if !dir.is_dir() {
         return Err(ModelError::NotFound {
             path: dir.to_path_buf(),
@@ -437,7 +440,8 @@ pub(super) fn load_model(dir: &Path) -> Result<WhisperModel, ModelError> {
     let dims = dims_of(&file)?;
     let config = read_config(dir)?;
     let tokenizer = Tokenizer::load(dir, dims.n_vocab)?;
-    let weights = Weights::from_ct2(&file, &dims)?;
+    let int8 = compute_type == super::ComputeType::Int8;
+    let weights = Weights::from_ct2(&file, &dims, int8)?;
     let specials = &tokenizer.specials;
     let suppress_ids_begin = if config.suppress_ids_begin.is_empty() {
         tokenizer
@@ -456,5 +460,10 @@ pub(super) fn load_model(dir: &Path) -> Result<WhisperModel, ModelError> {
         suppress_ids_begin,
         alignment_heads: config.alignment_heads,
         weights,
+        compute_type: if int8 {
+            super::ComputeType::Int8
+        } else {
+            super::ComputeType::F32
+        },
     })
 }

@@ -15,6 +15,67 @@ pub use tokenizer::{SpecialTokens, Tokenizer};
 /// Model names `scripts/fetch-model` knows.
 pub const KNOWN_MODELS: &[&str] = &["tiny.en", "base"];
 
+/// Numeric precision of the engine (`compute-type` property, `--compute-type` flag).
+///
+/// The encoder computes in f32 in every type (AVX-512 BF16 dot products measured slower than f32
+/// FMAs on the machines we have, so there is no `bf16` yet). What changes is the decoder, whose
+/// speed is bound by the bytes of weights it streams per token:
+/// - `f32`: weights exactly as stored (f16 checkpoints are held in f16, which is lossless);
+/// - `int8`: decoder weights and the tied output projection quantised to int8 with a scale per
+///   row (lossy; activations stay f32);
+/// - `auto`: the fastest type whose accuracy holds: `f32` for now. `int8` gives the same WER
+///   on the engine's multi-window test and on `scripts/bench-anchor`, but is not bit-faithful
+///   (on jfk.wav it drops a comma with base and moves a tiny.en segment end by 0.2 s), so it is
+///   opt-in until it is evaluated on more speech.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ComputeType {
+    #[default]
+    Auto,
+    F32,
+    Int8,
+}
+
+impl ComputeType {
+    pub const NAMES: &'static str = "auto, f32, int8";
+
+    /// The concrete type `auto` stands for.
+    pub fn resolved(self) -> ComputeType {
+        match self {
+            ComputeType::Auto => ComputeType::F32,
+            other => other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeType::Auto => "auto",
+            ComputeType::F32 => "f32",
+            ComputeType::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ComputeType::Auto),
+            "f32" => Ok(ComputeType::F32),
+            "int8" => Ok(ComputeType::Int8),
+            _ => Err(format!(
+                "unknown compute type `{s}` (known: {})",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Model dimensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dims {
@@ -43,12 +104,19 @@ pub struct WhisperModel {
     /// `[layer, head]` pairs for word timing.
     pub alignment_heads: Vec<(usize, usize)>,
     pub weights: crate::engine::cpu::Weights,
+    /// The concrete compute type the weights were prepared for (never `Auto`).
+    pub compute_type: ComputeType,
 }
 
 impl WhisperModel {
-    /// Loads a CTranslate2 model directory.
+    /// Loads a CTranslate2 model directory for the default compute type.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        ct2::load_model(dir)
+        Self::load_with(dir, ComputeType::Auto)
+    }
+
+    /// Loads a CTranslate2 model directory, preparing the weights for `compute_type`.
+    pub fn load_with(dir: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
+        ct2::load_model(dir, compute_type.resolved())
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -100,20 +168,34 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
     })
 }
 
-static SHARED: Lazy<Mutex<HashMap<PathBuf, Weak<WhisperModel>>>> =
+type SharedKey = (PathBuf, ComputeType);
+
+static SHARED: Lazy<Mutex<HashMap<SharedKey, Weak<WhisperModel>>>> =
     Lazy::new(|| Mutex::new(HashMap::new()));
 
-/// Loads a model by name or path, sharing one copy of the weights per process: every caller
-/// asking for the same directory while a copy is alive gets the same `Arc`.
+/// Loads a model by name or path for the default compute type, sharing one copy of the weights
+/// per process (see [`load_shared_with`]).
 pub fn load_shared(name_or_path: &str) -> Result<Arc<WhisperModel>, ModelError> {
+    load_shared_with(name_or_path, ComputeType::Auto)
+}
+
+/// Loads a model by name or path, sharing one copy of the weights per process and compute type:
+/// every caller asking for the same directory and type while a copy is alive gets the same `Arc`.
+pub fn load_shared_with(
+    name_or_path: &str,
+    compute_type: ComputeType,
+) -> Result<Arc<WhisperModel>, ModelError> {
     let dir = resolve(name_or_path)?;
-    let key = dir.canonicalize().unwrap_or(dir.clone());
+    let key = (
+        dir.canonicalize().unwrap_or(dir.clone()),
+        compute_type.resolved(),
+    );
     // Hold the lock while loading so two elements starting together load once.
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(model) = shared.get(&key).and_then(Weak::upgrade) {
         return Ok(model);
     }
-    let model = Arc::new(WhisperModel::load(&dir)?);
+    let model = Arc::new(WhisperModel::load_with(&dir, compute_type)?);
     shared.insert(key, Arc::downgrade(&model));
     Ok(model)
 }

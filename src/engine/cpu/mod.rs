@@ -72,14 +72,8 @@ pub struct Weights {
 
 struct Loader<'a> {
     file: &'a Ct2File,
-    /// Decoder weights in int8 (experimental, `WHISPERNPU_DECODER_INT8=1`).
+    /// Decoder weights in int8 (`ComputeType::Int8`).
     int8: bool,
-}
-
-/// Whether `WHISPERNPU_DECODER_INT8=1` asks for int8 decoder weights (an experiment measured with
-/// `scripts/bench-anchor`; not yet a `compute-type` option).
-fn decoder_int8_requested() -> bool {
-    std::env::var("WHISPERNPU_DECODER_INT8").is_ok_and(|v| v == "1")
 }
 
 impl Loader<'_> {
@@ -132,11 +126,9 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    pub fn from_ct2(file: &Ct2File, dims: &Dims) -> Result<Self, ModelError> {
-        let l = Loader {
-            file,
-            int8: decoder_int8_requested(),
-        };
+    /// The weights of a CTranslate2 file; `int8`: decoder weights quantised to int8.
+    pub fn from_ct2(file: &Ct2File, dims: &Dims, int8: bool) -> Result<Self, ModelError> {
+        let l = Loader { file, int8 };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         let enc_layers = (0..dims.n_audio_layer)
             .map(|i| {
@@ -199,7 +191,7 @@ impl Weights {
 
 /// The token embedding matrix `[n_vocab][d]`, which is also the tied output projection. Kept in
 /// f16 when that is lossless (the weights were stored as f16), halving the bytes the decoder
-/// streams for every token's logits (int8 with `WHISPERNPU_DECODER_INT8=1`); f32 otherwise.
+/// streams for every token's logits (int8 with `ComputeType::Int8`); f32 otherwise.
 pub enum Embedding {
     F32 { data: Vec<f32>, d: usize },
     Low(MatLow),
