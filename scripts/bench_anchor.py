@@ -24,6 +24,8 @@ import tempfile
 import time
 import wave
 
+from speechtext import read_wav, wer_percent
+
 # faster-whisper's transcribe() options (scripts/fw_reference.py's, which match whispernpu's
 # TranscribeOptions::default(); the CLI sets --language en --beam-size 1 on top of those).
 FW_OPTIONS = dict(
@@ -62,19 +64,6 @@ WER_MARGIN = 0.5  # whispernpu WER <= faster-whisper float32's + 0.5 point
 # --- worker: one faster-whisper run -----------------------------------------------------------------
 
 
-def read_wav(path):
-    """16-bit PCM WAV -> mono float32 in [-1, 1] (as scripts/fw_reference.py reads it)."""
-    import numpy as np
-
-    with wave.open(path, "rb") as w:
-        assert w.getsampwidth() == 2, f"{path}: expected 16-bit PCM"
-        assert w.getframerate() == 16000, f"{path}: expected 16 kHz"
-        channels = w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    x = data.astype(np.float32).reshape(-1, channels) * np.float32(1.0 / 32768.0)
-    return x.mean(axis=1, dtype=np.float32) if channels > 1 else x[:, 0].copy()
-
-
 def worker(args):
     t0 = time.perf_counter()
     import types
@@ -107,33 +96,6 @@ def worker(args):
                   "ctranslate2": ctranslate2.__version__},
     ), sys.stdout)
     sys.stdout.write("\n")
-
-
-# --- WER ------------------------------------------------------------------------------------------
-
-
-def normalise(s):
-    """Lower case; every character but letters, digits and apostrophes becomes a space (so hyphens
-    split words); apostrophes at word edges dropped. Same as tests/common/mod.rs wer_percent and
-    scripts/fw_reference.py. Applied alike to the reference and every system's output."""
-    s = s.lower()
-    s = "".join(c if (c.isalnum() or c == "'") else " " for c in s)
-    words = (w.strip("'") for w in s.split())
-    return [w for w in words if w]
-
-
-def wer_percent(reference, hyp):
-    """Word error rate in percent: word-level Levenshtein distance / reference words."""
-    r, h = normalise(reference), normalise(hyp)
-    if not r:
-        return 0.0 if not h else 100.0
-    prev = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        cur = [i] + [0] * len(h)
-        for j in range(1, len(h) + 1):
-            cur[j] = min(prev[j - 1] + (r[i - 1] != h[j - 1]), prev[j] + 1, cur[j - 1] + 1)
-        prev = cur
-    return 100.0 * prev[len(h)] / len(r)
 
 
 # --- benchmark ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import re
 import sys
 import time
 import types
-import wave
 
 # faster-whisper imports onnxruntime at module level but only uses it for VAD (vad_filter=False
 # here); tolerate a `pip install --no-deps faster-whisper` environment without it.
@@ -20,41 +19,9 @@ except ImportError:
 
 import ctranslate2
 import faster_whisper
-import numpy as np
 from faster_whisper import WhisperModel
 
-
-def read_wav(path):
-    """16-bit PCM WAV -> mono float32 in [-1, 1], scaled by 1/32768 as tests/common read_wav does."""
-    with wave.open(path, "rb") as w:
-        assert w.getsampwidth() == 2, f"{path}: expected 16-bit PCM"
-        assert w.getframerate() == 16000, f"{path}: expected 16 kHz"
-        channels = w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    x = data.astype(np.float32).reshape(-1, channels) * np.float32(1.0 / 32768.0)
-    return x.mean(axis=1, dtype=np.float32) if channels > 1 else x[:, 0].copy()
-
-
-def normalise(s):
-    """Mirror of `norm` in tests/common/mod.rs `wer_percent`."""
-    s = s.lower()
-    s = "".join(c if (c.isalnum() or c == "'") else " " for c in s)
-    words = (w.strip("'") for w in s.split())
-    return [w for w in words if w]
-
-
-def wer_percent(reference, hyp):
-    r, h = normalise(reference), normalise(hyp)
-    if not r:
-        return 0.0 if not h else 100.0
-    prev = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        cur = [i] + [0] * len(h)
-        for j in range(1, len(h) + 1):
-            sub = prev[j - 1] + (r[i - 1] != h[j - 1])
-            cur[j] = min(sub, prev[j] + 1, cur[j - 1] + 1)
-        prev = cur
-    return 100.0 * prev[len(h)] / len(r)
+from speechtext import read_wav, wer_percent
 
 
 def sha256(path):
