@@ -1,7 +1,9 @@
 //! Native Rust CPU engine: Whisper encoder and decoder forward passes.
 //!
-//! Weights are converted once at load time. Each encoder layer runs as one call on a
-//! preallocated [`EncoderWorkspace`]; the decoder keeps its self-attention KV cache and the
+//! Weights are converted once at load time: encoder weights packed for the [`sgemm`] kernels,
+//! decoder weights in f16 (lossless for f16 checkpoints) or int8 for the few-row [`gemv`]
+//! kernels. Each encoder layer runs as one call on a preallocated [`EncoderWorkspace`], its
+//! attention blocked by query rows; the decoder keeps its self-attention KV cache and the
 //! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
 
 pub mod gemv;
