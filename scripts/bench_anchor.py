@@ -24,30 +24,7 @@ import tempfile
 import time
 import wave
 
-from speechtext import read_wav, wer_percent
-
-# faster-whisper's transcribe() options (scripts/fw_reference.py's, which match whispernpu's
-# TranscribeOptions::default(); the CLI sets --language en --beam-size 1 on top of those).
-FW_OPTIONS = dict(
-    language="en",
-    task="transcribe",
-    beam_size=1,
-    best_of=5,  # only used when sampling at temperature > 0; whispernpu's default, not settable in the CLI
-    patience=1.0,
-    temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-    compression_ratio_threshold=2.4,
-    log_prob_threshold=-1.0,
-    no_speech_threshold=0.6,
-    condition_on_previous_text=True,
-    prompt_reset_on_temperature=0.5,
-    initial_prompt=None,
-    suppress_blank=True,
-    suppress_tokens=[-1],
-    without_timestamps=False,
-    max_initial_timestamp=1.0,
-    word_timestamps=False,
-    vad_filter=False,
-)
+from speechtext import FW_OPTIONS, read_wav, wer_percent
 
 # whispernpu with its default compute type (the one the targets are checked on) and with
 # --compute-type int8; faster-whisper int8 and float32.

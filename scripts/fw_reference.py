@@ -21,7 +21,7 @@ import ctranslate2
 import faster_whisper
 from faster_whisper import WhisperModel
 
-from speechtext import read_wav, wer_percent
+from speechtext import FW_OPTIONS, read_wav, wer_percent
 
 
 def sha256(path):
@@ -32,31 +32,9 @@ def sha256(path):
     return d.hexdigest()
 
 
-OPTIONS = dict(
-    language="en",
-    task="transcribe",
-    beam_size=1,
-    best_of=5,
-    patience=1.0,
-    temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-    compression_ratio_threshold=2.4,
-    log_prob_threshold=-1.0,
-    no_speech_threshold=0.6,
-    condition_on_previous_text=True,
-    prompt_reset_on_temperature=0.5,
-    initial_prompt=None,
-    suppress_blank=True,
-    suppress_tokens=[-1],
-    without_timestamps=False,
-    max_initial_timestamp=1.0,
-    word_timestamps=False,
-    vad_filter=False,
-)
-
-
 def transcribe(model, audio):
     t0 = time.perf_counter()
-    segments, info = model.transcribe(audio, **OPTIONS)
+    segments, info = model.transcribe(audio, **FW_OPTIONS)
     segs = [
         dict(
             start=round(s.start, 3),
@@ -98,7 +76,7 @@ def main():
         "faster_whisper": faster_whisper.__version__,
         "ctranslate2": ctranslate2.__version__,
     }
-    settings = dict(OPTIONS, device="cpu", compute_type="float32", cpu_threads=2, num_workers=1)
+    settings = dict(FW_OPTIONS, device="cpu", compute_type="float32", cpu_threads=2, num_workers=1)
 
     jfk_json = {"generator": "scripts/fw-reference", "versions": versions, "options": settings,
                 "audio": {"file": "jfk.wav", "sha256": sha256(args.jfk),

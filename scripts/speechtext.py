@@ -4,6 +4,29 @@ normalisation of tests/common/mod.rs `wer_percent`."""
 
 import wave
 
+# faster-whisper's transcribe() options matching whispernpu's TranscribeOptions::default() with
+# language en and greedy decoding (what the references and the benchmark compare against).
+FW_OPTIONS = dict(
+    language="en",
+    task="transcribe",
+    beam_size=1,
+    best_of=5,  # only used when sampling at temperature > 0; whispernpu's default
+    patience=1.0,
+    temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    compression_ratio_threshold=2.4,
+    log_prob_threshold=-1.0,
+    no_speech_threshold=0.6,
+    condition_on_previous_text=True,
+    prompt_reset_on_temperature=0.5,
+    initial_prompt=None,
+    suppress_blank=True,
+    suppress_tokens=[-1],
+    without_timestamps=False,
+    max_initial_timestamp=1.0,
+    word_timestamps=False,
+    vad_filter=False,
+)
+
 
 def read_wav(path):
     """16-bit PCM 16 kHz WAV -> mono float32 in [-1, 1], scaled by 1/32768 as tests/common

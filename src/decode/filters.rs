@@ -108,11 +108,10 @@ impl TimestampRules {
             }
         }
         // If the timestamps together are likelier than any text token, force a timestamp.
-        let max = logits.iter().copied().fold(neg, f32::max);
-        if max == neg {
+        let lse = log_sum_exp(logits);
+        if lse == f64::NEG_INFINITY {
             return;
         }
-        let lse = log_sum_exp(logits);
         let timestamp_logprob = log_sum_exp(&logits[tb..]) - lse;
         let text_max = logits[..tb].iter().copied().fold(neg, f32::max) as f64 - lse;
         if timestamp_logprob > text_max {

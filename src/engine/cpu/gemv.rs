@@ -91,13 +91,6 @@ impl MatLow {
             }
         }
     }
-
-    pub fn bytes(&self) -> usize {
-        match &self.data {
-            Low::F16(d) => d.len() * 2,
-            Low::I8 { q, scales } => q.len() + scales.len() * 4,
-        }
-    }
 }
 
 /// Output columns per task when threads split the work (a multiple of the 4-row step).
@@ -130,21 +123,21 @@ pub fn matmul_low(
     if let Some(b) = bias {
         assert!(b.len() >= n, "bias too short");
     }
-    let (wp, scales) = match &w.data {
-        Low::F16(d) => (Weights::F16(d.as_ptr()), std::ptr::null()),
-        Low::I8 { q, scales } => (Weights::I8(q.as_ptr()), scales.as_ptr()),
+    let isa = super::sgemm::current_isa();
+    let (w, scales) = match &w.data {
+        Low::F16(d) => (Weights::F16(d.as_ptr(), kernel_f16(isa)), std::ptr::null()),
+        Low::I8 { q, scales } => (Weights::I8(q.as_ptr(), kernel_i8(isa)), scales.as_ptr()),
     };
     let job = Job {
         h: h.as_ptr(),
         rows,
-        w: wp,
+        w,
         scales,
         k,
         out: out.as_mut_ptr(),
         ldo,
         accumulate,
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-        isa: super::sgemm::current_isa(),
     };
     let threads = super::sgemm::threads_of(par);
     if threads <= 1 || n * k * rows < (1 << 17) {
@@ -157,10 +150,39 @@ pub fn matmul_low(
     }
 }
 
+/// A `dots` kernel for weights of type `E` (see [`Job::dots`]).
+type Dots<E> =
+    unsafe fn(*const f32, usize, usize, usize, *const E, usize, usize, &mut [[f32; 4]; 4]);
+
+/// The weights and the kernel for them, chosen once per product.
 #[derive(Clone, Copy)]
 enum Weights {
-    F16(*const f16),
-    I8(*const i8),
+    F16(*const f16, Dots<f16>),
+    I8(*const i8, Dots<i8>),
+}
+
+/// The fastest f16 kernel `isa` (detected or forced, see `sgemm::with_isa`) allows.
+fn kernel_f16(isa: Isa) -> Dots<f16> {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        Isa::Avx512 => return dots_avx512,
+        Isa::Avx2 if std::arch::is_x86_feature_detected!("f16c") => return dots_avx2,
+        _ => {}
+    }
+    let _ = isa;
+    dots_portable::<f16>
+}
+
+/// The fastest int8 kernel `isa` allows.
+fn kernel_i8(isa: Isa) -> Dots<i8> {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        Isa::Avx512 => return dots_avx512_i8,
+        Isa::Avx2 => return dots_avx2_i8,
+        Isa::Portable => {}
+    }
+    let _ = isa;
+    dots_portable::<i8>
 }
 
 #[derive(Clone, Copy)]
@@ -175,7 +197,6 @@ struct Job {
     ldo: usize,
     accumulate: bool,
     bias: *const f32,
-    isa: Isa,
 }
 
 // SAFETY: tasks write disjoint columns of `out` and only read `h`, `w`, `bias`, which outlive
@@ -225,25 +246,11 @@ impl Job {
     /// Rows `r..r+nr` of `h` and `j..j+nj` of `w` exist.
     unsafe fn dots(&self, r: usize, nr: usize, j: usize, nj: usize, acc: &mut [[f32; 4]; 4]) {
         let (h, k) = (self.h, self.k);
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = self.isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("f16c");
-        // SAFETY: forwarded; the ISA was detected on this CPU.
+        // SAFETY: forwarded; the kernel was chosen for this CPU in `matmul_low`.
         unsafe {
             match self.w {
-                #[cfg(target_arch = "x86_64")]
-                Weights::F16(w) if self.isa == Isa::Avx512 => {
-                    dots_avx512(h, k, r, nr, w, j, nj, acc)
-                }
-                #[cfg(target_arch = "x86_64")]
-                Weights::F16(w) if avx2 => dots_avx2(h, k, r, nr, w, j, nj, acc),
-                Weights::F16(w) => dots_portable(h, k, r, nr, w, j, nj, acc),
-                #[cfg(target_arch = "x86_64")]
-                Weights::I8(w) if self.isa == Isa::Avx512 => {
-                    dots_avx512_i8(h, k, r, nr, w, j, nj, acc)
-                }
-                #[cfg(target_arch = "x86_64")]
-                Weights::I8(w) if avx2 => dots_avx2_i8(h, k, r, nr, w, j, nj, acc),
-                Weights::I8(w) => dots_portable(h, k, r, nr, w, j, nj, acc),
+                Weights::F16(w, kernel) => kernel(h, k, r, nr, w, j, nj, acc),
+                Weights::I8(w, kernel) => kernel(h, k, r, nr, w, j, nj, acc),
             }
         }
     }

@@ -172,14 +172,13 @@ impl Weights {
             )?,
             enc_layers,
             enc_ln: l.ln("encoder/layer_norm", da)?,
-            tok_emb: if l.int8 {
+            tok_emb: {
                 let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
-                Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt))
-            } else {
-                Embedding::new(
-                    file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?,
-                    dt,
-                )
+                if int8 {
+                    Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt))
+                } else {
+                    Embedding::new(w, dt)
+                }
             },
             dec_pos: file.tensor(
                 "decoder/position_encodings/encodings",

@@ -242,11 +242,6 @@ impl PackedB {
         assert!(p < self.k && j < self.n);
         self.data()[(j / NR) * self.k * NR + p * NR + j % NR]
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.buf.lines.len() * 64
-    }
 }
 
 impl Default for PackedB {
@@ -584,6 +579,54 @@ struct Tile {
     bias: *const f32,
 }
 
+/// The `kc`-deep loop of the x86 microkernels over `R` rows: `step(acc, a, b)` adds one k step
+/// (A advancing by `a_step` floats, B by one `NR`-wide row) into two vectors per row. With at
+/// most two rows there are too few independent FMA chains to hide the FMA latency, so a second
+/// set of accumulators takes the odd k and is merged with `add` at the end.
+///
+/// # Safety
+/// `a` and `b` hold `kc` steps.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn k_loop<V: Copy, const R: usize>(
+    kc: usize,
+    a: *const f32,
+    a_step: usize,
+    b: *const f32,
+    zero: V,
+    step: impl Fn(&mut [[V; 2]; R], *const f32, *const f32),
+    add: impl Fn(V, V) -> V,
+) -> [[V; 2]; R] {
+    let mut acc = [[zero; 2]; R];
+    let (mut a, mut b) = (a, b);
+    // SAFETY: every pointer stays within the kc steps the caller guarantees.
+    unsafe {
+        if R <= 2 {
+            let mut odd = [[zero; 2]; R];
+            for _ in 0..kc / 2 {
+                step(&mut acc, a, b);
+                step(&mut odd, a.add(a_step), b.add(NR));
+                a = a.add(2 * a_step);
+                b = b.add(2 * NR);
+            }
+            if kc % 2 == 1 {
+                step(&mut acc, a, b);
+            }
+            for (acc, odd) in acc.iter_mut().zip(&odd) {
+                acc[0] = add(acc[0], odd[0]);
+                acc[1] = add(acc[1], odd[1]);
+            }
+        } else {
+            for _ in 0..kc {
+                step(&mut acc, a, b);
+                a = a.add(a_step);
+                b = b.add(NR);
+            }
+        }
+    }
+    acc
+}
+
 /// `C[r][cols] (+)= alpha · Apanel[kc][mr] · Bpanel[kc][NR] (+ bias)`; with `direct` (AVX-512
 /// only) A is read in place: `r` rows of stride `t.lda`.
 ///
@@ -687,32 +730,9 @@ unsafe fn kernel_avx512<const R: usize, const DIRECT: bool>(
                 acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
             }
         };
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let (mut a, mut b) = (a, b);
-        if R <= 2 {
-            // Few rows: too few independent FMA chains to hide the FMA latency; a second set
-            // of accumulators for odd k doubles them.
-            let mut odd = [[_mm512_setzero_ps(); 2]; R];
-            for _ in 0..t.kc / 2 {
-                step(&mut acc, a, b);
-                step(&mut odd, a.add(a_cs), b.add(NR));
-                a = a.add(2 * a_cs);
-                b = b.add(2 * NR);
-            }
-            if t.kc % 2 == 1 {
-                step(&mut acc, a, b);
-            }
-            for (acc, odd) in acc.iter_mut().zip(&odd) {
-                acc[0] = _mm512_add_ps(acc[0], odd[0]);
-                acc[1] = _mm512_add_ps(acc[1], odd[1]);
-            }
-        } else {
-            for _ in 0..t.kc {
-                step(&mut acc, a, b);
-                a = a.add(a_cs);
-                b = b.add(NR);
-            }
-        }
+        let acc = k_loop(t.kc, a, a_cs, b, _mm512_setzero_ps(), step, |x, y| {
+            _mm512_add_ps(x, y)
+        });
         let masks: [__mmask16; 2] = [
             (((1u32 << cols.min(16)) - 1) & 0xffff) as __mmask16,
             (((1u32 << cols.saturating_sub(16)) - 1) & 0xffff) as __mmask16,
@@ -763,31 +783,9 @@ unsafe fn kernel_avx2<const R: usize>(
                 acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
             }
         };
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let (mut a, mut b) = (a, b);
-        if R <= 2 {
-            // As in the AVX-512 kernel: a second accumulator set for odd k.
-            let mut odd = [[_mm256_setzero_ps(); 2]; R];
-            for _ in 0..t.kc / 2 {
-                step(&mut acc, a, b);
-                step(&mut odd, a.add(MR_256), b.add(NR));
-                a = a.add(2 * MR_256);
-                b = b.add(2 * NR);
-            }
-            if t.kc % 2 == 1 {
-                step(&mut acc, a, b);
-            }
-            for (acc, odd) in acc.iter_mut().zip(&odd) {
-                acc[0] = _mm256_add_ps(acc[0], odd[0]);
-                acc[1] = _mm256_add_ps(acc[1], odd[1]);
-            }
-        } else {
-            for _ in 0..t.kc {
-                step(&mut acc, a, b);
-                a = a.add(MR_256);
-                b = b.add(NR);
-            }
-        }
+        let acc = k_loop(t.kc, a, MR_256, b, _mm256_setzero_ps(), step, |x, y| {
+            _mm256_add_ps(x, y)
+        });
         // Lane j of mask v is set (all ones) when column 8v + j < cols.
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let masks = [0, 8].map(|off| {
