@@ -88,7 +88,7 @@ impl Transcriber {
             language: None,
             language_token: None,
             enc_ws: EncoderWorkspace::new(&dims),
-            dec: DecoderState::new(&dims, 16),
+            dec: DecoderState::new(&dims, 16, model.weights.cross_kv),
             mel_window: vec![0.0; dims.n_mels * N_FRAMES],
             pool,
             threads,

@@ -6,6 +6,7 @@
 //! attention blocked by query rows; the decoder keeps its self-attention KV cache and the
 //! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
 
+pub mod cross;
 pub mod gemv;
 pub mod ops;
 pub mod sgemm;
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 use crate::error::ModelError;
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
+use cross::{CrossKv, KvPrecision};
 use gemv::{MatLow, matmul_low};
 use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
 use sgemm::{Epilogue, MatRef, PackedB};
@@ -70,6 +72,8 @@ pub struct Weights {
     pub dec_pos: Vec<f32>,
     pub dec_layers: Vec<DecoderLayer>,
     pub dec_ln: LayerNorm,
+    /// How the decoder stores each window's cross-attention K/V ([`CrossKv`]).
+    pub cross_kv: KvPrecision,
 }
 
 struct Loader<'a> {
@@ -186,6 +190,10 @@ impl Weights {
             )?,
             dec_layers,
             dec_ln: l.ln("decoder/layer_norm", dt)?,
+            // f16 halves the bytes every decoded token reads; transcripts and times of the
+            // 295 s benchmark audio (greedy) and the 112 s test audio (beam 5) are identical
+            // to f32 storage for tiny.en and base (log-probabilities within 5e-5).
+            cross_kv: KvPrecision::F16,
         })
     }
 }
@@ -479,8 +487,10 @@ pub struct DecoderState {
     /// Per layer `[max_batch][n_text_ctx][d]`.
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
-    /// Per layer `[n_audio_ctx][2d]`: K in the first d columns, V in the next d.
-    cross_kv: Vec<Vec<f32>>,
+    /// Per layer, the window's cross-attention K/V.
+    cross_kv: Vec<CrossKv>,
+    /// The projection `[n_audio_ctx][2d]` of one layer's cross K/V before [`CrossKv::fill`].
+    cross_proj: Vec<f32>,
     x: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
@@ -505,7 +515,8 @@ struct Capture {
 }
 
 impl DecoderState {
-    pub fn new(dims: &Dims, max_batch: usize) -> Self {
+    /// State for batches of up to `max_batch` sequences; cross-attention K/V stored in `cross`.
+    pub fn new(dims: &Dims, max_batch: usize, cross: KvPrecision) -> Self {
         let d = dims.n_text_state;
         let ctx = dims.n_text_ctx;
         let rows = max_batch.max(1) * ctx;
@@ -518,7 +529,17 @@ impl DecoderState {
             len: 0,
             k_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
             v_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
-            cross_kv: vec![vec![0.0; dims.n_audio_ctx * 2 * d]; layers],
+            cross_kv: (0..layers)
+                .map(|_| {
+                    CrossKv::new(
+                        dims.n_text_head,
+                        d / dims.n_text_head,
+                        dims.n_audio_ctx,
+                        cross,
+                    )
+                })
+                .collect(),
+            cross_proj: vec![0.0; dims.n_audio_ctx * 2 * d],
             x: vec![0.0; rows * d],
             h: vec![0.0; rows * d],
             qkv: vec![0.0; rows * 3 * d],
@@ -550,7 +571,10 @@ impl DecoderState {
     pub fn set_audio(&mut self, w: &Weights, encoder_out: &[f32], threads: usize) {
         let t = self.dims.n_audio_ctx;
         for (layer, kv) in w.dec_layers.iter().zip(self.cross_kv.iter_mut()) {
-            layer.cross_kv.forward(encoder_out, t, kv, par(threads));
+            layer
+                .cross_kv
+                .forward(encoder_out, t, &mut self.cross_proj, par(threads));
+            kv.fill(&self.cross_proj);
         }
         self.reset(1);
     }
@@ -659,24 +683,15 @@ impl DecoderState {
             // Cross-attention over the window's encoder output.
             layer.cross_ln.forward(&self.x[..rows * d], &mut self.h);
             layer.cross_q.forward(&self.h, rows, &mut self.qkv, p);
-            let kv = &self.cross_kv[li];
             for b in 0..batch {
-                attend(
-                    AttendArgs {
-                        q: &self.qkv[b * n * d..],
-                        q_rs: d,
-                        k: kv,
-                        v: &kv[d..],
-                        kv_rs: 2 * d,
-                        n,
-                        keys: t_audio,
-                        heads,
-                        dh,
-                        scale,
-                        causal_offset: None,
-                    },
+                self.cross_kv[li].attend(
+                    &self.qkv[b * n * d..],
+                    d,
+                    n,
+                    scale,
                     &mut self.scores,
                     &mut self.head_out,
+                    threads > 1,
                 );
                 scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
                 if b == 0
