@@ -48,6 +48,13 @@ impl LogitFilters {
     /// Applies all filters to one sequence's logits; `sampled` are the tokens sampled so far
     /// in this window (after the prompt).
     pub fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
+        self.apply_with(logits, sampled, |_| {});
+    }
+
+    /// [`apply`](Self::apply), calling `refine` on the logits once every mask is set and
+    /// before the one rule that compares logits (timestamps likelier than any text token):
+    /// screened logits are made exact there (`DecoderState::refine`).
+    pub fn apply_with(&self, logits: &mut [f32], sampled: &[u32], refine: impl FnOnce(&mut [f32])) {
         let vocab = logits.len();
         let mask = |logits: &mut [f32], ids: &[u32]| {
             for &id in ids {
@@ -60,14 +67,20 @@ impl LogitFilters {
             mask(logits, &self.suppress_blank);
         }
         mask(logits, &self.suppress);
-        if let Some(rules) = &self.timestamps {
-            rules.apply(logits, sampled);
+        match &self.timestamps {
+            Some(rules) => {
+                rules.mask(logits, sampled);
+                refine(logits);
+                rules.force_likely(logits);
+            }
+            None => refine(logits),
         }
     }
 }
 
 impl TimestampRules {
-    fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
+    /// The masks: pairing, monotonic timestamps, the initial timestamp.
+    fn mask(&self, logits: &mut [f32], sampled: &[u32]) {
         let tb = self.timestamp_begin as usize;
         let eot = self.eot as usize;
         let vocab = logits.len();
@@ -107,14 +120,17 @@ impl TimestampRules {
                 }
             }
         }
-        // If the timestamps together are likelier than any text token, force a timestamp.
-        let lse = log_sum_exp(logits);
-        if lse == f64::NEG_INFINITY {
-            return;
-        }
-        let timestamp_logprob = log_sum_exp(&logits[tb..]) - lse;
-        let text_max = logits[..tb].iter().copied().fold(neg, f32::max) as f64 - lse;
-        if timestamp_logprob > text_max {
+    }
+
+    /// If the timestamps together are likelier than any text token, forces a timestamp. (openai
+    /// compares log-probabilities; the normaliser is the same on both sides, so logits are
+    /// compared directly.)
+    fn force_likely(&self, logits: &mut [f32]) {
+        let tb = (self.timestamp_begin as usize).min(logits.len());
+        let neg = f32::NEG_INFINITY;
+        let timestamps = log_sum_exp(&logits[tb..]);
+        let text_max = logits[..tb].iter().copied().fold(neg, f32::max) as f64;
+        if timestamps != f64::NEG_INFINITY && timestamps > text_max {
             logits[..tb].fill(neg);
         }
     }

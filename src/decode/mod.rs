@@ -122,6 +122,10 @@ pub fn decode_window(
         state.forward(w, &initial, Some(input.sot_index), threads);
     }
     let mut calls = 1;
+    // Greedy steps of one sequence screen the vocabulary (exact decisions; see
+    // `DecoderState::refine`); beams and sampling need every log-probability exact.
+    let screening = !beam && params.temperature == 0.0 && group == 1;
+    state.set_screening(screening.then_some(input.specials.timestamp_begin as usize));
     let mut scratch = Scratch {
         logits: vec![0.0; vocab],
         logprobs: vec![0.0; vocab],
@@ -204,7 +208,9 @@ pub fn decode_window(
                     continue;
                 }
                 scratch.logits.copy_from_slice(&logits_rows[k]);
-                input.filters.apply(&mut scratch.logits, seq);
+                input.filters.apply_with(&mut scratch.logits, seq, |l| {
+                    state.refine(w, k, l);
+                });
                 log_softmax(&scratch.logits, &mut scratch.logprobs);
                 let token = if params.temperature > 0.0 {
                     sample(&scratch.logits, params.temperature, rng)
@@ -226,6 +232,8 @@ pub fn decode_window(
             row.copy_from_slice(state.logits_row(k));
         }
     }
+
+    state.set_screening(None);
 
     // Candidates: finished beams, or (greedy / sampling) every sequence.
     let mut candidates: Vec<(Vec<u32>, f32)> = if beam {

@@ -73,6 +73,15 @@ impl MatLow {
         self.k
     }
 
+    /// The per-row scales of int8 weights (`w ≈ q · scale`, rounded to nearest: every weight is
+    /// within `scale / 2` of the stored one); `None` for f16.
+    pub fn int8_scales(&self) -> Option<&[f32]> {
+        match &self.data {
+            Low::F16(_) => None,
+            Low::I8 { scales, .. } => Some(scales),
+        }
+    }
+
     /// Whether the weights are int8.
     pub fn is_int8(&self) -> bool {
         matches!(self.data, Low::I8 { .. })
@@ -111,8 +120,30 @@ pub fn matmul_low(
     bias: Option<&[f32]>,
     par: Parallelism,
 ) {
+    matmul_low_cols(h, rows, w, 0..w.n, out, ldo, accumulate, bias, par);
+}
+
+/// [`matmul_low`] for the output columns `cols` only (`out[r][j]` for `j` in `cols`; the
+/// others untouched). Each output is summed in the same order whatever `cols` is, so a column
+/// computed alone equals the same column of the whole product bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_low_cols(
+    h: &[f32],
+    rows: usize,
+    w: &MatLow,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    par: Parallelism,
+) {
     let (n, k) = (w.n, w.k);
-    if rows == 0 || n == 0 {
+    assert!(
+        cols.start <= cols.end && cols.end <= n,
+        "columns out of range"
+    );
+    if rows == 0 || cols.is_empty() {
         return;
     }
     assert!(h.len() >= rows * k, "h too small");
@@ -140,13 +171,14 @@ pub fn matmul_low(
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
     };
     let threads = super::sgemm::threads_of(par);
-    if threads <= 1 || n * k * rows < (1 << 17) {
-        job.columns(0..n);
+    let (c0, nc) = (cols.start, cols.len());
+    if threads <= 1 || nc * k * rows < (1 << 17) {
+        job.columns(cols);
     } else {
-        let per = COLS_PER_TASK.min(n.div_ceil(threads).next_multiple_of(4));
-        (0..n.div_ceil(per))
+        let per = COLS_PER_TASK.min(nc.div_ceil(threads).next_multiple_of(4));
+        (0..nc.div_ceil(per))
             .into_par_iter()
-            .for_each(|t| job.columns(t * per..n.min((t + 1) * per)));
+            .for_each(|t| job.columns(c0 + t * per..c0 + nc.min((t + 1) * per)));
     }
 }
 
@@ -328,8 +360,18 @@ macro_rules! dots_kernel {
                 let wrow = |jj: usize| w.add((j + jj.min(nj - 1)) * k);
                 let hrow = |ri: usize| h.add((r + ri.min(nr - 1)) * k);
                 let (w0, w1, w2, w3) = (wrow(0), wrow(1), wrow(2), wrow(3));
+                // The next 4 rows (the next call's), fetched ahead one cache line per row
+                // per line consumed: every group starts a new 4 KiB page at k = 512 (f16), where
+                // the hardware prefetcher stops, so without this each group waits on memory.
+                let ahead = 4 * k;
+                let line = 64 / std::mem::size_of::<$wty>();
                 let mut p = 0;
                 while p < main {
+                    if p % line == 0 {
+                        for jj in 0..4 {
+                            _mm_prefetch::<_MM_HINT_T0>(wrow(jj).wrapping_add(p + ahead).cast());
+                        }
+                    }
                     let b = [
                         $cvt(w0.add(p)),
                         $cvt(w1.add(p)),

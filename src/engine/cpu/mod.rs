@@ -18,7 +18,7 @@ use crate::error::ModelError;
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
 use cross::{CrossKv, KvPrecision};
-use gemv::{MatLow, matmul_low};
+use gemv::{MatLow, matmul_low, matmul_low_cols};
 use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
 use sgemm::{Epilogue, MatRef, PackedB};
 
@@ -74,6 +74,11 @@ pub struct Weights {
     pub dec_ln: LayerNorm,
     /// How the decoder stores each window's cross-attention K/V ([`CrossKv`]).
     pub cross_kv: KvPrecision,
+    /// An int8 copy of the f16 output projection for greedy decoding: the logits of a step are
+    /// screened with it (half the bytes), then the few tokens that could still be the choice
+    /// are recomputed exactly ([`DecoderState::refine`]). `None` when the projection is
+    /// already int8 or f32.
+    pub vocab_screen: Option<MatLow>,
 }
 
 struct Loader<'a> {
@@ -166,6 +171,17 @@ impl Weights {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
+        let (tok_emb, vocab_screen) = {
+            let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
+            if int8 {
+                (Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt)), None)
+            } else {
+                let screen = MatLow::int8(&w, dims.n_vocab, dt);
+                let emb = Embedding::new(w, dt);
+                let f16 = matches!(&emb, Embedding::Low(m) if !m.is_int8());
+                (emb, f16.then_some(screen))
+            }
+        };
         Ok(Weights {
             dims: dims.clone(),
             conv1: l.conv("encoder/conv1", da, dims.n_mels)?,
@@ -176,14 +192,8 @@ impl Weights {
             )?,
             enc_layers,
             enc_ln: l.ln("encoder/layer_norm", da)?,
-            tok_emb: {
-                let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
-                if int8 {
-                    Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt))
-                } else {
-                    Embedding::new(w, dt)
-                }
-            },
+            tok_emb,
+            vocab_screen,
             dec_pos: file.tensor(
                 "decoder/position_encodings/encodings",
                 &[dims.n_text_ctx, dt],
@@ -219,6 +229,35 @@ impl Embedding {
         match self {
             Embedding::F32 { data, d } => out.copy_from_slice(&data[token * d..(token + 1) * d]),
             Embedding::Low(m) => m.row_into(token, out),
+        }
+    }
+
+    /// [`logits`](Self::logits) for the tokens `cols` only (the same values bit for bit).
+    pub fn logits_cols(
+        &self,
+        h: &[f32],
+        rows: usize,
+        cols: std::ops::Range<usize>,
+        logits: &mut [f32],
+        p: Parallelism,
+    ) {
+        match self {
+            Embedding::F32 { data, d } => {
+                let vocab = data.len() / d;
+                let n = cols.len();
+                matmul_bt(
+                    h,
+                    rows,
+                    *d,
+                    &data[cols.start * d..cols.end * d],
+                    n,
+                    &mut logits[cols.start..],
+                    vocab,
+                    false,
+                    p,
+                );
+            }
+            Embedding::Low(m) => matmul_low_cols(h, rows, m, cols, logits, m.n(), false, None, p),
         }
     }
 
@@ -502,6 +541,12 @@ pub struct DecoderState {
     reorder_tmp: Vec<f32>,
     /// Logits of the last call, `[rows][n_vocab]`.
     pub logits: Vec<f32>,
+    /// Screened greedy steps: tokens from this one on get exact logits ([`Self::set_screening`]).
+    screen_exact_from: Option<usize>,
+    /// Whether the last call's logits were screened (approximate below `screen_exact_from`).
+    screened: bool,
+    /// Per logits row of a screened call: `|exact − screened| ≤ scale[j] · screen_err[r]`.
+    screen_err: Vec<f32>,
     /// Cross-attention capture for word alignment (see [`forward_capture`](Self::forward_capture)).
     capture: Option<Capture>,
 }
@@ -550,6 +595,9 @@ impl DecoderState {
             last: vec![0.0; 2 * max_batch.max(1) * d],
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
             logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
+            screen_exact_from: None,
+            screened: false,
+            screen_err: vec![0.0; 2 * max_batch.max(1)],
             capture: None,
         }
     }
@@ -748,8 +796,32 @@ impl DecoderState {
                 out_rows += 1;
             }
         }
-        w.tok_emb
-            .logits(&self.last[..out_rows * d], out_rows, &mut self.logits, p);
+        let h = &self.last[..out_rows * d];
+        self.screened = false;
+        match (self.screen_exact_from, &w.vocab_screen) {
+            (Some(exact_from), Some(screen)) if extra.is_none() && batch == 1 => {
+                let vocab = dims.n_vocab;
+                let exact_from = exact_from.min(vocab);
+                matmul_low_cols(
+                    h,
+                    out_rows,
+                    screen,
+                    0..exact_from,
+                    &mut self.logits,
+                    vocab,
+                    false,
+                    None,
+                    p,
+                );
+                w.tok_emb
+                    .logits_cols(h, out_rows, exact_from..vocab, &mut self.logits, p);
+                for (e, row) in self.screen_err.iter_mut().zip(h.chunks_exact(d)) {
+                    *e = screen_error(row);
+                }
+                self.screened = true;
+            }
+            _ => w.tok_emb.logits(h, out_rows, &mut self.logits, p),
+        }
     }
 
     /// One sequence of `tokens` from an empty cache, recording the cross-attention weights of
@@ -775,11 +847,93 @@ impl DecoderState {
         self.capture.take().map(|c| c.out).unwrap_or_default()
     }
 
+    /// Screens the logits of later single-sequence calls without `extra` (greedy decoding)
+    /// with the int8 copy of the output projection, when the model has one
+    /// ([`Weights::vocab_screen`]), keeping tokens from `exact_from` on (the timestamps) exact;
+    /// `None` turns screening off. A screened row must go through [`Self::refine`] before any
+    /// decision is taken on it.
+    pub fn set_screening(&mut self, exact_from: Option<usize>) {
+        self.screen_exact_from = exact_from;
+    }
+
+    /// Makes a screened logits row exact where it matters: after masking (`-inf` entries are
+    /// skipped), every token whose screened logit, raised by its error bound, reaches the best
+    /// lower bound of any unmasked token is recomputed with the f16 projection, bit for bit as
+    /// an unscreened call computes it. The argmax of the row is then the exact one. The other
+    /// entries stay within their error bound (a few tenths of a logit) of the exact values.
+    /// `row` is the row index of the last call; no-op when that call was not screened.
+    pub fn refine(&self, w: &Weights, row: usize, logits: &mut [f32]) -> usize {
+        match (self.screen_exact_from, &w.vocab_screen, self.screened) {
+            (Some(exact_from), Some(screen), true) => {
+                let d = self.dims.n_text_state;
+                let h = &self.last[row * d..(row + 1) * d];
+                let vocab = logits.len().min(self.dims.n_vocab);
+                refine_screened(
+                    &w.tok_emb,
+                    screen,
+                    h,
+                    self.screen_err[row],
+                    exact_from,
+                    &mut logits[..vocab],
+                )
+            }
+            _ => 0,
+        }
+    }
+
     /// Logits row `i` of the last forward call.
     pub fn logits_row(&self, i: usize) -> &[f32] {
         let v = self.dims.n_vocab;
         &self.logits[i * v..(i + 1) * v]
     }
+}
+
+/// The error bound factor of screened logits for the row `h`: each weight is within
+/// `scale / 2` of its int8 value, so `|exact − screened| ≤ scale[j] · ‖h‖₁ / 2`; the 5 % margin
+/// covers the f32 rounding of both sums (at most ~1 % of the bound for `d ≤ 1280`).
+fn screen_error(h: &[f32]) -> f32 {
+    0.5 * 1.05 * h.iter().map(|v| v.abs()).sum::<f32>()
+}
+
+/// [`DecoderState::refine`] for one row `h` whose logits below `exact_from` were screened with
+/// `screen` (error bound `scale[j] · err`): recomputes exactly every unmasked token that could
+/// be the maximum. Returns how many were recomputed.
+fn refine_screened(
+    emb: &Embedding,
+    screen: &MatLow,
+    h: &[f32],
+    err: f32,
+    exact_from: usize,
+    logits: &mut [f32],
+) -> usize {
+    let Some(scales) = screen.int8_scales() else {
+        return 0;
+    };
+    let vocab = logits.len();
+    let exact_from = exact_from.min(vocab);
+    let ninf = f32::NEG_INFINITY;
+    // The best lower bound of any unmasked token.
+    let mut lower = ninf;
+    for (&l, &s) in logits[..exact_from].iter().zip(scales) {
+        if l != ninf {
+            lower = lower.max(l - s * err);
+        }
+    }
+    for &l in &logits[exact_from..] {
+        lower = lower.max(l);
+    }
+    if lower == ninf {
+        return 0;
+    }
+    let mut recomputed = 0;
+    for j in 0..exact_from {
+        let l = logits[j];
+        if l != ninf && l + scales[j] * err >= lower {
+            emb.logits_cols(h, 1, j..j + 1, logits, Parallelism::None);
+            recomputed += 1;
+        }
+    }
+    recomputed
 }
 
 /// Up to this many queries per sequence, [`attend`] reads K and V in place ([`ops::attend_head`])
@@ -945,5 +1099,71 @@ mod tests {
             Embedding::new(vec![0.1; d], d),
             Embedding::F32 { .. }
         ));
+    }
+
+    #[test]
+    fn screened_logits_refine_to_the_exact_choice() {
+        // Many near-equal logits (the hard case for screening), masks, an exact tail.
+        let (vocab, d, exact_from) = (4001, 64, 3900);
+        let data: Vec<f32> = (0..vocab * d)
+            .map(|i| {
+                let x = ((i as u64 * 2654435761) % 1_000_003) as f32 / 1_000_003.0 - 0.5;
+                half::f16::from_f32(x * 0.2).to_f32()
+            })
+            .collect();
+        let emb = Embedding::new(data.clone(), d);
+        let screen = MatLow::int8(&data, vocab, d);
+        let mut total_recomputed = 0;
+        for trial in 0..40 {
+            let h: Vec<f32> = (0..d)
+                .map(|i| ((i * 7 + trial * 13) as f32 * 0.71).sin() * 2.0)
+                .collect();
+            let mut exact = vec![0.0; vocab];
+            emb.logits(&h, 1, &mut exact, Parallelism::None);
+            let mut logits = vec![0.0; vocab];
+            matmul_low_cols(
+                &h,
+                1,
+                &screen,
+                0..exact_from,
+                &mut logits,
+                vocab,
+                false,
+                None,
+                Parallelism::None,
+            );
+            emb.logits_cols(&h, 1, exact_from..vocab, &mut logits, Parallelism::None);
+            let err = screen_error(&h);
+            let scales = screen.int8_scales().expect("int8");
+            for j in 0..vocab {
+                let bound = if j < exact_from { scales[j] * err } else { 0.0 };
+                assert!(
+                    (logits[j] - exact[j]).abs() <= bound,
+                    "token {j}: bound violated"
+                );
+            }
+            // Mask every third token, and in some trials the exact maximum itself.
+            let masked: Vec<bool> = (0..vocab).map(|j| (j + trial) % 3 == 0).collect();
+            let mut want = exact.clone();
+            for j in 0..vocab {
+                if masked[j] {
+                    want[j] = f32::NEG_INFINITY;
+                    logits[j] = f32::NEG_INFINITY;
+                }
+            }
+            total_recomputed += refine_screened(&emb, &screen, &h, err, exact_from, &mut logits);
+            let best = |x: &[f32]| (0..vocab).fold(0, |b, j| if x[j] > x[b] { j } else { b });
+            assert_eq!(best(&logits), best(&want), "trial {trial}: argmax differs");
+            assert_eq!(
+                logits[best(&want)],
+                want[best(&want)],
+                "the choice is exact"
+            );
+        }
+        // Screening only pays when few tokens need recomputing.
+        assert!(
+            total_recomputed < 40 * vocab / 20,
+            "recomputed {total_recomputed}"
+        );
     }
 }
