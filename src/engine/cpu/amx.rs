@@ -65,8 +65,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// AMX when the CPU has AMX-TILE and AMX-BF16 (and AVX-512F, for the epilogue), Linux grants
-    /// the tile data state, and `WHISPERNPU_NO_AMX` is unset (or `0`); `Emulated` otherwise.
+    /// AMX when the CPU has AMX-TILE and AMX-BF16 (and AVX-512F/BW and AVX512-BF16, which every
+    /// AMX CPU has, for conversions and epilogues), Linux grants the tile data state, and `WHISPERNPU_NO_AMX` is unset (or `0`); `Emulated` otherwise.
     /// Detected once per process.
     pub fn detected() -> Backend {
         static DETECTED: OnceLock<Backend> = OnceLock::new();
@@ -89,8 +89,8 @@ impl Backend {
     }
 }
 
-/// CPUID reports AMX-TILE and AMX-BF16, the CPU has AVX-512F, and the kernel granted this
-/// process the tile data state (asked once).
+/// CPUID reports AMX-TILE and AMX-BF16, the CPU has AVX-512F/BW and AVX512-BF16, and the
+/// kernel granted this process the tile data state (asked once).
 fn amx_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
     *USABLE.get_or_init(|| {
@@ -98,7 +98,11 @@ fn amx_usable() -> bool {
         {
             use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
             let (max_leaf, _) = __get_cpuid_max(0);
-            if max_leaf < 7 || !is_x86_feature_detected!("avx512f") {
+            if max_leaf < 7
+                || !is_x86_feature_detected!("avx512f")
+                || !is_x86_feature_detected!("avx512bw")
+                || !is_x86_feature_detected!("avx512bf16")
+            {
                 return false;
             }
             let edx = __cpuid_count(7, 0).edx;
@@ -221,7 +225,9 @@ impl PackedBf16 {
         self.n = n;
         self.k = k;
         match self.backend {
-            Backend::Amx => pack_b_tiles(&mut self.tiles, b, k, n),
+            // SAFETY: AMX usable (checked at construction), so are the AVX-512 extensions; `b`
+            // checked above.
+            Backend::Amx => unsafe { pack_b_tiles(&mut self.tiles, b, k, n) },
             Backend::Emulated => {
                 self.f32.pack_from(b, k, n);
                 self.f32.map_in_place(round_bf16);
@@ -272,38 +278,74 @@ fn tile_index(p: usize, j: usize, kb: usize) -> (usize, usize) {
 }
 
 /// Packs `B[p][j] = b[p * rs + j * cs]` (`k × n`) into the AMX tile layout.
-fn pack_b_tiles(dst: &mut TileBuf, b: MatRef<'_>, k: usize, n: usize) {
+///
+/// # Safety
+/// `b` holds the `k × n` elements; AVX-512F, AVX-512BW and AVX512-BF16 (implied by the AMX
+/// backend).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_b_tiles(dst: &mut TileBuf, b: MatRef<'_>, k: usize, n: usize) {
+    use std::arch::x86_64::*;
     let kb = k.div_ceil(KB);
     let panels = n.div_ceil(MB);
     let rows = dst.reserve(panels * kb * 2 * 16);
     if !k.is_multiple_of(KB) || !n.is_multiple_of(MB) {
         rows.fill(ZERO_ROW);
     }
-    let (data, rs, cs) = (b.data, b.rs, b.cs);
-    if cs == 1 && rs != 1 {
-        // Rows of B contiguous: each tile row interleaves 16 columns of rows 2r and 2r + 1.
-        for p in (0..k).step_by(2) {
-            let r0 = &data[p * rs..][..n];
-            let r1 = (p + 1 < k).then(|| &data[(p + 1) * rs..][..n]);
-            for j0 in (0..n).step_by(16) {
-                let cols = 16.min(n - j0);
-                let (row, _) = tile_index(p, j0, kb);
-                let out = &mut rows[row].0;
-                for c in 0..cols {
-                    out[2 * c] = to_bf16(r0[j0 + c]);
-                    out[2 * c + 1] = r1.map_or(0, |r1| to_bf16(r1[j0 + c]));
+    let (data, rs, cs) = (b.data.as_ptr(), b.rs, b.cs);
+    let rows = rows.as_mut_ptr();
+    // SAFETY: reads stay inside the k × n elements (caller), writes inside the panels.
+    unsafe {
+        if cs == 1 && rs != 1 {
+            // Rows of B contiguous (V): a tile row interleaves 16 columns of rows 2r, 2r + 1.
+            let idx = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            for p in (0..k).step_by(2) {
+                let r0 = data.add(p * rs);
+                let r1 = (p + 1 < k).then(|| data.add((p + 1) * rs));
+                for j0 in (0..n).step_by(16) {
+                    let mask = ((1u32 << (n - j0).min(16)) - 1) as __mmask16;
+                    let lo = _mm512_maskz_loadu_ps(mask, r0.add(j0));
+                    let hi = r1.map_or(_mm512_setzero_ps(), |r1| {
+                        _mm512_maskz_loadu_ps(mask, r1.add(j0))
+                    });
+                    let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                    let (row, _) = tile_index(p, j0, kb);
+                    _mm512_store_si512(rows.add(row).cast(), _mm512_permutexvar_epi16(idx, bf));
+                }
+            }
+        } else if rs == 1 {
+            // Columns of B contiguous (weights `W[n][k]`, keys as `Kᵀ`): 32 values of a column
+            // are 16 pairs, one 32-bit word in each of the 16 rows of a tile.
+            let mut tmp = ZERO_ROW;
+            for j in 0..n {
+                let col = data.add(j * cs);
+                for s in 0..kb {
+                    convert_row(col.add(s * KB), KB.min(k - s * KB), &mut tmp);
+                    let words = tmp.0.as_ptr().cast::<u32>();
+                    let (base, _) = tile_index(s * KB, j, kb);
+                    for r in 0..16 {
+                        let dst = rows.add(base + r).cast::<u32>().add(j % 16);
+                        dst.write(*words.add(r));
+                    }
+                }
+            }
+        } else {
+            for j in 0..n {
+                for p in 0..k {
+                    let (row, idx) = tile_index(p, j, kb);
+                    (*rows.add(row)).0[idx] = to_bf16(*data.add(p * rs + j * cs));
                 }
             }
         }
-    } else {
-        // Columns of B contiguous when rs == 1 (weights `W[n][k]`, keys as `Kᵀ`).
-        for j in 0..n {
-            for p in 0..k {
-                let (row, idx) = tile_index(p, j, kb);
-                rows[row].0[idx] = to_bf16(data[p * rs + j * cs]);
-            }
-        }
     }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_b_tiles(_: &mut TileBuf, _: MatRef<'_>, _: usize, _: usize) {
+    unreachable!("AMX backend on a non-x86_64 target")
 }
 
 thread_local! {
@@ -311,6 +353,15 @@ thread_local! {
     static A_TILES: RefCell<TileBuf> = const { RefCell::new(TileBuf::new()) };
     /// `A` rounded to bf16 (as f32) for the emulated backend.
     static A_ROUNDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A function applied to the product (after alpha and bias) before it is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    #[default]
+    None,
+    /// [`ops::gelu`](super::ops::gelu) (erf form), exactly as `ops::gelu_inplace` would apply it.
+    Gelu,
 }
 
 /// `C[m][n] = alpha · A[m][k] · B (+ bias) (+ C)` in bf16 (see the module doc), `C` row stride
@@ -324,6 +375,26 @@ pub fn gemm(
     ep: Epilogue<'_>,
     par: Parallelism,
 ) {
+    gemm_act(m, a, b, c, ldc, ep, Activation::None, par);
+}
+
+/// [`gemm`] with `C = act(alpha · A · B + bias)` (`act` fused into the store; no accumulate
+/// with an activation).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_act(
+    m: usize,
+    a: MatRef<'_>,
+    b: &PackedBf16,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    act: Activation,
+    par: Parallelism,
+) {
+    assert!(
+        act == Activation::None || !ep.accumulate,
+        "an activation cannot be fused with accumulate"
+    );
     let (n, k) = (b.n, b.k);
     if m == 0 || n == 0 {
         return;
@@ -337,7 +408,18 @@ pub fn gemm(
         assert!(bias.len() >= n, "bias too short");
     }
     match b.backend {
-        Backend::Emulated => gemm_emulated(m, a, &b.f32, c, ldc, ep, par),
+        Backend::Emulated => {
+            gemm_emulated(m, a, &b.f32, c, ldc, ep, par);
+            if act == Activation::Gelu {
+                if ldc == n {
+                    super::ops::gelu_inplace(&mut c[..m * n]);
+                } else {
+                    c.chunks_mut(ldc)
+                        .take(m)
+                        .for_each(|row| super::ops::gelu_inplace(&mut row[..n]));
+                }
+            }
+        }
         Backend::Amx => {
             let job = Job {
                 m,
@@ -352,6 +434,7 @@ pub fn gemm(
                 alpha: ep.alpha,
                 accumulate: ep.accumulate,
                 bias: ep.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                act,
             };
             job.run(threads_of(par));
         }
@@ -404,6 +487,281 @@ fn gemm_emulated(
     });
 }
 
+/// Scratch of one thread's [`attention`] calls.
+struct AttnScratch {
+    /// AMX: query tiles (32 rows), probability tiles (32 rows × all keys).
+    q: TileBuf,
+    p: TileBuf,
+    /// Scores (AMX: 32 rows; emulated: all rows of the call).
+    s: Vec<Acc>,
+    /// Per row: the sum of the (rounded) probabilities.
+    sums: Vec<f32>,
+}
+
+thread_local! {
+    static ATTN: RefCell<AttnScratch> = const {
+        RefCell::new(AttnScratch {
+            q: TileBuf::new(),
+            p: TileBuf::new(),
+            s: Vec::new(),
+            sums: Vec::new(),
+        })
+    };
+}
+
+/// Single-head attention of `rows` queries on the calling thread:
+/// `out[i][..dh] = softmax(scale · q_i · Kᵀ) · V`, with `kt` = `Kᵀ` (`dh × keys`) and `v`
+/// (`keys × dh`) packed by [`PackedBf16::pack_from`] for the same backend, `q` rows of `dh`
+/// values, `out` row stride `ldo`.
+///
+/// Q, K, V and the probabilities go through bf16; scores, softmax and sums stay f32. The
+/// probabilities are rounded before normalisation (`e_j = exp(scale · (s_j - max))`, rounded to
+/// bf16) and the output row is divided by the sum of the rounded `e_j`, so the weights applied
+/// to V sum to one. AMX: per 32 queries, the scores go straight from the tiles to a scratch
+/// block, the exponentials straight into bf16 tiles for `P · V`.
+pub fn attention(
+    q: MatRef<'_>,
+    rows: usize,
+    kt: &PackedBf16,
+    v: &PackedBf16,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let (dh, keys) = (kt.k, kt.n);
+    assert!(v.k == keys && v.n == dh, "K and V shapes differ");
+    assert!(
+        kt.backend == v.backend,
+        "K and V packed for different backends"
+    );
+    if rows == 0 || dh == 0 {
+        return;
+    }
+    assert!(keys > 0, "attention over no keys");
+    assert!(
+        ldo >= dh && out.len() >= (rows - 1) * ldo + dh,
+        "out too small"
+    );
+    assert!(
+        q.data.len() > (rows - 1) * q.rs + (dh - 1) * q.cs,
+        "Q too small"
+    );
+    ATTN.with(|sc| {
+        let mut sc = sc.borrow_mut();
+        match kt.backend {
+            // SAFETY: AMX usable (the operands were packed for it); shapes asserted above.
+            Backend::Amx => unsafe { attention_amx(q, rows, kt, v, scale, out, ldo, &mut sc) },
+            Backend::Emulated => attention_emulated(q, rows, kt, v, scale, out, ldo, &mut sc),
+        }
+    });
+}
+
+/// [`attention`] with the f32 kernels on bf16-rounded operands.
+#[allow(clippy::too_many_arguments)]
+fn attention_emulated(
+    q: MatRef<'_>,
+    rows: usize,
+    kt: &PackedBf16,
+    v: &PackedBf16,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    sc: &mut AttnScratch,
+) {
+    let (dh, keys) = (kt.k, kt.n);
+    let len = rows * keys;
+    if sc.s.len() * MB * MB < len {
+        sc.s.resize(len.div_ceil(MB * MB), Acc([0.0; MB * MB]));
+    }
+    sc.sums.resize(rows, 0.0);
+    // SAFETY: `Acc` is plain f32 without padding; `len` floats are inside the buffer.
+    let s = unsafe { std::slice::from_raw_parts_mut(sc.s.as_mut_ptr().cast::<f32>(), len) };
+    let none = Parallelism::None;
+    gemm_emulated(rows, q, &kt.f32, s, keys, Epilogue::default(), none);
+    for (row, sum) in s.chunks_exact_mut(keys).zip(sc.sums.iter_mut()) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for x in row.iter_mut() {
+            *x = round_bf16(super::ops::exp_nonpositive((*x - max) * scale));
+            total += *x;
+        }
+        *sum = total;
+    }
+    let p = MatRef {
+        data: s,
+        rs: keys,
+        cs: 1,
+    };
+    gemm_emulated(rows, p, &v.f32, out, ldo, Epilogue::default(), none);
+    for (i, &sum) in sc.sums.iter().enumerate() {
+        let inv = 1.0 / sum;
+        out[i * ldo..i * ldo + dh]
+            .iter_mut()
+            .for_each(|o| *o *= inv);
+    }
+}
+
+/// [`attention`] on AMX tiles, 32 queries at a time.
+///
+/// # Safety
+/// The AMX backend is usable; `kt`, `v` packed for it; shapes as asserted by [`attention`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_amx(
+    q: MatRef<'_>,
+    rows: usize,
+    kt: &PackedBf16,
+    v: &PackedBf16,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    sc: &mut AttnScratch,
+) {
+    let (dh, keys) = (kt.k, kt.n);
+    // Depth steps of Q · Kᵀ (over dh) and of P · V (over keys); key panels of Kᵀ = kbp.
+    let (kbq, kbp) = (dh.div_ceil(KB), keys.div_ceil(KB));
+    let ld_s = kbp * KB;
+    let q_tiles = sc.q.reserve(MB * kbq);
+    let p_tiles = sc.p.reserve(MB * kbp);
+    if sc.s.len() < ld_s {
+        // 32 rows of ld_s floats = ld_s / 32 blocks of 32 × 32.
+        sc.s.resize(ld_s, Acc([0.0; MB * MB]));
+    }
+    let s = sc.s.as_mut_ptr().cast::<f32>();
+    let mut sums = [0.0f32; MB];
+    let mut acc = Acc([0.0; MB * MB]);
+    let kt_tiles = kt.tiles.rows.as_ptr().cast::<u16>();
+    let v_tiles = v.tiles.rows.as_ptr().cast::<u16>();
+    // SAFETY: per the contract: every pointer below stays inside its buffer (tile counts from
+    // the shapes), tiles are configured on this thread first.
+    unsafe {
+        configure_tiles();
+        for r0 in (0..rows).step_by(MB) {
+            let r = MB.min(rows - r0);
+            pack_a_tiles(
+                q.data.as_ptr().add(r0 * q.rs),
+                q.rs,
+                q.cs,
+                r,
+                dh,
+                kbq,
+                q_tiles,
+            );
+            let q0 = q_tiles.as_ptr().cast::<u16>();
+            for jp in 0..kbp {
+                let b = kt_tiles.add(jp * kbq * 2 * TILE);
+                kernel_32x32(q0, q0.add(kbq * TILE), b, kbq, s.add(jp * MB), ld_s * 4);
+            }
+            for (i, sum) in sums.iter_mut().enumerate().take(r) {
+                let dst = p_tiles.as_mut_ptr().add((i / 16) * kbp * 16 + i % 16);
+                *sum = softmax_row_to_tiles(s.add(i * ld_s), keys, scale, dst, kbp);
+            }
+            for i in r..MB {
+                for c in 0..kbp {
+                    p_tiles[(i / 16) * kbp * 16 + i % 16 + c * 16] = ZERO_ROW;
+                }
+            }
+            let p0 = p_tiles.as_ptr().cast::<u16>();
+            for jp in 0..dh.div_ceil(MB) {
+                let b = v_tiles.add(jp * kbp * 2 * TILE);
+                kernel_32x32(p0, p0.add(kbp * TILE), b, kbp, acc.0.as_mut_ptr(), MB * 4);
+                let cols = MB.min(dh - jp * MB);
+                for (i, &sum) in sums.iter().enumerate().take(r) {
+                    let inv = 1.0 / sum;
+                    let src = &acc.0[i * MB..i * MB + cols];
+                    let dst = &mut out[(r0 + i) * ldo + jp * MB..][..cols];
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = x * inv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_amx(
+    _: MatRef<'_>,
+    _: usize,
+    _: &PackedBf16,
+    _: &PackedBf16,
+    _: f32,
+    _: &mut [f32],
+    _: usize,
+    _: &mut AttnScratch,
+) {
+    unreachable!("AMX backend on a non-x86_64 target")
+}
+
+/// One row of scores `s[..keys]` to probability tiles: `e_j = exp(scale · (s_j - max))` rounded
+/// to bf16 into tile rows `dst`, `dst + 16`, ... (`chunks` of 32 keys, keys past `keys` zero);
+/// returns the sum of the rounded `e_j`.
+///
+/// # Safety
+/// `s` holds `chunks * 32` floats (those past `keys` are ignored); `dst` holds the tile rows;
+/// AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn softmax_row_to_tiles(
+    s: *const f32,
+    keys: usize,
+    scale: f32,
+    dst: *mut TileRow,
+    chunks: usize,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = |from: usize| -> __mmask16 {
+        let valid = keys.saturating_sub(from).min(16);
+        ((1u32 << valid) - 1) as __mmask16
+    };
+    // SAFETY: per the contract; masked loads read only the `keys` valid scores.
+    unsafe {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..keys).step_by(16) {
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, mask(j), s.add(j)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        // exp(scale (x - max)) = 2^y, y = (x - max) · scale · log2(e) ≤ 0: y = n + f with n an
+        // integer and |f| ≤ 1/2, 2^f by a degree-6 polynomial (relative error ~2e-7), times 2^n
+        // by vscalefps (underflows to 0).
+        let c = _mm512_set1_ps(scale * std::f32::consts::LOG2_E);
+        let exp = |x: __m512| -> __m512 {
+            let y = _mm512_mul_ps(_mm512_sub_ps(x, max), c);
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+            let f = _mm512_sub_ps(y, n);
+            let mut p = _mm512_set1_ps(1.535_336_2e-4);
+            for k in [
+                1.339_887_4e-3,
+                9.618_437e-3,
+                5.550_332_5e-2,
+                2.402_264_8e-1,
+                6.931_472e-1,
+            ] {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
+            }
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+            _mm512_scalef_ps(p, n)
+        };
+        let hi_mask = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut total = _mm512_setzero_ps();
+        for ch in 0..chunks {
+            let j = ch * KB;
+            let (m0, m1) = (mask(j), mask(j + 16));
+            let e0 = _mm512_maskz_mov_ps(m0, exp(_mm512_maskz_loadu_ps(m0, s.add(j))));
+            let e1 = _mm512_maskz_mov_ps(m1, exp(_mm512_maskz_loadu_ps(m1, s.add(j + 16))));
+            let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(e1, e0));
+            _mm512_store_si512(dst.add(ch * 16).cast(), bf);
+            // The 32 rounded values as f32: even entries shifted up, odd entries masked.
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(bf, hi_mask));
+            total = _mm512_add_ps(total, _mm512_add_ps(even, odd));
+        }
+        _mm512_reduce_add_ps(total)
+    }
+}
+
 /// One AMX GEMM call, as raw parts shared by its tasks.
 #[derive(Clone, Copy)]
 struct Job {
@@ -420,6 +778,7 @@ struct Job {
     alpha: f32,
     accumulate: bool,
     bias: *const f32,
+    act: Activation,
 }
 
 // SAFETY: tasks write disjoint blocks of C and only read A, B and bias, which outlive the call.
@@ -507,23 +866,24 @@ impl Job {
                 // SAFETY: A tiles of rows ip .. ip + 32 (zero padded) and B panel jp both hold
                 // kb steps; C rows/columns in range (see `gemm`'s asserts).
                 unsafe {
-                    kernel_32x32(a0, a0.add(kb * TILE), b, kb, acc.0.as_mut_ptr());
+                    kernel_32x32(a0, a0.add(kb * TILE), b, kb, acc.0.as_mut_ptr(), MB * 4);
                     let c = self.c.add((i0 + ip) * self.ldc + jp * MB);
                     let bias = if self.bias.is_null() {
                         self.bias
                     } else {
                         self.bias.add(jp * MB)
                     };
-                    epilogue(
-                        &acc,
+                    let store = Store {
                         rows,
                         cols,
                         c,
-                        self.ldc,
-                        self.alpha,
+                        ldc: self.ldc,
+                        alpha: self.alpha,
                         bias,
-                        self.accumulate,
-                    );
+                        accumulate: self.accumulate,
+                        gelu: self.act == Activation::Gelu,
+                    };
+                    epilogue(&mut acc, &store);
                 }
             }
         }
@@ -534,40 +894,12 @@ impl Job {
         unreachable!("AMX backend on a non-x86_64 target")
     }
 
-    /// Converts rows `i0 .. i0 + mc` of A to bf16 tiles: 16-row blocks of `kb` tiles each, rows
-    /// up to the next multiple of 32 and depth up to `32 kb` zero.
+    /// Converts rows `i0 .. i0 + mc` of A to bf16 tiles (see [`pack_a_tiles`]).
     fn pack_a(&self, i0: usize, mc: usize, kb: usize, dst: &mut [TileRow]) {
-        let k = self.k;
-        for ii in 0..mc.next_multiple_of(MB) {
-            let base = (ii / 16) * kb * 16 + ii % 16;
-            if ii >= mc {
-                for s in 0..kb {
-                    dst[base + s * 16] = ZERO_ROW;
-                }
-                continue;
-            }
-            // SAFETY: row i0 + ii < m, columns < k (asserted by `gemm`).
-            let row = unsafe { self.a.add((i0 + ii) * self.a_rs) };
-            if self.a_cs == 1 {
-                for s in 0..kb {
-                    let len = KB.min(k - s * KB);
-                    // SAFETY: `len` floats of the row from column 32 s.
-                    unsafe { convert_row(row.add(s * KB), len, &mut dst[base + s * 16]) };
-                }
-            } else {
-                for s in 0..kb {
-                    let out = &mut dst[base + s * 16].0;
-                    for (p, o) in out.iter_mut().enumerate() {
-                        let col = s * KB + p;
-                        // SAFETY: column col < k of row i0 + ii.
-                        *o = if col < k {
-                            to_bf16(unsafe { *row.add(col * self.a_cs) })
-                        } else {
-                            0
-                        };
-                    }
-                }
-            }
+        // SAFETY: rows i0 .. i0 + mc < m and columns < k are inside A (asserted by `gemm`).
+        unsafe {
+            let a = self.a.add(i0 * self.a_rs);
+            pack_a_tiles(a, self.a_rs, self.a_cs, mc, self.k, kb, dst);
         }
     }
 
@@ -583,6 +915,9 @@ impl Job {
                     } else {
                         *self.bias.add(j)
                     };
+                    if self.act == Activation::Gelu {
+                        v = super::ops::gelu(v);
+                    }
                     if self.accumulate {
                         v += *c;
                     }
@@ -593,7 +928,57 @@ impl Job {
     }
 }
 
+/// Converts `mc` rows of `A[i][p] = a[i * rs + p * cs]` (`k` columns) to bf16 tiles: 16-row
+/// blocks of `kb` tiles each (tile row `i % 16` of tile `(i / 16) * kb + p / 32`), rows up to
+/// the next multiple of 32 and depth up to `32 kb` zero.
+///
+/// # Safety
+/// `a` holds the `mc × k` elements; `dst` holds `mc.next_multiple_of(32) * kb` rows; the AMX
+/// backend is usable (AVX-512F, AVX512-BF16).
+unsafe fn pack_a_tiles(
+    a: *const f32,
+    rs: usize,
+    cs: usize,
+    mc: usize,
+    k: usize,
+    kb: usize,
+    dst: &mut [TileRow],
+) {
+    for ii in 0..mc.next_multiple_of(MB) {
+        let base = (ii / 16) * kb * 16 + ii % 16;
+        if ii >= mc {
+            for s in 0..kb {
+                dst[base + s * 16] = ZERO_ROW;
+            }
+            continue;
+        }
+        // SAFETY: row ii < mc of A (caller).
+        let row = unsafe { a.add(ii * rs) };
+        if cs == 1 {
+            for s in 0..kb {
+                let len = KB.min(k - s * KB);
+                // SAFETY: `len` floats of the row from column 32 s; AVX-512 (caller).
+                unsafe { convert_row(row.add(s * KB), len, &mut dst[base + s * 16]) };
+            }
+        } else {
+            for s in 0..kb {
+                let out = &mut dst[base + s * 16].0;
+                for (p, o) in out.iter_mut().enumerate() {
+                    let col = s * KB + p;
+                    // SAFETY: column col < k of the row (caller).
+                    *o = if col < k {
+                        to_bf16(unsafe { *row.add(col * cs) })
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// The microkernel's 32 × 32 f32 accumulators, row-major, as stored from the tiles.
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Acc([f32; MB * MB]);
 
@@ -623,15 +1008,23 @@ unsafe fn configure_tiles() {
     unreachable!("AMX backend on a non-x86_64 target")
 }
 
-/// `acc[32][32] = A · B` over `kb` 32-deep steps: `a0`, `a1` the tiles of rows 0–15 and 16–31
-/// (`kb` consecutive 1 KiB tiles each), `b` a panel (`kb` steps of two consecutive tiles).
+/// `C[32][32] = A · B` over `kb` 32-deep steps: `a0`, `a1` the tiles of rows 0–15 and 16–31
+/// (`kb` consecutive 1 KiB tiles each), `b` a panel (`kb` steps of two consecutive tiles); C
+/// f32 with a row stride of `ldc` bytes.
 ///
 /// # Safety
 /// Tiles configured as by [`configure_tiles`]; the pointers hold `kb` steps; `kb >= 1`;
-/// `acc` is 64-byte aligned with 1024 floats.
+/// `c` holds 32 rows of 32 floats at stride `ldc` bytes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn kernel_32x32(a0: *const u16, a1: *const u16, b: *const u16, kb: usize, acc: *mut f32) {
+unsafe fn kernel_32x32(
+    a0: *const u16,
+    a1: *const u16,
+    b: *const u16,
+    kb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     // SAFETY: per the contract; tmm0–3 accumulate, tmm4–5 hold A, tmm6–7 hold B.
     unsafe {
         std::arch::asm!(
@@ -653,40 +1046,71 @@ unsafe fn kernel_32x32(a0: *const u16, a1: *const u16, b: *const u16, kb: usize,
             "add {b}, 2048",
             "dec {kb}",
             "jnz 2b",
-            "tilestored [{c} + {s128}*1], tmm0",
-            "tilestored [{c} + {s128}*1 + 64], tmm1",
-            "tilestored [{c} + {s128}*1 + 2048], tmm2",
-            "tilestored [{c} + {s128}*1 + 2112], tmm3",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 64], tmm1",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
             a0 = inout(reg) a0 => _,
             a1 = inout(reg) a1 => _,
             b = inout(reg) b => _,
             kb = inout(reg) kb => _,
-            c = in(reg) acc,
+            c = in(reg) c,
+            c2 = in(reg) c.cast::<u8>().add(16 * ldc),
             s64 = in(reg) 64usize,
-            s128 = in(reg) 128usize,
+            ldc = in(reg) ldc,
             options(nostack),
         );
     }
 }
 
-/// `C[rows][cols] = alpha · acc (+ bias) (+ C)`, for the valid part of a 32 × 32 block.
-///
-/// # Safety
-/// AVX-512F; `c` holds `rows` rows of `cols` floats at stride `ldc`; `bias` null or `cols` long.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn epilogue(
-    acc: &Acc,
+/// Where and how a 32 × 32 block of products is stored.
+#[derive(Clone, Copy)]
+struct Store {
+    /// Valid rows and columns of the block.
     rows: usize,
     cols: usize,
+    /// The block's first element in C, and C's row stride.
     c: *mut f32,
     ldc: usize,
     alpha: f32,
+    /// Null, or the block's `cols` bias values.
     bias: *const f32,
     accumulate: bool,
-) {
+    gelu: bool,
+}
+
+/// `C[rows][cols] = act(alpha · acc + bias) (+ C)`, for the valid part of a 32 × 32 block.
+///
+/// # Safety
+/// AVX-512F; the pointers of `st` valid as documented there.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue(acc: &mut Acc, st: &Store) {
     use std::arch::x86_64::*;
+    let Store {
+        rows,
+        cols,
+        c,
+        ldc,
+        mut alpha,
+        mut bias,
+        accumulate,
+        gelu,
+    } = *st;
+    if gelu {
+        // As `ops::gelu_inplace` on the stored product: the same operations, vectorised.
+        let mut b = [0.0f32; MB];
+        if !bias.is_null() {
+            // SAFETY: `cols` bias values (caller).
+            b[..cols].copy_from_slice(unsafe { std::slice::from_raw_parts(bias, cols) });
+        }
+        for row in acc.0.chunks_exact_mut(MB).take(rows) {
+            for (x, &b) in row.iter_mut().zip(&b) {
+                *x = super::ops::gelu(*x * alpha + b);
+            }
+        }
+        (alpha, bias) = (1.0, std::ptr::null());
+    }
     let masks: [__mmask16; 2] = [0, 16].map(|off| {
         let valid = cols.saturating_sub(off).min(16);
         ((1u32 << valid) - 1) as __mmask16
@@ -720,34 +1144,26 @@ unsafe fn epilogue(
 }
 
 /// `len` (≤ 32) floats from `src` rounded to bf16 into a tile row, the rest zero.
+/// (`vcvtne2ps2bf16`: round to nearest even like [`to_bf16`], but denormals flushed to zero, as
+/// `tdpbf16ps` would treat them anyway.)
 ///
 /// # Safety
-/// `src` holds `len` floats; AVX-512F (the AMX backend implies it).
+/// `src` holds `len` floats; AVX-512F and AVX512-BF16 (the AMX backend implies them).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn convert_row(src: *const f32, len: usize, dst: &mut TileRow) {
     use std::arch::x86_64::*;
-    let half = |x: __m512| -> __m256i {
-        let bits = _mm512_castps_si512(x);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-            bits,
-            _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)),
-        ));
-        // NaN: keep it, quiet.
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-        _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet))
-    };
     let m0 = ((1u32 << len.min(16)) - 1) as __mmask16;
     let m1 = ((1u32 << len.saturating_sub(16)) - 1) as __mmask16;
     // SAFETY: masked loads read only `len` floats; `dst` is 64 aligned bytes.
     unsafe {
-        let lo = half(_mm512_maskz_loadu_ps(m0, src));
-        let hi = half(_mm512_maskz_loadu_ps(m1, src.add(16)));
-        let out = dst.0.as_mut_ptr().cast::<__m256i>();
-        _mm256_store_si256(out, lo);
-        _mm256_store_si256(out.add(1), hi);
+        let lo = _mm512_maskz_loadu_ps(m0, src);
+        let hi = _mm512_maskz_loadu_ps(m1, src.add(16));
+        let bf = _mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_store_si512(
+            dst.0.as_mut_ptr().cast(),
+            std::mem::transmute::<__m512bh, __m512i>(bf),
+        );
     }
 }
 
@@ -764,17 +1180,7 @@ unsafe fn convert_row(src: *const f32, len: usize, dst: &mut TileRow) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn epilogue(
-    _: &Acc,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: f32,
-    _: *const f32,
-    _: bool,
-) {
+unsafe fn epilogue(_: &mut Acc, _: &Store) {
     unreachable!("AMX backend on a non-x86_64 target")
 }
 
@@ -1037,6 +1443,110 @@ mod tests {
                 Parallelism::None,
             );
             assert_eq!(c, [2.0, 3.0, 4.0, 2.0, 3.0, 4.0]);
+        }
+    }
+
+    #[test]
+    fn attention_backends_agree_with_reference() {
+        // One head of Whisper's shape (dh 64) over ragged key and query counts; Q with a row
+        // stride, as in the fused QKV buffer.
+        let (rows, keys, dh, ld) = (75, 203, 64, 3 * 64 + 5);
+        let q = fill(rows * ld, 21);
+        let k = fill(keys * dh, 22);
+        let v = fill(keys * dh, 23);
+        let scale = 0.125;
+        let r = |x: f32| round_bf16(x) as f64;
+        let want = |i: usize, c: usize| -> f64 {
+            let s: Vec<f64> = (0..keys)
+                .map(|j| (0..dh).map(|p| r(q[i * ld + p]) * r(k[j * dh + p])).sum())
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s
+                .iter()
+                .map(|x| r(((x - max) * scale as f64).exp() as f32))
+                .collect();
+            let sum: f64 = e.iter().sum();
+            (0..keys).map(|j| e[j] * r(v[j * dh + c])).sum::<f64>() / sum
+        };
+        let mut outs = Vec::new();
+        for backend in backends() {
+            let mut kt = PackedBf16::empty(backend);
+            kt.pack_from(
+                MatRef {
+                    data: &k,
+                    rs: 1,
+                    cs: dh,
+                },
+                dh,
+                keys,
+            );
+            let mut vp = PackedBf16::empty(backend);
+            vp.pack_from(
+                MatRef {
+                    data: &v,
+                    rs: dh,
+                    cs: 1,
+                },
+                keys,
+                dh,
+            );
+            let ldo = dh + 3;
+            let mut out = vec![7.0f32; rows * ldo];
+            let qm = MatRef {
+                data: &q,
+                rs: ld,
+                cs: 1,
+            };
+            attention(qm, rows, &kt, &vp, scale, &mut out, ldo);
+            for i in 0..rows {
+                for c in 0..ldo {
+                    let got = out[i * ldo + c];
+                    if c >= dh {
+                        assert_eq!(got, 7.0, "{backend:?} wrote outside out at ({i},{c})");
+                    } else if i % 7 == 0 || i == rows - 1 {
+                        let w = want(i, c);
+                        assert!(
+                            (got as f64 - w).abs() < 1e-3,
+                            "{backend:?} ({i},{c}): {got} vs {w}"
+                        );
+                    }
+                }
+            }
+            outs.push(out);
+        }
+        if let [amx, emu] = &outs[..] {
+            for (x, y) in amx.iter().zip(emu) {
+                assert!((x - y).abs() < 5e-4, "backends differ: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_gelu_equals_gelu_after() {
+        // The fused activation gives bit for bit what `gelu_inplace` on the stored product gives.
+        let (m, n, k) = (70, 45, 100);
+        let a = fill(m * k, 12);
+        let w = fill(n * k, 13);
+        let bias = fill(n, 14);
+        for backend in backends() {
+            let packed = PackedBf16::from_rows_with(backend, &w, n, k);
+            let am = MatRef {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let ep = Epilogue {
+                alpha: 1.0,
+                accumulate: false,
+                bias: Some(&bias),
+            };
+            let par = Parallelism::Rayon(2);
+            let mut want = vec![0.0f32; m * n];
+            gemm(m, am, &packed, &mut want, n, ep, par);
+            crate::engine::cpu::ops::gelu_inplace(&mut want);
+            let mut got = vec![0.0f32; m * n];
+            gemm_act(m, am, &packed, &mut got, n, ep, Activation::Gelu, par);
+            assert_eq!(got, want, "{backend:?}");
         }
     }
 

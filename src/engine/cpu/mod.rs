@@ -342,8 +342,8 @@ pub fn encode(w: &Weights, mel: &[f32], ws: &mut EncoderWorkspace, threads: usiz
                 }
             }
         });
-    w.conv1.forward(&ws.im2col1, frames, &mut ws.conv1_out, p);
-    gelu_inplace(&mut ws.conv1_out);
+    w.conv1
+        .forward_gelu(&ws.im2col1, frames, &mut ws.conv1_out, p);
 
     // conv2 (stride 2, pad 1) on the time-major conv1 output.
     let conv1_out = &ws.conv1_out;
@@ -362,8 +362,7 @@ pub fn encode(w: &Weights, mel: &[f32], ws: &mut EncoderWorkspace, threads: usiz
                 }
             }
         });
-    w.conv2.forward(&ws.im2col2, t, &mut ws.x, p);
-    gelu_inplace(&mut ws.x);
+    w.conv2.forward_gelu(&ws.im2col2, t, &mut ws.x, p);
     for (x, pos) in ws.x.iter_mut().zip(&w.enc_pos) {
         *x += pos;
     }
@@ -417,8 +416,7 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
     layer.attn_out.forward_accumulate(&ws.attn, t, &mut ws.x, p);
 
     layer.mlp_ln.forward(&ws.x, &mut ws.h);
-    layer.fc1.forward(&ws.h, t, &mut ws.hidden, p);
-    gelu_inplace(&mut ws.hidden);
+    layer.fc1.forward_gelu(&ws.h, t, &mut ws.hidden, p);
     layer.fc2.forward_accumulate(&ws.hidden, t, &mut ws.x, p);
 }
 
@@ -429,15 +427,22 @@ const ATTN_BLOCK_ROWS: usize = 84;
 /// Query rows per bf16 attention task: a multiple of the AMX kernel's 32 rows.
 const ATTN_BLOCK_ROWS_BF16: usize = 96;
 
-/// A per-head operand of the encoder's attention (`Kᵀ` or `V`) and the product that reads it:
-/// f32 ([`PackedB`], [`sgemm`]) or bf16 ([`PackedBf16`], [`amx::gemm`]).
+/// A per-head operand of the encoder's attention (`Kᵀ` or `V`) and the attention that reads
+/// it: f32 ([`PackedB`]: two [`sgemm`] products around [`softmax_row`]) or bf16 ([`PackedBf16`],
+/// [`amx::attention`]).
 trait HeadOperand: Send + Sync {
     /// Query rows per task.
     const BLOCK_ROWS: usize;
     /// Packs `B` (`k × n`) into this operand.
     fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize);
-    /// `c = a · self` with epilogue `ep`, on the calling thread.
-    fn product(&self, m: usize, a: MatRef<'_>, c: &mut [f32], ldc: usize, ep: Epilogue<'_>);
+    /// `out[rows][dh] = softmax(scale · q · kt) · v` on the calling thread (`kt`: `Kᵀ`,
+    /// `dh × t`; `v`: `t × dh`).
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]);
+}
+
+thread_local! {
+    /// One task's block of attention scores.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl HeadOperand for PackedB {
@@ -445,8 +450,28 @@ impl HeadOperand for PackedB {
     fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize) {
         self.pack_from(b, k, n);
     }
-    fn product(&self, m: usize, a: MatRef<'_>, c: &mut [f32], ldc: usize, ep: Epilogue<'_>) {
-        sgemm::sgemm(m, a, self, c, ldc, ep, Parallelism::None);
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]) {
+        let (t, dh) = (kt.n(), kt.k());
+        SCORES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < rows * t {
+                buf.resize(rows * t, 0.0);
+            }
+            let s = &mut buf[..rows * t];
+            let ep = Epilogue {
+                alpha: scale,
+                ..Epilogue::default()
+            };
+            sgemm::sgemm(rows, q, kt, s, t, ep, Parallelism::None);
+            s.chunks_exact_mut(t).for_each(softmax_row);
+            let p = MatRef {
+                data: s,
+                rs: t,
+                cs: 1,
+            };
+            let ep = Epilogue::default();
+            sgemm::sgemm(rows, p, v, out, dh, ep, Parallelism::None);
+        });
     }
 }
 
@@ -455,14 +480,9 @@ impl HeadOperand for PackedBf16 {
     fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize) {
         self.pack_from(b, k, n);
     }
-    fn product(&self, m: usize, a: MatRef<'_>, c: &mut [f32], ldc: usize, ep: Epilogue<'_>) {
-        amx::gemm(m, a, self, c, ldc, ep, Parallelism::None);
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]) {
+        amx::attention(q, rows, kt, v, scale, out, kt.k());
     }
-}
-
-thread_local! {
-    /// One task's block of attention scores.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Unmasked multi-head self-attention over `t` positions, blocked by query rows so the full
@@ -470,7 +490,8 @@ thread_local! {
 /// (head, block of [`HeadOperand::BLOCK_ROWS`] queries) task computes its scores `Q Kᵀ · scale`,
 /// the softmax, and `P V` while the scores are still in cache. Tasks run on the current rayon
 /// pool (single-threaded GEMMs inside); outputs go to `out[heads][t][dh]`. With bf16 operands,
-/// Q, K, V and the probabilities P are rounded to bf16; scores and softmax stay f32.
+/// Q, K, V and the probabilities are rounded to bf16; scores and softmax stay f32 (see
+/// [`amx::attention`]).
 #[allow(clippy::too_many_arguments)]
 fn encoder_self_attention<B: HeadOperand>(
     qkv: &[f32],
@@ -513,31 +534,12 @@ fn encoder_self_attention<B: HeadOperand>(
     }
     let (k_packed, v_packed) = (&*k_packed, &*v_packed);
     let block = |h: usize, r0: usize, o: &mut [f32]| {
-        let rows = o.len() / dh;
-        SCORES.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < block_rows * t {
-                buf.resize(block_rows * t, 0.0);
-            }
-            let s = &mut buf[..rows * t];
-            let q = MatRef {
-                data: &qkv[r0 * 3 * d + h * dh..],
-                rs: 3 * d,
-                cs: 1,
-            };
-            let ep = Epilogue {
-                alpha: scale,
-                ..Epilogue::default()
-            };
-            k_packed[h].product(rows, q, s, t, ep);
-            s.chunks_exact_mut(t).for_each(softmax_row);
-            let p = MatRef {
-                data: s,
-                rs: t,
-                cs: 1,
-            };
-            v_packed[h].product(rows, p, o, dh, Epilogue::default());
-        });
+        let q = MatRef {
+            data: &qkv[r0 * 3 * d + h * dh..],
+            rs: 3 * d,
+            cs: 1,
+        };
+        B::attend(&k_packed[h], &v_packed[h], q, o.len() / dh, scale, o);
     };
     let out = &mut out[..heads * t * dh];
     if threads <= 1 {
@@ -992,8 +994,9 @@ mod tests {
 
     #[test]
     fn blocked_encoder_attention_bf16_matches_rounded_reference() {
-        // Q, K, V and the probabilities rounded to bf16, scores and softmax exact: the bf16
-        // attention on both backends, more rows than one block, a ragged last block.
+        // Q, K, V and the unnormalised probabilities rounded to bf16, scores and softmax exact,
+        // the output divided by the sum of the rounded probabilities: the bf16 attention on
+        // both backends, more rows than one block, a ragged last block.
         let (t, heads, dh) = (2 * ATTN_BLOCK_ROWS_BF16 + 13, 2, 16);
         let d = heads * dh;
         let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.113).sin()).collect();
@@ -1010,13 +1013,12 @@ mod tests {
                 })
                 .collect();
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            let e: Vec<f64> = logits.iter().map(|l| r((l - max).exp() as f32)).collect();
+            let sum: f64 = e.iter().sum();
             (0..t)
-                .map(|j| {
-                    let prob = ((logits[j] - max).exp() / sum) as f32;
-                    r(prob) * r(qkv[j * 3 * d + 2 * d + c + p])
-                })
+                .map(|j| e[j] * r(qkv[j * 3 * d + 2 * d + c + p]))
                 .sum::<f64>()
+                / sum
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

@@ -102,6 +102,31 @@ impl Linear {
         self.apply(x, rows, out, true, par);
     }
 
+    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
+    /// product, then [`gelu_inplace`] (the same values either way).
+    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        match &self.weights {
+            LinearWeights::Bf16(w) => {
+                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+                let a = MatRef {
+                    data: x,
+                    rs: self.n_in,
+                    cs: 1,
+                };
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: self.bias.as_deref(),
+                };
+                amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
+            }
+            _ => {
+                self.forward(x, rows, out, par);
+                gelu_inplace(&mut out[..rows * self.n_out]);
+            }
+        }
+    }
+
     fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
         let (n_in, n_out) = (self.n_in, self.n_out);
         assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
