@@ -13,12 +13,17 @@
 //! - `sgemm`: the new kernel ([`sgemm`]) with the detected instruction set (B pre-packed for
 //!   weights; packed per call for attention),
 //! - `avx2`: the new kernel forced onto its AVX2 path (where the CPU has AVX2),
+//! - `bf16`: the bf16 GEMM of `compute-type=bf16` ([`amx::gemm`]: AMX tiles where the CPU has
+//!   them, shown as `bf16`; else f32 kernels on bf16-rounded operands, shown as `bf16emu`); its
+//!   column shows the speed-up over `sgemm` at the same thread count instead of a percentage,
 //!
-//! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses).
+//! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses). The peak
+//! lines also give the best bf16 GEMM on the large square product.
 
 use std::time::{Duration, Instant};
 
 use gemm::Parallelism;
+use gstwhispernpu::engine::cpu::amx::{self, PackedBf16};
 use gstwhispernpu::engine::cpu::ops;
 use gstwhispernpu::engine::cpu::sgemm::{self, Epilogue, Isa, MatRef, PackedB};
 
@@ -30,7 +35,7 @@ options:
   --runs N         timed runs per measurement, the median is reported [default: 7]
   --threads LIST   comma-separated thread counts [default: 1,<cores>]
   --only LIST      only the shapes whose name contains one of these (e.g. fc1,scores)
-  --impls LIST     comma-separated subset of gemm,sgemm,avx2 [default: all]
+  --impls LIST     comma-separated subset of gemm,sgemm,avx2,bf16 [default: all]
   --no-peak        skip the peak measurements
   --cpu-time       time by process CPU time / threads instead of wall time (Linux; for a
                    machine shared with other work: ignores time other processes hold the cores)";
@@ -166,6 +171,8 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
 enum Impl {
     GemmCrate,
     Sgemm(Isa),
+    /// [`amx::gemm`] on the detected backend.
+    Bf16,
 }
 
 /// Operands of one shape, allocated once.
@@ -173,6 +180,8 @@ struct Operands {
     a: Vec<f32>,
     w: Vec<f32>,
     packed: PackedB,
+    /// Weights for the bf16 GEMM (Linear), or the per-call packed B (attention).
+    packed_bf16: PackedBf16,
     bias: Vec<f32>,
     c: Vec<f32>,
 }
@@ -185,6 +194,7 @@ impl Operands {
                 Self {
                     a: fill(s.m * s.k, 1),
                     packed: PackedB::from_rows(&w, s.n, s.k),
+                    packed_bf16: PackedBf16::from_rows(&w, s.n, s.k),
                     w,
                     bias: fill(s.n, 3),
                     c: vec![0.0; s.m * s.n],
@@ -195,6 +205,7 @@ impl Operands {
                 a: fill(s.m * ld, 1),
                 w: Vec::new(),
                 packed: PackedB::from_rows(&[], 0, 0),
+                packed_bf16: PackedBf16::default(),
                 bias: Vec::new(),
                 c: vec![0.0; s.m * s.n],
             },
@@ -202,6 +213,7 @@ impl Operands {
                 a: fill(s.m * s.k, 1),
                 w: fill(s.k * ld, 2),
                 packed: PackedB::from_rows(&[], 0, 0),
+                packed_bf16: PackedBf16::default(),
                 bias: Vec::new(),
                 c: vec![0.0; s.m * ld / 3],
             },
@@ -297,6 +309,57 @@ impl Operands {
                 1.0,
                 par,
             ),
+            (Kind::Linear, Impl::Bf16) => amx::gemm(
+                m,
+                MatRef {
+                    data: &self.a,
+                    rs: k,
+                    cs: 1,
+                },
+                &self.packed_bf16,
+                &mut self.c,
+                n,
+                Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: Some(&self.bias),
+                },
+                par,
+            ),
+            // Attention: B packed per call (as `sgemm_strided` does), then the product.
+            (Kind::Scores { ld }, Impl::Bf16) => {
+                let kt = MatRef {
+                    data: &self.a[ld / 3..],
+                    rs: 1,
+                    cs: ld,
+                };
+                self.packed_bf16.pack_from(kt, k, n);
+                let q = MatRef {
+                    data: &self.a,
+                    rs: ld,
+                    cs: 1,
+                };
+                let ep = Epilogue {
+                    alpha: 0.125,
+                    ..Epilogue::default()
+                };
+                amx::gemm(m, q, &self.packed_bf16, &mut self.c, n, ep, par);
+            }
+            (Kind::Pv { ld }, Impl::Bf16) => {
+                let v = MatRef {
+                    data: &self.w,
+                    rs: ld,
+                    cs: 1,
+                };
+                self.packed_bf16.pack_from(v, k, n);
+                let p = MatRef {
+                    data: &self.a,
+                    rs: k,
+                    cs: 1,
+                };
+                let ep = Epilogue::default();
+                amx::gemm(m, p, &self.packed_bf16, &mut self.c, ld / 3, ep, par);
+            }
             (Kind::Pv { ld }, Impl::Sgemm(_)) => sgemm::sgemm_strided(
                 m,
                 n,
@@ -340,9 +403,18 @@ fn measure(shape: &Shape, ops: &mut Operands, imp: Impl, threads: usize, runs: u
         let mut go = || time(runs, || ops.run(shape, imp, par));
         match imp {
             Impl::Sgemm(isa) => sgemm::with_isa(isa, go),
-            Impl::GemmCrate => go(),
+            Impl::GemmCrate | Impl::Bf16 => go(),
         }
     })
+}
+
+/// One result column: GFLOP/s and, for f32 kernels, the share of the FMA-loop peak; for bf16,
+/// the speed-up over `sgemm`.
+fn cell(gflops: f64, fma_peak: f64, imp: Impl, speedup: f64) -> String {
+    match imp {
+        Impl::Bf16 => format!(" {:>6.1} (×{:>3.1})", gflops, speedup),
+        _ => format!(" {:>6.1} ({:>3.0}%)", gflops, 100.0 * gflops / fma_peak),
+    }
 }
 
 /// FMA-loop peak of `threads` threads running at once, GFLOP/s.
@@ -410,8 +482,15 @@ fn main() {
     if isa != Isa::Avx2 && Isa::Avx2.supported() {
         impls.push(("avx2", Impl::Sgemm(Isa::Avx2)));
     }
+    let bf16_backend = amx::Backend::detected();
+    println!("bf16 backend     {bf16_backend:?}");
+    let bf16_name = match bf16_backend {
+        amx::Backend::Amx => "bf16",
+        amx::Backend::Emulated => "bf16emu",
+    };
+    impls.push((bf16_name, Impl::Bf16));
     if let Some(f) = &impl_filter {
-        impls.retain(|(name, _)| f.split(',').any(|x| x.trim() == *name));
+        impls.retain(|(name, _)| f.split(',').any(|x| name.starts_with(x.trim())));
     }
 
     // Peaks.
@@ -434,12 +513,23 @@ fn main() {
         }
         let f = fma_peak(t);
         let flops = 2.0 * (big.m * big.n * big.k) as f64;
+        let gflops =
+            |imp, ops: &mut Operands| flops / measure(&big, ops, imp, t, runs.min(5)) / 1e9;
         let best = impls
             .iter()
-            .map(|&(_, imp)| flops / measure(&big, &mut big_ops, imp, t, runs.min(5)) / 1e9)
+            .filter(|&&(_, imp)| imp != Impl::Bf16)
+            .map(|&(_, imp)| gflops(imp, &mut big_ops))
             .fold(0.0, f64::max);
+        let bf16 = if impls.iter().any(|&(_, imp)| imp == Impl::Bf16) {
+            format!(
+                "   {bf16_name} GEMM 2048³ {:7.1} GFLOP/s",
+                gflops(Impl::Bf16, &mut big_ops)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "peak {t} thread{}   FMA loop {f:7.1} GFLOP/s   best GEMM 2048³ {best:7.1} GFLOP/s",
+            "peak {t} thread{}   FMA loop {f:7.1} GFLOP/s   best GEMM 2048³ {best:7.1} GFLOP/s{bf16}",
             if t == 1 { " " } else { "s" }
         );
         fma.push(f);
@@ -458,7 +548,8 @@ fn main() {
             }
         };
         println!(
-            "\n{model} (d {d}, {heads} heads, T 1500): GFLOP/s, median of {runs}; (%) of the FMA-loop peak"
+            "\n{model} (d {d}, {heads} heads, T 1500): GFLOP/s, median of {runs}; (%) of the FMA-loop peak, \
+             (×) {bf16_name} over sgemm"
         );
         let mut header = format!("{:<22} {:>16}", "shape", "m×n×k");
         for &t in &thread_counts {
@@ -482,10 +573,14 @@ fn main() {
             let mut line = format!("{:<22} {:>16}", s.name, format!("{}×{}×{}", s.m, s.n, s.k));
             let mut col = 0;
             for (ti, &t) in thread_counts.iter().enumerate() {
+                let mut sgemm_secs = f64::NAN;
                 for &(_, imp) in &impls {
                     let secs = measure(&s, &mut ops, imp, t, runs);
                     let g = flops / secs / 1e9;
-                    line += &format!(" {:>6.1} ({:>3.0}%)", g, 100.0 * g / fma[ti]);
+                    line += &cell(g, fma[ti], imp, sgemm_secs / secs);
+                    if matches!(imp, Impl::Sgemm(i) if i == isa) {
+                        sgemm_secs = secs;
+                    }
                     layer[col] += secs * s.per_layer as f64;
                     col += 1;
                 }
@@ -497,7 +592,12 @@ fn main() {
         for (col, secs) in layer.iter().enumerate() {
             let ti = col / impls.len();
             let g = layer_flops / secs / 1e9;
-            line += &format!(" {:>6.1} ({:>3.0}%)", g, 100.0 * g / fma[ti]);
+            let sgemm_col = impls
+                .iter()
+                .position(|&(_, imp)| matches!(imp, Impl::Sgemm(i) if i == isa))
+                .map(|i| ti * impls.len() + i);
+            let speedup = sgemm_col.map_or(f64::NAN, |c| layer[c] / secs);
+            line += &cell(g, fma[ti], impls[col % impls.len()].1, speedup);
         }
         println!("{line}");
         let mut line = format!("{:<22} {:>16}", "  ms per layer (GEMMs)", "");

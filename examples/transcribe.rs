@@ -27,10 +27,10 @@ options:
                           translate = English text from any language [default: transcribe]
   --beam-size N           1 = greedy decoding, N > 1 = beam search [default: 1]
   --threads N             worker threads, 0 = one per core [default: 0]
-  --compute-type auto|f32|int8
+  --compute-type auto|f32|int8|bf16
                           numeric precision: f32 = weights as stored, int8 = int8 decoder
-                          weights; auto = the fastest whose accuracy holds (f32 for now)
-                          [default: auto]
+                          weights, bf16 = bf16 encoder products (Intel AMX where available);
+                          auto = the fastest whose accuracy holds (f32 for now) [default: auto]
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:

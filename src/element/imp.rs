@@ -1268,7 +1268,9 @@ impl ObjectImpl for WhisperNpu {
                         "Numeric precision: auto (the fastest type whose accuracy holds: f32 for now), \
                          f32 (weights as stored; f16 checkpoints are kept in f16, losslessly), \
                          int8 (decoder weights in int8 with a scale per row; the encoder stays \
-                         f32). Default: auto. Read at NULL→READY",
+                         f32), bf16 (the encoder's matrix products on bf16-rounded inputs with \
+                         f32 accumulation, on Intel AMX where available; decoder as f32). \
+                         Default: auto. Read at NULL→READY",
                     )
                     .mutable_ready()
                     .build(),

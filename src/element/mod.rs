@@ -82,6 +82,11 @@ pub enum ComputeTypeMode {
     F32,
     #[enum_value(name = "Int8: int8 decoder weights, f32 encoder", nick = "int8")]
     Int8,
+    #[enum_value(
+        name = "Bf16: bf16 encoder products (Intel AMX where available), decoder as f32",
+        nick = "bf16"
+    )]
+    Bf16,
 }
 
 impl From<ComputeTypeMode> for crate::model::ComputeType {
@@ -90,6 +95,7 @@ impl From<ComputeTypeMode> for crate::model::ComputeType {
             ComputeTypeMode::Auto => Self::Auto,
             ComputeTypeMode::F32 => Self::F32,
             ComputeTypeMode::Int8 => Self::Int8,
+            ComputeTypeMode::Bf16 => Self::Bf16,
         }
     }
 }

@@ -440,8 +440,8 @@ pub(super) fn load_model(
     let dims = dims_of(&file)?;
     let config = read_config(dir)?;
     let tokenizer = Tokenizer::load(dir, dims.n_vocab)?;
-    let int8 = compute_type == super::ComputeType::Int8;
-    let weights = Weights::from_ct2(&file, &dims, int8)?;
+    let compute_type = compute_type.resolved();
+    let weights = Weights::from_ct2(&file, &dims, compute_type)?;
     let specials = &tokenizer.specials;
     let suppress_ids_begin = if config.suppress_ids_begin.is_empty() {
         tokenizer
@@ -460,10 +460,6 @@ pub(super) fn load_model(
         suppress_ids_begin,
         alignment_heads: config.alignment_heads,
         weights,
-        compute_type: if int8 {
-            super::ComputeType::Int8
-        } else {
-            super::ComputeType::F32
-        },
+        compute_type,
     })
 }

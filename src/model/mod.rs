@@ -17,26 +17,31 @@ pub const KNOWN_MODELS: &[&str] = &["tiny.en", "base"];
 
 /// Numeric precision of the engine (`compute-type` property, `--compute-type` flag).
 ///
-/// The encoder computes in f32 in every type (AVX-512 BF16 dot products measured slower than f32
-/// FMAs on the machines we have, so there is no `bf16` yet). What changes is the decoder, whose
-/// speed is bound by the bytes of weights it streams per token:
-/// - `f32`: weights exactly as stored (f16 checkpoints are held in f16, which is lossless);
+/// - `f32`: weights exactly as stored (f16 checkpoints are held in f16 for the decoder, which is
+///   lossless); encoder and activations f32.
 /// - `int8`: decoder weights and the tied output projection quantised to int8 with a scale per
-///   row (lossy; activations stay f32);
+///   row (lossy; activations stay f32); encoder f32.
+/// - `bf16`: the encoder's matrix products (convolutions as im2col, QKV, attention scores and
+///   `P · V`, output projection, MLP) take bf16-rounded inputs (round to nearest even) and
+///   accumulate in f32; LayerNorm, GELU, softmax, bias and residuals stay f32. Runs on Intel AMX
+///   tiles where the CPU has them (several times faster than the f32 encoder); elsewhere the
+///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
+///   order but no speed-up. The decoder is as with `f32`.
 /// - `auto`: the fastest type whose accuracy holds: `f32` for now. `int8` gives the same WER
 ///   on the engine's multi-window test and on `scripts/bench-anchor`, but is not bit-faithful
 ///   (on jfk.wav it drops a comma with base and moves a tiny.en segment end by 0.2 s), so it is
-///   opt-in until it is evaluated on more speech.
+///   opt-in until it is evaluated on more speech; so is `bf16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
     Auto,
     F32,
     Int8,
+    Bf16,
 }
 
 impl ComputeType {
-    pub const NAMES: &'static str = "auto, f32, int8";
+    pub const NAMES: &'static str = "auto, f32, int8, bf16";
 
     /// The concrete type `auto` stands for.
     pub fn resolved(self) -> ComputeType {
@@ -51,6 +56,7 @@ impl ComputeType {
             ComputeType::Auto => "auto",
             ComputeType::F32 => "f32",
             ComputeType::Int8 => "int8",
+            ComputeType::Bf16 => "bf16",
         }
     }
 }
@@ -62,6 +68,7 @@ impl std::str::FromStr for ComputeType {
             "auto" => Ok(ComputeType::Auto),
             "f32" => Ok(ComputeType::F32),
             "int8" => Ok(ComputeType::Int8),
+            "bf16" => Ok(ComputeType::Bf16),
             _ => Err(format!(
                 "unknown compute type `{s}` (known: {})",
                 Self::NAMES

@@ -1,11 +1,14 @@
 //! Native Rust CPU engine: Whisper encoder and decoder forward passes.
 //!
-//! Weights are converted once at load time: encoder weights packed for the [`sgemm`] kernels,
-//! decoder weights in f16 (lossless for f16 checkpoints) or int8 for the few-row [`gemv`]
-//! kernels. Each encoder layer runs as one call on a preallocated [`EncoderWorkspace`], its
-//! attention blocked by query rows; the decoder keeps its self-attention KV cache and the
-//! cross-attention K/V (computed once per window) in a preallocated [`DecoderState`].
+//! Weights are converted once at load time: encoder weights packed for the [`sgemm`] kernels
+//! (or, with `ComputeType::Bf16`, rounded to bf16 for the [`amx`] kernels, which then also run
+//! the encoder's attention products), decoder weights in f16 (lossless for f16 checkpoints) or
+//! int8 for the few-row [`gemv`] kernels. Each encoder layer runs as one call on a
+//! preallocated [`EncoderWorkspace`], its attention blocked by query rows; the decoder keeps
+//! its self-attention KV cache and the cross-attention K/V (computed once per window, in f16,
+//! laid out per head by [`cross`]) in a preallocated [`DecoderState`].
 
+pub mod amx;
 pub mod cross;
 pub mod gemv;
 pub mod ops;
@@ -15,8 +18,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::ModelError;
-use crate::model::Dims;
 use crate::model::ct2::Ct2File;
+use crate::model::{ComputeType, Dims};
+use amx::PackedBf16;
 use cross::{CrossKv, KvPrecision};
 use gemv::{MatLow, matmul_low, matmul_low_cols};
 use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
@@ -85,6 +89,8 @@ struct Loader<'a> {
     file: &'a Ct2File,
     /// Decoder weights in int8 (`ComputeType::Int8`).
     int8: bool,
+    /// Encoder products in bf16 (`ComputeType::Bf16`).
+    enc_bf16: bool,
 }
 
 impl Loader<'_> {
@@ -108,15 +114,7 @@ impl Loader<'_> {
         n_in: usize,
         f16: bool,
     ) -> Result<Linear, ModelError> {
-        let weight = self
-            .file
-            .tensor(&format!("{prefix}/weight"), &[n_out, n_in])?;
-        let bias_name = format!("{prefix}/bias");
-        let bias = if self.file.contains(&bias_name) {
-            Some(self.file.tensor(&bias_name, &[n_out])?)
-        } else {
-            None
-        };
+        let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
         let low = match (f16, self.int8) {
             (false, _) => None,
             (true, false) => MatLow::lossless(&weight, n_out, n_in),
@@ -127,30 +125,70 @@ impl Loader<'_> {
             None => Linear::new(weight, bias, n_in, n_out),
         })
     }
+    /// An encoder layer: f32, or bf16 with `ComputeType::Bf16`.
+    fn linear_enc(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        if !self.enc_bf16 {
+            return self.linear(prefix, n_out, n_in);
+        }
+        let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
+        Ok(Linear::new_bf16(weight, bias, n_in, n_out))
+    }
+    /// `prefix/weight` `[n_out][n_in]` and `prefix/bias` `[n_out]` when present.
+    fn weight_bias(
+        &self,
+        prefix: &str,
+        n_out: usize,
+        n_in: usize,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), ModelError> {
+        let weight = self
+            .file
+            .tensor(&format!("{prefix}/weight"), &[n_out, n_in])?;
+        let bias_name = format!("{prefix}/bias");
+        let bias = if self.file.contains(&bias_name) {
+            Some(self.file.tensor(&bias_name, &[n_out])?)
+        } else {
+            None
+        };
+        Ok((weight, bias))
+    }
     fn conv(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
         let weight = self
             .file
             .tensor(&format!("{prefix}/weight"), &[n_out, n_in, 3])?;
         let bias = Some(self.file.tensor(&format!("{prefix}/bias"), &[n_out])?);
-        Ok(Linear::new(weight, bias, n_in * 3, n_out))
+        Ok(if self.enc_bf16 {
+            Linear::new_bf16(weight, bias, n_in * 3, n_out)
+        } else {
+            Linear::new(weight, bias, n_in * 3, n_out)
+        })
     }
 }
 
 impl Weights {
-    /// The weights of a CTranslate2 file; `int8`: decoder weights quantised to int8.
-    pub fn from_ct2(file: &Ct2File, dims: &Dims, int8: bool) -> Result<Self, ModelError> {
-        let l = Loader { file, int8 };
+    /// The weights of a CTranslate2 file prepared for `compute_type` (concrete, not `Auto`):
+    /// `Int8`: decoder weights quantised to int8; `Bf16`: encoder products in bf16.
+    pub fn from_ct2(
+        file: &Ct2File,
+        dims: &Dims,
+        compute_type: ComputeType,
+    ) -> Result<Self, ModelError> {
+        let int8 = compute_type == ComputeType::Int8;
+        let l = Loader {
+            file,
+            int8,
+            enc_bf16: compute_type == ComputeType::Bf16,
+        };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         let enc_layers = (0..dims.n_audio_layer)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
                 Ok(EncoderLayer {
                     attn_ln: l.ln(&format!("{p}/self_attention/layer_norm"), da)?,
-                    qkv: l.linear(&format!("{p}/self_attention/linear_0"), 3 * da, da)?,
-                    attn_out: l.linear(&format!("{p}/self_attention/linear_1"), da, da)?,
+                    qkv: l.linear_enc(&format!("{p}/self_attention/linear_0"), 3 * da, da)?,
+                    attn_out: l.linear_enc(&format!("{p}/self_attention/linear_1"), da, da)?,
                     mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), da)?,
-                    fc1: l.linear(&format!("{p}/ffn/linear_0"), 4 * da, da)?,
-                    fc2: l.linear(&format!("{p}/ffn/linear_1"), da, 4 * da)?,
+                    fc1: l.linear_enc(&format!("{p}/ffn/linear_0"), 4 * da, da)?,
+                    fc2: l.linear_enc(&format!("{p}/ffn/linear_1"), da, 4 * da)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -296,6 +334,9 @@ pub struct EncoderWorkspace {
     /// Per head, `Kᵀ` and `V` packed for the GEMM kernel (refilled every layer).
     k_packed: Vec<PackedB>,
     v_packed: Vec<PackedB>,
+    /// The same for the bf16 attention (allocated on first use).
+    k_bf16: Vec<PackedBf16>,
+    v_bf16: Vec<PackedBf16>,
     hidden: Vec<f32>,
 }
 
@@ -313,6 +354,8 @@ impl EncoderWorkspace {
             heads_out: vec![0.0; t * d],
             k_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
             v_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
+            k_bf16: Vec::new(),
+            v_bf16: Vec::new(),
             hidden: vec![0.0; t * 4 * d],
         }
     }
@@ -347,8 +390,8 @@ pub fn encode(w: &Weights, mel: &[f32], ws: &mut EncoderWorkspace, threads: usiz
                 }
             }
         });
-    w.conv1.forward(&ws.im2col1, frames, &mut ws.conv1_out, p);
-    gelu_inplace(&mut ws.conv1_out);
+    w.conv1
+        .forward_gelu(&ws.im2col1, frames, &mut ws.conv1_out, p);
 
     // conv2 (stride 2, pad 1) on the time-major conv1 output.
     let conv1_out = &ws.conv1_out;
@@ -367,8 +410,7 @@ pub fn encode(w: &Weights, mel: &[f32], ws: &mut EncoderWorkspace, threads: usiz
                 }
             }
         });
-    w.conv2.forward(&ws.im2col2, t, &mut ws.x, p);
-    gelu_inplace(&mut ws.x);
+    w.conv2.forward_gelu(&ws.im2col2, t, &mut ws.x, p);
     for (x, pos) in ws.x.iter_mut().zip(&w.enc_pos) {
         *x += pos;
     }
@@ -389,23 +431,40 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 
     layer.attn_ln.forward(&ws.x, &mut ws.h);
     layer.qkv.forward(&ws.h, t, &mut ws.qkv, p);
-    encoder_self_attention(
-        &ws.qkv,
-        t,
-        heads,
-        dh,
-        scale,
-        &mut ws.k_packed,
-        &mut ws.v_packed,
-        &mut ws.heads_out,
-        threads,
-    );
+    if layer.qkv.is_bf16() {
+        if ws.k_bf16.len() != heads {
+            ws.k_bf16 = (0..heads).map(|_| PackedBf16::default()).collect();
+            ws.v_bf16 = (0..heads).map(|_| PackedBf16::default()).collect();
+        }
+        encoder_self_attention(
+            &ws.qkv,
+            t,
+            heads,
+            dh,
+            scale,
+            &mut ws.k_bf16,
+            &mut ws.v_bf16,
+            &mut ws.heads_out,
+            threads,
+        );
+    } else {
+        encoder_self_attention(
+            &ws.qkv,
+            t,
+            heads,
+            dh,
+            scale,
+            &mut ws.k_packed,
+            &mut ws.v_packed,
+            &mut ws.heads_out,
+            threads,
+        );
+    }
     scatter_heads(&ws.heads_out, t, heads, dh, &mut ws.attn);
     layer.attn_out.forward_accumulate(&ws.attn, t, &mut ws.x, p);
 
     layer.mlp_ln.forward(&ws.x, &mut ws.h);
-    layer.fc1.forward(&ws.h, t, &mut ws.hidden, p);
-    gelu_inplace(&mut ws.hidden);
+    layer.fc1.forward_gelu(&ws.h, t, &mut ws.hidden, p);
     layer.fc2.forward_accumulate(&ws.hidden, t, &mut ws.x, p);
 }
 
@@ -413,43 +472,102 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 /// stays in L2 between the two products; a multiple of the AVX-512 kernel's 14 rows.
 const ATTN_BLOCK_ROWS: usize = 84;
 
+/// Query rows per bf16 attention task: a multiple of the AMX kernel's 32 rows.
+const ATTN_BLOCK_ROWS_BF16: usize = 96;
+
+/// A per-head operand of the encoder's attention (`Kᵀ` or `V`) and the attention that reads
+/// it: f32 ([`PackedB`]: two [`sgemm`] products around [`softmax_row`]) or bf16 ([`PackedBf16`],
+/// [`amx::attention`]).
+trait HeadOperand: Send + Sync {
+    /// Query rows per task.
+    const BLOCK_ROWS: usize;
+    /// Packs `B` (`k × n`) into this operand.
+    fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize);
+    /// `out[rows][dh] = softmax(scale · q · kt) · v` on the calling thread (`kt`: `Kᵀ`,
+    /// `dh × t`; `v`: `t × dh`).
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]);
+}
+
 thread_local! {
     /// One task's block of attention scores.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+impl HeadOperand for PackedB {
+    const BLOCK_ROWS: usize = ATTN_BLOCK_ROWS;
+    fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize) {
+        self.pack_from(b, k, n);
+    }
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]) {
+        let (t, dh) = (kt.n(), kt.k());
+        SCORES.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < rows * t {
+                buf.resize(rows * t, 0.0);
+            }
+            let s = &mut buf[..rows * t];
+            let ep = Epilogue {
+                alpha: scale,
+                ..Epilogue::default()
+            };
+            sgemm::sgemm(rows, q, kt, s, t, ep, Parallelism::None);
+            s.chunks_exact_mut(t).for_each(softmax_row);
+            let p = MatRef {
+                data: s,
+                rs: t,
+                cs: 1,
+            };
+            let ep = Epilogue::default();
+            sgemm::sgemm(rows, p, v, out, dh, ep, Parallelism::None);
+        });
+    }
+}
+
+impl HeadOperand for PackedBf16 {
+    const BLOCK_ROWS: usize = ATTN_BLOCK_ROWS_BF16;
+    fn pack(&mut self, b: MatRef<'_>, k: usize, n: usize) {
+        self.pack_from(b, k, n);
+    }
+    fn attend(kt: &Self, v: &Self, q: MatRef<'_>, rows: usize, scale: f32, out: &mut [f32]) {
+        amx::attention(q, rows, kt, v, scale, out, kt.k());
+    }
+}
+
 /// Unmasked multi-head self-attention over `t` positions, blocked by query rows so the full
 /// `t × t` score matrix is never materialised: per head, `Kᵀ` and `V` are packed once; then every
-/// (head, block of [`ATTN_BLOCK_ROWS`] queries) task computes its scores `Q Kᵀ · scale`, the
-/// softmax, and `P V` while the scores are still in cache. Tasks run on the current rayon pool
-/// (single-threaded GEMMs inside); outputs go to `out[heads][t][dh]`.
+/// (head, block of [`HeadOperand::BLOCK_ROWS`] queries) task computes its scores `Q Kᵀ · scale`,
+/// the softmax, and `P V` while the scores are still in cache. Tasks run on the current rayon
+/// pool (single-threaded GEMMs inside); outputs go to `out[heads][t][dh]`. With bf16 operands,
+/// Q, K, V and the probabilities are rounded to bf16; scores and softmax stay f32 (see
+/// [`amx::attention`]).
 #[allow(clippy::too_many_arguments)]
-fn encoder_self_attention(
+fn encoder_self_attention<B: HeadOperand>(
     qkv: &[f32],
     t: usize,
     heads: usize,
     dh: usize,
     scale: f32,
-    k_packed: &mut [PackedB],
-    v_packed: &mut [PackedB],
+    k_packed: &mut [B],
+    v_packed: &mut [B],
     out: &mut [f32],
     threads: usize,
 ) {
+    let block_rows = B::BLOCK_ROWS;
     let d = heads * dh;
-    let pack = |h: usize, kp: &mut PackedB, vp: &mut PackedB| {
+    let pack = |h: usize, kp: &mut B, vp: &mut B| {
         // Kᵀ[p][j] = K[j][p]: row stride 1, column stride 3d.
         let k = MatRef {
             data: &qkv[d + h * dh..],
             rs: 1,
             cs: 3 * d,
         };
-        kp.pack_from(k, dh, t);
+        kp.pack(k, dh, t);
         let v = MatRef {
             data: &qkv[2 * d + h * dh..],
             rs: 3 * d,
             cs: 1,
         };
-        vp.pack_from(v, t, dh);
+        vp.pack(v, t, dh);
     };
     if threads <= 1 {
         for (h, (kp, vp)) in k_packed.iter_mut().zip(v_packed.iter_mut()).enumerate() {
@@ -464,52 +582,25 @@ fn encoder_self_attention(
     }
     let (k_packed, v_packed) = (&*k_packed, &*v_packed);
     let block = |h: usize, r0: usize, o: &mut [f32]| {
-        let rows = o.len() / dh;
-        SCORES.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < ATTN_BLOCK_ROWS * t {
-                buf.resize(ATTN_BLOCK_ROWS * t, 0.0);
-            }
-            let s = &mut buf[..rows * t];
-            let q = MatRef {
-                data: &qkv[r0 * 3 * d + h * dh..],
-                rs: 3 * d,
-                cs: 1,
-            };
-            let ep = Epilogue {
-                alpha: scale,
-                ..Epilogue::default()
-            };
-            sgemm::sgemm(rows, q, &k_packed[h], s, t, ep, Parallelism::None);
-            s.chunks_exact_mut(t).for_each(softmax_row);
-            let p = MatRef {
-                data: s,
-                rs: t,
-                cs: 1,
-            };
-            sgemm::sgemm(
-                rows,
-                p,
-                &v_packed[h],
-                o,
-                dh,
-                Epilogue::default(),
-                Parallelism::None,
-            );
-        });
+        let q = MatRef {
+            data: &qkv[r0 * 3 * d + h * dh..],
+            rs: 3 * d,
+            cs: 1,
+        };
+        B::attend(&k_packed[h], &v_packed[h], q, o.len() / dh, scale, o);
     };
     let out = &mut out[..heads * t * dh];
     if threads <= 1 {
         for (h, o) in out.chunks_mut(t * dh).enumerate() {
-            for (b, ob) in o.chunks_mut(ATTN_BLOCK_ROWS * dh).enumerate() {
-                block(h, b * ATTN_BLOCK_ROWS, ob);
+            for (b, ob) in o.chunks_mut(block_rows * dh).enumerate() {
+                block(h, b * block_rows, ob);
             }
         }
     } else {
         out.par_chunks_mut(t * dh).enumerate().for_each(|(h, o)| {
-            o.par_chunks_mut(ATTN_BLOCK_ROWS * dh)
+            o.par_chunks_mut(block_rows * dh)
                 .enumerate()
-                .for_each(|(b, ob)| block(h, b * ATTN_BLOCK_ROWS, ob));
+                .for_each(|(b, ob)| block(h, b * block_rows, ob));
         });
     }
 }
@@ -1065,6 +1156,70 @@ mod tests {
                             (got - want(h, i, p)).abs() < 1e-4,
                             "threads {threads} h {h} i {i}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_encoder_attention_bf16_matches_rounded_reference() {
+        // Q, K, V and the unnormalised probabilities rounded to bf16, scores and softmax exact,
+        // the output divided by the sum of the rounded probabilities: the bf16 attention on
+        // both backends, more rows than one block, a ragged last block.
+        let (t, heads, dh) = (2 * ATTN_BLOCK_ROWS_BF16 + 13, 2, 16);
+        let d = heads * dh;
+        let qkv: Vec<f32> = (0..t * 3 * d).map(|i| (i as f32 * 0.113).sin()).collect();
+        let r = |x: f32| amx::round_bf16(x) as f64;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let want = |h: usize, i: usize, p: usize| -> f64 {
+            let c = h * dh;
+            let logits: Vec<f64> = (0..t)
+                .map(|j| {
+                    (0..dh)
+                        .map(|x| r(qkv[i * 3 * d + c + x]) * r(qkv[j * 3 * d + d + c + x]))
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| r((l - max).exp() as f32)).collect();
+            let sum: f64 = e.iter().sum();
+            (0..t)
+                .map(|j| e[j] * r(qkv[j * 3 * d + 2 * d + c + p]))
+                .sum::<f64>()
+                / sum
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for backend in [amx::Backend::Amx, amx::Backend::Emulated] {
+            if !backend.supported() {
+                continue;
+            }
+            for threads in [1, 2] {
+                let new = || -> Vec<PackedBf16> {
+                    (0..heads).map(|_| PackedBf16::empty(backend)).collect()
+                };
+                let (mut kp, mut vp) = (new(), new());
+                let mut out = vec![0.0; heads * t * dh];
+                pool.install(|| {
+                    encoder_self_attention(
+                        &qkv, t, heads, dh, scale, &mut kp, &mut vp, &mut out, threads,
+                    )
+                });
+                let b = ATTN_BLOCK_ROWS_BF16;
+                for h in 0..heads {
+                    for i in [0, 1, b - 1, b, 2 * b + 1, t - 1] {
+                        for p in [0, 7, dh - 1] {
+                            let got = out[(h * t + i) * dh + p] as f64;
+                            assert!(
+                                (got - want(h, i, p)).abs() < 2e-3,
+                                "{backend:?} threads {threads} h {h} i {i} p {p}: {got} vs {}",
+                                want(h, i, p)
+                            );
+                        }
                     }
                 }
             }

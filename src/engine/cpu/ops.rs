@@ -4,6 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::amx::{self, PackedBf16};
 use super::gemv::{MatLow, matmul_low};
 use super::sgemm::{self, Epilogue, MatRef, PackedB};
 
@@ -17,7 +18,9 @@ pub const LOW_MAX_ROWS: usize = 16;
 /// the CPU has it, AVX2 or portable otherwise; `forward` packs only `x`), or, for the decoder,
 /// held in reduced precision ([`MatLow`]: f16, lossless for f16 checkpoints, or int8): products
 /// of at most [`LOW_MAX_ROWS`] rows (a row per beam) stream those weights directly; larger ones
-/// (a prompt) unpack them into a per-thread scratch and run the packed GEMM.
+/// (a prompt) unpack them into a per-thread scratch and run the packed GEMM. With
+/// `ComputeType::Bf16` the encoder's layers hold their weights in bf16 ([`PackedBf16`]) and run
+/// the bf16 GEMM ([`amx::gemm`]: AMX tiles, or f32 kernels on bf16-rounded operands).
 pub struct Linear {
     weights: LinearWeights,
     pub bias: Option<Vec<f32>>,
@@ -28,6 +31,7 @@ pub struct Linear {
 enum LinearWeights {
     Packed(PackedB),
     Low(MatLow),
+    Bf16(PackedBf16),
 }
 
 thread_local! {
@@ -41,6 +45,19 @@ impl Linear {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
         Self::with(
             LinearWeights::Packed(PackedB::from_rows(&weight, n_out, n_in)),
+            bias,
+            n_in,
+            n_out,
+        )
+    }
+
+    /// A layer whose products run in bf16 ([`amx::gemm`]): weights `[n_out][n_in]` rounded to
+    /// bf16 and packed for the detected backend; inputs rounded to bf16 on the fly, products
+    /// accumulated in f32, bias added in f32.
+    pub fn new_bf16(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
+        assert_eq!(weight.len(), n_out * n_in, "weight shape");
+        Self::with(
+            LinearWeights::Bf16(PackedBf16::from_rows(&weight, n_out, n_in)),
             bias,
             n_in,
             n_out,
@@ -70,6 +87,11 @@ impl Linear {
         matches!(self.weights, LinearWeights::Low(_))
     }
 
+    /// Whether the products run in bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.weights, LinearWeights::Bf16(_))
+    }
+
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
         self.apply(x, rows, out, false, par);
@@ -80,6 +102,31 @@ impl Linear {
         self.apply(x, rows, out, true, par);
     }
 
+    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
+    /// product, then [`gelu_inplace`] (the same values either way).
+    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        match &self.weights {
+            LinearWeights::Bf16(w) => {
+                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+                let a = MatRef {
+                    data: x,
+                    rs: self.n_in,
+                    cs: 1,
+                };
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: self.bias.as_deref(),
+                };
+                amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
+            }
+            _ => {
+                self.forward(x, rows, out, par);
+                gelu_inplace(&mut out[..rows * self.n_out]);
+            }
+        }
+    }
+
     fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
         let (n_in, n_out) = (self.n_in, self.n_out);
         assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
@@ -88,6 +135,23 @@ impl Linear {
             LinearWeights::Packed(w) => {
                 matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par)
             }
+            LinearWeights::Bf16(w) => amx::gemm(
+                rows,
+                MatRef {
+                    data: x,
+                    rs: n_in,
+                    cs: 1,
+                },
+                w,
+                out,
+                n_out,
+                Epilogue {
+                    alpha: 1.0,
+                    accumulate,
+                    bias,
+                },
+                par,
+            ),
             LinearWeights::Low(w) if rows <= LOW_MAX_ROWS => {
                 matmul_low(x, rows, w, out, n_out, accumulate, bias, par)
             }

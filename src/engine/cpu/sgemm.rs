@@ -223,6 +223,13 @@ impl PackedB {
         }
     }
 
+    /// Replaces every stored value `v` by `f(v)` (the zero padding too: `f(0)` should be 0),
+    /// e.g. to round the operand to a lower precision.
+    pub fn map_in_place(&mut self, f: impl Fn(f32) -> f32) {
+        let len = self.n.div_ceil(NR) * self.k * NR;
+        self.buf.reserve(len).iter_mut().for_each(|v| *v = f(*v));
+    }
+
     /// Columns (`n`).
     pub fn n(&self) -> usize {
         self.n
