@@ -30,7 +30,8 @@ options:
   --compute-type auto|f32|int8|bf16
                           numeric precision: f32 = weights as stored, int8 = int8 decoder
                           weights, bf16 = bf16 encoder products (Intel AMX where available);
-                          auto = the fastest whose accuracy holds (f32 for now) [default: auto]
+                          auto = the fastest whose accuracy holds: bf16 where Intel AMX runs
+                          it, else f32 [default: auto]
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:
