@@ -398,7 +398,7 @@ fn eos_drains() {
 }
 
 /// `compute-type=int8` loads int8 decoder weights and still transcribes jfk; the property reads
-/// back, and an unknown value is refused by the enum.
+/// back, the enum has every compute type and refuses an unknown one.
 #[test]
 fn compute_type_int8_transcribes() {
     let model = common::model_dir("tiny.en");
@@ -422,7 +422,10 @@ fn compute_type_int8_transcribes() {
         .find_property("compute-type")
         .expect("compute-type property");
     let enum_class = glib::EnumClass::with_type(spec.value_type()).unwrap();
-    assert!(enum_class.value_by_nick("bf16").is_none());
+    for known in ["auto", "f32", "int8", "bf16"] {
+        assert!(enum_class.value_by_nick(known).is_some(), "{known} missing");
+    }
+    assert!(enum_class.value_by_nick("fp8").is_none());
 }
 
 /// A flush in the middle forgets the audio before it; timing restarts with the new segment.
