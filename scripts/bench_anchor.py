@@ -24,11 +24,12 @@ import tempfile
 import time
 import wave
 
-from speechtext import FW_OPTIONS, read_wav, wer_percent
+from speechtext import FW_OPTIONS, normalise, read_wav, wer_percent
 
-# whispernpu with its default compute type (the one the targets are checked on) and with
-# --compute-type int8; faster-whisper int8 and float32.
-SYSTEMS = ["whispernpu", "whispernpu-int8", "fw-int8", "fw-float32"]
+# whispernpu with its default compute type (the one the targets are checked on; auto = bf16 on
+# AMX machines), with --compute-type f32 and with --compute-type int8; faster-whisper int8 and
+# float32.
+SYSTEMS = ["whispernpu", "whispernpu-f32", "whispernpu-int8", "fw-int8", "fw-float32"]
 
 
 def ours(system):
