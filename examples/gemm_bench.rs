@@ -18,7 +18,10 @@
 //!   column shows the speed-up over `sgemm` at the same thread count instead of a percentage,
 //!
 //! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses). The peak
-//! lines also give the best bf16 GEMM on the large square product.
+//! lines also give the best bf16 GEMM on the large square product. The `attention/head (fused)`
+//! row times one head's whole attention as the encoder runs it (scores, softmax, `P · V`, with
+//! `Kᵀ` and `V` packed; bf16: [`amx::attention`]); it is not in the layer total, which counts
+//! the `scores` and `p·v` products.
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,10 @@ enum Kind {
     Scores { ld: usize },
     /// Attention output of one head: `p · v`, v strided rows of the fused QKV buffer.
     Pv { ld: usize },
+    /// One head's whole attention as the encoder runs it: `Kᵀ` and `V` packed, then per block
+    /// of query rows the scores, softmax and `P · V` (f32: two products around the softmax,
+    /// 84-row blocks; bf16: [`amx::attention`], 96-row blocks). `m` = `n` = T, `k` = head width.
+    Attention { ld: usize },
 }
 
 struct Shape {
@@ -58,6 +65,17 @@ struct Shape {
     kind: Kind,
     /// Times per encoder layer (for the per-layer total).
     per_layer: usize,
+}
+
+impl Shape {
+    fn flops(&self) -> f64 {
+        let mnk = (self.m * self.n * self.k) as f64;
+        match self.kind {
+            // Two products.
+            Kind::Attention { .. } => 4.0 * mnk,
+            _ => 2.0 * mnk,
+        }
+    }
 }
 
 fn shapes(d: usize, heads: usize) -> Vec<Shape> {
@@ -90,6 +108,14 @@ fn shapes(d: usize, heads: usize) -> Vec<Shape> {
             k: t,
             kind: Kind::Pv { ld: 3 * d },
             per_layer: heads,
+        },
+        Shape {
+            name: "attention/head (fused)".into(),
+            m: t,
+            n: t,
+            k: dh,
+            kind: Kind::Attention { ld: 3 * d },
+            per_layer: 0,
         },
         lin("attn out", t, d, d, 1),
         lin("fc1", t, 4 * d, d, 1),
@@ -182,6 +208,9 @@ struct Operands {
     packed: PackedB,
     /// Weights for the bf16 GEMM (Linear), or the per-call packed B (attention).
     packed_bf16: PackedBf16,
+    /// Attention: `V` packed, f32 and bf16.
+    packed_v: PackedB,
+    packed_v_bf16: PackedBf16,
     bias: Vec<f32>,
     c: Vec<f32>,
 }
@@ -195,6 +224,8 @@ impl Operands {
                     a: fill(s.m * s.k, 1),
                     packed: PackedB::from_rows(&w, s.n, s.k),
                     packed_bf16: PackedBf16::from_rows(&w, s.n, s.k),
+                    packed_v: PackedB::default(),
+                    packed_v_bf16: PackedBf16::default(),
                     w,
                     bias: fill(s.n, 3),
                     c: vec![0.0; s.m * s.n],
@@ -206,6 +237,8 @@ impl Operands {
                 w: Vec::new(),
                 packed: PackedB::from_rows(&[], 0, 0),
                 packed_bf16: PackedBf16::default(),
+                packed_v: PackedB::default(),
+                packed_v_bf16: PackedBf16::default(),
                 bias: Vec::new(),
                 c: vec![0.0; s.m * s.n],
             },
@@ -214,9 +247,123 @@ impl Operands {
                 w: fill(s.k * ld, 2),
                 packed: PackedB::from_rows(&[], 0, 0),
                 packed_bf16: PackedBf16::default(),
+                packed_v: PackedB::default(),
+                packed_v_bf16: PackedBf16::default(),
                 bias: Vec::new(),
                 c: vec![0.0; s.m * ld / 3],
             },
+            Kind::Attention { ld } => Self {
+                // q, k, v at 0, ld / 3, 2 ld / 3 of rows of stride ld.
+                a: fill(s.m * ld, 1),
+                w: Vec::new(),
+                packed: PackedB::default(),
+                packed_bf16: PackedBf16::default(),
+                packed_v: PackedB::default(),
+                packed_v_bf16: PackedBf16::default(),
+                bias: Vec::new(),
+                c: vec![0.0; s.m * s.k],
+            },
+        }
+    }
+
+    /// One head's attention (see [`Kind::Attention`]).
+    fn attention(&mut self, t: usize, dh: usize, ld: usize, imp: Impl, par: Parallelism) {
+        use rayon::prelude::*;
+        let d = ld / 3;
+        let kt = MatRef {
+            data: &self.a[d..],
+            rs: 1,
+            cs: ld,
+        };
+        let v = MatRef {
+            data: &self.a[2 * d..],
+            rs: ld,
+            cs: 1,
+        };
+        let scale = 1.0 / (dh as f32).sqrt();
+        let q = &self.a;
+        let (rows, out) = if imp == Impl::Bf16 {
+            (96, &mut self.c)
+        } else {
+            (84, &mut self.c)
+        };
+        let blocks = out.chunks_mut(rows * dh).enumerate();
+        if imp == Impl::Bf16 {
+            self.packed_bf16.pack_from(kt, dh, t);
+            self.packed_v_bf16.pack_from(v, t, dh);
+            let (kp, vp) = (&self.packed_bf16, &self.packed_v_bf16);
+            let block = |(b, o): (usize, &mut [f32])| {
+                let qb = MatRef {
+                    data: &q[b * rows * ld..],
+                    rs: ld,
+                    cs: 1,
+                };
+                amx::attention(qb, o.len() / dh, kp, vp, scale, o, dh);
+            };
+            match par {
+                Parallelism::None => blocks.for_each(block),
+                _ => out.par_chunks_mut(rows * dh).enumerate().for_each(block),
+            }
+            return;
+        }
+        self.packed.pack_from(kt, dh, t);
+        self.packed_v.pack_from(v, t, dh);
+        let (kp, vp) = (&self.packed, &self.packed_v);
+        let block = |(b, o): (usize, &mut [f32])| {
+            thread_local! {
+                static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            SCORES.with(|s| {
+                let mut s = s.borrow_mut();
+                let r = o.len() / dh;
+                s.resize(rows * t, 0.0);
+                let s = &mut s[..r * t];
+                let none = Parallelism::None;
+                if imp == Impl::GemmCrate {
+                    let qs = &q[b * rows * ld..];
+                    ops::gemm_crate_strided(r, t, dh, s, t, qs, ld, 1, &q[d..], 1, ld, scale, none);
+                } else {
+                    let qb = MatRef {
+                        data: &q[b * rows * ld..],
+                        rs: ld,
+                        cs: 1,
+                    };
+                    let ep = Epilogue {
+                        alpha: scale,
+                        ..Epilogue::default()
+                    };
+                    sgemm::sgemm(r, qb, kp, s, t, ep, none);
+                }
+                s.chunks_exact_mut(t).for_each(ops::softmax_row);
+                if imp == Impl::GemmCrate {
+                    ops::gemm_crate_strided(
+                        r,
+                        dh,
+                        t,
+                        o,
+                        dh,
+                        s,
+                        t,
+                        1,
+                        &q[2 * d..],
+                        ld,
+                        1,
+                        1.0,
+                        none,
+                    );
+                } else {
+                    let p = MatRef {
+                        data: s,
+                        rs: t,
+                        cs: 1,
+                    };
+                    sgemm::sgemm(r, p, vp, o, dh, Epilogue::default(), none);
+                }
+            });
+        };
+        match par {
+            Parallelism::None => blocks.for_each(block),
+            _ => out.par_chunks_mut(rows * dh).enumerate().for_each(block),
         }
     }
 
@@ -224,6 +371,7 @@ impl Operands {
     fn run(&mut self, s: &Shape, imp: Impl, par: Parallelism) {
         let (m, n, k) = (s.m, s.n, s.k);
         match (s.kind, imp) {
+            (Kind::Attention { ld }, _) => self.attention(m, k, ld, imp, par),
             (Kind::Linear, Impl::GemmCrate) => {
                 ops::gemm_crate_strided(
                     m,
@@ -568,7 +716,7 @@ fn main() {
             {
                 continue;
             }
-            let flops = 2.0 * (s.m * s.n * s.k) as f64;
+            let flops = s.flops();
             let mut ops = Operands::new(&s);
             let mut line = format!("{:<22} {:>16}", s.name, format!("{}×{}×{}", s.m, s.n, s.k));
             let mut col = 0;

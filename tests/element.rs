@@ -401,20 +401,36 @@ fn eos_drains() {
 /// back, the enum has every compute type and refuses an unknown one.
 #[test]
 fn compute_type_int8_transcribes() {
+    compute_type_transcribes("int8");
+}
+
+/// `compute-type=bf16` (encoder products in bf16, on AMX where the CPU has it) transcribes jfk.
+#[test]
+fn compute_type_bf16_transcribes() {
+    compute_type_transcribes("bf16");
+}
+
+fn compute_type_transcribes(compute_type: &str) {
     let model = common::model_dir("tiny.en");
-    let (mut h, _bus, element) = harness(&model, &[("mode", "offline"), ("compute-type", "int8")]);
+    let (mut h, _bus, element) = harness(
+        &model,
+        &[("mode", "offline"), ("compute-type", compute_type)],
+    );
     let nick = |e: &gst::Element| {
         let v = e.property_value("compute-type");
         glib::EnumValue::from_value(&v).map(|(_, ev)| ev.nick().to_string())
     };
-    assert_eq!(nick(&element).as_deref(), Some("int8"));
+    assert_eq!(nick(&element).as_deref(), Some(compute_type));
     h.set_src_caps(audio_caps("F32LE"));
     push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
     h.push_event(gst::event::Eos::new());
     let (cues, _events) = collect_until_eos(&mut h);
     let text = all_text(&cues).to_lowercase();
     for word in ["fellow americans", "your country", "ask what you can do"] {
-        assert!(text.contains(word), "`{word}` missing from `{text}`");
+        assert!(
+            text.contains(word),
+            "{compute_type}: `{word}` missing from `{text}`"
+        );
     }
     let default = gst::ElementFactory::make("whispernpu").build().unwrap();
     assert_eq!(nick(&default).as_deref(), Some("auto"));
