@@ -27,12 +27,13 @@ pub const KNOWN_MODELS: &[&str] = &["tiny.en", "base"];
 ///   tiles where the CPU has them (several times faster than the f32 encoder); elsewhere the
 ///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
 ///   order but no speed-up. The decoder is as with `f32`.
-/// - `auto`: the fastest type whose accuracy holds: `bf16` where the encoder runs on AMX tiles
-///   (on jfk.wav and the 295 s benchmark audio its transcripts equal f32's word for word, for
-///   tiny.en and base, with two base segment times 0.04 s apart; WER identical), `f32`
-///   elsewhere (emulated bf16 is no faster). `int8` gives the same WER on the engine's
-///   multi-window test and on `scripts/bench-anchor`, but is not bit-faithful (on jfk.wav it
-///   drops a comma with base and moves a tiny.en segment end by 0.2 s), so it stays opt-in.
+/// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
+///   + 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
+///   elsewhere (emulated bf16 is no faster). bf16 is not bit-faithful: on the 295 s benchmark
+///   audio base gives f32's words (two segment times 0.04 s apart) while tiny.en re-segments
+///   and changes a few words at a WER of 7.00 % against f32's 7.12 %; jfk.wav is identical
+///   for both. `int8` also keeps the WER but is slower than `bf16` (its encoder is f32), so it
+///   stays opt-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
