@@ -28,7 +28,7 @@ pub const KNOWN_MODELS: &[&str] = &["tiny.en", "base"];
 ///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
 ///   order but no speed-up. The decoder is as with `f32`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   + 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
+///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
 ///   elsewhere (emulated bf16 is no faster). bf16 is not bit-faithful: on the 295 s benchmark
 ///   audio base gives f32's words (two segment times 0.04 s apart) while tiny.en re-segments
 ///   and changes a few words at a WER of 7.00 % against f32's 7.12 %; jfk.wav is identical
