@@ -35,6 +35,7 @@ use std::sync::OnceLock;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::ops::simd_dispatch;
 use super::sgemm::{self, Epilogue, MatRef, PackedB, threads_of};
 
 /// Depth of one tile step: a 64-byte tile row holds 32 bf16.
@@ -68,35 +69,7 @@ fn bf16_bits(b: u32) -> u32 {
     if nan { (b >> 16) | 0x40 } else { rounded }
 }
 
-/// Defines `$name(args)` running `$body(args)` compiled for AVX-512F or AVX2 when the CPU has
-/// them (the emulated backend's loops; `$body` must be `#[inline(always)]`).
-macro_rules! vectorised {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                match sgemm::Isa::detected() {
-                    // SAFETY: the CPU has the features (detected at run time).
-                    sgemm::Isa::Avx512 => return unsafe { wide($($arg),*) },
-                    sgemm::Isa::Avx2 => return unsafe { narrow($($arg),*) },
-                    sgemm::Isa::Portable => {}
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
-vectorised! {
+simd_dispatch! {
     /// `dst[i] = round_bf16(src[i])`.
     fn round_slice(src: &[f32], dst: &mut [f32]) => round_slice_body
 }
@@ -108,7 +81,7 @@ fn round_slice_body(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-vectorised! {
+simd_dispatch! {
     /// One row of the emulated attention: `e_j = round_bf16(exp(scale · (s_j - max)))` in
     /// place; returns the sum of the `e_j`.
     fn softmax_round_row(row: &mut [f32], scale: f32) -> f32 => softmax_round_row_body
@@ -1169,42 +1142,8 @@ unsafe fn kernel_32x32(
     c: *mut f32,
     ldc: usize,
 ) {
-    // SAFETY: per the contract; tmm0–3 accumulate, tmm4–5 hold A, tmm6–7 hold B.
-    unsafe {
-        std::arch::asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {s64}*1]",
-            "tileloadd tmm6, [{b} + {s64}*1]",
-            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tileloadd tmm5, [{a1} + {s64}*1]",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 1024",
-            "add {a1}, 1024",
-            "add {b}, 2048",
-            "dec {kb}",
-            "jnz 2b",
-            "tilestored [{c} + {ldc}*1], tmm0",
-            "tilestored [{c} + {ldc}*1 + 64], tmm1",
-            "tilestored [{c2} + {ldc}*1], tmm2",
-            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
-            a0 = inout(reg) a0 => _,
-            a1 = inout(reg) a1 => _,
-            b = inout(reg) b => _,
-            kb = inout(reg) kb => _,
-            c = in(reg) c,
-            c2 = in(reg) c.cast::<u8>().add(16 * ldc),
-            s64 = in(reg) 64usize,
-            ldc = in(reg) ldc,
-            options(nostack),
-        );
-    }
+    // SAFETY: the caller's contract.
+    unsafe { kernel_32x32_from(a0, a1, b, kb, c, ldc, false) }
 }
 
 /// Where and how a 32 × 32 block of products is stored.
@@ -1335,7 +1274,7 @@ unsafe fn epilogue(acc: &mut Acc, st: &Store) {
     }
 }
 
-/// [`kernel_32x32`], adding to C's previous contents when `load`.
+/// [`kernel_32x32`], adding to C's previous contents when `load` (one loop for both).
 ///
 /// # Safety
 /// As for [`kernel_32x32`].
@@ -1350,17 +1289,32 @@ unsafe fn kernel_32x32_from(
     ldc: usize,
     load: bool,
 ) {
-    if !load {
-        // SAFETY: the caller's contract.
-        return unsafe { kernel_32x32(a0, a1, b, kb, c, ldc) };
-    }
-    // SAFETY: as for `kernel_32x32`, C read as well as written.
+    // SAFETY: per the contract (C read as well as written when `load`); tmm0–3 accumulate,
+    // tmm4–5 hold A, tmm6–7 hold B. Tile registers keep their contents between the two asm
+    // blocks (the compiler never uses them).
     unsafe {
+        let c2 = c.cast::<u8>().add(16 * ldc);
+        if load {
+            std::arch::asm!(
+                "tileloadd tmm0, [{c} + {ldc}*1]",
+                "tileloadd tmm1, [{c} + {ldc}*1 + 64]",
+                "tileloadd tmm2, [{c2} + {ldc}*1]",
+                "tileloadd tmm3, [{c2} + {ldc}*1 + 64]",
+                c = in(reg) c,
+                c2 = in(reg) c2,
+                ldc = in(reg) ldc,
+                options(nostack, readonly),
+            );
+        } else {
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem),
+            );
+        }
         std::arch::asm!(
-            "tileloadd tmm0, [{c} + {ldc}*1]",
-            "tileloadd tmm1, [{c} + {ldc}*1 + 64]",
-            "tileloadd tmm2, [{c2} + {ldc}*1]",
-            "tileloadd tmm3, [{c2} + {ldc}*1 + 64]",
             "2:",
             "tileloadd tmm4, [{a0} + {s64}*1]",
             "tileloadd tmm6, [{b} + {s64}*1]",
@@ -1384,7 +1338,7 @@ unsafe fn kernel_32x32_from(
             b = inout(reg) b => _,
             kb = inout(reg) kb => _,
             c = in(reg) c,
-            c2 = in(reg) c.cast::<u8>().add(16 * ldc),
+            c2 = in(reg) c2,
             s64 = in(reg) 64usize,
             ldc = in(reg) ldc,
             options(nostack),

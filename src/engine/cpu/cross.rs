@@ -66,13 +66,6 @@ impl CrossKv {
         }
     }
 
-    pub fn precision(&self) -> KvPrecision {
-        match self.store {
-            Store::F32 { .. } => KvPrecision::F32,
-            Store::F16 { .. } => KvPrecision::F16,
-        }
-    }
-
     /// Takes the window's K/V from `kv` (`[keys][2d]`: K in the first `d` columns, V in the next).
     pub fn fill(&mut self, kv: &[f32]) {
         let (heads, dh, keys, keys_pad) = (self.heads, self.dh, self.keys, self.keys_pad);

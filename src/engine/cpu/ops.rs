@@ -404,17 +404,19 @@ macro_rules! simd_dispatch {
                 unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                match super::sgemm::Isa::detected() {
+                use $crate::engine::cpu::sgemm::Isa;
+                match Isa::detected() {
                     // SAFETY: the CPU has the features (detected at run time).
-                    super::sgemm::Isa::Avx512 => return unsafe { wide($($arg),*) },
-                    super::sgemm::Isa::Avx2 => return unsafe { narrow($($arg),*) },
-                    super::sgemm::Isa::Portable => {}
+                    Isa::Avx512 => return unsafe { wide($($arg),*) },
+                    Isa::Avx2 => return unsafe { narrow($($arg),*) },
+                    Isa::Portable => {}
                 }
             }
             $body($($arg),*)
         }
     };
 }
+pub(crate) use simd_dispatch;
 
 /// Lanes of the per-lane accumulators in the vectorised reductions (one zmm).
 const LANES: usize = 16;
