@@ -225,6 +225,25 @@ fn vad_utterances_end_at_pauses() {
     assert!(wer <= 15.0, "WER {wer:.1} % of the second half: {second:?}");
 }
 
+/// After a short pause the next words are decoded with the audio and committed text before
+/// them, not alone: with `base`, the VAD splits jfk after "Americans" and after "not", and a
+/// buffer cut right at its committed text heard "ask not" alone and decoded "As not". The live
+/// words must equal the offline transcript's.
+#[test]
+fn words_after_a_pause_keep_their_left_context() {
+    let model = model("base");
+    let audio = jfk();
+    let offline = offline_text(&model, &audio);
+    let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
+    assert!(run.stats.utterances >= 2, "{:?}", run.stats);
+    let wer = common::wer_percent(&offline, &run.text());
+    assert!(
+        wer == 0.0,
+        "live differs from offline (WER {wer:.1} %):\n live:    {}\n offline: {offline}",
+        run.text()
+    );
+}
+
 /// Minutes of silence and noise: no decode and no text, with Silero and with the energy VAD.
 #[test]
 fn silence_and_noise_give_nothing() {

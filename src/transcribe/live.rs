@@ -260,6 +260,12 @@ const JOIN_GAP: f64 = 2.0;
 const ONSET_LOOKBACK: f64 = 0.5;
 /// Audio kept before a speech onset in case the gate's padding reaches back.
 const KEEP_BEFORE: f64 = 1.0;
+/// Audio a trim keeps at least between its cut and the end of the buffer (the committed part of
+/// it stays as forced prefix): a buffer cut right after its committed text hears the next words
+/// alone, with little speech, and decodes them worse than offline (base: "As not" for jfk's
+/// "ask not" after a pause). Only a buffer over `max_buffer` is cut closer. (Cutting inside a
+/// segment to keep more context made things worse: a prefix starting mid-sentence.)
+const LEFT_CONTEXT: f64 = 2.0;
 
 fn seconds(samples: u64) -> f64 {
     samples as f64 / SAMPLE_RATE as f64
@@ -532,9 +538,10 @@ impl LiveTranscriber {
     }
 
     /// Cuts the buffer at the end of the last closed segment (a timestamp token) whose words are
-    /// all committed: the words there are reliable boundaries, unlike interpolated word times.
-    /// Committed words after the cut stay the forced prefix, their timestamps re-based. With
-    /// nothing heard in the buffer, keeps only its last second.
+    /// all committed and which leaves at least LEFT_CONTEXT of audio: the words there are
+    /// reliable boundaries, unlike interpolated word times. Committed words after the cut stay
+    /// the forced prefix, their timestamps re-based. With nothing heard in the buffer, keeps only
+    /// its last second.
     fn trim(&mut self, engine: &mut Transcriber, utt: &mut Utterance) {
         let Some(hyp) = utt.last.as_ref() else {
             return;
@@ -543,19 +550,32 @@ impl LiveTranscriber {
         let tb = tok.specials.timestamp_begin;
         let eot = tok.specials.eot;
         let committed = committed_count(hyp, utt.committed_tokens.len());
+        // Cut points at most `limit` seconds into the buffer keep LEFT_CONTEXT after them;
+        // a buffer over max_buffer takes the latest one there is.
+        let span = seconds(hyp.audio_end - utt.start);
+        let limit = if span >= self.opts.max_buffer {
+            f64::INFINITY
+        } else {
+            span - LEFT_CONTEXT
+        };
+        let closed_at = |u: &Unit| {
+            u.closes
+                .map(|at| (at, hyp.result.tokens[at].saturating_sub(tb)))
+                .filter(|&(_, ts)| f64::from(ts) * 0.02 <= limit)
+        };
         let cut = hyp.units[..committed]
             .iter()
-            .rposition(|u| u.closes.is_some());
+            .rposition(|u| closed_at(u).is_some());
         let (offset_ts, keep_from) = match cut {
             Some(i) => {
-                let at = hyp.units[i].closes.unwrap_or_default();
-                (hyp.result.tokens[at] - tb, Some((i + 1, at + 1)))
+                let (at, ts) = closed_at(&hyp.units[i]).unwrap_or_default();
+                (ts, Some((i + 1, at + 1)))
             }
             None if hyp.valid == 0 && committed == 0 => {
                 let secs = seconds(self.total - utt.start) - KEEP_BEFORE;
                 ((secs / 0.02).floor().max(0.0) as u32, None)
             }
-            None if hyp.aligned && committed > 0 => {
+            None if hyp.aligned && committed > 0 && hyp.units[committed - 1].end <= limit => {
                 // No closed segment: cut where the alignment puts the end of the committed
                 // words; all of them leave the buffer.
                 let secs = hyp.units[committed - 1].end;
