@@ -250,6 +250,21 @@ fn run(config: &Config) -> Result<(), Failure> {
     let new = transcriber.finish().map_err(|e| runtime(&e))?;
     progress.report(samples, transcriber.stats().windows, &new);
     segments.extend(new);
+    if let Some(d) = transcriber.language_detection()
+        && !config.quiet
+    {
+        let others: Vec<String> = d.top[1..]
+            .iter()
+            .take(3)
+            .map(|(code, p)| format!("{code} {p:.2}"))
+            .collect();
+        eprintln!(
+            "transcribe: detected language {} (probability {:.2}; then {})",
+            d.language,
+            d.probability,
+            others.join(", ")
+        );
+    }
 
     let language = segments
         .first()

@@ -283,6 +283,8 @@ struct Work {
     live_segment_sent: bool,
     format: Option<TextFormat>,
     language_sent: Option<String>,
+    /// Language and lock state of the last `whispernpu-language` message.
+    detection_sent: Option<(String, bool)>,
     settings_generation: u64,
     /// A falling-behind warning was posted and the backlog has not recovered yet.
     behind: bool,
@@ -300,6 +302,7 @@ impl Work {
             live_segment_sent: false,
             format: None,
             language_sent: None,
+            detection_sent: None,
             settings_generation: 0,
             behind: false,
         }
@@ -837,6 +840,7 @@ impl WhisperNpu {
                 work.out_segment = None;
                 work.live_segment_sent = false;
                 work.language_sent = None;
+                work.detection_sent = None;
                 work.behind = false;
                 self.set_live(work, work.live);
                 Ok(gst::FlowSuccess::Ok)
@@ -956,6 +960,7 @@ impl WhisperNpu {
             .settled
             .unwrap_or_else(|| work.timeline.seconds() - engine.pending_seconds());
         let language = engine.language().map(str::to_string);
+        self.send_detection(work);
         self.send_language(work, language.as_deref());
         if let Some(warning) = work.policy.take_warning() {
             gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", warning));
@@ -1036,10 +1041,49 @@ impl WhisperNpu {
             .policy
             .drain(engine)
             .map_err(|e| self.engine_error(e))?;
+        self.send_detection(work);
         let end = work.timeline.seconds();
         let res = self.output(work, out.segments, end);
         work.timeline.reset();
         res
+    }
+
+    /// Posts the engine's language identification as an element message `whispernpu-language`
+    /// (language, probability, locked, audio-seconds, and the most probable candidates as
+    /// parallel arrays `candidates` / `probabilities`) when its language or lock state changed.
+    fn send_detection(&self, work: &mut Work) {
+        let Some(d) = work.engine.as_ref().and_then(|e| e.language_detection()) else {
+            return;
+        };
+        let key = (d.language.clone(), d.locked);
+        if work.detection_sent.as_ref() == Some(&key) {
+            return;
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "Language identified: {} (p {:.2}, {:.1} s of audio{})",
+            d.language,
+            d.probability,
+            d.audio_seconds,
+            if d.locked { ", locked" } else { "" }
+        );
+        let candidates = gst::Array::new(d.top.iter().map(|(code, _)| code.as_str()));
+        let probabilities = gst::Array::new(d.top.iter().map(|&(_, p)| f64::from(p)));
+        let structure = gst::Structure::builder("whispernpu-language")
+            .field("language", &d.language)
+            .field("probability", f64::from(d.probability))
+            .field("locked", d.locked)
+            .field("audio-seconds", d.audio_seconds)
+            .field("candidates", candidates)
+            .field("probabilities", probabilities)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(structure)
+                .src(&*self.obj())
+                .build(),
+        );
+        work.detection_sent = Some(key);
     }
 
     fn send_language(&self, work: &mut Work, language: Option<&str>) {

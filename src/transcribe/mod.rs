@@ -13,6 +13,30 @@ pub use live::{
 pub use offline::{Stats, Transcriber};
 pub use options::{TailPadding, Task, TranscribeOptions};
 
+/// The outcome of language identification on one window (openai's `detect_language`: the
+/// decoder's first-step distribution over the language tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanguageDetection {
+    /// The most probable language's code (e.g. "de").
+    pub language: String,
+    /// Its probability, over the model's languages.
+    pub probability: f32,
+    /// The five most probable languages, most probable first.
+    pub top: Vec<(String, f32)>,
+    /// Seconds of audio the detection heard.
+    pub audio_seconds: f64,
+    /// No later window changes the language (offline: detected on the first window; live: a
+    /// confident detection, see [`LIVE_LANGUAGE_LOCK`]).
+    pub locked: bool,
+}
+
+/// Live mode re-detects the language on every decode until a detection reaches this probability
+/// (over at least [`LIVE_LANGUAGE_MIN_SECONDS`] of audio), then keeps it: a first detection over
+/// half a second of speech is often wrong.
+pub const LIVE_LANGUAGE_LOCK: f32 = 0.8;
+/// See [`LIVE_LANGUAGE_LOCK`].
+pub const LIVE_LANGUAGE_MIN_SECONDS: f64 = 2.0;
+
 /// One transcribed phrase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Segment, TranscribeOptions};
+use super::{
+    LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment, TranscribeOptions,
+};
 use crate::audio::mel::{MelFrontend, MelStream};
 use crate::audio::{FRAME_SECONDS, N_FRAMES, SAMPLE_RATE};
 use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, decode_window};
@@ -51,6 +53,8 @@ pub struct Transcriber {
     prompt_reset_since: usize,
     language: Option<String>,
     language_token: Option<u32>,
+    /// The last language identification, when the language was not given.
+    detection: Option<LanguageDetection>,
     enc_ws: EncoderWorkspace,
     dec: DecoderState,
     mel_window: Vec<f32>,
@@ -87,6 +91,7 @@ impl Transcriber {
             prompt_reset_since: 0,
             language: None,
             language_token: None,
+            detection: None,
             enc_ws: EncoderWorkspace::new(&dims),
             dec: DecoderState::new(&dims, 16, model.weights.cross_kv),
             mel_window: vec![0.0; dims.n_mels * N_FRAMES],
@@ -243,6 +248,14 @@ impl Transcriber {
         self.language.as_deref()
     }
 
+    /// The most recent language identification with its probabilities (still readable after
+    /// [`finish`](Self::finish) or a reset, which make the next window identify the language
+    /// again); `None` when nothing was identified: the language is given by the options, the
+    /// model is English-only, or no window was decoded yet.
+    pub fn language_detection(&self) -> Option<&LanguageDetection> {
+        self.detection.as_ref()
+    }
+
     // --- Live decoding (`super::live`): the caller chooses the spans and keeps the text state. ---
 
     /// Live: appends samples to the front end without decoding anything.
@@ -301,8 +314,14 @@ impl Transcriber {
         });
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
         self.stats.windows += 1;
-        if self.language.is_none() {
-            self.detect_language();
+        let unlocked =
+            self.detection.as_ref().is_some_and(|d| !d.locked) && self.opts.language.is_none();
+        if self.language.is_none() || unlocked {
+            let seconds = columns as f64 * FRAME_SECONDS;
+            let locks = |d: &LanguageDetection| {
+                d.probability >= LIVE_LANGUAGE_LOCK && seconds >= LIVE_LANGUAGE_MIN_SECONDS
+            };
+            self.detect_language(seconds, locks);
         }
         let t1 = Instant::now();
         // The prompt and the prefix share half the text context.
@@ -387,7 +406,8 @@ impl Transcriber {
         self.stats.windows += 1;
 
         if self.language.is_none() {
-            self.detect_language();
+            let seconds = segment_size as f64 * FRAME_SECONDS;
+            self.detect_language(seconds, |_| true);
         }
 
         let t1 = Instant::now();
@@ -486,7 +506,10 @@ impl Transcriber {
         }
     }
 
-    fn detect_language(&mut self) {
+    /// Identifies the spoken language from the encoded window (openai's `detect_language`):
+    /// softmax of the first decoding step's logits over the language tokens. `locks` decides
+    /// whether later windows keep this language.
+    fn detect_language(&mut self, audio_seconds: f64, locks: impl Fn(&LanguageDetection) -> bool) {
         let model = Arc::clone(&self.model);
         let tok = &model.tokenizer;
         let (dec, threads) = (&mut self.dec, self.threads);
@@ -496,12 +519,34 @@ impl Transcriber {
         });
         let logits = self.dec.logits_row(0);
         let range = tok.language_tokens();
-        let best = range
+        let max = range
             .clone()
-            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
-            .unwrap_or(range.start);
+            .map(|t| logits[t as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f32)> = range
+            .clone()
+            .map(|t| (t, (logits[t as usize] - max).exp()))
+            .collect();
+        let sum: f32 = probs.iter().map(|p| p.1).sum();
+        for p in &mut probs {
+            p.1 /= sum;
+        }
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let Some(&(best, probability)) = probs.first() else {
+            return;
+        };
+        let code = |t: u32| tok.language_code(t).unwrap_or_default().to_string();
+        let mut detection = LanguageDetection {
+            language: code(best),
+            probability,
+            top: probs.iter().take(5).map(|&(t, p)| (code(t), p)).collect(),
+            audio_seconds,
+            locked: false,
+        };
+        detection.locked = locks(&detection);
         self.language_token = Some(best);
-        self.language = tok.language_code(best).map(str::to_string);
+        self.language = Some(detection.language.clone());
+        self.detection = Some(detection);
     }
 
     /// The text since the last prompt reset that conditions the next window (at most half the
