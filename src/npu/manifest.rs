@@ -921,6 +921,9 @@ mod tests {
         );
     }
 
+    /// An edit that breaks the shipped manifest.
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
     fn broken(edit: impl Fn(&mut serde_json::Value)) -> String {
         let (_, path) = shipped("base");
         let mut json: serde_json::Value =
@@ -939,7 +942,7 @@ mod tests {
 
     #[test]
     fn broken_manifests_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "`model.n_audio_layer` is 5",
                 Box::new(|j| j["model"]["n_audio_layer"] = 5.into()),

@@ -207,8 +207,8 @@ impl Assumptions {
 Assumptions (Phoenix NPU, XDNA1 / AIE2; sources: Linux Documentation/accel/amdxdna/amdnpu.rst,
 Xilinx/mlir-aie `npu1` device and programming_examples/basic/matrix_multiplication/whole_array,
 AMD AIE-ML architecture manual AM020; REFERENCE.md §8):
-  cores used        {cols} columns x {rows} compute rows = {cores} cores: the mlir-aie `npu1` device a
-                    single design targets exposes 4 columns of the 5-column Phoenix array
+  cores used        {cols} columns x {rows} compute rows = {cores} cores: the array a Phoenix design can
+                    use (mlir-aie npu1 targets); one design per window takes all of it
   bf16 MACs/cycle   {macs} per core (4x8x4 bf16 matmul intrinsic, AM020)
   clock             {clk:.2} GHz (AIE2 array clock on Phoenix, approximate)
   peak bf16         {peak:.2} TFLOP/s = {cores} x {macs} x 2 x clock
