@@ -445,6 +445,7 @@ mod tests {
         fake.add_device("accel0", "amdxdna");
         fake.add_artifact("base", true);
         let report = probe_with_xrt(&fake.config, "base", &dims("base"), Err("headers".into()));
+        assert!(!report.ready());
         assert_eq!(
             report.to_string(),
             "NPU not usable, missing: XRT; XRT: headers"
@@ -457,6 +458,13 @@ mod tests {
         fake.add_device("accel0", "amdxdna");
         fake.add_artifact("base", false);
         let report = probe_with_xrt(&fake.config, "base", &dims("base"), xrt_ok());
+        // Device and XRT present are not enough.
+        assert!(!report.ready());
+        assert_eq!(
+            choose_backend(BackendRequest::Auto, &report).unwrap().0,
+            EncoderBackend::Cpu
+        );
+        assert!(choose_backend(BackendRequest::Npu, &report).is_err());
         let text = report.to_string();
         assert!(
             text.contains("missing: NPU encoder artifact;")

@@ -7,7 +7,8 @@
 //! and [`availability`] says why; nothing links against XRT then.
 //!
 //! Status: the C++ shim is written against XRT's documented C++ API and mlir-aie's host flow but
-//! has not been compiled or run yet (no XRT and no NPU where it was written).
+//! has not been compiled against XRT or run yet (no XRT and no NPU where it was written);
+//! `tests/shim_syntax.rs` checks it is well-formed C++ against stand-in declarations.
 
 use std::fmt;
 use std::path::Path;
