@@ -367,7 +367,8 @@ fn count_layers(file: &Ct2File, prefix: &str) -> usize {
         .count()
 }
 
-fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
+/// Model dimensions from the variables of a `model.bin` (no weight is converted).
+pub fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
     let path = file.path();
     let need = |name: &str| {
         file.shape(name)
