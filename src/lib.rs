@@ -10,6 +10,7 @@ pub mod element;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod npu;
 pub mod transcribe;
 
 pub use error::{Error, ModelError};
