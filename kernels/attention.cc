@@ -122,3 +122,24 @@ void wnpu_attn_finish(const float *l, const float *o, bfloat16 *out) {
 }
 }  // extern "C"
 #endif
+
+// Variants keeping the running state in one local buffer (the design's per-core scratch):
+// o[QB][DH], then s[QB][KB], then m[QB], then l[QB], all fp32.
+extern "C" {
+static inline float *wnpu_local_o(float *st) { return st; }
+static inline float *wnpu_local_s(float *st) { return st + WNPU_QB * WNPU_DH; }
+static inline float *wnpu_local_m(float *st) { return st + WNPU_QB * WNPU_DH + WNPU_QB * WNPU_KB; }
+static inline float *wnpu_local_l(float *st) { return wnpu_local_m(st) + WNPU_QB; }
+
+void wnpu_attn_init_local(float *st) {
+  wnpu_attn_init(wnpu_local_m(st), wnpu_local_l(st), wnpu_local_o(st));
+}
+void wnpu_attn_block_local(const wnpu_bf16 *q, const wnpu_bf16 *k, const wnpu_bf16 *v, float scale,
+                           int valid, float *st) {
+  wnpu_attn_block(q, k, v, scale, valid, wnpu_local_m(st), wnpu_local_l(st), wnpu_local_o(st),
+                  wnpu_local_s(st));
+}
+void wnpu_attn_finish_local(float *st, wnpu_bf16 *out) {
+  wnpu_attn_finish(wnpu_local_l(st), wnpu_local_o(st), out);
+}
+}  // extern "C"

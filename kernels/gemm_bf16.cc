@@ -152,4 +152,11 @@ void wnpu_bias_residual_f32(const float *c, const float *bias, float *x) {
 }
 #endif
 
+// The residual epilogue with separate input and output tiles (the design's object FIFOs: the
+// residual arrives in one, the result leaves in another): out = x + (c + bias).
+void wnpu_bias_residual_f32_to(const float *c, const float *bias, const float *x, float *out) {
+  for (int i = 0; i < WNPU_TM * WNPU_TN; i++) out[i] = x[i];
+  wnpu_bias_residual_f32(c, bias, out);
+}
+
 }  // extern "C"

@@ -80,3 +80,14 @@ extern "C" void wnpu_layer_norm_f32(const float *x, const float *gamma, const fl
   wnpu_layer_norm_rows(x, gamma, beta, out, rows, d);
 }
 #endif
+
+// Variants taking gamma and beta as one parameter block (gamma[d] then beta[d]), as the
+// design's parameter FIFO delivers them.
+extern "C" void wnpu_layer_norm_bf16_packed(const float *x, const float *params, wnpu_bf16 *out,
+                                            int rows, int d) {
+  wnpu_layer_norm_bf16(x, params, params + d, out, rows, d);
+}
+extern "C" void wnpu_layer_norm_f32_packed(const float *x, const float *params, float *out,
+                                           int rows, int d) {
+  wnpu_layer_norm_f32(x, params, params + d, out, rows, d);
+}

@@ -269,7 +269,7 @@ fn expected_count(step: &Step, bd: &Bd, e: usize) -> usize {
         }
         Step::Norm(n) => {
             if r == n.gamma || r == n.beta {
-                return n.groups().min(tiling::CORES);
+                return n.groups().min(tiling::AUX_CORES);
             }
             usize::from(e < n.rows * n.d)
         }
@@ -307,7 +307,7 @@ fn check_plan(plan: &Plan) {
         if let Step::Gemm(g) = step {
             // Every output tile on exactly one core.
             let mut seen = vec![0u8; g.row_tiles() * g.b.n_tiles()];
-            for c in 0..tiling::CORES {
+            for c in 0..tiling::GEMM_CORES {
                 for (i, j) in g.tiles_of(c) {
                     assert_eq!(tiling::Gemm::core_of(i, j), c);
                     seen[i * g.b.n_tiles() + j] += 1;
@@ -352,6 +352,11 @@ fn check_plan(plan: &Plan) {
                 );
             }
         }
+    }
+    for kind in [tiling::CoreKind::Gemm, tiling::CoreKind::Aux] {
+        let bytes = tiling::program_core_bytes(plan, kind);
+        eprintln!("{kind:?} core program: {bytes} bytes of data memory");
+        assert!(bytes <= CORE_MEM_BYTES, "{kind:?} cores need {bytes} bytes");
     }
     eprintln!("{} steps, {patterns} patterns checked", plan.steps.len());
 }

@@ -3,6 +3,10 @@
 //! kernels compiled for the host). bf16 values are `u16` bit patterns; conversions to f32 are
 //! exact, so where a mirror converts a whole tile up front instead of element by element the
 //! values (and results) are the same.
+//!
+//! Literals are spelled as in `kernels/wnpu_common.h`, so both languages round them to the same
+//! f32 values.
+#![allow(clippy::excessive_precision)]
 
 use super::tiling::{DH, KB, QB, TM, TN};
 
@@ -53,7 +57,7 @@ pub fn erf(x: f32) -> f32 {
 /// `wnpu_gelu`.
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * 0.707_106_781))
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `wnpu_lane_tree`: pairwise sum of 16 lane partials.
@@ -224,8 +228,7 @@ impl AttnState {
             let s = &mut self.s[..KB];
             s.fill(0.0);
             let qi = &self.q[i * DH..(i + 1) * DH];
-            for p in 0..DH {
-                let qv = qi[p];
+            for (p, &qv) in qi.iter().enumerate() {
                 for (sj, &kv) in s.iter_mut().zip(&self.kt[p * KB..(p + 1) * KB]) {
                     *sj += qv * kv;
                 }
@@ -269,8 +272,7 @@ impl AttnState {
             for c in oi.iter_mut() {
                 *c *= corr;
             }
-            for j in 0..KB {
-                let pj = s[j];
+            for (j, &pj) in s.iter().enumerate() {
                 for (oc, &vc) in oi.iter_mut().zip(&self.v[j * DH..(j + 1) * DH]) {
                     *oc += pj * vc;
                 }

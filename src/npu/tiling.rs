@@ -33,11 +33,18 @@ pub const KB: usize = 32;
 /// Head width the attention kernel is compiled for.
 pub const DH: usize = 64;
 /// Rows per LayerNorm call.
-pub const LR: usize = 4;
-/// Compute tiles: 4 columns × 4 rows (Phoenix).
+pub const LR: usize = 2;
+/// Compute tiles: 4 columns × 4 rows (Phoenix). Each core runs one program for the whole
+/// dispatch, so cores specialise: in every column rows 0..3 are GEMM cores (12 in all) and
+/// row 3 is the column's attention + LayerNorm core (4 in all). Their buffers are the union of
+/// what their steps need ([`program_core_bytes`]).
 pub const COLS: usize = 4;
 pub const ROWS: usize = 4;
-pub const CORES: usize = COLS * ROWS;
+/// GEMM cores per column.
+pub const GEMM_ROWS: usize = 3;
+pub const GEMM_CORES: usize = COLS * GEMM_ROWS;
+/// Attention / LayerNorm cores (one per column).
+pub const AUX_CORES: usize = COLS;
 /// Data memory of a compute tile, bytes.
 pub const CORE_MEM_BYTES: usize = 64 * 1024;
 /// Stack reserved in each compute tile (mlir-aie's default).
@@ -211,16 +218,17 @@ impl Gemm {
                 AMode::Conv2 { d } => 2 * t * d + kk,
             }
     }
-    /// The core computing output tile `(i, j)`: column `i % 4`, row `j % 4`.
+    /// The GEMM core computing output tile `(i, j)`: column `i % 4`, GEMM row `j % 3`.
     pub fn core_of(i: usize, j: usize) -> usize {
-        (i % COLS) * ROWS + j % ROWS
+        (i % COLS) * GEMM_ROWS + j % GEMM_ROWS
     }
-    /// Output tiles of `core` in its order: its row tiles ascending, then its column tiles.
+    /// Output tiles of GEMM core `core` in its order: its row tiles ascending, then its
+    /// column tiles.
     pub fn tiles_of(&self, core: usize) -> Vec<(usize, usize)> {
-        let (col, row) = (core / ROWS, core % ROWS);
+        let (col, row) = (core / GEMM_ROWS, core % GEMM_ROWS);
         let mut v = Vec::new();
         for i in (col..self.row_tiles()).step_by(COLS) {
-            for j in (row..self.b.n_tiles()).step_by(ROWS) {
+            for j in (row..self.b.n_tiles()).step_by(GEMM_ROWS) {
                 v.push((i, j));
             }
         }
@@ -245,9 +253,9 @@ impl Norm {
     pub fn groups(&self) -> usize {
         self.rows / LR
     }
-    /// Row groups of `core`: `core`, `core + 16`, ...
+    /// Row groups of LayerNorm core `core`: `core`, `core + 4`, ...
     pub fn groups_of(&self, core: usize) -> impl Iterator<Item = usize> {
-        (core..self.groups()).step_by(CORES)
+        (core..self.groups()).step_by(AUX_CORES)
     }
 }
 
@@ -275,12 +283,12 @@ impl Attention {
     pub fn valid(&self, kb: usize) -> usize {
         (self.t - kb * KB).min(KB)
     }
-    /// Tasks `(head, query block)` of `core`: task `h * query_blocks + qb` runs on core
-    /// `task % 16`.
+    /// Tasks `(head, query block)` of attention core `core`: task `h * query_blocks + qb`
+    /// runs on core `task % 4`.
     pub fn tasks_of(&self, core: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
         let qbs = self.query_blocks();
         (core..self.heads * qbs)
-            .step_by(CORES)
+            .step_by(AUX_CORES)
             .map(move |task| (task / qbs, task % qbs))
     }
 }
@@ -356,16 +364,16 @@ impl Plan {
         if n_mels != TK_CONV1 {
             return bad(format!("{n_mels} mel bins (conv1's tiles hold {TK_CONV1})"));
         }
-        if d % TN != 0 || d % (LR * 16) != 0 {
+        if !d.is_multiple_of(TN) || !d.is_multiple_of(16) {
             return bad(format!("width {d} (a multiple of {TN} is needed)"));
         }
-        if heads == 0 || d / heads != DH || d % heads != 0 {
+        if heads == 0 || d / heads != DH || !d.is_multiple_of(heads) {
             return bad(format!(
                 "{heads} heads of width {} (the kernel is built for {DH})",
                 d.checked_div(heads).unwrap_or(0)
             ));
         }
-        if t == 0 || t % LR != 0 {
+        if t == 0 || !t.is_multiple_of(LR) {
             return bad(format!("{t} positions"));
         }
         let t_pad = t.next_multiple_of(QB.max(TM));
@@ -594,7 +602,7 @@ impl Bd {
     pub fn check_limits(&self) -> Result<(), String> {
         let eb = self.region.elem.bytes();
         let words = |elems: usize| -> Result<usize, String> {
-            if (elems * eb) % 4 != 0 {
+            if !(elems * eb).is_multiple_of(4) {
                 return Err(format!(
                     "{elems} elements of {eb} bytes are not whole words"
                 ));
@@ -604,7 +612,7 @@ impl Bd {
         if self.strides[3] != 1 {
             return Err(format!("inner stride {} (must be 1)", self.strides[3]));
         }
-        if (self.region.offset + self.offset * eb) % 4 != 0 {
+        if !(self.region.offset + self.offset * eb).is_multiple_of(4) {
             return Err(format!("offset {} not 4-byte aligned", self.offset));
         }
         let inner = words(self.sizes[3])?;
@@ -649,9 +657,9 @@ pub fn bds(step: &Step) -> Vec<Bd> {
     match step {
         Step::Gemm(g) => {
             let (kt, tk, nt) = (g.b.k_tiles(), g.b.tk, g.b.n_tiles());
-            for core in 0..CORES {
-                let (col, row) = (core / ROWS, core % ROWS);
-                let n_j = (row..nt).step_by(ROWS).count();
+            for core in 0..GEMM_CORES {
+                let (col, row) = (core / GEMM_ROWS, core % GEMM_ROWS);
+                let n_j = (row..nt).step_by(GEMM_ROWS).count();
                 if n_j == 0 {
                     continue;
                 }
@@ -678,7 +686,7 @@ pub fn bds(step: &Step) -> Vec<Bd> {
                         core,
                         row * kt * tk * TN,
                         [n_j, kt, tk, TN],
-                        [ROWS * kt * tk * TN, tk * TN, TN, 1],
+                        [GEMM_ROWS * kt * tk * TN, tk * TN, TN, 1],
                     ));
                     v.push(bd(
                         g.b.bias,
@@ -686,10 +694,10 @@ pub fn bds(step: &Step) -> Vec<Bd> {
                         core,
                         row * TN,
                         [1, 1, n_j, TN],
-                        [0, 0, ROWS * TN, 1],
+                        [0, 0, GEMM_ROWS * TN, 1],
                     ));
                     let out_offset = g.out_offset + t0 * g.ldo + row * TN;
-                    let out_pattern = ([1, n_j, TM, TN], [0, ROWS * TN, g.ldo, 1]);
+                    let out_pattern = ([1, n_j, TM, TN], [0, GEMM_ROWS * TN, g.ldo, 1]);
                     match g.epilogue {
                         Epilogue::BiasResidualF32 => {
                             v.push(bd(
@@ -725,13 +733,13 @@ pub fn bds(step: &Step) -> Vec<Bd> {
             }
         }
         Step::Norm(n) => {
-            for core in 0..CORES {
+            for core in 0..AUX_CORES {
                 let groups = n.groups_of(core).count();
                 if groups == 0 {
                     continue;
                 }
                 let off = core * LR * n.d;
-                let (sizes, strides) = ([1, groups, LR, n.d], [0, CORES * LR * n.d, n.d, 1]);
+                let (sizes, strides) = ([1, groups, LR, n.d], [0, AUX_CORES * LR * n.d, n.d, 1]);
                 v.push(bd(n.x, Dir::Read, core, off, sizes, strides));
                 v.push(bd(n.out, Dir::Write, core, off, sizes, strides));
                 v.push(bd(
@@ -747,7 +755,7 @@ pub fn bds(step: &Step) -> Vec<Bd> {
         }
         Step::Attention(a) => {
             let ld = 3 * a.d;
-            for core in 0..CORES {
+            for core in 0..AUX_CORES {
                 for (h, qb) in a.tasks_of(core) {
                     let r0 = qb * QB;
                     v.push(bd(
@@ -819,9 +827,11 @@ pub fn core_buffers(step: &Step) -> Vec<CoreBuffer> {
         }
         Step::Norm(n) => {
             let out_bytes = if n.out.elem == Elem::F32 { 4 } else { 2 };
+            // `out` single-buffered: it shares the attention output's FIFO (see
+            // `program_core_bytes`), which holds one 64 × 64 bf16 block.
             vec![
                 b("x", LR * n.d * 4, 2),
-                b("out", LR * n.d * out_bytes, 2),
+                b("out", LR * n.d * out_bytes, 1),
                 b("gamma", n.d * 4, 1),
                 b("beta", n.d * 4, 1),
             ]
@@ -859,9 +869,58 @@ pub fn memtile_bytes(step: &Step) -> usize {
                 .filter(|b| b.name != "a" && b.name != "acc")
                 .map(|b| b.bytes * 2)
                 .sum::<usize>();
-            2 * TM * g.b.k * 2 + ROWS * per_core
+            2 * TM * g.b.k * 2 + GEMM_ROWS * per_core
         }
-        Step::Norm(n) => ROWS * 2 * (LR * n.d * 4 + LR * n.d * n.out.elem.bytes()),
-        Step::Attention(_) => ROWS * 2 * (QB * DH * 2 + 2 * KB * DH * 2 + QB * DH * 2),
+        Step::Norm(n) => 2 * (LR * n.d * 4 + LR * n.d * n.out.elem.bytes()),
+        Step::Attention(_) => 2 * (QB * DH * 2 + 2 * KB * DH * 2 + QB * DH * 2),
     }
+}
+
+/// Which kind of core runs a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreKind {
+    Gemm,
+    Aux,
+}
+
+pub fn core_kind(step: &Step) -> CoreKind {
+    match step {
+        Step::Gemm(_) => CoreKind::Gemm,
+        _ => CoreKind::Aux,
+    }
+}
+
+/// Data memory a core of `kind` needs for the whole dispatch: its object FIFOs carry every
+/// step's operands, so each FIFO slot is as large as the largest use (`slot` names which FIFO
+/// a buffer travels in), plus one local buffer for the largest kernel state, plus the stack.
+pub fn program_core_bytes(plan: &Plan, kind: CoreKind) -> usize {
+    // FIFO assignment of each buffer name: (fifo, is_local).
+    fn slot(step: &Step, name: &str) -> &'static str {
+        match (step, name) {
+            (Step::Gemm(_), "a") | (Step::Attention(_), "k") | (Step::Norm(_), "x") => "in0",
+            (Step::Gemm(_), "b") | (Step::Attention(_), "v") => "in1",
+            (Step::Norm(_), "gamma") | (Step::Norm(_), "beta") => "params",
+            (Step::Gemm(_), "bias") => "params",
+            (Step::Gemm(_), "pos") | (Step::Gemm(_), "x_in") | (Step::Attention(_), "q") => "in2",
+            (_, "out") => "out",
+            _ => "local",
+        }
+    }
+    let mut slots: std::collections::BTreeMap<&'static str, (usize, usize)> = Default::default();
+    for step in plan.steps.iter().filter(|s| core_kind(s) == kind) {
+        let mut per_step: std::collections::BTreeMap<&'static str, (usize, usize)> =
+            Default::default();
+        for b in core_buffers(step) {
+            let e = per_step.entry(slot(step, b.name)).or_insert((0, 0));
+            // Buffers sharing a FIFO travel as one element (gamma + beta; local state).
+            e.0 += b.bytes;
+            e.1 = e.1.max(b.depth);
+        }
+        for (name, (bytes, depth)) in per_step {
+            let e = slots.entry(name).or_insert((0, 0));
+            e.0 = e.0.max(bytes);
+            e.1 = e.1.max(depth);
+        }
+    }
+    CORE_STACK_BYTES + slots.values().map(|(b, d)| b * d).sum::<usize>()
 }
