@@ -20,6 +20,7 @@ use gstwhispernpu::npu::golden_kernels as gk;
 use gstwhispernpu::npu::tiling::{
     self, AMode, Bd, BoId, CORE_MEM_BYTES, DH, Dir, KB, MEMTILE_BYTES, Plan, QB, Step, TM, TN,
 };
+use gstwhispernpu::transcribe::{EncoderBackend, TranscribeOptions, Transcriber};
 use whispernpu_kernels_host as host;
 
 /// Deterministic pseudo-random numbers (xorshift), uniform in [-scale, scale).
@@ -490,4 +491,34 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
         Err(GoldenError::BadLength { .. })
     ));
     assert_eq!(golden.dispatches(), 2);
+}
+
+#[test]
+fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let (audio, _) = common::read_wav(&common::jfk_wav());
+    let transcribe = |backend| {
+        let opts = TranscribeOptions {
+            backend,
+            n_threads: 2,
+            ..TranscribeOptions::default()
+        };
+        let mut t = Transcriber::new(model.clone(), opts).expect("transcriber");
+        let mut segments = t.push(&audio).expect("push");
+        segments.extend(t.finish().expect("finish"));
+        let text: Vec<String> = segments.iter().map(|s| s.text.trim().to_string()).collect();
+        (text.join(" "), t.npu_dispatches(), t.stats().windows)
+    };
+    let (cpu, cpu_dispatches, _) = transcribe(EncoderBackend::Cpu);
+    let (npu, npu_dispatches, windows) = transcribe(EncoderBackend::NpuSim);
+    eprintln!("cpu: {cpu}\nnpu-sim: {npu}");
+    assert!(
+        cpu.contains("ask not what your country can do for you"),
+        "{cpu}"
+    );
+    assert_eq!(npu, cpu, "npu-sim transcript differs from the CPU's");
+    assert_eq!(cpu_dispatches, None);
+    assert_eq!(npu_dispatches, Some(windows), "one dispatch per window");
+    assert!(windows >= 1);
 }

@@ -29,7 +29,9 @@ use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to
 use super::{Backend, ComputeTypeMode, Mode, TaskMode};
 use crate::error::{Error, ModelError};
 use crate::model::{self, WhisperModel};
-use crate::transcribe::{Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber};
+use crate::transcribe::{
+    EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber,
+};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -120,6 +122,10 @@ impl Settings {
             initial_prompt: (!prompt.is_empty()).then(|| prompt.to_string()),
             no_speech_threshold: Some(self.no_speech_threshold),
             condition_on_previous_text: self.condition_on_previous_text,
+            backend: match self.backend {
+                Backend::NpuSim => EncoderBackend::NpuSim,
+                _ => EncoderBackend::Cpu,
+            },
             ..TranscribeOptions::default()
         }
     }
@@ -388,10 +394,11 @@ impl WhisperNpu {
         Ok(())
     }
 
-    /// Only the cpu backend exists in this build: `auto` falls back to it, npu and onnx fail.
+    /// Only the cpu backend (and npu-sim, the NPU encoder's golden model on the CPU) exists in
+    /// this build: `auto` falls back to cpu, npu and onnx fail.
     fn check_backend(&self, backend: Backend) -> Result<(), gst::StateChangeError> {
         let nick = match backend {
-            Backend::Cpu => return Ok(()),
+            Backend::Cpu | Backend::NpuSim => return Ok(()),
             Backend::Auto => {
                 gst::info!(
                     CAT,
@@ -1256,9 +1263,11 @@ impl ObjectImpl for WhisperNpu {
                     .nick("Backend")
                     .blurb(
                         "Inference backend: auto (best available; falls back to cpu with an INFO \
-                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime). Only cpu \
-                         is in this build: npu and onnx fail with an error. Default: auto. Read at \
-                         NULL→READY",
+                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime), npu-sim \
+                         (the NPU encoder's golden model run on the CPU: the NPU kernels' bf16 \
+                         arithmetic, one simulated dispatch per window; slow, for checking). Only \
+                         cpu and npu-sim are in this build: npu and onnx fail with an error. \
+                         Default: auto. Read at NULL→READY",
                     )
                     .mutable_ready()
                     .build(),

@@ -11,7 +11,7 @@ pub use live::{
     SpeechGate,
 };
 pub use offline::{Stats, Transcriber};
-pub use options::{TailPadding, Task, TranscribeOptions};
+pub use options::{EncoderBackend, TailPadding, Task, TranscribeOptions};
 
 /// One transcribed phrase.
 #[derive(Debug, Clone, PartialEq)]
