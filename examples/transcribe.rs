@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
 use gstwhispernpu::model::ComputeType;
-use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
+use gstwhispernpu::transcribe::{
+    EncoderBackend, Segment, TailPadding, Task, TranscribeOptions, Transcriber,
+};
 
 const USAGE: &str = "\
 usage: transcribe [OPTIONS] AUDIO
@@ -32,6 +34,9 @@ options:
                           weights, bf16 = bf16 encoder products (Intel AMX where available);
                           auto = the fastest whose accuracy holds: bf16 where Intel AMX runs
                           it, else f32 [default: auto]
+  --backend cpu|npu-sim   encoder engine: cpu, or npu-sim = the NPU encoder's golden model
+                          (the AIE2 kernels' bf16 arithmetic and tile schedule on the CPU,
+                          one simulated dispatch per window; slow, for checking) [default: cpu]
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:
@@ -121,6 +126,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--beam-size"
                 | "--threads"
                 | "--compute-type"
+                | "--backend"
                 | "--initial-prompt"
                 | "--tail-padding"
                 | "--format"
@@ -161,6 +167,11 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 compute_type = value
                     .parse::<ComputeType>()
                     .map_err(|e| bad(format!("--compute-type: {e}")))?
+            }
+            "--backend" => {
+                options.backend = value
+                    .parse::<EncoderBackend>()
+                    .map_err(|e| bad(format!("--backend: {e}")))?
             }
             "--initial-prompt" => {
                 options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())

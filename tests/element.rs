@@ -676,6 +676,11 @@ fn unavailable_backend_is_an_error() {
             "{err}"
         );
     }
+    // npu names what the probe did not find (this machine has no NPU).
+    if !std::path::Path::new("/dev/accel").exists() {
+        let err = ready_fails(model.to_str().unwrap(), "npu");
+        assert!(err.message().contains("missing: amdxdna device"), "{err}");
+    }
 }
 
 /// The offline text equals the engine's on the same audio (what `examples/transcribe` prints).

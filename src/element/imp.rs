@@ -29,7 +29,9 @@ use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to
 use super::{Backend, ComputeTypeMode, Mode, TaskMode};
 use crate::error::{Error, ModelError};
 use crate::model::{self, WhisperModel};
-use crate::transcribe::{Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber};
+use crate::transcribe::{
+    EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber,
+};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -120,6 +122,10 @@ impl Settings {
             initial_prompt: (!prompt.is_empty()).then(|| prompt.to_string()),
             no_speech_threshold: Some(self.no_speech_threshold),
             condition_on_previous_text: self.condition_on_previous_text,
+            backend: match self.backend {
+                Backend::NpuSim => EncoderBackend::NpuSim,
+                _ => EncoderBackend::Cpu,
+            },
             ..TranscribeOptions::default()
         }
     }
@@ -365,7 +371,7 @@ impl WhisperNpu {
     /// messages; errors become element errors and stop the stream at its first buffer).
     fn start_loading(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
-        self.check_backend(settings.backend)?;
+        self.check_backend(settings.backend, &settings.model)?;
         if let Err(e) = model::resolve(&settings.model) {
             self.post_error_message(model_error_message(&settings.model, &e));
             return Err(gst::StateChangeError);
@@ -391,26 +397,72 @@ impl WhisperNpu {
         Ok(())
     }
 
-    /// Only the cpu backend exists in this build: `auto` falls back to it, npu and onnx fail.
-    fn check_backend(&self, backend: Backend) -> Result<(), gst::StateChangeError> {
-        let nick = match backend {
-            Backend::Cpu => return Ok(()),
-            Backend::Auto => {
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "backend=auto: no NPU or ONNX backend in this build, using the cpu backend"
-                );
+    /// cpu and npu-sim (the NPU encoder's golden model on the CPU) always run. npu and auto probe
+    /// for an amdxdna device, XRT and a matching encoder artifact (`crate::npu::probe`): npu
+    /// fails naming what is missing, auto falls back to cpu with an INFO log. With all three
+    /// present npu still fails: running the encoder through XRT is not implemented yet. onnx is
+    /// not in this build.
+    fn check_backend(
+        &self,
+        backend: Backend,
+        model_name: &str,
+    ) -> Result<(), gst::StateChangeError> {
+        use crate::npu::probe::{self, BackendRequest, EncoderBackend as Chosen};
+        let request = match backend {
+            Backend::Cpu | Backend::NpuSim => return Ok(()),
+            Backend::Auto => BackendRequest::Auto,
+            Backend::Npu => BackendRequest::Npu,
+            Backend::Onnx => {
+                let e = Error::BackendUnavailable {
+                    backend: "onnx".into(),
+                    why: "this build has no ONNX encoder; set backend=cpu or backend=auto".into(),
+                };
+                gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
+                return Err(gst::StateChangeError);
+            }
+        };
+        let config = probe::ProbeConfig::system();
+        let device = probe::find_device(&config);
+        let xrt = probe::xrt_status();
+        // The artifact is matched against the model's dimensions: only worth reading the model
+        // when there is an NPU to run it on.
+        let artifact = if device.is_ok() && xrt.is_ok() {
+            model::resolve(model_name)
+                .map_err(|e| e.to_string())
+                .and_then(|dir| {
+                    crate::model::ct2::Ct2File::open(&dir.join("model.bin"))
+                        .and_then(|f| crate::model::ct2::dims_of(&f))
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|dims| {
+                    let name = std::path::Path::new(model_name)
+                        .file_name()
+                        .map_or(model_name.to_string(), |n| n.to_string_lossy().into_owned());
+                    probe::find_artifact(&config, &name, &dims)
+                })
+        } else {
+            Err("not looked for without a device and XRT".into())
+        };
+        let report = probe::ProbeReport {
+            device,
+            xrt,
+            artifact,
+        };
+        let failure = match probe::choose_backend(request, &report) {
+            Ok((Chosen::Cpu, note)) => {
+                gst::info!(CAT, imp = self, "{}", note.unwrap_or_default());
                 return Ok(());
             }
-            Backend::Npu => "npu",
-            Backend::Onnx => "onnx",
+            Ok((Chosen::Npu, _)) => Error::BackendUnavailable {
+                backend: "npu".into(),
+                why: format!(
+                    "{report}, but running the encoder through XRT is not implemented in this \
+                     build yet (backend=npu-sim runs its golden model on the CPU)"
+                ),
+            },
+            Err(e) => e,
         };
-        let e = Error::BackendUnavailable {
-            backend: nick.into(),
-            why: "this build has only the cpu backend; set backend=cpu or backend=auto".into(),
-        };
-        gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
+        gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", failure));
         Err(gst::StateChangeError)
     }
 
@@ -1300,9 +1352,11 @@ impl ObjectImpl for WhisperNpu {
                     .nick("Backend")
                     .blurb(
                         "Inference backend: auto (best available; falls back to cpu with an INFO \
-                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime). Only cpu \
-                         is in this build: npu and onnx fail with an error. Default: auto. Read at \
-                         NULL→READY",
+                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime), npu-sim \
+                         (the NPU encoder's golden model run on the CPU: the NPU kernels' bf16 \
+                         arithmetic, one simulated dispatch per window; slow, for checking). Only \
+                         cpu and npu-sim are in this build: npu and onnx fail with an error. \
+                         Default: auto. Read at NULL→READY",
                     )
                     .mutable_ready()
                     .build(),

@@ -62,6 +62,11 @@ pub enum Backend {
         nick = "onnx"
     )]
     Onnx,
+    #[enum_value(
+        name = "NpuSim: the NPU encoder's golden model on the CPU (slow; for checking)",
+        nick = "npu-sim"
+    )]
+    NpuSim,
 }
 
 /// Numeric precision (`compute-type` property); see [`crate::model::ComputeType`].

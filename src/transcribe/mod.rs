@@ -11,7 +11,7 @@ pub use live::{
     SpeechGate,
 };
 pub use offline::{Stats, Transcriber};
-pub use options::{TailPadding, Task, TranscribeOptions};
+pub use options::{EncoderBackend, TailPadding, Task, TranscribeOptions};
 
 /// The outcome of language identification on one window (openai's `detect_language`: the
 /// decoder's first-step distribution over the language tokens).

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment, TranscribeOptions,
+    EncoderBackend, LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment,
+    TranscribeOptions,
 };
 use crate::audio::mel::{MelFrontend, MelStream};
 use crate::audio::{FRAME_SECONDS, N_FRAMES, SAMPLE_RATE};
@@ -12,6 +13,7 @@ use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, 
 use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
 use crate::error::Error;
 use crate::model::WhisperModel;
+use crate::npu::golden::GoldenEncoder;
 use crate::transcribe::{TailPadding, Task};
 
 /// Seconds per timestamp token.
@@ -56,6 +58,8 @@ pub struct Transcriber {
     /// The last language identification, when the language was not given.
     detection: Option<LanguageDetection>,
     enc_ws: EncoderWorkspace,
+    /// The NPU encoder's golden model, with `EncoderBackend::NpuSim`.
+    golden: Option<GoldenEncoder>,
     dec: DecoderState,
     mel_window: Vec<f32>,
     pool: rayon::ThreadPool,
@@ -93,6 +97,7 @@ impl Transcriber {
             language_token: None,
             detection: None,
             enc_ws: EncoderWorkspace::new(&dims),
+            golden: golden_for(&model, &opts)?,
             dec: DecoderState::new(&dims, 16, model.weights.cross_kv),
             mel_window: vec![0.0; dims.n_mels * N_FRAMES],
             pool,
@@ -105,6 +110,11 @@ impl Transcriber {
         me.check_language()?;
         me.reset();
         Ok(me)
+    }
+
+    /// Dispatches of the NPU encoder so far (one per window), with `EncoderBackend::NpuSim`.
+    pub fn npu_dispatches(&self) -> Option<u64> {
+        self.golden.as_ref().map(GoldenEncoder::dispatches)
     }
 
     /// The model this transcriber runs.
@@ -120,6 +130,9 @@ impl Transcriber {
     /// initial prompt takes effect at the next reset.
     pub fn set_options(&mut self, opts: TranscribeOptions) -> Result<(), Error> {
         opts.validate()?;
+        if opts.backend != self.opts.backend {
+            self.golden = golden_for(&self.model, &opts)?;
+        }
         let old = std::mem::replace(&mut self.opts, opts);
         if let Err(e) = self.check_language() {
             self.opts = old;
@@ -302,14 +315,15 @@ impl Transcriber {
             TailPadding::Zero => 0.0,
         };
         self.mel.window(start, columns, pad, &mut self.mel_window);
-        let (enc_ws, dec, mel_window, threads) = (
+        let (enc_ws, golden, dec, mel_window, threads) = (
             &mut self.enc_ws,
+            &mut self.golden,
             &mut self.dec,
             &self.mel_window,
             self.threads,
         );
         self.pool.install(|| {
-            encode(&model.weights, mel_window, enc_ws, threads);
+            run_encoder(&model, golden.as_mut(), mel_window, enc_ws, threads);
             dec.set_audio(&model.weights, &enc_ws.x, threads);
         });
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
@@ -392,14 +406,15 @@ impl Transcriber {
         }
         self.mel
             .window(self.seek, columns, pad, &mut self.mel_window);
-        let (enc_ws, dec, mel_window, threads) = (
+        let (enc_ws, golden, dec, mel_window, threads) = (
             &mut self.enc_ws,
+            &mut self.golden,
             &mut self.dec,
             &self.mel_window,
             self.threads,
         );
         self.pool.install(|| {
-            encode(&model.weights, mel_window, enc_ws, threads);
+            run_encoder(&model, golden.as_mut(), mel_window, enc_ws, threads);
             dec.set_audio(&model.weights, &enc_ws.x, threads);
         });
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
@@ -699,4 +714,41 @@ impl Transcriber {
             .cloned()
             .unwrap_or_else(|| unreachable!("at least one temperature is tried"))
     }
+}
+
+/// The golden NPU encoder when `opts` ask for `npu-sim`.
+fn golden_for(
+    model: &WhisperModel,
+    opts: &TranscribeOptions,
+) -> Result<Option<GoldenEncoder>, Error> {
+    match opts.backend {
+        EncoderBackend::Cpu => Ok(None),
+        EncoderBackend::NpuSim => {
+            GoldenEncoder::new(model)
+                .map(Some)
+                .map_err(|e| Error::BackendUnavailable {
+                    backend: EncoderBackend::NpuSim.as_str().into(),
+                    why: e.to_string(),
+                })
+        }
+    }
+}
+
+/// Encodes one window into `enc_ws.x`: on the golden NPU encoder when there is one, else on
+/// the CPU.
+fn run_encoder(
+    model: &WhisperModel,
+    golden: Option<&mut GoldenEncoder>,
+    mel_window: &[f32],
+    enc_ws: &mut EncoderWorkspace,
+    threads: usize,
+) {
+    if let Some(golden) = golden {
+        // The golden encoder only fails on buffer sizes, which `new` fixed from the same
+        // model dimensions as the workspace; fall back to the CPU rather than lose the window.
+        if golden.encode(mel_window, &mut enc_ws.x).is_ok() {
+            return;
+        }
+    }
+    encode(&model.weights, mel_window, enc_ws, threads);
 }

@@ -51,6 +51,42 @@ impl std::str::FromStr for TailPadding {
 }
 
 /// Decoding options (see openai/whisper `DecodingOptions` and `transcribe()`).
+/// Which engine runs the encoder (`--backend`).
+///
+/// - `cpu`: the native CPU encoder (default).
+/// - `npu-sim`: the NPU encoder's golden model ([`crate::npu::golden::GoldenEncoder`]): the
+///   AIE2 kernels' arithmetic (bf16 operands, fp32 accumulation) and tile schedule run on the
+///   CPU, one simulated dispatch per window. For checking the NPU design end to end; much slower
+///   than `cpu`. Needs a model the design supports (80 mel bins, 64-wide heads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderBackend {
+    #[default]
+    Cpu,
+    NpuSim,
+}
+
+impl EncoderBackend {
+    pub const NAMES: &'static str = "cpu, npu-sim";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncoderBackend::Cpu => "cpu",
+            EncoderBackend::NpuSim => "npu-sim",
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(EncoderBackend::Cpu),
+            "npu-sim" => Ok(EncoderBackend::NpuSim),
+            _ => Err(format!("unknown backend `{s}` (known: {})", Self::NAMES)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscribeOptions {
     /// Language code ("en", "de", ...); `None` detects it from the first window.
@@ -84,6 +120,8 @@ pub struct TranscribeOptions {
     pub n_threads: usize,
     /// Padding of the last window past the end of the audio.
     pub tail_padding: TailPadding,
+    /// Engine running the encoder.
+    pub backend: EncoderBackend,
 }
 
 impl Default for TranscribeOptions {
@@ -108,6 +146,7 @@ impl Default for TranscribeOptions {
             length_penalty: None,
             n_threads: 0,
             tail_padding: TailPadding::Silence,
+            backend: EncoderBackend::Cpu,
         }
     }
 }

@@ -1,0 +1,524 @@
+//! The NPU encoder's kernels, golden model and DMA plan (issue 6, items 1 and 5):
+//! - the Rust golden kernels equal the host builds of the C++ AIE2 kernels bit for bit;
+//! - the kernels agree with the CPU engine's ops (LayerNorm, GELU, softmax attention, GEMM);
+//! - every access pattern of the design is in bounds, within the AIE2 BD limits, and covers
+//!   its buffer the expected number of times; per-core and memory-tile budgets hold;
+//! - the golden encoder on jfk (tiny.en) matches the f32 CPU encoder layer by layer, in one
+//!   dispatch per window.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gstwhispernpu::audio::N_FRAMES;
+use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
+use gstwhispernpu::engine::cpu::{EncoderWorkspace, encode, encoder_layer, ops};
+use gstwhispernpu::model::{ComputeType, WhisperModel};
+use gstwhispernpu::npu::golden::{GoldenEncoder, GoldenError};
+use gstwhispernpu::npu::golden_kernels as gk;
+use gstwhispernpu::npu::tiling::{
+    self, AMode, Bd, BoId, CORE_MEM_BYTES, DH, Dir, KB, MEMTILE_BYTES, Plan, QB, Step, TM, TN,
+};
+use gstwhispernpu::transcribe::{EncoderBackend, TranscribeOptions, Transcriber};
+use whispernpu_kernels_host as host;
+
+/// Deterministic pseudo-random numbers (xorshift), uniform in [-scale, scale).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+    fn bf16(&mut self, n: usize, scale: f32) -> Vec<u16> {
+        (0..n).map(|_| gk::to_bf16(self.next() * scale)).collect()
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
+
+#[test]
+fn golden_kernels_equal_host_cpp_kernels_bit_for_bit() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    // GEMM tiles (both compiled depths), accumulating over several K steps.
+    for k in [64, 80] {
+        let mut c_cpp = vec![0.0f32; TM * TN];
+        host::zero(&mut c_cpp);
+        let mut c_rs = vec![0.0f32; TM * TN];
+        for _ in 0..3 {
+            let a = rng.bf16(TM * k, 2.0);
+            let b = rng.bf16(k * TN, 0.5);
+            host::mm(k, &a, &b, &mut c_cpp);
+            gk::mm(k, &a, &b, &mut c_rs);
+        }
+        assert_eq!(bits(&c_cpp), bits(&c_rs), "mm k={k}");
+        let bias = rng.vec(TN, 1.0);
+        let (mut o_cpp, mut o_rs) = (vec![0u16; TM * TN], vec![0u16; TM * TN]);
+        host::bias_bf16(&c_cpp, &bias, &mut o_cpp);
+        gk::bias_bf16(&c_rs, &bias, &mut o_rs);
+        assert_eq!(o_cpp, o_rs, "bias_bf16");
+        host::bias_gelu_bf16(&c_cpp, &bias, &mut o_cpp);
+        gk::bias_gelu_bf16(&c_rs, &bias, &mut o_rs);
+        assert_eq!(o_cpp, o_rs, "bias_gelu_bf16");
+        let pos = rng.vec(TM * TN, 1.0);
+        let (mut f_cpp, mut f_rs) = (vec![0.0f32; TM * TN], vec![0.0f32; TM * TN]);
+        host::bias_gelu_pos_f32(&c_cpp, &bias, &pos, &mut f_cpp);
+        gk::bias_gelu_pos_f32(&c_rs, &bias, &pos, &mut f_rs);
+        assert_eq!(bits(&f_cpp), bits(&f_rs), "bias_gelu_pos_f32");
+        let x = rng.vec(TM * TN, 3.0);
+        let (mut x_cpp, mut x_rs) = (x.clone(), x);
+        host::bias_residual_f32(&c_cpp, &bias, &mut x_cpp);
+        gk::bias_residual_f32(&c_rs, &bias, &mut x_rs);
+        assert_eq!(bits(&x_cpp), bits(&x_rs), "bias_residual_f32");
+    }
+    // GELU over a wide range, including the tails and zero.
+    let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.0025).collect();
+    let c: Vec<f32> = xs
+        .iter()
+        .flat_map(|&x| std::iter::repeat_n(x, TN))
+        .take(TM * TN)
+        .collect();
+    let zero_bias = vec![0.0f32; TN];
+    let pos = vec![0.0f32; TM * TN];
+    for chunk in xs.chunks(TM * TN).chain([c.as_slice()]) {
+        let mut tile = vec![0.0f32; TM * TN];
+        tile[..chunk.len()].copy_from_slice(chunk);
+        let (mut a, mut b) = (vec![0.0f32; TM * TN], vec![0.0f32; TM * TN]);
+        host::bias_gelu_pos_f32(&tile, &zero_bias, &pos, &mut a);
+        gk::bias_gelu_pos_f32(&tile, &zero_bias, &pos, &mut b);
+        assert_eq!(bits(&a), bits(&b), "gelu");
+    }
+    // LayerNorm, d = 384 and 512, rows with offsets and spread.
+    for d in [384, 512] {
+        let rows = 5;
+        let mut x = rng.vec(rows * d, 4.0);
+        for (r, row) in x.chunks_mut(d).enumerate() {
+            row.iter_mut().for_each(|v| *v += 10.0 * r as f32);
+        }
+        let gamma = rng.vec(d, 1.5);
+        let beta = rng.vec(d, 0.5);
+        let (mut a, mut b) = (vec![0u16; rows * d], vec![0u16; rows * d]);
+        host::layer_norm_bf16(&x, &gamma, &beta, &mut a);
+        gk::layer_norm_bf16(&x, &gamma, &beta, &mut b);
+        assert_eq!(a, b, "layer_norm_bf16 d={d}");
+        let (mut a, mut b) = (vec![0.0f32; rows * d], vec![0.0f32; rows * d]);
+        host::layer_norm_f32(&x, &gamma, &beta, &mut a);
+        gk::layer_norm_f32(&x, &gamma, &beta, &mut b);
+        assert_eq!(bits(&a), bits(&b), "layer_norm_f32 d={d}");
+    }
+    // Attention: several key blocks, a partial one (28 valid) and an empty one.
+    let q = rng.bf16(QB * DH, 2.0);
+    let mut st_cpp = host::AttnState::new();
+    let mut st_rs = gk::AttnState::new();
+    st_rs.init(&q, DH);
+    for valid in [KB, KB, 28, 0, KB] {
+        let kk = rng.bf16(KB * DH, 2.0);
+        let vv = rng.bf16(KB * DH, 1.0);
+        st_cpp.block(&q, &kk, &vv, 0.125, valid);
+        st_rs.block(&kk, &vv, DH, 0.125, valid);
+        assert_eq!(bits(&st_cpp.m), bits(&st_rs.m), "running max");
+        assert_eq!(bits(&st_cpp.l), bits(&st_rs.l), "running sum");
+        assert_eq!(bits(&st_cpp.o), bits(&st_rs.o), "running output");
+    }
+    let (mut a, mut b) = (vec![0u16; QB * DH], vec![0u16; QB * DH]);
+    st_cpp.finish(&mut a);
+    st_rs.finish(&mut b, DH);
+    assert_eq!(a, b, "attention output");
+}
+
+/// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))` in f64.
+fn gelu_exact(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+#[test]
+fn gelu_kernel_max_error_against_exact_erf() {
+    // Every f32 step of 1e-3 over [-12, 12]: the measured maximum absolute error of the
+    // kernels' GELU (A&S 7.1.26 erf with the kernels' exp) against the exact erf GELU.
+    let mut worst = (0.0f64, 0.0f32);
+    for i in -12_000..=12_000 {
+        let x = i as f32 * 1e-3;
+        let err = (gk::gelu(x) as f64 - gelu_exact(x as f64)).abs();
+        if err > worst.0 {
+            worst = (err, x);
+        }
+    }
+    eprintln!(
+        "kernel GELU max |error| vs exact erf: {:e} at x = {}",
+        worst.0, worst.1
+    );
+    assert!(worst.0 < 1e-6, "GELU error {} at {}", worst.0, worst.1);
+    // And against the CPU engine's GELU (the same formula with its own exp): f32 rounding only.
+    let worst_cpu = (-12_000..=12_000)
+        .map(|i| {
+            let x = i as f32 * 1e-3;
+            (gk::gelu(x) - ops::gelu(x)).abs()
+        })
+        .fold(0.0f32, f32::max);
+    assert!(worst_cpu < 1e-6, "kernel vs CPU GELU {worst_cpu}");
+}
+
+#[test]
+fn kernels_agree_with_cpu_engine_ops() {
+    let mut rng = Rng(0xfeed_beef_0bad_cafe);
+    // LayerNorm: fp32 statistics → the CPU's LayerNorm within f32 rounding.
+    let d = 512;
+    let x = rng.vec(8 * d, 3.0);
+    let (gamma, beta) = (rng.vec(d, 1.0), rng.vec(d, 0.2));
+    let (mut a, mut b) = (vec![0.0f32; 8 * d], vec![0.0f32; 8 * d]);
+    gk::layer_norm_f32(&x, &gamma, &beta, &mut a);
+    ops::layer_norm(&x, &gamma, &beta, &mut b);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-5, "layer norm differs by {worst}");
+
+    // Attention over a whole 1500-key sequence in 47 blocks vs the CPU's softmax row on the
+    // same bf16 inputs: the online softmax equals the two-pass one up to bf16 probabilities.
+    let t: usize = 1500;
+    let q = rng.bf16(QB * DH, 1.5);
+    let kk = rng.bf16(t.next_multiple_of(KB) * DH, 1.5);
+    let vv = rng.bf16(t.next_multiple_of(KB) * DH, 1.0);
+    let scale = 0.125;
+    let mut st = gk::AttnState::new();
+    st.init(&q, DH);
+    for kb in 0..t.div_ceil(KB) {
+        let valid = (t - kb * KB).min(KB);
+        st.block(&kk[kb * KB * DH..], &vv[kb * KB * DH..], DH, scale, valid);
+    }
+    let mut out = vec![0u16; QB * DH];
+    st.finish(&mut out, DH);
+    let mut worst = 0.0f32;
+    for i in 0..QB {
+        let mut row: Vec<f32> = (0..t)
+            .map(|j| {
+                (0..DH)
+                    .map(|p| gk::from_bf16(q[i * DH + p]) * gk::from_bf16(kk[j * DH + p]))
+                    .sum::<f32>()
+                    * scale
+            })
+            .collect();
+        ops::softmax_row(&mut row);
+        for c in 0..DH {
+            let r: f32 = (0..t).map(|j| row[j] * gk::from_bf16(vv[j * DH + c])).sum();
+            worst = worst.max((r - gk::from_bf16(out[i * DH + c])).abs());
+        }
+    }
+    eprintln!("online-softmax attention vs CPU softmax: max |difference| {worst:e}");
+    assert!(worst < 2e-3, "attention differs by {worst}");
+
+    // GEMM tile vs an f64 product of the same bf16 operands.
+    let a = rng.bf16(TM * 64, 2.0);
+    let bm = rng.bf16(64 * TN, 0.5);
+    let mut c = vec![0.0f32; TM * TN];
+    gk::mm(64, &a, &bm, &mut c);
+    for i in 0..TM {
+        for j in 0..TN {
+            let r: f64 = (0..64)
+                .map(|p| gk::from_bf16(a[i * 64 + p]) as f64 * gk::from_bf16(bm[p * TN + j]) as f64)
+                .sum();
+            assert!((c[i * TN + j] as f64 - r).abs() < 1e-4, "mm ({i},{j})");
+        }
+    }
+}
+
+/// Expected number of accesses of element `e` of `region` by all the patterns of `step`.
+fn expected_count(step: &Step, bd: &Bd, e: usize) -> usize {
+    let r = bd.region;
+    match step {
+        Step::Gemm(g) => {
+            let (nt, kt) = (g.b.n_tiles(), g.b.k_tiles());
+            if r == g.b.w || r == g.b.bias {
+                return g.row_tiles();
+            }
+            if bd.dir == Dir::Write || r != g.a {
+                // Output (and the residual / positions read with the output's pattern): once
+                // over the rows written.
+                let start = if r == g.out { g.out_offset } else { 0 };
+                return usize::from(e >= start && e < start + g.m * g.ldo);
+            }
+            match g.a_mode {
+                AMode::Rows { lda } => nt * usize::from(e < g.m * lda),
+                AMode::Conv1 { n_mels } => {
+                    let s = e / n_mels;
+                    nt * (0..kt).filter(|&p| s >= p && s - p < g.m).count()
+                }
+                AMode::Conv2 { d } => {
+                    let s = e / d;
+                    nt * (0..g.m).filter(|&t| s >= 2 * t && s <= 2 * t + 2).count()
+                }
+            }
+        }
+        Step::Norm(n) => {
+            if r == n.gamma || r == n.beta {
+                return n.groups().min(tiling::AUX_CORES);
+            }
+            usize::from(e < n.rows * n.d)
+        }
+        Step::Attention(a) => {
+            if bd.dir == Dir::Write {
+                return 1;
+            }
+            let (row, col) = (e / (3 * a.d), e % (3 * a.d));
+            if col < a.d {
+                1
+            } else {
+                a.query_blocks() * usize::from(row < a.key_blocks() * KB)
+            }
+        }
+    }
+}
+
+fn check_plan(plan: &Plan) {
+    let region_len = |bo: BoId| match bo {
+        BoId::Weights => plan.weights_bytes,
+        BoId::Input => plan.input_bytes,
+        BoId::Scratch => plan.scratch_bytes,
+        BoId::Output => plan.output_bytes,
+    };
+    let mut patterns = 0;
+    for step in &plan.steps {
+        // Budgets.
+        let core = tiling::core_bytes(step);
+        assert!(core <= CORE_MEM_BYTES, "{step:?}: {core} bytes per core");
+        let mem = tiling::memtile_bytes(step);
+        assert!(
+            mem <= MEMTILE_BYTES,
+            "{step:?}: {mem} bytes per memory tile"
+        );
+        if let Step::Gemm(g) = step {
+            // Every output tile on exactly one core.
+            let mut seen = vec![0u8; g.row_tiles() * g.b.n_tiles()];
+            for c in 0..tiling::GEMM_CORES {
+                for (i, j) in g.tiles_of(c) {
+                    assert_eq!(tiling::Gemm::core_of(i, j), c);
+                    seen[i * g.b.n_tiles() + j] += 1;
+                }
+            }
+            assert!(
+                seen.iter().all(|&s| s == 1),
+                "{}: tiles not partitioned",
+                g.name
+            );
+        }
+        // Patterns: limits, bounds, coverage per (region, direction).
+        let bds = tiling::bds(step);
+        let mut counts: HashMap<(usize, BoId, bool), (Bd, Vec<u32>)> = HashMap::new();
+        for bd in &bds {
+            patterns += 1;
+            if let Err(e) = bd.check_limits() {
+                panic!("{step:?}: pattern {bd:?} breaks the BD limits: {e}");
+            }
+            assert!(
+                bd.region.end() <= region_len(bd.region.bo),
+                "region outside its BO"
+            );
+            let entry = counts
+                .entry((bd.region.offset, bd.region.bo, bd.dir == Dir::Write))
+                .or_insert_with(|| (*bd, vec![0; bd.region.len]));
+            for addr in bd.addresses() {
+                assert!(
+                    addr < bd.region.len,
+                    "{step:?}: {bd:?} reads past its region at {addr}"
+                );
+                entry.1[addr] += 1;
+            }
+        }
+        for (bd, count) in counts.values() {
+            for (e, &n) in count.iter().enumerate() {
+                let want = expected_count(step, bd, e);
+                assert_eq!(
+                    n as usize, want,
+                    "{step:?}: element {e} of {:?} ({:?}) accessed {n} times, expected {want}",
+                    bd.region, bd.dir
+                );
+            }
+        }
+    }
+    for kind in [tiling::CoreKind::Gemm, tiling::CoreKind::Aux] {
+        let bytes = tiling::program_core_bytes(plan, kind);
+        eprintln!("{kind:?} core program: {bytes} bytes of data memory");
+        assert!(bytes <= CORE_MEM_BYTES, "{kind:?} cores need {bytes} bytes");
+    }
+    eprintln!("{} steps, {patterns} patterns checked", plan.steps.len());
+}
+
+#[test]
+fn dma_patterns_cover_buffers_within_limits_tiny_and_base() {
+    // tiny(.en) and base dimensions: 80 mels, d 384 / 512, 6 / 8 heads, 1500 positions. Layers
+    // repeat the same patterns at other weight offsets, so two layers cover every shape.
+    check_plan(&Plan::new(80, 384, 6, 2, 1500).expect("tiny plan"));
+    check_plan(&Plan::new(80, 512, 8, 2, 1500).expect("base plan"));
+}
+
+#[test]
+fn plan_rejects_shapes_the_kernels_do_not_support() {
+    assert!(Plan::new(128, 384, 6, 4, 1500).is_err(), "128 mel bins");
+    assert!(Plan::new(80, 384, 4, 4, 1500).is_err(), "head width 96");
+    assert!(
+        Plan::new(80, 400, 6, 4, 1500).is_err(),
+        "width not a multiple of 64"
+    );
+}
+
+/// jfk's first window as the CPU engine's encoder takes it.
+fn jfk_window(n_mels: usize) -> Vec<f32> {
+    let (audio, rate) = common::read_wav(&common::jfk_wav());
+    assert_eq!(rate, 16_000);
+    let mut stream = MelStream::new(Arc::new(MelFrontend::new(n_mels)));
+    stream.push(&audio);
+    stream.finish();
+    let n = stream.frames_available().min(N_FRAMES);
+    let mut window = vec![0.0; n_mels * N_FRAMES];
+    stream.window(0, n, 0.0, &mut window);
+    window
+}
+
+/// The CPU f32 encoder's residual stream after each layer and its output.
+fn cpu_layers(model: &WhisperModel, mel: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let w = &model.weights;
+    let dims = &model.dims;
+    let (t, d, frames, n_mels) = (
+        dims.n_audio_ctx,
+        dims.n_audio_state,
+        2 * dims.n_audio_ctx,
+        dims.n_mels,
+    );
+    let p = gemm::Parallelism::Rayon(0);
+    // The convolutions as the engine's `encode` runs them (im2col, index c * 3 + k).
+    let mut im1 = vec![0.0f32; frames * n_mels * 3];
+    for ti in 0..frames {
+        for c in 0..n_mels {
+            for k in 0..3 {
+                let s = ti as isize + k as isize - 1;
+                if s >= 0 && (s as usize) < frames {
+                    im1[ti * n_mels * 3 + c * 3 + k] = mel[c * frames + s as usize];
+                }
+            }
+        }
+    }
+    let mut c1 = vec![0.0f32; frames * d];
+    w.conv1.forward_gelu(&im1, frames, &mut c1, p);
+    let mut im2 = vec![0.0f32; t * d * 3];
+    for ti in 0..t {
+        for k in 0..3 {
+            let s = 2 * ti as isize + k as isize - 1;
+            if s >= 0 && (s as usize) < frames {
+                for c in 0..d {
+                    im2[ti * d * 3 + c * 3 + k] = c1[s as usize * d + c];
+                }
+            }
+        }
+    }
+    let mut ws = EncoderWorkspace::new(dims);
+    w.conv2.forward_gelu(&im2, t, &mut ws.x, p);
+    for (x, pos) in ws.x.iter_mut().zip(&w.enc_pos) {
+        *x += pos;
+    }
+    let mut layers = Vec::new();
+    for layer in &w.enc_layers {
+        encoder_layer(layer, dims, &mut ws, 2);
+        layers.push(ws.x.clone());
+    }
+    let mut out = vec![0.0f32; t * d];
+    ops::layer_norm(&ws.x, &w.enc_ln.gamma, &w.enc_ln.beta, &mut out);
+    (layers, out)
+}
+
+#[test]
+fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads");
+    let mel = jfk_window(model.dims.n_mels);
+    let (cpu_layers, cpu_out) = cpu_layers(&model, &mel);
+    // The replicated CPU pipeline is the engine's encoder.
+    let mut ws = EncoderWorkspace::new(&model.dims);
+    encode(&model.weights, &mel, &mut ws, 2);
+    let same = cosine(&ws.x, &cpu_out);
+    assert!(
+        same > 0.999_999,
+        "test's CPU pipeline vs engine encode: {same}"
+    );
+
+    let mut golden = GoldenEncoder::new(&model).expect("golden encoder");
+    let t_d = model.dims.n_audio_ctx * model.dims.n_audio_state;
+    let mut out = vec![0.0f32; t_d];
+    let mut cos = Vec::new();
+    golden
+        .encode_probed(&mel, &mut out, &mut |layer, x| {
+            cos.push(cosine(x, &cpu_layers[layer]));
+        })
+        .expect("golden encode");
+    let final_cos = cosine(&out, &ws.x);
+    eprintln!("tiny.en jfk cosine per layer {cos:?}, output {final_cos}");
+    assert_eq!(cos.len(), model.dims.n_audio_layer);
+    for (l, c) in cos.iter().enumerate() {
+        assert!(*c >= 0.999, "layer {l}: cosine {c}");
+    }
+    assert!(final_cos >= 0.999, "output cosine {final_cos}");
+    assert_eq!(golden.dispatches(), 1, "one dispatch per window");
+    // A second window: one more dispatch, same result (no state leaks between windows).
+    let mut again = vec![0.0f32; t_d];
+    golden.encode(&mel, &mut again).expect("second window");
+    assert_eq!(golden.dispatches(), 2);
+    assert_eq!(bits(&out), bits(&again), "second window differs");
+    // Bad inputs are errors, not panics, and do not dispatch.
+    assert!(matches!(
+        golden.encode(&mel[1..], &mut again),
+        Err(GoldenError::BadLength { .. })
+    ));
+    assert!(matches!(
+        golden.encode(&mel, &mut again[1..]),
+        Err(GoldenError::BadLength { .. })
+    ));
+    assert_eq!(golden.dispatches(), 2);
+}
+
+#[test]
+fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let (audio, _) = common::read_wav(&common::jfk_wav());
+    let transcribe = |backend| {
+        let opts = TranscribeOptions {
+            backend,
+            n_threads: 2,
+            ..TranscribeOptions::default()
+        };
+        let mut t = Transcriber::new(model.clone(), opts).expect("transcriber");
+        let mut segments = t.push(&audio).expect("push");
+        segments.extend(t.finish().expect("finish"));
+        let text: Vec<String> = segments.iter().map(|s| s.text.trim().to_string()).collect();
+        (text.join(" "), t.npu_dispatches(), t.stats().windows)
+    };
+    let (cpu, cpu_dispatches, _) = transcribe(EncoderBackend::Cpu);
+    let (npu, npu_dispatches, windows) = transcribe(EncoderBackend::NpuSim);
+    eprintln!("cpu: {cpu}\nnpu-sim: {npu}");
+    assert!(
+        cpu.contains("ask not what your country can do for you"),
+        "{cpu}"
+    );
+    assert_eq!(npu, cpu, "npu-sim transcript differs from the CPU's");
+    assert_eq!(cpu_dispatches, None);
+    assert_eq!(npu_dispatches, Some(windows), "one dispatch per window");
+    assert!(windows >= 1);
+}
