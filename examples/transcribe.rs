@@ -43,6 +43,13 @@ options:
                           log-mel of silence (whisper.cpp) or zeros (openai) [default: silence]
   --format txt|srt|vtt|json
                           output format on stdout [default: txt]
+  --word-timestamps       time each word (cross-attention alignment): json gets
+                          \"words\", srt one cue per word, vtt a cue per segment
+                          with an inline <hh:mm:ss.mmm> timestamp before each word
+  --hallucination-silence-threshold SECONDS
+                          skip segments that look invented (improbable, very short or
+                          long words) between silences longer than SECONDS, and resume
+                          after the silence (uses word timing) [default: off]
   -q, --quiet             no progress lines on stderr
   -h, --help              print this help
 
@@ -130,6 +137,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--initial-prompt"
                 | "--tail-padding"
                 | "--format"
+                | "--hallucination-silence-threshold"
         )
     };
     let mut cli = Cli::from_env();
@@ -145,6 +153,15 @@ fn parse_args() -> Result<Option<Config>, Failure> {
         match name.as_str() {
             "-h" | "--help" => return Ok(None),
             "-q" | "--quiet" => quiet = true,
+            "--word-timestamps" => options.word_timestamps = true,
+            "--hallucination-silence-threshold" => {
+                let seconds: f32 = value.trim().parse().map_err(|_| {
+                    bad(format!(
+                        "--hallucination-silence-threshold: `{value}` is not a number of seconds"
+                    ))
+                })?;
+                options.hallucination_silence_threshold = Some(seconds);
+            }
             "--model" => {
                 if value.trim().is_empty() {
                     return Err(bad("--model: empty model name".into()));
@@ -358,28 +375,62 @@ fn to_txt(segments: &[Segment]) -> String {
     out
 }
 
+/// One cue per segment, or per word when the segments have words (SubRip has no timing
+/// inside a cue).
 fn to_srt(segments: &[Segment]) -> String {
+    let mut cues: Vec<(f64, f64, &str)> = Vec::new();
+    for s in segments {
+        if s.words.is_empty() {
+            cues.push((s.start, s.end, &s.text));
+        } else {
+            cues.extend(s.words.iter().map(|w| (w.start, w.end, w.text.as_str())));
+        }
+    }
     let mut out = String::new();
-    for (i, s) in segments.iter().enumerate() {
+    for (i, (start, end, text)) in cues.into_iter().enumerate() {
         out += &format!(
             "{}\n{} --> {}\n{}\n\n",
             i + 1,
-            common::timestamp(s.start, ','),
-            common::timestamp(s.end, ','),
-            cue_text(&s.text)
+            common::timestamp(start, ','),
+            common::timestamp(end, ','),
+            cue_text(text)
         );
     }
     out
 }
 
+/// WebVTT cue text is markup: escape it (then `-->` cannot appear either).
+fn vtt_escape(text: &str) -> String {
+    cue_text(text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One cue per segment; with words, each word after the first is preceded by its start as a
+/// WebVTT cue timestamp (`<00:00:01.500>`), which players use to reveal or highlight the text
+/// word by word.
 fn to_vtt(segments: &[Segment]) -> String {
     let mut out = String::from("WEBVTT\n\n");
     for s in segments {
-        // WebVTT cue text is markup: escape it, and `-->` may not appear.
-        let text = cue_text(&s.text)
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;");
+        let text = if s.words.is_empty() {
+            vtt_escape(&s.text)
+        } else {
+            let mut text = String::new();
+            let mut last = s.start;
+            for (i, w) in s.words.iter().enumerate() {
+                // Cue timestamps must lie strictly inside the cue and increase.
+                if i > 0 && w.start > last && w.start < s.end {
+                    text += &format!("<{}>", common::timestamp(w.start, '.'));
+                    last = w.start;
+                }
+                if i > 0 {
+                    text.push(' ');
+                }
+                text += &vtt_escape(&w.text);
+            }
+            text
+        };
         out += &format!(
             "{} --> {}\n{}\n\n",
             common::timestamp(s.start, '.'),
@@ -402,6 +453,17 @@ struct JsonSegment<'a> {
     no_speech_prob: f32,
     temperature: f32,
     compression_ratio: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    words: Option<Vec<JsonWord<'a>>>,
+}
+
+/// One word in the JSON output (openai's `word`, `start`, `end`, `probability`).
+#[derive(serde::Serialize)]
+struct JsonWord<'a> {
+    word: &'a str,
+    start: f64,
+    end: f64,
+    probability: Option<f32>,
 }
 
 /// `{"model", "language", "duration", "segments": [...]}`, one segment per line. serde_json
@@ -425,6 +487,17 @@ fn to_json(model: &str, segments: &[Segment], language: &str, duration: f64) -> 
             no_speech_prob: s.no_speech_prob,
             temperature: s.temperature,
             compression_ratio: s.compression_ratio,
+            words: (!s.words.is_empty()).then(|| {
+                s.words
+                    .iter()
+                    .map(|w| JsonWord {
+                        word: &w.text,
+                        start: ms(w.start),
+                        end: ms(w.end),
+                        probability: w.probability,
+                    })
+                    .collect()
+            }),
         };
         out += if id == 0 { "\n    " } else { ",\n    " };
         out += &json(&segment);

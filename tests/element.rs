@@ -853,3 +853,36 @@ fn live_noise_gives_no_text_and_gaps() {
     let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
     assert!(covered >= 119.9, "GAPs cover only {covered:.1} s of 120 s");
 }
+
+/// Live mode with `output=words`: committed words come out one buffer each, in order, in
+/// running time, and together say what the speech says.
+#[test]
+fn live_output_words() {
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(
+        &model,
+        &[("mode", "live"), ("latency", "5000"), ("output", "words")],
+    );
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    eprintln!("{cues:#?}");
+    assert!(cues.len() >= 15, "expected about 22 words: {cues:?}");
+    assert!(
+        cues.iter()
+            .all(|c| !c.text.is_empty() && !c.text.contains(char::is_whitespace)),
+        "a buffer holds more than one word: {cues:?}"
+    );
+    for pair in cues.windows(2) {
+        assert!(
+            pair[0].start < pair[1].start,
+            "PTS not increasing: {pair:?}"
+        );
+    }
+    assert_monotonic(&cues);
+    assert!(cues.iter().all(|c| c.end <= 11.5), "{cues:?}");
+    let text = all_text(&cues).to_lowercase();
+    assert!(text.contains("ask what you can do"), "{text}");
+    assert!(text.contains("your country"), "{text}");
+}

@@ -356,3 +356,78 @@ fn latency_query_live_paused_before_caps() {
     assert!(live);
     assert_eq!(min, gst::ClockTime::from_mseconds(3000 + 250));
 }
+
+/// Runs `whispernpu {props}` over jfk.wav in a real pipeline (file, decodebin, convert,
+/// resample) and returns its text buffers as (PTS s, end s, text).
+fn jfk_buffers(props: &str) -> Vec<(f64, f64, String)> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "{} ! whispernpu model=\"{}\" mode=offline {props} ! appsink name=sink sync=false",
+        source(&common::jfk_wav()),
+        common::model_dir("tiny.en").display(),
+    ))
+    .unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let buffers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = Arc::clone(&buffers);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let pts = buffer.pts().ok_or(gst::FlowError::Error)?;
+                let duration = buffer.duration().ok_or(gst::FlowError::Error)?;
+                b.lock().unwrap().push((
+                    pts.seconds_f64(),
+                    (pts + duration).seconds_f64(),
+                    String::from_utf8_lossy(&map).into_owned(),
+                ));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    run(&pipeline);
+    buffers.lock().unwrap().clone()
+}
+
+/// `output=words`: one buffer per word of the segment transcript, each with its own time, in
+/// order, covering the speech (openai's word timing: "Americans" spans 1.8 s).
+#[test]
+fn output_words_one_buffer_per_word() {
+    let segments = jfk_buffers("");
+    let words = jfk_buffers("output=words");
+    eprintln!("{words:#?}");
+    let transcript: Vec<String> = segments
+        .iter()
+        .flat_map(|s| {
+            s.2.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let texts: Vec<String> = words.iter().map(|w| w.2.clone()).collect();
+    assert_eq!(texts, transcript, "one buffer per word of the transcript");
+    assert!(
+        words.iter().all(|w| !w.2.contains(char::is_whitespace)),
+        "{words:?}"
+    );
+    for pair in words.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "PTS not increasing: {pair:?}");
+        assert!(pair[0].1 <= pair[1].0 + 1e-6, "words overlap: {pair:?}");
+    }
+    assert!(words.iter().all(|w| w.1 > w.0), "{words:?}");
+    let americans = words
+        .iter()
+        .find(|w| w.2.trim_matches(',') == "Americans")
+        .expect("the word Americans");
+    assert!(americans.0 <= 1.8 && americans.1 >= 1.8, "{americans:?}");
+    // Segment buffers span several words: the word buffers are finer.
+    assert!(words.len() > 2 * segments.len(), "{segments:?}");
+}

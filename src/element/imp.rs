@@ -26,7 +26,7 @@ use once_cell::sync::Lazy;
 
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
-use super::{Backend, ComputeTypeMode, Mode, TaskMode};
+use super::{Backend, ComputeTypeMode, Mode, OutputMode, TaskMode};
 use crate::error::{Error, ModelError};
 use crate::model::{self, WhisperModel};
 use crate::transcribe::{
@@ -56,6 +56,8 @@ const DEFAULT_CONDITION_ON_PREVIOUS_TEXT: bool = true;
 const DEFAULT_MODE: Mode = Mode::Auto;
 const DEFAULT_VAD: bool = true;
 const DEFAULT_PARTIAL_RESULTS: bool = false;
+const DEFAULT_OUTPUT: OutputMode = OutputMode::Segments;
+const DEFAULT_HALLUCINATION_SILENCE_THRESHOLD: f32 = 0.0;
 
 /// Non-live: audio queued ahead of the worker before the streaming thread waits.
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
@@ -84,6 +86,9 @@ struct Settings {
     mode: Mode,
     vad: bool,
     partial_results: bool,
+    output: OutputMode,
+    /// Seconds; 0 = off.
+    hallucination_silence_threshold: f32,
 }
 
 impl Default for Settings {
@@ -104,6 +109,8 @@ impl Default for Settings {
             mode: DEFAULT_MODE,
             vad: DEFAULT_VAD,
             partial_results: DEFAULT_PARTIAL_RESULTS,
+            output: DEFAULT_OUTPUT,
+            hallucination_silence_threshold: DEFAULT_HALLUCINATION_SILENCE_THRESHOLD,
         }
     }
 }
@@ -126,6 +133,11 @@ impl Settings {
                 Backend::NpuSim => EncoderBackend::NpuSim,
                 _ => EncoderBackend::Cpu,
             },
+            // Offline windows are aligned only when words are wanted (live mode always times
+            // its words).
+            word_timestamps: self.output == OutputMode::Words,
+            hallucination_silence_threshold: (self.hallucination_silence_threshold > 0.0)
+                .then_some(self.hallucination_silence_threshold),
             ..TranscribeOptions::default()
         }
     }
@@ -1171,13 +1183,15 @@ impl WhisperNpu {
         Ok(gst::FlowSuccess::Ok)
     }
 
-    /// Pushes segments (as text buffers, bus messages) and a GAP up to `decoded` seconds.
+    /// Pushes segments (as text buffers, one per segment or per word with `output=words`; bus
+    /// messages) and a GAP up to `decoded` seconds.
     fn output(
         &self,
         work: &mut Work,
         segments: Vec<Segment>,
         decoded: f64,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let words = lock(&self.settings).output == OutputMode::Words;
         for seg in segments {
             self.send_language(work, Some(&seg.language));
             // Timestamps past the audio received come from the padding of a partial window.
@@ -1193,36 +1207,20 @@ impl WhisperNpu {
                 );
                 continue;
             }
-            let (Some(start), Some(end)) = (
+            let (Some(seg_start_time), Some(seg_end_time)) = (
                 work.timeline.time_of(seg.start),
                 work.timeline.time_of(seg_end),
             ) else {
                 continue;
             };
-            // Cues never overlap: a player shows one at a time.
-            let mut start = start;
-            if let Some(covered) = work.covered_until {
-                if covered > start {
-                    start = covered;
-                } else {
-                    self.cover_to(work, covered, start)?;
-                }
-            }
-            let end = end.max(start + MIN_TEXT_DURATION);
-            gst::debug!(CAT, imp = self, "Segment {} – {}: {}", start, end, seg.text);
-            let text = match work.format {
-                Some(TextFormat::Pango) => glib::markup_escape_text(&seg.text).to_string(),
-                _ => seg.text.clone(),
-            };
-            let mut buffer = gst::Buffer::from_mut_slice(text.into_bytes());
-            {
-                let buffer = buffer.get_mut().expect("new buffer is writable");
-                buffer.set_pts(start);
-                buffer.set_duration(end - start);
-            }
+            // The times the segment's buffer gets with `output=segments`.
+            let msg_start = work
+                .covered_until
+                .map_or(seg_start_time, |c| c.max(seg_start_time));
+            let msg_end = seg_end_time.max(msg_start + MIN_TEXT_DURATION);
             let structure = gst::Structure::builder("whispernpu-segment")
-                .field("start", start)
-                .field("end", end)
+                .field("start", msg_start)
+                .field("end", msg_end)
                 .field("text", &seg.text)
                 .field("language", &seg.language)
                 .field("avg-logprob", f64::from(seg.avg_logprob))
@@ -1233,8 +1231,47 @@ impl WhisperNpu {
                     .src(&*self.obj())
                     .build(),
             );
-            work.covered_until = Some(end);
-            self.srcpad.push(buffer)?;
+            // One buffer for the segment, or one per word.
+            let pieces: Vec<(f64, f64, &str)> = if words && !seg.words.is_empty() {
+                seg.words
+                    .iter()
+                    .map(|w| (w.start, w.end.min(seg_end), w.text.trim()))
+                    .filter(|w| !w.2.is_empty())
+                    .collect()
+            } else {
+                vec![(seg.start, seg_end, seg.text.as_str())]
+            };
+            for (piece_start, piece_end, piece_text) in pieces {
+                let (Some(start), Some(end)) = (
+                    work.timeline.time_of(piece_start),
+                    work.timeline.time_of(piece_end),
+                ) else {
+                    continue;
+                };
+                // Cues never overlap: a player shows one at a time.
+                let mut start = start;
+                if let Some(covered) = work.covered_until {
+                    if covered > start {
+                        start = covered;
+                    } else {
+                        self.cover_to(work, covered, start)?;
+                    }
+                }
+                let end = end.max(start + MIN_TEXT_DURATION);
+                gst::debug!(CAT, imp = self, "Text {} – {}: {}", start, end, piece_text);
+                let text = match work.format {
+                    Some(TextFormat::Pango) => glib::markup_escape_text(piece_text).to_string(),
+                    _ => piece_text.to_string(),
+                };
+                let mut buffer = gst::Buffer::from_mut_slice(text.into_bytes());
+                {
+                    let buffer = buffer.get_mut().expect("new buffer is writable");
+                    buffer.set_pts(start);
+                    buffer.set_duration(end - start);
+                }
+                work.covered_until = Some(end);
+                self.srcpad.push(buffer)?;
+            }
         }
         if let Some(to) = work.timeline.time_of(decoded) {
             let from = work.covered_until.or(work.timeline.base()).unwrap_or(to);
@@ -1500,6 +1537,30 @@ impl ObjectImpl for WhisperNpu {
                     .default_value(DEFAULT_VAD)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("output", DEFAULT_OUTPUT)
+                    .nick("Output")
+                    .blurb(
+                        "segments: one text buffer per transcribed segment; words: one buffer per \
+                         word, PTS and duration the word's (cross-attention alignment, openai's \
+                         word timestamps; offline this adds one decoder pass per window). \
+                         Default: segments. Applies from the next window",
+                    )
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("hallucination-silence-threshold")
+                    .nick("Hallucination silence threshold")
+                    .blurb(
+                        "Offline: seconds; a segment whose words look invented (improbable, very \
+                         short or very long) and that is surrounded by more silence than this is \
+                         dropped and decoding resumes after the silence (openai's \
+                         hallucination_silence_threshold; uses word timing). 0 = off (default). \
+                         Applies from the next window",
+                    )
+                    .minimum(0.0)
+                    .maximum(60.0)
+                    .default_value(DEFAULT_HALLUCINATION_SILENCE_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("partial-results")
                     .nick("Partial results")
                     .blurb(
@@ -1560,6 +1621,10 @@ impl ObjectImpl for WhisperNpu {
             "mode" => s.mode = value.get().expect("type checked upstream"),
             "vad" => s.vad = value.get().expect("type checked upstream"),
             "partial-results" => s.partial_results = value.get().expect("type checked upstream"),
+            "output" => s.output = value.get().expect("type checked upstream"),
+            "hallucination-silence-threshold" => {
+                s.hallucination_silence_threshold = value.get().expect("type checked upstream");
+            }
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
@@ -1590,6 +1655,8 @@ impl ObjectImpl for WhisperNpu {
             "mode" => s.mode.to_value(),
             "vad" => s.vad.to_value(),
             "partial-results" => s.partial_results.to_value(),
+            "output" => s.output.to_value(),
+            "hallucination-silence-threshold" => s.hallucination_silence_threshold.to_value(),
             other => unimplemented!("property {other}"),
         }
     }

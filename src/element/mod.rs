@@ -135,6 +135,24 @@ pub enum Mode {
     Live,
 }
 
+/// What each text buffer holds (`output` property).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuOutput")]
+pub enum OutputMode {
+    #[default]
+    #[enum_value(
+        name = "Segments: one buffer per transcribed segment",
+        nick = "segments"
+    )]
+    Segments,
+    #[enum_value(
+        name = "Words: one buffer per word, with the word's time (cross-attention alignment)",
+        nick = "words"
+    )]
+    Words,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),

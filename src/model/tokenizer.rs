@@ -609,6 +609,49 @@ impl Tokenizer {
         (words, word_tokens)
     }
 
+    /// openai `split_tokens_on_spaces`: groups of [`split_tokens_on_unicode`] joined into words;
+    /// a word starts at a group that begins with a space, is special (≥ EOT) or is punctuation.
+    ///
+    /// [`split_tokens_on_unicode`]: Self::split_tokens_on_unicode
+    pub fn split_tokens_on_spaces(&self, ids: &[u32]) -> (Vec<String>, Vec<Vec<u32>>) {
+        // Python's `string.punctuation`; openai tests `subword.strip() in string.punctuation`,
+        // a substring test (so an empty or all-space group counts as punctuation too).
+        const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+        let (subwords, groups) = self.split_tokens_on_unicode(ids);
+        let mut words: Vec<String> = Vec::new();
+        let mut word_tokens: Vec<Vec<u32>> = Vec::new();
+        for (subword, tokens) in subwords.into_iter().zip(groups) {
+            let special = tokens[0] >= self.specials.eot;
+            let with_space = subword.starts_with(' ');
+            let punctuation = PUNCTUATION.contains(subword.trim());
+            match (words.last_mut(), word_tokens.last_mut()) {
+                (Some(word), Some(last)) if !(special || with_space || punctuation) => {
+                    word.push_str(&subword);
+                    last.extend(tokens);
+                }
+                _ => {
+                    words.push(subword);
+                    word_tokens.push(tokens);
+                }
+            }
+        }
+        (words, word_tokens)
+    }
+
+    /// openai `split_to_word_tokens`: words of `ids` for word timestamps; languages written
+    /// without spaces (Chinese, Japanese, Thai, Lao, Burmese, Cantonese) split per character
+    /// group instead.
+    pub fn split_to_word_tokens(
+        &self,
+        ids: &[u32],
+        language: Option<&str>,
+    ) -> (Vec<String>, Vec<Vec<u32>>) {
+        match language {
+            Some("zh" | "ja" | "th" | "lo" | "my" | "yue") => self.split_tokens_on_unicode(ids),
+            _ => self.split_tokens_on_spaces(ids),
+        }
+    }
+
     /// Language codes of this vocabulary's language tokens, in token order (empty for
     /// English-only models).
     pub fn languages(&self) -> &[&'static str] {

@@ -25,7 +25,7 @@
 
 use std::time::Instant;
 
-use super::{Segment, Transcriber};
+use super::{Segment, Transcriber, Word};
 use crate::audio::{HOP_LENGTH, SAMPLE_RATE};
 use crate::decode::DecodeResult;
 use crate::error::Error;
@@ -720,6 +720,20 @@ impl LiveTranscriber {
         if text.trim().is_empty() {
             return;
         }
+        let tokenizer = &engine.model().tokenizer;
+        let words = hyp.units[from..to]
+            .iter()
+            .filter_map(|u| {
+                let text = tokenizer.decode(&hyp.result.tokens[u.from..u.to]);
+                let word_start = (base + u.start).clamp(start, end);
+                (!text.trim().is_empty()).then(|| Word {
+                    text,
+                    start: word_start,
+                    end: (base + u.end).clamp(word_start, end),
+                    probability: None,
+                })
+            })
+            .collect();
         out.segments.push(Segment {
             start,
             end,
@@ -730,6 +744,7 @@ impl LiveTranscriber {
             temperature: hyp.result.temperature,
             compression_ratio: hyp.result.compression_ratio,
             language: engine.language().unwrap_or_default().to_string(),
+            words,
         });
     }
 

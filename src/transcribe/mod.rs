@@ -1,9 +1,11 @@
-//! Transcription drivers: the long-form (offline) seek loop over 30 s windows.
+//! Transcription drivers: the long-form (offline) seek loop over 30 s windows, the live policy,
+//! and word timing.
 
 mod gate;
 mod live;
 mod offline;
 mod options;
+mod words;
 
 pub use gate::{LIVE_MIN_SILENCE_MS, VadGate};
 pub use live::{
@@ -58,4 +60,21 @@ pub struct Segment {
     pub compression_ratio: f32,
     /// Language code (e.g. "en").
     pub language: String,
+    /// Words with their times, when word timestamps are on ([`TranscribeOptions::word_timestamps`]
+    /// offline; always in live mode); empty otherwise.
+    pub words: Vec<Word>,
+}
+
+/// One word of a [`Segment`] with its time (openai's word timestamps).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// Text as the model wrote it, with its leading space and the punctuation merged into it
+    /// (`" And"`, `" Americans,"`).
+    pub text: String,
+    /// Start and end, seconds, same origin as the segment's.
+    pub start: f64,
+    pub end: f64,
+    /// Mean probability of the word's tokens in the alignment pass (softmax over the text
+    /// tokens); `None` in live mode, where no such pass runs.
+    pub probability: Option<f32>,
 }

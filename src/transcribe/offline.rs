@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::words::{self, get_end, is_segment_anomaly};
 use super::{
     EncoderBackend, LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment,
     TranscribeOptions,
@@ -34,6 +35,8 @@ pub struct Stats {
     pub decoder_tokens: u64,
     /// Windows decoded more than once by the temperature fallback.
     pub fallbacks: u64,
+    /// Segments skipped as hallucinations between silences (`hallucination_silence_threshold`).
+    pub hallucinations_skipped: u64,
 }
 
 /// Incremental transcriber. Push 16 kHz mono f32 samples; every complete 30 s window is decoded
@@ -53,6 +56,8 @@ pub struct Transcriber {
     /// Text tokens (with timestamps) of the stream so far, for conditioning.
     all_tokens: Vec<u32>,
     prompt_reset_since: usize,
+    /// End of the last word (or segment) decoded, seconds: openai's `last_speech_timestamp`.
+    last_speech_timestamp: f64,
     language: Option<String>,
     language_token: Option<u32>,
     /// The last language identification, when the language was not given.
@@ -93,6 +98,7 @@ impl Transcriber {
             seek: 0,
             all_tokens: Vec::new(),
             prompt_reset_since: 0,
+            last_speech_timestamp: 0.0,
             language: None,
             language_token: None,
             detection: None,
@@ -183,7 +189,7 @@ impl Transcriber {
             if ready < self.seek + N_FRAMES {
                 break;
             }
-            self.decode_window(N_FRAMES, &mut out);
+            self.decode_window(N_FRAMES, None, &mut out);
         }
         self.mel.trim_before(self.seek);
         Ok(out)
@@ -193,7 +199,7 @@ impl Transcriber {
     /// text context: for live chunking.
     pub fn flush_available(&mut self) -> Result<Vec<Segment>, Error> {
         let content = self.mel.frames_available().min(self.mel.content_frames());
-        let out = self.decode_until(content);
+        let out = self.decode_until(content, false);
         self.mel.trim_before(self.seek);
         Ok(out)
     }
@@ -204,17 +210,18 @@ impl Transcriber {
         self.mel.finish();
         self.stats.mel_seconds += t0.elapsed().as_secs_f64();
         let content = self.mel.content_frames();
-        let out = self.decode_until(content);
+        let out = self.decode_until(content, true);
         self.reset();
         Ok(out)
     }
 
-    /// Decodes windows until `seek` reaches `content` frames, the last one possibly partial.
-    fn decode_until(&mut self, content: usize) -> Vec<Segment> {
+    /// Decodes windows until `seek` reaches `content` frames, the last one possibly partial;
+    /// `at_end`: the audio ends there.
+    fn decode_until(&mut self, content: usize, at_end: bool) -> Vec<Segment> {
         let mut out = Vec::new();
         while self.seek < content {
             let size = (content - self.seek).min(N_FRAMES);
-            self.decode_window(size, &mut out);
+            self.decode_window(size, at_end.then_some(content), &mut out);
         }
         out
     }
@@ -225,6 +232,7 @@ impl Transcriber {
         self.seek = 0;
         self.all_tokens.clear();
         self.prompt_reset_since = 0;
+        self.last_speech_timestamp = 0.0;
         if let Some(prompt) = self.opts.initial_prompt.as_deref().map(str::trim)
             && !prompt.is_empty()
         {
@@ -351,6 +359,18 @@ impl Transcriber {
     /// `content_frames` mel frames: one per text token, then one for the end of the text.
     /// `None` when the model has no alignment heads or the text does not fit.
     pub(crate) fn align(&mut self, text: &[u32], content_frames: usize) -> Option<Vec<f64>> {
+        self.align_tokens(text, content_frames, false)
+            .map(|(times, _)| times)
+    }
+
+    /// [`align`](Self::align), and with `probabilities` also each text token's probability in
+    /// the alignment pass (openai's word probabilities; one more output projection per token).
+    fn align_tokens(
+        &mut self,
+        text: &[u32],
+        content_frames: usize,
+        probabilities: bool,
+    ) -> Option<(Vec<f64>, Vec<f32>)> {
         let model = Arc::clone(&self.model);
         if model.alignment_heads.is_empty() || text.is_empty() {
             return None;
@@ -372,12 +392,28 @@ impl Transcriber {
             return None;
         }
         let frames = (content_frames / INPUT_STRIDE).clamp(1, model.dims.n_audio_ctx);
-        let heads = model.alignment_heads.clone();
+        let heads = &model.alignment_heads;
         let (dec, threads) = (&mut self.dec, self.threads);
         let t0 = Instant::now();
-        let weights = self
-            .pool
-            .install(|| dec.forward_capture(&model.weights, &tokens, &heads, frames, threads));
+        let (weights, probs) = self.pool.install(|| {
+            let weights = dec.forward_capture(&model.weights, &tokens, heads, frames, threads);
+            let probs = if probabilities {
+                // Rows from no_timestamps on predict the text tokens (the last one, EOT, is
+                // not a word's).
+                let mut p = dec.next_token_probabilities(
+                    &model.weights,
+                    &tokens,
+                    sot_len,
+                    specials.eot as usize,
+                    threads,
+                );
+                p.truncate(text.len());
+                p
+            } else {
+                Vec::new()
+            };
+            (weights, probs)
+        });
         let times = crate::decode::timing::token_times(
             &weights,
             heads.len(),
@@ -386,12 +422,38 @@ impl Transcriber {
             sot_len,
         );
         self.stats.decoder_seconds += t0.elapsed().as_secs_f64();
-        Some(times)
+        Some((times, probs))
+    }
+
+    /// Word timestamps of the window's `segments` (openai's `add_word_timestamps`); the
+    /// window's cross-attention K/V must still be set.
+    fn add_words(&mut self, segments: &mut [Segment], time_offset: f64, segment_size: usize) {
+        let text: Vec<u32> = segments
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let Some((times, probs)) = self.align_tokens(&text, segment_size, true) else {
+            return;
+        };
+        let alignment = words::word_timings(
+            &self.model.tokenizer,
+            &text,
+            self.language.as_deref(),
+            &times,
+            &probs,
+        );
+        words::add_word_timestamps(segments, alignment, time_offset, self.last_speech_timestamp);
     }
 
     /// Decodes the window at `self.seek` holding `segment_size` frames of content, appends its
-    /// segments to `out` and advances `seek` as openai's loop does.
-    fn decode_window(&mut self, segment_size: usize, out: &mut Vec<Segment>) {
+    /// segments to `out` and advances `seek` as openai's loop does. `content_end`: the frame
+    /// where the audio ends, once known (end of stream).
+    fn decode_window(
+        &mut self,
+        segment_size: usize,
+        content_end: Option<usize>,
+        out: &mut Vec<Segment>,
+    ) {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
         let t0 = Instant::now();
@@ -431,7 +493,9 @@ impl Transcriber {
         let result = self.decode_with_fallback(&previous, &[], &temperatures);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
 
+        let previous_seek = self.seek;
         let time_offset = self.seek as f64 * FRAME_SECONDS;
+        let window_end_time = (self.seek + N_FRAMES) as f64 * FRAME_SECONDS;
         let segment_duration = segment_size as f64 * FRAME_SECONDS;
         let language = self.language.clone().unwrap_or_default();
 
@@ -490,29 +554,112 @@ impl Transcriber {
             self.seek += segment_size;
         }
 
+        let mut segments = Vec::with_capacity(current.len());
+        let mut segment_tokens = Vec::with_capacity(current.len());
         for (start, end, seg_tokens) in current {
             let text_tokens: Vec<u32> = seg_tokens
                 .iter()
                 .copied()
                 .filter(|&t| t < specials.eot)
                 .collect();
-            let text = model.tokenizer.decode(&text_tokens);
-            // Instantaneous or empty segments are dropped (openai clears them).
-            if start == end || text.trim().is_empty() {
-                continue;
-            }
-            self.all_tokens.extend(&seg_tokens);
-            out.push(Segment {
+            segments.push(Segment {
                 start,
                 end,
-                text: text.trim().to_string(),
+                text: model.tokenizer.decode(&text_tokens).trim().to_string(),
                 tokens: text_tokens,
                 avg_logprob: result.avg_logprob,
                 no_speech_prob: result.no_speech_prob,
                 temperature: result.temperature,
                 compression_ratio: result.compression_ratio,
                 language: language.clone(),
+                words: Vec::new(),
             });
+            segment_tokens.push(seg_tokens);
+        }
+
+        let threshold = self.opts.hallucination_silence_threshold.map(f64::from);
+        if self.opts.word_timestamps || threshold.is_some() {
+            // openai's word-timestamp branch of `transcribe()`.
+            let seek_at = |t: f64| (t / FRAME_SECONDS).round_ties_even().max(0.0) as usize;
+            self.add_words(&mut segments, time_offset, segment_size);
+            if !single_timestamp_ending
+                && let Some(end) = get_end(&segments)
+                && end > time_offset
+            {
+                self.seek = seek_at(end);
+            }
+            if let Some(threshold) = threshold {
+                // Resume right after the last word when silence follows it.
+                if !single_timestamp_ending
+                    && let Some(end) = get_end(&segments)
+                    && end > time_offset
+                {
+                    self.seek = if window_end_time - end > threshold {
+                        seek_at(end)
+                    } else {
+                        previous_seek + segment_size
+                    };
+                }
+                // A first segment that may be invented after a long silence: skip the silence
+                // and decode again from there, dropping this window's text.
+                let first = segments.iter().find(|s| !s.words.is_empty());
+                if let Some(first) = first.filter(|s| is_segment_anomaly(Some(s))) {
+                    let gap = first.start - time_offset;
+                    if gap > threshold {
+                        self.seek = previous_seek + seek_at(gap);
+                        self.stats.hallucinations_skipped += 1;
+                        return;
+                    }
+                }
+                // An invented segment between silences (or more invented text): drop it and
+                // what follows, resume after it.
+                let mut hal_last_end = self.last_speech_timestamp;
+                for si in 0..segments.len() {
+                    let segment = &segments[si];
+                    if segment.words.is_empty() {
+                        continue;
+                    }
+                    if is_segment_anomaly(Some(segment)) {
+                        let next = segments[si + 1..].iter().find(|s| !s.words.is_empty());
+                        let hal_next_start =
+                            next.map_or(time_offset + segment_duration, |s| s.words[0].start);
+                        let silence_before = segment.start - hal_last_end > threshold
+                            || segment.start < threshold
+                            || segment.start - time_offset < 2.0;
+                        let silence_after = hal_next_start - segment.end > threshold
+                            || is_segment_anomaly(next)
+                            || window_end_time - segment.end < 2.0;
+                        if silence_before && silence_after {
+                            self.seek = seek_at((time_offset + 1.0).max(segment.start));
+                            if let Some(content) = content_end
+                                && content as f64 * FRAME_SECONDS - segment.end < threshold
+                            {
+                                self.seek = content;
+                            }
+                            self.stats.hallucinations_skipped += 1;
+                            segments.truncate(si);
+                            segment_tokens.truncate(si);
+                            break;
+                        }
+                    }
+                    hal_last_end = segment.end;
+                }
+            }
+            if let Some(end) = get_end(&segments) {
+                self.last_speech_timestamp = end;
+            }
+            if !self.opts.word_timestamps {
+                segments.iter_mut().for_each(|s| s.words.clear());
+            }
+        }
+
+        for (segment, seg_tokens) in segments.into_iter().zip(segment_tokens) {
+            // Instantaneous or empty segments are dropped (openai clears them).
+            if segment.start == segment.end || segment.text.is_empty() {
+                continue;
+            }
+            self.all_tokens.extend(&seg_tokens);
+            out.push(segment);
         }
         if !self.opts.condition_on_previous_text
             || result.temperature > self.opts.prompt_reset_on_temperature

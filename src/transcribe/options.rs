@@ -122,6 +122,15 @@ pub struct TranscribeOptions {
     pub tail_padding: TailPadding,
     /// Engine running the encoder.
     pub backend: EncoderBackend,
+    /// Offline: time each word by cross-attention alignment (openai's `word_timestamps`):
+    /// fills [`Segment::words`](super::Segment::words) and moves segment starts and ends to
+    /// their words. Costs one more decoder pass over each window's text.
+    pub word_timestamps: bool,
+    /// Offline: seconds of silence around a segment whose words look invented (improbable,
+    /// very short or very long) above which it is skipped and decoding resumes after the
+    /// silence (openai's `hallucination_silence_threshold`). Needs word timing, so it also
+    /// moves segment times to their words (as `word_timestamps` does). `None` = off.
+    pub hallucination_silence_threshold: Option<f32>,
 }
 
 impl Default for TranscribeOptions {
@@ -147,6 +156,8 @@ impl Default for TranscribeOptions {
             n_threads: 0,
             tail_padding: TailPadding::Silence,
             backend: EncoderBackend::Cpu,
+            word_timestamps: false,
+            hallucination_silence_threshold: None,
         }
     }
 }
@@ -180,6 +191,14 @@ impl TranscribeOptions {
             return Err(Error::InvalidOption {
                 option: "no-speech-threshold",
                 why: format!("{t} is outside 0..=1"),
+            });
+        }
+        if let Some(t) = self.hallucination_silence_threshold
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(Error::InvalidOption {
+                option: "hallucination-silence-threshold",
+                why: format!("{t} must be a number of seconds > 0"),
             });
         }
         Ok(())

@@ -938,6 +938,49 @@ impl DecoderState {
         self.capture.take().map(|c| c.out).unwrap_or_default()
     }
 
+    /// After [`forward_capture`](Self::forward_capture) of `tokens`: for each row `r` in
+    /// `from..tokens.len() - 1`, the probability the model gave `tokens[r + 1]` there, the
+    /// softmax taken over the text tokens `..eot` only (openai's word probabilities). The
+    /// output projection runs over a few rows at a time in the logits buffer.
+    pub fn next_token_probabilities(
+        &mut self,
+        w: &Weights,
+        tokens: &[u32],
+        from: usize,
+        eot: usize,
+        threads: usize,
+    ) -> Vec<f32> {
+        let d = self.dims.n_text_state;
+        let vocab = self.dims.n_vocab;
+        assert!(self.batch == 1 && self.len == tokens.len());
+        let eot = eot.min(vocab);
+        let chunk = (self.last.len() / d).min(self.logits.len() / vocab).max(1);
+        let rows: Vec<usize> = (from..tokens.len().saturating_sub(1)).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for group in rows.chunks(chunk) {
+            for (k, &r) in group.iter().enumerate() {
+                w.dec_ln.forward(
+                    &self.x[r * d..(r + 1) * d],
+                    &mut self.last[k * d..(k + 1) * d],
+                );
+            }
+            w.tok_emb.logits(
+                &self.last[..group.len() * d],
+                group.len(),
+                &mut self.logits,
+                par(threads),
+            );
+            for (k, &r) in group.iter().enumerate() {
+                let row = &self.logits[k * vocab..k * vocab + eot];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+                let target = tokens[r + 1] as usize;
+                out.push(row.get(target).map_or(0.0, |&l| (l - max).exp() / sum));
+            }
+        }
+        out
+    }
+
     /// Screens the logits of later single-sequence calls without `extra` (greedy decoding)
     /// with the int8 copy of the output projection, when the model has one
     /// ([`Weights::vocab_screen`]), keeping tokens from `exact_from` on (the timestamps) exact;
