@@ -238,9 +238,23 @@ impl ModelParts {
     ) -> Result<WhisperModel, ModelError> {
         let weights = crate::engine::cpu::Weights::from_source(source, &self.dims, compute_type)?;
         let tokenizer = self.tokenizer;
-        let suppress_ids = self
-            .suppress_ids
-            .unwrap_or_else(|| tokenizer.non_speech_tokens());
+        // What Hugging Face's `suppress_tokens` (and so CTranslate2's `suppress_ids`) lists:
+        // openai's non-speech tokens and the task and start tokens.
+        let suppress_ids = self.suppress_ids.unwrap_or_else(|| {
+            let s = &tokenizer.specials;
+            let mut ids = tokenizer.non_speech_tokens();
+            ids.extend([
+                s.sot,
+                s.translate,
+                s.transcribe,
+                s.sot_lm,
+                s.sot_prev,
+                s.no_speech,
+            ]);
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        });
         let suppress_ids_begin = if self.suppress_ids_begin.is_empty() {
             tokenizer
                 .single_token(" ")

@@ -270,6 +270,9 @@ impl OpenaiTensors for SafetensorsCheckpoint {
     fn path(&self) -> &Path {
         &self.path
     }
+    fn file_name(&self, name: &str) -> String {
+        openai_to_hf(name).unwrap_or_else(|| name.to_string())
+    }
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|e| e.shape.clone())
     }

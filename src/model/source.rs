@@ -41,6 +41,10 @@ pub trait OpenaiTensors {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The data as f32 (dequantised), row-major.
     fn read(&self, name: &str) -> Result<Vec<f32>, ModelError>;
+    /// The name as the file spells it, for errors.
+    fn file_name(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// One piece of a CTranslate2 tensor.
@@ -156,12 +160,12 @@ impl<T: OpenaiTensors> TensorSource for OpenaiLayout<'_, T> {
                 Part::Tensor(n) => {
                     let found = self.0.shape(n).ok_or_else(|| ModelError::MissingWeight {
                         path: path.to_path_buf(),
-                        name: n.clone(),
+                        name: self.0.file_name(n),
                     })?;
                     if !same_shape(&found, &part_shape) {
                         return Err(ModelError::BadShape {
                             path: path.to_path_buf(),
-                            name: n.clone(),
+                            name: self.0.file_name(n),
                             found,
                             expected: part_shape,
                         });
