@@ -478,3 +478,200 @@ fn large_v3_turbo_shapes_run_from_every_format() {
         "GGML f32 and safetensors f32 agree"
     );
 }
+
+/// The files name and shape tensors as whisper.cpp's loader (`whisper_model_load`) and
+/// transformers' `WhisperForConditionalGeneration` expect, and the fused CTranslate2 tensors are
+/// split in Q, K, V order (a round trip alone would not see a consistent mix-up).
+#[test]
+fn exported_names_and_shapes_follow_whisper_cpp_and_transformers() {
+    let tmp = TempDir::new("names");
+    let model = turbo();
+    let (d, v, m) = (64usize, 51866usize, 128usize);
+    let path = tmp.join("turbo.bin");
+    model.write_ggml(&path, GgmlType::F16).unwrap();
+    let file = GgmlFile::open(&path).unwrap();
+    use gstwhispernpu::model::source::OpenaiTensors;
+    // (name, shape outermost first = whisper.cpp's extents reversed, type)
+    let expected: [(&str, Vec<usize>, GgmlType); 12] = [
+        ("encoder.positional_embedding", vec![1500, d], GgmlType::F32),
+        ("encoder.conv1.weight", vec![d, m, 3], GgmlType::F16),
+        ("encoder.conv1.bias", vec![d, 1], GgmlType::F32),
+        ("encoder.conv2.weight", vec![d, d, 3], GgmlType::F16),
+        ("encoder.ln_post.weight", vec![d], GgmlType::F32),
+        (
+            "encoder.blocks.1.attn.key.weight",
+            vec![d, d],
+            GgmlType::F16,
+        ),
+        (
+            "encoder.blocks.1.mlp.0.weight",
+            vec![4 * d, d],
+            GgmlType::F16,
+        ),
+        ("encoder.blocks.1.mlp_ln.bias", vec![d], GgmlType::F32),
+        ("decoder.token_embedding.weight", vec![v, d], GgmlType::F16),
+        ("decoder.positional_embedding", vec![448, d], GgmlType::F32),
+        (
+            "decoder.blocks.3.cross_attn.value.bias",
+            vec![d],
+            GgmlType::F32,
+        ),
+        (
+            "decoder.blocks.3.cross_attn_ln.weight",
+            vec![d],
+            GgmlType::F32,
+        ),
+    ];
+    for (name, shape, ty) in expected {
+        assert_eq!(file.shape(name), Some(shape), "{name}");
+        assert_eq!(file.tensor_type(name), Some(ty), "{name}");
+    }
+    // The tensors whisper.cpp creates: 15 per encoder layer, 24 per decoder layer, 7 more in
+    // the encoder and 4 in the decoder (it fails on a missing or extra one); keys have no bias.
+    assert_eq!(file.names.len(), 7 + 4 + 15 * 2 + 24 * 4);
+    assert!(file.shape("encoder.blocks.0.attn.key.bias").is_none());
+    assert!(file.shape("decoder.blocks.0.cross_attn.key.bias").is_none());
+
+    // Q, K, V order of the fused weights: the exported key is rows d..2d of the fused QKV.
+    let openai: std::collections::HashMap<&str, &Vec<f32>> = model
+        .tensors
+        .iter()
+        .map(|(n, _, data)| (n.as_str(), data))
+        .collect();
+    let ct2_dir = common::model_dir("tiny.en");
+    let ct2 = gstwhispernpu::model::ct2::Ct2File::open(&ct2_dir.join("model.bin")).unwrap();
+    let tiny = ExportModel::read(&ct2_dir).unwrap();
+    let exported = |name: &str| {
+        let (_, _, data) = tiny.tensors.iter().find(|(n, _, _)| n == name).unwrap();
+        data.clone()
+    };
+    let ds = 384;
+    let qkv = ct2
+        .tensor(
+            "encoder/layer_2/self_attention/linear_0/weight",
+            &[3 * ds, ds],
+        )
+        .unwrap();
+    assert_eq!(
+        exported("encoder.blocks.2.attn.query.weight"),
+        qkv[..ds * ds]
+    );
+    assert_eq!(
+        exported("encoder.blocks.2.attn.key.weight"),
+        qkv[ds * ds..2 * ds * ds]
+    );
+    assert_eq!(
+        exported("encoder.blocks.2.attn.value.weight"),
+        qkv[2 * ds * ds..]
+    );
+    let kv_bias = ct2
+        .tensor("decoder/layer_1/attention/linear_1/bias", &[2 * ds])
+        .unwrap();
+    assert!(
+        kv_bias[..ds].iter().all(|&b| b == 0.0),
+        "zero key bias first"
+    );
+    assert_eq!(
+        exported("decoder.blocks.1.cross_attn.value.bias"),
+        kv_bias[ds..]
+    );
+    assert!(
+        !tiny
+            .tensors
+            .iter()
+            .any(|(n, _, _)| n == "decoder.blocks.1.cross_attn.key.bias")
+    );
+
+    let hf = tmp.join("hf");
+    model.write_safetensors(&hf, WriteType::F32).unwrap();
+    let bytes = std::fs::read(hf.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let tensor = |name: &str| -> Vec<f32> {
+        let t = &header[name];
+        let [b, e] = [0, 1].map(|i| t["data_offsets"][i].as_u64().unwrap() as usize);
+        data[b..e]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    for (hf_name, openai_name, shape) in [
+        (
+            "model.encoder.conv1.weight",
+            "encoder.conv1.weight",
+            vec![d, m, 3],
+        ),
+        (
+            "model.encoder.embed_positions.weight",
+            "encoder.positional_embedding",
+            vec![1500, d],
+        ),
+        (
+            "model.encoder.layers.1.self_attn.k_proj.weight",
+            "encoder.blocks.1.attn.key.weight",
+            vec![d, d],
+        ),
+        (
+            "model.encoder.layers.1.self_attn.out_proj.bias",
+            "encoder.blocks.1.attn.out.bias",
+            vec![d],
+        ),
+        (
+            "model.encoder.layers.1.fc2.weight",
+            "encoder.blocks.1.mlp.2.weight",
+            vec![d, 4 * d],
+        ),
+        (
+            "model.encoder.layers.1.final_layer_norm.weight",
+            "encoder.blocks.1.mlp_ln.weight",
+            vec![d],
+        ),
+        (
+            "model.encoder.layer_norm.bias",
+            "encoder.ln_post.bias",
+            vec![d],
+        ),
+        (
+            "model.decoder.embed_tokens.weight",
+            "decoder.token_embedding.weight",
+            vec![v, d],
+        ),
+        (
+            "model.decoder.layers.2.encoder_attn.v_proj.weight",
+            "decoder.blocks.2.cross_attn.value.weight",
+            vec![d, d],
+        ),
+        (
+            "model.decoder.layers.2.encoder_attn_layer_norm.bias",
+            "decoder.blocks.2.cross_attn_ln.bias",
+            vec![d],
+        ),
+        (
+            "model.decoder.layers.2.self_attn_layer_norm.weight",
+            "decoder.blocks.2.attn_ln.weight",
+            vec![d],
+        ),
+        (
+            "model.decoder.layer_norm.weight",
+            "decoder.ln.weight",
+            vec![d],
+        ),
+    ] {
+        assert_eq!(
+            header[hf_name]["shape"],
+            serde_json::json!(shape),
+            "{hf_name}"
+        );
+        assert_eq!(
+            &tensor(hf_name),
+            openai[openai_name],
+            "{hf_name} holds {openai_name}"
+        );
+    }
+    assert!(
+        header
+            .get("model.encoder.layers.0.self_attn.k_proj.bias")
+            .is_none()
+    );
+}

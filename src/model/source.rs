@@ -257,9 +257,16 @@ pub fn openai_tensors(
             if name.ends_with("/bias") {
                 continue;
             }
+            // Name the tensor as the openai-named formats spell it.
+            let first = ct2_to_openai(&name).and_then(|parts| {
+                parts.into_iter().find_map(|p| match p {
+                    Part::Tensor(n) => Some(n),
+                    Part::Zeros => None,
+                })
+            });
             return Err(ModelError::MissingWeight {
                 path: source.path().to_path_buf(),
-                name,
+                name: first.unwrap_or(name),
             });
         }
         let data = source.tensor(&name, &shape)?;
