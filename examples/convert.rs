@@ -2,7 +2,7 @@
 //! or writes a small randomly initialised model of a real model's shapes.
 //!
 //! ```text
-//! convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1] IN OUT
+//! convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT
 //! convert --to ggml|safetensors [--type ...] --random-shapes large-v3-turbo [--seed N]
 //!         [--vocab-from MODEL] OUT
 //! ```
@@ -19,7 +19,7 @@ use gstwhispernpu::model::ggml::GgmlType;
 use gstwhispernpu::model::safetensors::WriteType;
 use gstwhispernpu::model::{self, Tokenizer};
 
-const USAGE: &str = "usage: convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1] IN OUT\n       convert --to ggml|safetensors [--type T] --random-shapes large-v3-turbo [--seed N] [--vocab-from MODEL] OUT";
+const USAGE: &str = "usage: convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT\n       convert --to ggml|safetensors [--type T] --random-shapes large-v3-turbo [--seed N] [--vocab-from MODEL] OUT";
 
 struct Args {
     to: String,
