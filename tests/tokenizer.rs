@@ -317,9 +317,22 @@ fn expect_corrupt(result: Result<Tokenizer, ModelError>, file: &str) -> String {
 
 #[test]
 fn bad_files_give_typed_errors() {
-    // No vocabulary at all.
+    // No vocabulary.txt: the vocabulary of tokenizer.json (a Hugging Face checkpoint's only
+    // tokenizer file) gives the same tokenizer.
     let dir = TempDir::with_model_files("tiny.en", "missing");
     std::fs::remove_file(dir.file("vocabulary.txt")).unwrap();
+    let from_json = Tokenizer::load(dir.path(), 51864).expect("tokenizer.json alone");
+    let reference = load("tiny.en");
+    assert_eq!(from_json.len(), reference.len());
+    for id in (0..reference.len() as u32).step_by(97) {
+        assert_eq!(
+            from_json.token_str(id),
+            reference.token_str(id),
+            "token {id}"
+        );
+    }
+    // No vocabulary at all.
+    std::fs::remove_file(dir.file("tokenizer.json")).unwrap();
     match Tokenizer::load(dir.path(), 51864) {
         Err(ModelError::NotFound { path }) => assert_eq!(path, dir.file("vocabulary.txt")),
         Err(e) => panic!("expected NotFound, got {e:?}"),

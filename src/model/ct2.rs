@@ -11,7 +11,6 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 
 use super::{Dims, Tokenizer, WhisperModel};
-use crate::engine::cpu::Weights;
 use crate::error::ModelError;
 
 /// Element type of a stored variable.
@@ -339,16 +338,16 @@ fn corrupt(path: &Path, what: String) -> ModelError {
 
 /// The parts of `config.json` the engine uses.
 #[derive(Debug, Default, serde::Deserialize)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default)]
-    alignment_heads: Vec<(usize, usize)>,
+    pub alignment_heads: Vec<(usize, usize)>,
     #[serde(default)]
-    suppress_ids: Vec<u32>,
+    pub suppress_ids: Vec<u32>,
     #[serde(default)]
-    suppress_ids_begin: Vec<u32>,
+    pub suppress_ids_begin: Vec<u32>,
 }
 
-fn read_config(dir: &Path) -> Result<Config, ModelError> {
+pub(crate) fn read_config(dir: &Path) -> Result<Config, ModelError> {
     let path = dir.join("config.json");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -440,27 +439,15 @@ pub(super) fn load_model(
     let file = Ct2File::open(&bin_path)?;
     let dims = dims_of(&file)?;
     let config = read_config(dir)?;
-    let tokenizer = Tokenizer::load(dir, dims.n_vocab)?;
-    let compute_type = compute_type.resolved();
-    let weights = Weights::from_ct2(&file, &dims, compute_type)?;
-    let specials = &tokenizer.specials;
-    let suppress_ids_begin = if config.suppress_ids_begin.is_empty() {
-        tokenizer
-            .single_token(" ")
-            .into_iter()
-            .chain([specials.eot])
-            .collect()
-    } else {
-        config.suppress_ids_begin
-    };
-    Ok(WhisperModel {
+    let parts = super::ModelParts {
         dir: dir.to_path_buf(),
+        format: super::ModelFormat::Ct2,
+        tokenizer: Tokenizer::load(dir, dims.n_vocab)?,
         dims,
-        tokenizer,
-        suppress_ids: config.suppress_ids,
-        suppress_ids_begin,
-        alignment_heads: config.alignment_heads,
-        weights,
-        compute_type,
-    })
+        // As CTranslate2 does: what config.json lists (nothing when it is absent).
+        suppress_ids: Some(config.suppress_ids),
+        suppress_ids_begin: config.suppress_ids_begin,
+        alignment_heads: Some(config.alignment_heads),
+    };
+    parts.build(&file, compute_type.resolved())
 }

@@ -1,6 +1,11 @@
-//! Whisper models: CTranslate2 directories, configuration, weights and tokenizer.
+//! Whisper models: CTranslate2 directories, whisper.cpp GGML files and Hugging Face safetensors
+//! checkpoints; configuration, weights and tokenizer.
 
 pub mod ct2;
+pub mod export;
+pub mod ggml;
+pub mod safetensors;
+pub mod source;
 pub mod tokenizer;
 
 use std::collections::HashMap;
@@ -112,7 +117,10 @@ pub struct Dims {
 /// A loaded model: weights converted once, tokenizer and configuration. Immutable, shared by
 /// every transcriber and element instance using it.
 pub struct WhisperModel {
+    /// The model directory, or the file for a GGML or single safetensors file.
     pub dir: PathBuf,
+    /// The format it was read from.
+    pub format: ModelFormat,
     pub dims: Dims,
     pub tokenizer: Tokenizer,
     /// `suppress_ids` from config.json (what `suppress_tokens=[-1]` expands to).
@@ -126,20 +134,216 @@ pub struct WhisperModel {
     pub compute_type: ComputeType,
 }
 
-impl WhisperModel {
-    /// Loads a CTranslate2 model directory for the default compute type.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        Self::load_with(dir, ComputeType::Auto)
+/// The formats a model can be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelFormat {
+    /// A CTranslate2 directory (`model.bin`, `config.json`, `vocabulary.txt`/`tokenizer.json`).
+    Ct2,
+    /// A whisper.cpp GGML file (f32, f16, or quantised: dequantised on load).
+    Ggml,
+    /// A Hugging Face checkpoint: `*.safetensors` with `config.json` and `tokenizer.json`.
+    Safetensors,
+}
+
+impl ModelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFormat::Ct2 => "ct2",
+            ModelFormat::Ggml => "ggml",
+            ModelFormat::Safetensors => "safetensors",
+        }
     }
 
-    /// Loads a CTranslate2 model directory, preparing the weights for `compute_type`.
-    pub fn load_with(dir: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
-        ct2::load_model(dir, compute_type.resolved())
+    /// The format of the model at `path`: a directory with `model.bin` is CTranslate2, a
+    /// directory with `*.safetensors` files (or such a file) a Hugging Face checkpoint, a file
+    /// starting with the GGML magic a whisper.cpp model.
+    pub fn detect(path: &Path) -> Result<Self, ModelError> {
+        if path.is_dir() {
+            if path.join("model.bin").is_file() {
+                return Ok(ModelFormat::Ct2);
+            }
+            if !safetensors::shard_paths(path)?.is_empty() {
+                return Ok(ModelFormat::Safetensors);
+            }
+            return Err(ModelError::NotFound {
+                path: path.join("model.bin"),
+            });
+        }
+        if !path.is_file() {
+            return Err(ModelError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            return Ok(ModelFormat::Safetensors);
+        }
+        if ggml::is_ggml(path) {
+            return Ok(ModelFormat::Ggml);
+        }
+        // Neither: let the GGML reader say what the file starts with.
+        match ggml::GgmlFile::open(path) {
+            Err(e) => Err(e),
+            Ok(_) => Ok(ModelFormat::Ggml),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl WhisperModel {
+    /// Loads a model (directory or file, any [`ModelFormat`]) for the default compute type.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::load_with(path, ComputeType::Auto)
+    }
+
+    /// Loads a model (directory or file, any [`ModelFormat`]), preparing the weights for
+    /// `compute_type`.
+    pub fn load_with(path: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
+        let compute_type = compute_type.resolved();
+        match ModelFormat::detect(path)? {
+            ModelFormat::Ct2 => ct2::load_model(path, compute_type),
+            ModelFormat::Ggml => load_ggml(path, compute_type),
+            ModelFormat::Safetensors => load_safetensors(path, compute_type),
+        }
     }
 
     pub fn is_multilingual(&self) -> bool {
         self.dims.n_vocab >= 51865
     }
+}
+
+/// What a model needs besides its weights, whatever the format.
+pub(crate) struct ModelParts {
+    pub dir: PathBuf,
+    pub format: ModelFormat,
+    pub dims: Dims,
+    pub tokenizer: Tokenizer,
+    /// `None`: openai's non-speech tokens.
+    pub suppress_ids: Option<Vec<u32>>,
+    /// Empty: `" "` and end of text.
+    pub suppress_ids_begin: Vec<u32>,
+    /// `None`: every head of the last half of the decoder layers (openai's default).
+    pub alignment_heads: Option<Vec<(usize, usize)>>,
+}
+
+impl ModelParts {
+    pub(crate) fn build(
+        self,
+        source: &dyn source::TensorSource,
+        compute_type: ComputeType,
+    ) -> Result<WhisperModel, ModelError> {
+        let weights = crate::engine::cpu::Weights::from_source(source, &self.dims, compute_type)?;
+        let tokenizer = self.tokenizer;
+        // What Hugging Face's `suppress_tokens` (and so CTranslate2's `suppress_ids`) lists:
+        // openai's non-speech tokens and the task and start tokens.
+        let suppress_ids = self.suppress_ids.unwrap_or_else(|| {
+            let s = &tokenizer.specials;
+            let mut ids = tokenizer.non_speech_tokens();
+            ids.extend([
+                s.sot,
+                s.translate,
+                s.transcribe,
+                s.sot_lm,
+                s.sot_prev,
+                s.no_speech,
+            ]);
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        });
+        let suppress_ids_begin = if self.suppress_ids_begin.is_empty() {
+            tokenizer
+                .single_token(" ")
+                .into_iter()
+                .chain([tokenizer.specials.eot])
+                .collect()
+        } else {
+            self.suppress_ids_begin
+        };
+        let (layers, heads) = (self.dims.n_text_layer, self.dims.n_text_head);
+        let alignment_heads = self.alignment_heads.unwrap_or_else(|| {
+            (layers / 2..layers)
+                .flat_map(|l| (0..heads).map(move |h| (l, h)))
+                .collect()
+        });
+        Ok(WhisperModel {
+            dir: self.dir,
+            format: self.format,
+            dims: self.dims,
+            tokenizer,
+            suppress_ids,
+            suppress_ids_begin,
+            alignment_heads,
+            weights,
+            compute_type,
+        })
+    }
+}
+
+/// Token ids of a Hugging Face list (negative entries, such as `-1`, dropped).
+fn token_ids(list: &[i64]) -> Vec<u32> {
+    list.iter().filter_map(|&t| u32::try_from(t).ok()).collect()
+}
+
+fn load_ggml(path: &Path, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
+    let file = ggml::GgmlFile::open(path)?;
+    let dims = file.header.dims.clone();
+    if file.names.is_empty() {
+        return Err(ModelError::MissingWeight {
+            path: path.to_path_buf(),
+            name: "encoder.conv1.weight (the file has no tensors: a whisper.cpp test file?)".into(),
+        });
+    }
+    let parts = ModelParts {
+        dir: path.to_path_buf(),
+        format: ModelFormat::Ggml,
+        tokenizer: file.tokenizer()?,
+        dims,
+        suppress_ids: None,
+        suppress_ids_begin: Vec::new(),
+        alignment_heads: None,
+    };
+    parts.build(&source::OpenaiLayout(&file), compute_type)
+}
+
+fn load_safetensors(path: &Path, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let config_path = dir.join("config.json");
+    let config = safetensors::read_config(&config_path)?.ok_or_else(|| ModelError::NotFound {
+        path: config_path.clone(),
+    })?;
+    let generation =
+        safetensors::read_config(&dir.join("generation_config.json"))?.unwrap_or_default();
+    let dims = config.dims(&config_path)?;
+    let checkpoint = safetensors::SafetensorsCheckpoint::open(path)?;
+    let pick = |a: &[i64], b: &[i64]| token_ids(if a.is_empty() { b } else { a });
+    let suppress_ids = pick(&generation.suppress_tokens, &config.suppress_tokens);
+    let alignment_heads = if generation.alignment_heads.is_empty() {
+        config.alignment_heads
+    } else {
+        generation.alignment_heads
+    };
+    let parts = ModelParts {
+        dir: path.to_path_buf(),
+        format: ModelFormat::Safetensors,
+        tokenizer: Tokenizer::load(dir, dims.n_vocab)?,
+        suppress_ids: (!suppress_ids.is_empty()).then_some(suppress_ids),
+        suppress_ids_begin: pick(
+            &generation.begin_suppress_tokens,
+            &config.begin_suppress_tokens,
+        ),
+        alignment_heads: (!alignment_heads.is_empty()).then_some(alignment_heads),
+        dims,
+    };
+    parts.build(&source::OpenaiLayout(&checkpoint), compute_type)
 }
 
 /// Directories searched for a model given by name, in order: `$WHISPERNPU_MODELS/NAME`,
@@ -158,11 +362,11 @@ pub fn search_dirs(name: &str) -> Vec<PathBuf> {
     dirs
 }
 
-/// Resolves a model name (`base`) or a path to a model directory.
+/// Resolves a model name (`base`) or a path to a model directory or file.
 pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
     let as_path = Path::new(name_or_path);
-    if name_or_path.contains('/') || as_path.is_dir() {
-        if as_path.is_dir() {
+    if name_or_path.contains('/') || as_path.exists() {
+        if as_path.exists() {
             return Ok(as_path.to_path_buf());
         }
         return Err(ModelError::NotFound {

@@ -342,6 +342,85 @@ fn vocabulary_merges(token_bytes: &[u8], offsets: &[usize], n_text: u32) -> Merg
     merges
 }
 
+/// The special-token layout of a model with `n_vocab` tokens; `path` names the model file.
+fn layout(path: &Path, n_vocab: usize) -> Result<SpecialTokens, ModelError> {
+    SpecialTokens::for_vocab_size(n_vocab).ok_or_else(|| ModelError::Unsupported {
+        path: path.to_path_buf(),
+        what: format!("vocabulary size {n_vocab} (expected 51864, 51865 or 51866)"),
+    })
+}
+
+/// Names of the special tokens from `eot` up to the first timestamp, in id order, as openai's
+/// tokenizer names them (`<|endoftext|>`, `<|startoftranscript|>`, the language tokens,
+/// `<|translate|>` ... `<|notimestamps|>`); `None` for an unknown vocabulary size.
+pub fn special_token_names(n_vocab: usize) -> Option<Vec<String>> {
+    let specials = SpecialTokens::for_vocab_size(n_vocab)?;
+    let mut names = vec![
+        "<|endoftext|>".to_string(),
+        "<|startoftranscript|>".to_string(),
+    ];
+    // English-only vocabularies keep the 99 language tokens too, unused.
+    let n_languages = (specials.translate - specials.sot - 1) as usize;
+    names.extend(
+        LANGUAGE_CODES[..n_languages]
+            .iter()
+            .map(|c| format!("<|{c}|>")),
+    );
+    for name in [
+        "translate",
+        "transcribe",
+        "startoflm",
+        "startofprev",
+        "nospeech",
+        "notimestamps",
+    ] {
+        names.push(format!("<|{name}|>"));
+    }
+    Some(names)
+}
+
+/// Token strings of a Hugging Face `tokenizer.json`: `model.vocab` and `added_tokens`, by id.
+fn json_vocabulary(path: &Path) -> Result<Vec<String>, ModelError> {
+    let bytes = read(path)?.ok_or_else(|| ModelError::NotFound {
+        path: path.to_path_buf(),
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(path, format!("invalid JSON: {e}")))?;
+    let mut by_id: Vec<Option<String>> = Vec::new();
+    let mut put = |id: Option<u64>, s: &str| -> Result<(), ModelError> {
+        let id = id
+            .filter(|&id| id < 1 << 20)
+            .ok_or_else(|| corrupt(path, format!("token `{s}` has no valid id")))?
+            as usize;
+        if by_id.len() <= id {
+            by_id.resize(id + 1, None);
+        }
+        by_id[id] = Some(s.to_string());
+        Ok(())
+    };
+    let vocab = json
+        .pointer("/model/vocab")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| corrupt(path, "no model.vocab object"))?;
+    for (s, id) in vocab {
+        put(id.as_u64(), s)?;
+    }
+    for added in json
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let content = added.get("content").and_then(|c| c.as_str()).unwrap_or("");
+        put(added.get("id").and_then(|i| i.as_u64()), content)?;
+    }
+    by_id
+        .into_iter()
+        .enumerate()
+        .map(|(id, s)| s.ok_or_else(|| corrupt(path, format!("no token has id {id}"))))
+        .collect()
+}
+
 impl Tokenizer {
     /// Reads `vocabulary.txt` (or `vocabulary.json`) and, when present, the BPE merges of
     /// `tokenizer.json` from a model directory. `n_vocab` is the model's vocabulary size.
@@ -349,23 +428,73 @@ impl Tokenizer {
     /// Timestamp tokens missing at the end of the vocabulary are named as openai names them
     /// (`<|1.00|>`); every other special token must be in place.
     pub fn load(dir: &Path, n_vocab: usize) -> Result<Self, ModelError> {
-        let (mut strings, vocab_path) = read_vocabulary(dir)?;
-        let specials =
-            SpecialTokens::for_vocab_size(n_vocab).ok_or_else(|| ModelError::Unsupported {
-                path: dir.join("model.bin"),
-                what: format!("vocabulary size {n_vocab} (expected 51864, 51865 or 51866)"),
-            })?;
-        if strings.len() <= specials.timestamp_begin as usize || strings.len() > n_vocab {
+        let tokenizer_json = dir.join("tokenizer.json");
+        let (strings, vocab_path) = match read_vocabulary(dir) {
+            Ok(found) => found,
+            // A Hugging Face checkpoint has only tokenizer.json: its vocabulary and added tokens.
+            Err(ModelError::NotFound { .. }) if tokenizer_json.is_file() => {
+                (json_vocabulary(&tokenizer_json)?, tokenizer_json.clone())
+            }
+            Err(e) => return Err(e),
+        };
+        Self::build(
+            strings,
+            &vocab_path,
+            n_vocab,
+            Some(&tokenizer_json),
+            &dir.join("model.bin"),
+        )
+    }
+
+    /// A tokenizer from raw token bytes, as a whisper.cpp GGML file embeds them (text tokens
+    /// only, in id order); the special tokens are named from the layout of `n_vocab`, and the
+    /// merges come from the vocabulary order (tiktoken's encoding, where these files come from).
+    /// `path` is the file the vocabulary came from, for errors.
+    pub fn from_token_bytes(
+        path: &Path,
+        tokens: &[Vec<u8>],
+        n_vocab: usize,
+    ) -> Result<Self, ModelError> {
+        let specials = layout(path, n_vocab)?;
+        if tokens.len() < specials.eot as usize {
             return Err(corrupt(
-                &vocab_path,
+                path,
                 format!(
-                    "{} tokens, but a model with {n_vocab} needs {} to {n_vocab}",
-                    strings.len(),
-                    specials.timestamp_begin + 1
+                    "vocabulary has {} text tokens, a model with {n_vocab} needs {}",
+                    tokens.len(),
+                    specials.eot
                 ),
             ));
         }
-        check_specials(&strings, &specials, &vocab_path)?;
+        let byte_chars = bytes_to_unicode();
+        let mut strings: Vec<String> = tokens[..specials.eot as usize]
+            .iter()
+            .map(|t| t.iter().map(|&b| byte_chars[b as usize]).collect())
+            .collect();
+        strings.extend(special_token_names(n_vocab).unwrap_or_default());
+        Self::build(strings, path, n_vocab, None, path)
+    }
+
+    fn build(
+        mut strings: Vec<String>,
+        vocab_path: &Path,
+        n_vocab: usize,
+        tokenizer_json: Option<&Path>,
+        model_path: &Path,
+    ) -> Result<Self, ModelError> {
+        let specials = layout(model_path, n_vocab)?;
+        // Timestamp tokens may be missing (named below); every other special must be there.
+        if strings.len() < specials.timestamp_begin as usize || strings.len() > n_vocab {
+            return Err(corrupt(
+                vocab_path,
+                format!(
+                    "{} tokens, but a model with {n_vocab} needs {} to {n_vocab}",
+                    strings.len(),
+                    specials.timestamp_begin
+                ),
+            ));
+        }
+        check_specials(&strings, &specials, vocab_path)?;
         let first_missing = strings.len() as u32 - specials.timestamp_begin;
         strings.extend(
             (first_missing..N_TIMESTAMPS).map(|i| format!("<|{:.2}|>", f64::from(i) * 0.02)),
@@ -400,14 +529,16 @@ impl Tokenizer {
                 .get(byte_chars[b].encode_utf8(&mut [0; 4]) as &str)
                 .copied()
                 .filter(|&id| id < specials.eot)
-                .ok_or_else(|| corrupt(&vocab_path, format!("no token for byte {b:#04x}")))?;
+                .ok_or_else(|| corrupt(vocab_path, format!("no token for byte {b:#04x}")))?;
         }
 
-        let tokenizer_json = dir.join("tokenizer.json");
-        let (merges, merge_source, whole_piece_first) = match read(&tokenizer_json)? {
-            Some(bytes) => {
-                let (merges, ignore_merges) =
-                    read_json_merges(&tokenizer_json, &bytes, &strings, &ids)?;
+        let json = match tokenizer_json {
+            Some(path) => read(path)?.map(|bytes| (path, bytes)),
+            None => None,
+        };
+        let (merges, merge_source, whole_piece_first) = match json {
+            Some((path, bytes)) => {
+                let (merges, ignore_merges) = read_json_merges(path, &bytes, &strings, &ids)?;
                 (merges, MergeSource::TokenizerJson, ignore_merges)
             }
             None => (
@@ -418,7 +549,7 @@ impl Tokenizer {
         };
 
         let pretokenize = Regex::new(PRETOKENIZE).map_err(|e| ModelError::Unsupported {
-            path: tokenizer_json.clone(),
+            path: vocab_path.to_path_buf(),
             what: format!("pre-tokenizer pattern ({e})"),
         })?;
         let languages = &LANGUAGE_CODES[..specials.n_languages as usize];
@@ -436,6 +567,41 @@ impl Tokenizer {
             pretokenize,
             languages,
         })
+    }
+
+    /// openai's `non_speech_tokens`: symbols and music notes that are never speech, suppressed
+    /// with `suppress_tokens=[-1]` (what `suppress_ids` of a CTranslate2 config.json and
+    /// `suppress_tokens` of a Hugging Face one list), for checkpoints that do not list them.
+    pub fn non_speech_tokens(&self) -> Vec<u32> {
+        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』"
+            .chars()
+            .map(String::from)
+            .collect();
+        symbols.extend(
+            "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪"
+                .split(' ')
+                .map(String::from),
+        );
+        let notes = ["♩", "♪", "♫", "♬", "♭", "♮", "♯"];
+        let mut result: Vec<u32> = [" -", " '"]
+            .iter()
+            .filter_map(|s| self.encode(s).first().copied())
+            .collect();
+        for (symbol, is_note) in symbols
+            .iter()
+            .map(|s| (s.as_str(), false))
+            .chain(notes.iter().map(|&s| (s, true)))
+        {
+            for text in [symbol.to_string(), format!(" {symbol}")] {
+                let tokens = self.encode(&text);
+                if tokens.len() == 1 || (is_note && !tokens.is_empty()) {
+                    result.push(tokens[0]);
+                }
+            }
+        }
+        result.sort_unstable();
+        result.dedup();
+        result
     }
 
     pub fn is_multilingual(&self) -> bool {

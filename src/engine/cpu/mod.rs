@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::error::ModelError;
 use crate::model::ct2::Ct2File;
+use crate::model::source::TensorSource;
 use crate::model::{ComputeType, Dims};
 use amx::PackedBf16;
 use cross::{CrossKv, KvPrecision};
@@ -86,7 +87,7 @@ pub struct Weights {
 }
 
 struct Loader<'a> {
-    file: &'a Ct2File,
+    file: &'a dyn TensorSource,
     /// Decoder weights in int8 (`ComputeType::Int8`).
     int8: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`).
@@ -169,6 +170,16 @@ impl Weights {
     /// `Int8`: decoder weights quantised to int8; `Bf16`: encoder products in bf16.
     pub fn from_ct2(
         file: &Ct2File,
+        dims: &Dims,
+        compute_type: ComputeType,
+    ) -> Result<Self, ModelError> {
+        Self::from_source(file, dims, compute_type)
+    }
+
+    /// The weights of any [`TensorSource`] (CTranslate2, GGML or safetensors), as
+    /// [`from_ct2`](Self::from_ct2).
+    pub fn from_source(
+        file: &dyn TensorSource,
         dims: &Dims,
         compute_type: ComputeType,
     ) -> Result<Self, ModelError> {
