@@ -717,14 +717,26 @@ impl LiveTranscriber {
         utt.committed_tokens = hyp.result.tokens[..prefix_end].to_vec();
         utt.committed_units = to;
         utt.committed_end = end;
-        if text.trim().is_empty() {
+        // Punctuation the model added after words that are already out (", and" once "coats"
+        // went out before its comma) would start a caption: it is left out.
+        let shown = without_leading_punctuation(text.trim());
+        if shown.is_empty() {
             return;
         }
         let tokenizer = &engine.model().tokenizer;
         let words = hyp.units[from..to]
             .iter()
-            .filter_map(|u| {
-                let text = tokenizer.decode(&hyp.result.tokens[u.from..u.to]);
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let mut text = tokenizer.decode(&hyp.result.tokens[u.from..u.to]);
+                if i == 0 {
+                    let kept = without_leading_punctuation(text.trim());
+                    text = if kept.len() < text.trim().len() {
+                        format!(" {kept}")
+                    } else {
+                        text
+                    };
+                }
                 let word_start = (base + u.start).clamp(start, end);
                 (!text.trim().is_empty()).then(|| Word {
                     text,
@@ -737,7 +749,7 @@ impl LiveTranscriber {
         out.segments.push(Segment {
             start,
             end,
-            text: text.trim().to_string(),
+            text: shown.to_string(),
             tokens: text_tokens,
             avg_logprob: hyp.result.avg_logprob,
             no_speech_prob: hyp.result.no_speech_prob,
@@ -869,6 +881,16 @@ impl LiveTranscriber {
         }
         true
     }
+}
+
+/// `text` without the sentence punctuation (and spaces) it starts with.
+fn without_leading_punctuation(text: &str) -> &str {
+    text.trim_start_matches(|c: char| {
+        matches!(
+            c,
+            ',' | '.' | ';' | ':' | '!' | '?' | '，' | '、' | '。' | '！' | '？'
+        ) || c.is_whitespace()
+    })
 }
 
 /// The initial prompt's tokens, when set.
@@ -1015,6 +1037,18 @@ fn repetition_cut(keys: &[&str]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_do_not_start_with_punctuation() {
+        assert_eq!(without_leading_punctuation(", and nobody"), "and nobody");
+        assert_eq!(without_leading_punctuation(". The sky"), "The sky");
+        assert_eq!(without_leading_punctuation(","), "");
+        assert_eq!(
+            without_leading_punctuation("\"Quoted\", she said"),
+            "\"Quoted\", she said"
+        );
+        assert_eq!(without_leading_punctuation("...and so"), "and so");
+    }
 
     #[test]
     fn loops_are_cut_at_the_first_occurrence() {
