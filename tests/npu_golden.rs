@@ -522,3 +522,52 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
     assert_eq!(npu_dispatches, Some(windows), "one dispatch per window");
     assert!(windows >= 1);
 }
+
+/// Multi-window speech (111.9 s, four windows with the seek loop): the npu-sim backend's WER
+/// against the known text is within 0.5 point of the CPU backend's (issue: golden-model
+/// accuracy), with one dispatch per window.
+#[test]
+fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let wav = std::env::temp_dir().join(format!("whispernpu-npu-mw-{}.wav", std::process::id()));
+    let out = std::process::Command::new("bash")
+        .arg(common::repo().join("scripts/synth-speech"))
+        .arg(&wav)
+        .output()
+        .expect("cannot run scripts/synth-speech");
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (audio, _) = common::read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    let truth = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
+        .expect("tests/fixtures/multiwindow.txt");
+    let transcribe = |backend| {
+        let opts = TranscribeOptions {
+            backend,
+            n_threads: 2,
+            ..TranscribeOptions::default()
+        };
+        let mut t = Transcriber::new(model.clone(), opts).expect("transcriber");
+        let mut segments = t.push(&audio).expect("push");
+        segments.extend(t.finish().expect("finish"));
+        let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
+        (
+            common::wer_percent(&truth, &text.join(" ")),
+            t.npu_dispatches(),
+            t.stats().windows,
+        )
+    };
+    let (cpu, _, _) = transcribe(EncoderBackend::Cpu);
+    let (npu, dispatches, windows) = transcribe(EncoderBackend::NpuSim);
+    eprintln!("WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows");
+    assert!(windows >= 4, "{windows} windows");
+    assert_eq!(dispatches, Some(windows), "one dispatch per window");
+    assert!(
+        (npu - cpu).abs() <= 0.5,
+        "npu-sim WER {npu:.2} % vs cpu {cpu:.2} %"
+    );
+}
