@@ -571,3 +571,29 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
         "npu-sim WER {npu:.2} % vs cpu {cpu:.2} %"
     );
 }
+
+/// The same per-layer check on `base` (6 layers, d 512): the golden encoder stays within cosine
+/// 0.999 of the f32 CPU encoder after every layer, in one dispatch.
+#[test]
+fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_base() {
+    let dir = common::model_dir("base");
+    let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("base loads");
+    let mel = jfk_window(model.dims.n_mels);
+    let (cpu_layers, cpu_out) = cpu_layers(&model, &mel);
+    let mut golden = GoldenEncoder::new(&model).expect("golden encoder");
+    let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
+    let mut cos = Vec::new();
+    golden
+        .encode_probed(&mel, &mut out, &mut |layer, x| {
+            cos.push(cosine(x, &cpu_layers[layer]));
+        })
+        .expect("golden encode");
+    let final_cos = cosine(&out, &cpu_out);
+    eprintln!("base jfk cosine per layer {cos:?}, output {final_cos}");
+    assert_eq!(cos.len(), model.dims.n_audio_layer);
+    for (l, c) in cos.iter().enumerate() {
+        assert!(*c >= 0.999, "layer {l}: cosine {c}");
+    }
+    assert!(final_cos >= 0.999, "output cosine {final_cos}");
+    assert_eq!(golden.dispatches(), 1, "one dispatch per window");
+}
