@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
+use super::bytes::{Cursor, bf16s, corrupt, f16s, f32s, io_error};
 use super::{Dims, Tokenizer, WhisperModel};
 use crate::error::ModelError;
 
@@ -71,64 +72,13 @@ pub struct Ct2File {
     pub binary_version: u32,
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| ModelError::Truncated {
-                path: self.path.to_path_buf(),
-                what: format!(
-                    "needs {n} more bytes for {what} at offset {}, file has {}",
-                    self.pos,
-                    self.data.len()
-                ),
-            })?;
-        let bytes = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(bytes)
-    }
-    fn u8(&mut self, what: &str) -> Result<u8, ModelError> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u16(&mut self, what: &str) -> Result<u16, ModelError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    /// u16 length (including the NUL), bytes, NUL.
-    fn string(&mut self, what: &str) -> Result<String, ModelError> {
-        let len = self.u16(what)? as usize;
-        let bytes = self.take(len, what)?;
-        let text = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-        String::from_utf8(text.to_vec()).map_err(|_| ModelError::Corrupt {
-            path: self.path.to_path_buf(),
-            what: format!("{what} at offset {} is not UTF-8", self.pos - len),
-        })
-    }
-}
-
 impl Ct2File {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
         // SAFETY: the map is read-only; a file truncated underneath us would be a user error
         // outside our control (as with any mmap reader), and all reads are bounds-checked.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
-        let mut cur = Cursor {
-            data: &map,
-            pos: 0,
-            path,
-        };
+        let mut cur = Cursor::new(&map, path);
         let binary_version = cur.u32("binary version")?;
         if binary_version == 0 || binary_version > 6 {
             return Err(ModelError::Unsupported {
@@ -276,18 +226,9 @@ impl Ct2File {
         }
         let bytes = &self.map[v.offset..v.offset + v.len];
         let out: Vec<f32> = match v.dtype {
-            DType::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            DType::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            DType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            DType::F32 => f32s(bytes),
+            DType::F16 => f16s(bytes),
+            DType::BF16 => bf16s(bytes),
             DType::I8 => {
                 let rows = expected.first().copied().unwrap_or(1).max(1);
                 let row_len = v.len / rows;
@@ -313,26 +254,6 @@ impl Ct2File {
             }
         };
         Ok(out)
-    }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> ModelError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        ModelError::NotFound {
-            path: path.to_path_buf(),
-        }
-    } else {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    }
-}
-
-fn corrupt(path: &Path, what: String) -> ModelError {
-    ModelError::Corrupt {
-        path: path.to_path_buf(),
-        what,
     }
 }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use half::f16;
 use memmap2::Mmap;
 
+use super::bytes::{Cursor, corrupt, f16s, f32s, io_error};
 use super::source::{NamedTensor, OpenaiTensors};
 use super::{Dims, Tokenizer};
 use crate::error::ModelError;
@@ -164,70 +165,6 @@ pub struct GgmlFile {
     pub names: Vec<String>,
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| ModelError::Truncated {
-                path: self.path.to_path_buf(),
-                what: format!(
-                    "needs {n} more bytes for {what} at offset {}, file has {}",
-                    self.pos,
-                    self.data.len()
-                ),
-            })?;
-        let bytes = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(bytes)
-    }
-    fn i32(&mut self, what: &str) -> Result<i32, ModelError> {
-        let b = self.take(4, what)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    /// A count or extent: non-negative and at most `max`.
-    fn count(&mut self, what: &str, max: usize) -> Result<usize, ModelError> {
-        let pos = self.pos;
-        let v = self.i32(what)?;
-        usize::try_from(v)
-            .ok()
-            .filter(|&v| v <= max)
-            .ok_or_else(|| {
-                corrupt(
-                    self.path,
-                    format!("{what} is {v} at offset {pos} (expected 0 to {max})"),
-                )
-            })
-    }
-}
-
-fn corrupt(path: &Path, what: String) -> ModelError {
-    ModelError::Corrupt {
-        path: path.to_path_buf(),
-        what,
-    }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> ModelError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        ModelError::NotFound {
-            path: path.to_path_buf(),
-        }
-    } else {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    }
-}
-
 fn read_header(cur: &mut Cursor) -> Result<GgmlHeader, ModelError> {
     let path = cur.path;
     let magic = cur.take(4, "magic")?;
@@ -298,10 +235,7 @@ fn read_header(cur: &mut Cursor) -> Result<GgmlHeader, ModelError> {
     let n_mel = cur.count("mel filter count", 1024)?;
     let n_fft = cur.count("mel filter length", 1 << 16)?;
     let filters = cur.take(n_mel * n_fft * 4, "mel filters")?;
-    let mel_filters = filters
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let mel_filters = f32s(filters);
     let n_tokens = cur.count("vocabulary size", 1 << 20)?;
     let mut vocab = Vec::with_capacity(n_tokens);
     for i in 0..n_tokens {
@@ -325,11 +259,7 @@ impl GgmlFile {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
         // SAFETY: read-only map; all reads are bounds-checked (see ct2.rs).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
-        let mut cur = Cursor {
-            data: &map,
-            pos: 0,
-            path,
-        };
+        let mut cur = Cursor::new(&map, path);
         let header = read_header(&mut cur)?;
         let mut tensors = HashMap::new();
         let mut names = Vec::new();
@@ -438,11 +368,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     let (_, block) = ty.block();
     match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        GgmlType::F16 => bytes.chunks_exact(2).map(half).collect(),
+        GgmlType::F32 => f32s(bytes),
+        GgmlType::F16 => f16s(bytes),
         GgmlType::Q8_0 => bytes
             .chunks_exact(block)
             .flat_map(|b| {

@@ -1,6 +1,7 @@
 //! Whisper models: CTranslate2 directories, whisper.cpp GGML files and Hugging Face safetensors
 //! checkpoints; configuration, weights and tokenizer.
 
+mod bytes;
 pub mod ct2;
 pub mod export;
 pub mod ggml;

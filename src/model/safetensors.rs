@@ -13,10 +13,11 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
+use half::f16;
 use memmap2::Mmap;
 
 use super::Dims;
+use super::bytes::{bf16s, corrupt, f16s, f32s, io_error};
 use super::source::{NamedTensor, OpenaiTensors};
 use crate::error::ModelError;
 
@@ -111,26 +112,6 @@ pub struct SafetensorsCheckpoint {
     path: PathBuf,
     files: Vec<(PathBuf, Mmap)>,
     tensors: HashMap<String, Entry>,
-}
-
-fn corrupt(path: &Path, what: String) -> ModelError {
-    ModelError::Corrupt {
-        path: path.to_path_buf(),
-        what,
-    }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> ModelError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        ModelError::NotFound {
-            path: path.to_path_buf(),
-        }
-    } else {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    }
 }
 
 /// The `.safetensors` files of `path`: itself when a file, else those in the directory, sorted.
@@ -286,18 +267,9 @@ impl OpenaiTensors for SafetensorsCheckpoint {
             })?;
         let bytes = &self.files[e.file].1[e.begin..e.end];
         Ok(match e.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => f32s(bytes),
+            Dtype::F16 => f16s(bytes),
+            Dtype::Bf16 => bf16s(bytes),
         })
     }
 }
