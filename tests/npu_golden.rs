@@ -459,23 +459,8 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
         "test's CPU pipeline vs engine encode: {same}"
     );
 
-    let mut golden = GoldenEncoder::new(&model).expect("golden encoder");
-    let t_d = model.dims.n_audio_ctx * model.dims.n_audio_state;
-    let mut out = vec![0.0f32; t_d];
-    let mut cos = Vec::new();
-    golden
-        .encode_probed(&mel, &mut out, &mut |layer, x| {
-            cos.push(cosine(x, &cpu_layers[layer]));
-        })
-        .expect("golden encode");
-    let final_cos = cosine(&out, &ws.x);
-    eprintln!("tiny.en jfk cosine per layer {cos:?}, output {final_cos}");
-    assert_eq!(cos.len(), model.dims.n_audio_layer);
-    for (l, c) in cos.iter().enumerate() {
-        assert!(*c >= 0.999, "layer {l}: cosine {c}");
-    }
-    assert!(final_cos >= 0.999, "output cosine {final_cos}");
-    assert_eq!(golden.dispatches(), 1, "one dispatch per window");
+    let (mut golden, out) = check_layers_against_cpu(&model, &mel, &cpu_layers, &ws.x);
+    let t_d = out.len();
     // A second window: one more dispatch, same result (no state leaks between windows).
     let mut again = vec![0.0f32; t_d];
     golden.encode(&mel, &mut again).expect("second window");
@@ -493,25 +478,31 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
     assert_eq!(golden.dispatches(), 2);
 }
 
+/// `audio` transcribed with `backend`: the text, the NPU dispatches and the windows decoded.
+fn transcribe(
+    model: &Arc<WhisperModel>,
+    audio: &[f32],
+    backend: EncoderBackend,
+) -> (String, Option<u64>, u64) {
+    let opts = TranscribeOptions {
+        backend,
+        n_threads: 2,
+        ..TranscribeOptions::default()
+    };
+    let mut t = Transcriber::new(Arc::clone(model), opts).expect("transcriber");
+    let mut segments = t.push(audio).expect("push");
+    segments.extend(t.finish().expect("finish"));
+    let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
+    (text.join(" "), t.npu_dispatches(), t.stats().windows)
+}
+
 #[test]
 fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
     let dir = common::model_dir("tiny.en");
     let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
     let (audio, _) = common::read_wav(&common::jfk_wav());
-    let transcribe = |backend| {
-        let opts = TranscribeOptions {
-            backend,
-            n_threads: 2,
-            ..TranscribeOptions::default()
-        };
-        let mut t = Transcriber::new(model.clone(), opts).expect("transcriber");
-        let mut segments = t.push(&audio).expect("push");
-        segments.extend(t.finish().expect("finish"));
-        let text: Vec<String> = segments.iter().map(|s| s.text.trim().to_string()).collect();
-        (text.join(" "), t.npu_dispatches(), t.stats().windows)
-    };
-    let (cpu, cpu_dispatches, _) = transcribe(EncoderBackend::Cpu);
-    let (npu, npu_dispatches, windows) = transcribe(EncoderBackend::NpuSim);
+    let (cpu, cpu_dispatches, _) = transcribe(&model, &audio, EncoderBackend::Cpu);
+    let (npu, npu_dispatches, windows) = transcribe(&model, &audio, EncoderBackend::NpuSim);
     eprintln!("cpu: {cpu}\nnpu-sim: {npu}");
     assert!(
         cpu.contains("ask not what your country can do for you"),
@@ -545,24 +536,10 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
     std::fs::remove_file(&wav).ok();
     let truth = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
         .expect("tests/fixtures/multiwindow.txt");
-    let transcribe = |backend| {
-        let opts = TranscribeOptions {
-            backend,
-            n_threads: 2,
-            ..TranscribeOptions::default()
-        };
-        let mut t = Transcriber::new(model.clone(), opts).expect("transcriber");
-        let mut segments = t.push(&audio).expect("push");
-        segments.extend(t.finish().expect("finish"));
-        let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
-        (
-            common::wer_percent(&truth, &text.join(" ")),
-            t.npu_dispatches(),
-            t.stats().windows,
-        )
-    };
-    let (cpu, _, _) = transcribe(EncoderBackend::Cpu);
-    let (npu, dispatches, windows) = transcribe(EncoderBackend::NpuSim);
+    let (cpu_text, _, _) = transcribe(&model, &audio, EncoderBackend::Cpu);
+    let (npu_text, dispatches, windows) = transcribe(&model, &audio, EncoderBackend::NpuSim);
+    let cpu = common::wer_percent(&truth, &cpu_text);
+    let npu = common::wer_percent(&truth, &npu_text);
     eprintln!("WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows");
     assert!(windows >= 4, "{windows} windows");
     assert_eq!(dispatches, Some(windows), "one dispatch per window");
@@ -580,20 +557,33 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_base() {
     let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("base loads");
     let mel = jfk_window(model.dims.n_mels);
     let (cpu_layers, cpu_out) = cpu_layers(&model, &mel);
-    let mut golden = GoldenEncoder::new(&model).expect("golden encoder");
+    check_layers_against_cpu(&model, &mel, &cpu_layers, &cpu_out);
+}
+
+/// Encodes `mel` once with the golden encoder and asserts a cosine of at least 0.999 to the
+/// CPU's output after every layer and at the end, in one dispatch. Returns the encoder (for
+/// more windows) and its output.
+fn check_layers_against_cpu(
+    model: &WhisperModel,
+    mel: &[f32],
+    cpu_layers: &[Vec<f32>],
+    cpu_out: &[f32],
+) -> (GoldenEncoder, Vec<f32>) {
+    let mut golden = GoldenEncoder::new(model).expect("golden encoder");
     let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
     let mut cos = Vec::new();
     golden
-        .encode_probed(&mel, &mut out, &mut |layer, x| {
+        .encode_probed(mel, &mut out, &mut |layer, x| {
             cos.push(cosine(x, &cpu_layers[layer]));
         })
         .expect("golden encode");
-    let final_cos = cosine(&out, &cpu_out);
-    eprintln!("base jfk cosine per layer {cos:?}, output {final_cos}");
+    let final_cos = cosine(&out, cpu_out);
+    eprintln!("jfk cosine per layer {cos:?}, output {final_cos}");
     assert_eq!(cos.len(), model.dims.n_audio_layer);
     for (l, c) in cos.iter().enumerate() {
         assert!(*c >= 0.999, "layer {l}: cosine {c}");
     }
     assert!(final_cos >= 0.999, "output cosine {final_cos}");
     assert_eq!(golden.dispatches(), 1, "one dispatch per window");
+    (golden, out)
 }

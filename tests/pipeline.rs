@@ -155,13 +155,7 @@ fn srt_file_cue_by_cue_and_subparse_round_trip() {
         srt.display()
     ))
     .unwrap();
-    let sink = pipeline
-        .downcast_ref::<gst::Bin>()
-        .unwrap()
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
+    let sink = app_sink(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut back = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
@@ -357,6 +351,17 @@ fn latency_query_live_paused_before_caps() {
     assert_eq!(min, gst::ClockTime::from_mseconds(3000 + 250));
 }
 
+/// The `appsink` named `sink` in `pipeline`.
+fn app_sink(pipeline: &gst::Element) -> gst_app::AppSink {
+    pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap()
+}
+
 /// Runs `whispernpu {props}` over jfk.wav in a real pipeline (file, decodebin, convert,
 /// resample) and returns its text buffers as (PTS s, end s, text).
 fn jfk_buffers(props: &str) -> Vec<(f64, f64, String)> {
@@ -367,13 +372,7 @@ fn jfk_buffers(props: &str) -> Vec<(f64, f64, String)> {
         common::model_dir("tiny.en").display(),
     ))
     .unwrap();
-    let sink = pipeline
-        .downcast_ref::<gst::Bin>()
-        .unwrap()
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
+    let sink = app_sink(&pipeline);
     let buffers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let b = Arc::clone(&buffers);
     sink.set_callbacks(
