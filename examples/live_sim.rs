@@ -4,8 +4,12 @@
 //! latency: virtual time when it is committed minus the end of the speech it covers. Summary:
 //! p50/p95/max latency and the WER against the offline transcript.
 //!
+//! With `--decode-cost S` the clock advances by S per decode instead of the measured compute
+//! time, and the step is fixed (no headroom): runs are then reproducible whatever else the
+//! machine is doing, to compare live policies.
+//!
 //! ```text
-//! cargo run --release --example live_sim -- --model tiny.en [--vad silero|energy|none] [--latency S] AUDIO
+//! cargo run --release --example live_sim -- --model tiny.en [--vad silero|energy|none] [--latency S] [--decode-cost S] AUDIO
 //! ```
 
 mod common;
@@ -19,8 +23,8 @@ use gstwhispernpu::transcribe::{
     AlwaysSpeech, LiveOptions, LiveTranscriber, SpeechGate, TranscribeOptions, Transcriber,
 };
 
-const USAGE: &str =
-    "usage: live_sim --model NAME [--vad silero|energy|none] [--latency S] [--verbose] AUDIO";
+const USAGE: &str = "usage: live_sim --model NAME [--vad silero|energy|none] [--latency S] [--step S] \
+     [--max-buffer S] [--decode-cost S] [--reference TEXT_FILE] [--verbose] AUDIO";
 
 fn main() -> ExitCode {
     match run() {
@@ -58,13 +62,20 @@ fn run() -> Result<(), String> {
     let mut verbose = false;
     let mut step: Option<f64> = None;
     let mut max_buffer: Option<f64> = None;
+    let mut decode_cost: Option<f64> = None;
     let mut truth: Option<String> = None;
     let mut input = None;
     let mut cli = Cli::from_env();
     while let Some(arg) = cli.next(|n| {
         matches!(
             n,
-            "--model" | "--vad" | "--latency" | "--step" | "--max-buffer" | "--reference"
+            "--model"
+                | "--vad"
+                | "--latency"
+                | "--step"
+                | "--max-buffer"
+                | "--reference"
+                | "--decode-cost"
         )
     }) {
         match arg? {
@@ -78,6 +89,9 @@ fn run() -> Result<(), String> {
                     "--verbose" => verbose = true,
                     "--step" => step = Some(common::parse_number(&name, &value)?),
                     "--max-buffer" => max_buffer = Some(common::parse_number(&name, &value)?),
+                    "--decode-cost" => {
+                        decode_cost = Some(common::parse_number(&name, &value)?);
+                    }
                     "--reference" => {
                         truth = Some(
                             std::fs::read_to_string(&value).map_err(|e| format!("{value}: {e}"))?,
@@ -122,6 +136,16 @@ fn run() -> Result<(), String> {
     if let Some(v) = max_buffer {
         live_opts.max_buffer = v;
     }
+    if let Some(cost) = decode_cost {
+        // What the headroom rule would make of a decode taking `cost`, but fixed.
+        live_opts.step = live_opts.step.max(live_opts.headroom * cost);
+        live_opts.headroom = 0.0;
+    }
+    // Advances the virtual clock by one call's cost: measured, or `decode_cost` per decode.
+    let cost = |live: &LiveTranscriber, decodes_before: u64, t0: Instant| match decode_cost {
+        Some(c) => c * (live.stats().decodes - decodes_before) as f64,
+        None => t0.elapsed().as_secs_f64(),
+    };
     let mut live = LiveTranscriber::new(gate(&vad)?, live_opts);
     let piece = 320;
     let mut now = 0.0f64; // virtual seconds
@@ -147,18 +171,21 @@ fn run() -> Result<(), String> {
         let arrival = ((i + 1) * piece) as f64 / 16000.0;
         now = now.max(arrival);
         let backlog = now > arrival + piece as f64 / 16000.0;
-        let t0 = Instant::now();
+        let (t0, before) = (Instant::now(), live.stats().decodes);
         let out = live
             .push(&mut engine, chunk, backlog)
             .map_err(|e| e.to_string())?;
-        now += t0.elapsed().as_secs_f64();
+        now += cost(&live, before, t0);
         report(out.segments, now, &mut text);
     }
-    let t0 = Instant::now();
+    let (t0, before) = (Instant::now(), live.stats().decodes);
     let out = live.drain(&mut engine).map_err(|e| e.to_string())?;
-    now += t0.elapsed().as_secs_f64();
-    report(out.segments, now, &mut text);
     let stats = live.stats().clone();
+    now += match decode_cost {
+        Some(c) => c * (stats.decodes - before) as f64,
+        None => t0.elapsed().as_secs_f64(),
+    };
+    report(out.segments, now, &mut text);
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         if latencies.is_empty() {

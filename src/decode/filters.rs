@@ -10,6 +10,10 @@ pub struct LogitFilters {
     pub suppress_blank: Vec<u32>,
     /// Always suppressed.
     pub suppress: Vec<u32>,
+    /// End-of-text suppressed when this many tokens (the forced prefix) are sampled: live
+    /// decoding asks the decoder to go on after its committed text when speech was heard
+    /// beyond it.
+    pub eot_after: Option<(usize, u32)>,
     /// `None` when decoding without timestamps.
     pub timestamps: Option<TimestampRules>,
 }
@@ -35,6 +39,7 @@ impl LogitFilters {
         Self {
             suppress_blank: suppress_blank.map(<[u32]>::to_vec).unwrap_or_default(),
             suppress,
+            eot_after: None,
             timestamps: with_timestamps.then(|| TimestampRules {
                 eot: specials.eot,
                 no_timestamps: specials.no_timestamps,
@@ -67,6 +72,11 @@ impl LogitFilters {
             mask(logits, &self.suppress_blank);
         }
         mask(logits, &self.suppress);
+        if let Some((at, eot)) = self.eot_after
+            && sampled.len() == at
+        {
+            mask(logits, &[eot]);
+        }
         match &self.timestamps {
             Some(rules) => {
                 rules.mask(logits, sampled);
@@ -175,6 +185,34 @@ mod tests {
         assert!(logits[10] > f32::NEG_INFINITY);
         assert!(logits[18..22].iter().all(|&l| l == f32::NEG_INFINITY));
         assert!(logits[22..].iter().all(|&l| l > f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn end_of_text_is_suppressed_right_after_the_prefix_only() {
+        // A prefix ending a segment ("text <|t|>"): a new segment's timestamp or the end.
+        let prefix = [18, 3, 22];
+        let mut f = rules();
+        // End-of-text likelier than the timestamps together.
+        let fresh = || {
+            let mut logits = vec![0.0; 30];
+            logits[10] = 5.0;
+            logits
+        };
+        let mut logits = fresh();
+        f.apply(&mut logits, &prefix);
+        assert!(
+            logits[10] > f32::NEG_INFINITY,
+            "end allowed without eot_after"
+        );
+        f.eot_after = Some((prefix.len(), 10));
+        let mut logits = fresh();
+        f.apply(&mut logits, &prefix);
+        assert_eq!(logits[10], f32::NEG_INFINITY);
+        assert!(logits[22..].iter().all(|&l| l > f32::NEG_INFINITY));
+        // One token later the text may end.
+        let mut logits = fresh();
+        f.apply(&mut logits, &[18, 3, 22, 23, 4]);
+        assert!(logits[10] > f32::NEG_INFINITY);
     }
 
     #[test]

@@ -13,8 +13,11 @@
 //!   without agreement.
 //! * When the utterance ends (a pause), its final hypothesis is committed whole. A hypothesis
 //!   decoded at the start of the pause is reused, so the end of an utterance costs no decode.
+//!   Speech resuming within `JOIN_GAP` continues the same buffer; once it has gone on for a
+//!   second, the decoder may not end its text at the committed prefix.
 //! * A buffer longer than `max_buffer` is trimmed at the end of its committed text, which then
-//!   becomes prompt context.
+//!   becomes prompt context; never past speech that resumed after that text and has nothing
+//!   committed yet.
 //! * Guards: hypotheses that the model itself rates as no speech (`no_speech_prob` above
 //!   `no_speech_threshold`, whatever their log-probability) commit nothing; n-gram loops are cut
 //!   at their first occurrence, text faster than 6 words a second is cut, and a repetitive
@@ -219,6 +222,9 @@ struct Utterance {
     /// Set when the speech paused here: the buffer is kept (its text committed) in case the
     /// next utterance follows closely, to decode it with this audio and text as context.
     paused_at: Option<u64>,
+    /// The last speech onset in this buffer (the start, or where speech resumed after a
+    /// pause), samples.
+    onset: u64,
 }
 
 /// The live policy's state; the engine is passed in on every call.
@@ -266,6 +272,10 @@ const KEEP_BEFORE: f64 = 1.0;
 /// "ask not" after a pause). Only a buffer over `max_buffer` is cut closer. (Cutting inside a
 /// segment to keep more context made things worse: a prefix starting mid-sentence.)
 const LEFT_CONTEXT: f64 = 2.0;
+
+/// Seconds of speech after a pause, with nothing of it committed yet, after which the decoder
+/// is not allowed to end its text at the committed prefix.
+const GO_ON_AFTER: f64 = 1.0;
 
 fn seconds(samples: u64) -> f64 {
     samples as f64 / SAMPLE_RATE as f64
@@ -431,6 +441,7 @@ impl LiveTranscriber {
                         trace!("speech again from {:.2} s, same buffer", seconds(at));
                         self.stats.utterances += 1;
                         u.paused_at = None;
+                        u.onset = at;
                         return;
                     }
                     self.close_buffer(engine);
@@ -449,6 +460,7 @@ impl LiveTranscriber {
                     last: None,
                     decoded_to: start,
                     paused_at: None,
+                    onset: at,
                 });
             }
             GateEvent::End(at) => {
@@ -587,9 +599,18 @@ impl LiveTranscriber {
         if offset_ts == 0 {
             return;
         }
-        // Timestamps past the audio decoded (the model may emit them) cannot be cut at.
+        // Timestamps past the audio decoded (the model may emit them) cannot be cut at, nor
+        // past the onset of speech that resumed after the committed text: no word of it is
+        // committed yet.
         let to = utt.start + to_samples(offset_ts as f64 * 0.02);
-        if to > hyp.audio_end {
+        let uncommitted_onset = seconds(utt.onset) >= utt.committed_end;
+        if to > hyp.audio_end || (keep_from.is_some() && uncommitted_onset && to > utt.onset) {
+            trace!(
+                "no trim at {:.2} s: speech from {:.2} s, text committed to {:.2} s",
+                seconds(to),
+                seconds(utt.onset),
+                utt.committed_end
+            );
             return;
         }
         self.stats.trims += 1;
@@ -769,12 +790,21 @@ impl LiveTranscriber {
         } else {
             &[]
         };
+        // Speech resumed after the committed text and went on for GO_ON_AFTER: the decoder may
+        // not end the text right after the prefix. (After a pause the prefix ends in a closed
+        // segment, and the decoder often ended there, ignoring the new words for several
+        // decodes.)
+        let resumed = seconds(utt.onset) >= utt.committed_end;
+        let go_on = !utt.committed_tokens.is_empty()
+            && resumed
+            && seconds(end.saturating_sub(utt.onset)) >= GO_ON_AFTER;
         let result = engine.decode_span(
             frame(utt.start),
             frame(end),
             context,
             &utt.committed_tokens,
             &[0.0],
+            go_on,
         );
         let elapsed = t0.elapsed().as_secs_f64();
         self.decode_seconds = if self.stats.decodes == 0 {

@@ -304,7 +304,8 @@ impl Transcriber {
     /// Live: encodes mel frames `start..end` (at most one window; the rest of the window is the
     /// log-mel of silence) and decodes them conditioned on `previous` text, continuing the
     /// forced `prefix`. Detects the language first when it is not known. The result's tokens
-    /// start with `prefix`; timestamps count from `start`.
+    /// start with `prefix`; timestamps count from `start`. With `go_on`, the decoder may not end
+    /// the text right after the prefix (speech was heard beyond it).
     pub(crate) fn decode_span(
         &mut self,
         start: usize,
@@ -312,6 +313,7 @@ impl Transcriber {
         previous: &[u32],
         prefix: &[u32],
         temperatures: &[f32],
+        go_on: bool,
     ) -> DecodeResult {
         let model = Arc::clone(&self.model);
         let t0 = Instant::now();
@@ -349,7 +351,7 @@ impl Transcriber {
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
         let previous = &previous[previous.len().saturating_sub(keep)..];
-        let result = self.decode_with_fallback(previous, prefix, temperatures);
+        let result = self.decode_with_fallback(previous, prefix, temperatures, go_on);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -490,7 +492,7 @@ impl Transcriber {
         let t1 = Instant::now();
         let previous = self.previous_context();
         let temperatures = self.opts.temperatures.clone();
-        let result = self.decode_with_fallback(&previous, &[], &temperatures);
+        let result = self.decode_with_fallback(&previous, &[], &temperatures, false);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
 
         let previous_seek = self.seek;
@@ -720,12 +722,14 @@ impl Transcriber {
     }
 
     /// Decodes the window whose encoder output is set, conditioned on `previous` text and
-    /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback).
+    /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback);
+    /// `go_on`: end-of-text is suppressed right after the prefix.
     fn decode_with_fallback(
         &mut self,
         previous: &[u32],
         prefix: &[u32],
         temperatures: &[f32],
+        go_on: bool,
     ) -> DecodeResult {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
@@ -771,7 +775,7 @@ impl Transcriber {
         ]);
         suppress.sort_unstable();
         suppress.dedup();
-        let filters = LogitFilters::new(
+        let mut filters = LogitFilters::new(
             specials,
             opts.suppress_blank
                 .then_some(model.suppress_ids_begin.as_slice()),
@@ -779,6 +783,9 @@ impl Transcriber {
             !opts.without_timestamps,
             Some(opts.max_initial_timestamp),
         );
+        if go_on && !prefix.is_empty() {
+            filters.eot_after = Some((prefix.len(), specials.eot));
+        }
         let input = WindowInput {
             prompt: &prompt,
             sot_index,
