@@ -703,7 +703,7 @@ fn npu_sim_overlap_hits_when_windows_end_in_silence_tiny_en() {
 
 /// The host encoder on the simulated device: one run per window, every argument in the order
 /// of the shipped manifest (`xclbin/whisper_encoder_tiny.en.json`: names, kinds, memory
-/// groups), BOs allocated for their argument; a run that times out or fails is an error and
+/// groups, sizes), BOs allocated for their argument; a run that times out or fails is an error and
 /// leaves the output untouched; the next run is whole again.
 #[test]
 fn host_encoder_runs_once_per_window_in_manifest_order_tiny_en() {
@@ -726,15 +726,13 @@ fn host_encoder_runs_once_per_window_in_manifest_order_tiny_en() {
             "argument layout differs from {}",
             path.display()
         );
-        if ours.bytes != theirs.bytes {
-            eprintln!(
-                "note: `{}`: the design needs {:?} bytes, {} says {:?}",
-                ours.name,
-                ours.bytes,
-                path.display(),
-                theirs.bytes
-            );
-        }
+        assert_eq!(
+            (ours.bytes, &ours.dtype, ours.direction),
+            (theirs.bytes, &theirs.dtype, theirs.direction),
+            "`{}`: the design's size / type differs from {}",
+            ours.name,
+            path.display()
+        );
     }
     let args = enc.run_args().to_vec();
     assert_eq!(args.len(), enc.layout().len());
@@ -783,6 +781,110 @@ fn host_encoder_runs_once_per_window_in_manifest_order_tiny_en() {
     let err = enc.device_mut().start(&swapped).expect_err("swapped BOs");
     assert!(matches!(err, DeviceError::Protocol(_)), "{err}");
     assert_eq!(enc.device().runs().len(), 4);
+}
+
+/// The shipped manifests are what the host accepts on a device: for tiny.en and base the
+/// manifest validates against the model, and the host encoder builds on its argument layout
+/// (the layout check against the design's plan, BOs of the manifest's sizes, weights packed,
+/// one run). A manifest with a size off by one element is refused, naming the field, by both
+/// the manifest validation and the host's layout check.
+#[test]
+fn shipped_manifests_pass_the_host_layout_check_tiny_en_and_base() {
+    for name in ["tiny.en", "base"] {
+        let dir = common::model_dir(name);
+        let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("model loads");
+        let path = manifest::default_dir().join(manifest::file_name(name));
+        let source = path.display().to_string();
+        let shipped = Manifest::load(&path).expect("shipped manifest");
+        shipped
+            .validate(&model.dims, &path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let plan = gstwhispernpu::npu::golden::plan_for(&model).expect("plan");
+        let build = |layout: Vec<gstwhispernpu::npu::manifest::Arg>| {
+            let device = SimDevice::new(plan.clone(), layout.clone());
+            NpuEncoder::new(
+                device,
+                &model,
+                plan.clone(),
+                layout,
+                &gstwhispernpu::npu::sim::instruction_stream(&plan),
+                &source,
+                gstwhispernpu::npu::host::RUN_TIMEOUT,
+            )
+        };
+        let mut enc = build(shipped.args.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "tiny.en" {
+            let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
+            enc.encode(&jfk_window(model.dims.n_mels), &mut out)
+                .expect("one run on the shipped layout");
+            assert_eq!(enc.dispatches(), 1);
+        }
+        drop(enc);
+
+        // The mel buffer one bf16 element short: both checks name `args[4].bytes`.
+        let mut altered = shipped.clone();
+        let mel = altered.args[4].bytes.expect("mel size") - 2;
+        altered.args[4].bytes = Some(mel);
+        let err = altered
+            .validate(&model.dims, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`args[4].bytes` is Some(") && err.contains(&source),
+            "{err}"
+        );
+        let err = match build(altered.args.clone()) {
+            Ok(_) => panic!("{name}: altered layout accepted"),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("{name}: {err}");
+        assert!(
+            err.contains("args[4].bytes") && err.contains(&source),
+            "{err}"
+        );
+    }
+}
+
+/// The IRON design (`kernels/whisper_encoder.py`) computes its buffer layout itself; its
+/// `--layout` output (no mlir-aie needed) must equal the tile plan's sizes and the shipped
+/// manifests' for tiny.en and base.
+#[test]
+fn iron_design_buffer_sizes_match_the_plan() {
+    for (name, d, heads, layers) in [("tiny.en", 384, 6, 4), ("base", 512, 8, 6)] {
+        let out = std::process::Command::new("python3")
+            .arg(common::repo().join("kernels/whisper_encoder.py"))
+            .args(["--d", &d.to_string(), "--heads", &heads.to_string()])
+            .args(["--layers", &layers.to_string(), "--layout"])
+            .output()
+            .expect("cannot run python3");
+        assert!(
+            out.status.success(),
+            "whisper_encoder.py --layout: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let design: HashMap<String, u64> =
+            serde_json::from_slice(&out.stdout).expect("--layout prints a JSON object");
+        let plan = Plan::new(80, d, heads, layers, 1500).expect("plan");
+        let want: HashMap<String, u64> = [
+            ("weights", plan.weights_bytes),
+            ("mel", plan.input_bytes),
+            ("scratch", plan.scratch_bytes),
+            ("encoder_out", plan.output_bytes),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v as u64))
+        .collect();
+        assert_eq!(design, want, "{name}: IRON design vs tiling.rs Plan");
+        let path = manifest::default_dir().join(manifest::file_name(name));
+        let shipped = Manifest::load(&path).expect("shipped manifest");
+        let declared: HashMap<String, u64> = shipped
+            .args
+            .iter()
+            .filter(|a| a.kind == ArgKind::Buffer)
+            .map(|a| (a.name.clone(), a.bytes.expect("buffer size")))
+            .collect();
+        assert_eq!(declared, want, "{name}: {} vs the plan", path.display());
+    }
 }
 
 /// A transcriber whose NPU run times out: the window is encoded on the CPU instead (the

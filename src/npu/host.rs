@@ -91,7 +91,7 @@ pub fn kernel_args(plan: &Plan) -> Vec<Arg> {
             direction: Some(Direction::In),
         },
         scalar(2, "instruction_count", None),
-        buffer(3, "weights", "bf16", plan.weights_bytes, Direction::In),
+        buffer(3, "weights", "mixed", plan.weights_bytes, Direction::In),
         buffer(4, "mel", "bf16", plan.input_bytes, Direction::In),
         buffer(5, "scratch", "mixed", plan.scratch_bytes, Direction::InOut),
         buffer(6, "encoder_out", "f32", plan.output_bytes, Direction::Out),
