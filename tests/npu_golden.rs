@@ -536,7 +536,7 @@ fn run_transcriber(mut t: Transcriber, audio: &[f32]) -> Run {
 }
 
 /// The invariants of the NPU counters: every window encoded on the NPU, one dispatch per
-/// window plus one per discarded speculation, at most one speculation per window but the first.
+/// window plus one per discarded speculation, at most one hit per window but the first.
 fn check_npu_stats(stats: NpuStats, windows: u64) {
     assert_eq!(stats.failures, 0, "{stats:?}");
     assert_eq!(stats.windows, windows, "{stats:?}");
@@ -545,10 +545,7 @@ fn check_npu_stats(stats: NpuStats, windows: u64) {
         stats.windows + stats.speculative_misses,
         "{stats:?}"
     );
-    assert!(
-        stats.speculative_hits + stats.speculative_misses < windows.max(1),
-        "{stats:?}"
-    );
+    assert!(stats.speculative_hits < windows.max(1), "{stats:?}");
 }
 
 #[test]
@@ -572,9 +569,10 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
     assert!(windows >= 1);
 }
 
-/// Multi-window speech (111.9 s, four windows with the seek loop): the npu-sim backend's WER
+/// Multi-window speech (111.9 s, five windows with the seek loop): the npu-sim backend's WER
 /// against the known text is within 0.5 point of the CPU backend's (issue: golden-model
-/// accuracy), with one dispatch per window.
+/// accuracy), with one dispatch per window; with overlap the segments are the same and the
+/// next window's start is predicted for most windows.
 #[test]
 fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
     let dir = common::model_dir("tiny.en");
@@ -602,9 +600,14 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
     let npu = common::wer_percent(&truth, &npu_text);
     let stats = overlap.npu.expect("npu stats");
     eprintln!(
-        "WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows; overlap: {} speculative \
-         hits, {} misses, {} dispatches",
-        stats.speculative_hits, stats.speculative_misses, stats.dispatches
+        "WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows; overlap: {} next-window \
+         starts predicted, {} speculative hits, {} misses, {} dropped before starting, {} \
+         dispatches",
+        stats.speculative_predicted,
+        stats.speculative_hits,
+        stats.speculative_misses,
+        stats.speculative_dropped,
+        stats.dispatches
     );
     assert!(windows >= 4, "{windows} windows");
     assert_eq!(
@@ -612,6 +615,17 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
         "overlap changed the segments"
     );
     check_npu_stats(stats, windows);
+    // The seek prediction (window end when the tail is quiet, else the newest timestamp pair
+    // while decoding) names the next window's start for most windows. On npu-sim a run takes
+    // longer than a window's decode, so pairs are named but not started: hits need a device
+    // faster than the decoder.
+    assert!(
+        2 * stats.speculative_predicted > windows - 1,
+        "next-window start predicted for only {} of {} windows: {stats:?}",
+        stats.speculative_predicted,
+        windows - 1
+    );
+    assert!(stats.speculative_misses <= 1, "{stats:?}");
     let serial_stats = serial.npu.expect("npu stats");
     check_npu_stats(serial_stats, serial.windows);
     assert_eq!(serial_stats.dispatches, windows, "one dispatch per window");

@@ -15,7 +15,7 @@ use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
 use crate::error::Error;
 use crate::model::WhisperModel;
 use crate::npu::host::{NpuEncoder, WindowEncoder};
-use crate::npu::worker::{EncoderWorker, NpuStats};
+use crate::npu::worker::{EncoderWorker, Guess, NpuStats};
 use crate::transcribe::{TailPadding, Task};
 
 /// Seconds per timestamp token.
@@ -397,7 +397,7 @@ impl Transcriber {
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
         let previous = &previous[previous.len().saturating_sub(keep)..];
-        let result = self.decode_with_fallback(previous, prefix, temperatures);
+        let result = self.decode_with_fallback(previous, prefix, temperatures, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -515,15 +515,29 @@ impl Transcriber {
             &mut self.mel_window,
         );
         self.encode_window(self.seek);
-        // The NPU encodes the likeliest next window (openai's loop moves by the whole window
-        // when it ends on a single timestamp or is skipped as silence) while the CPU decodes
-        // this one.
-        if self.opts.npu_overlap
-            && self.npu_failure.is_none()
+        // While the CPU decodes this window, the NPU encodes candidates for the next one (see
+        // `crate::npu::worker`): the window end now when the window's tail is quiet (it then
+        // likely ends on a single timestamp, or is skipped as silence: openai's loop moves by
+        // the whole window), and each consecutive timestamp pair as the decoder emits it
+        // (`decode_with_fallback`). With word timestamps or the hallucination threshold the
+        // seek comes from the word alignment, which no pair predicts: only the window end is
+        // tried then.
+        let watch = (self.opts.npu_overlap && self.npu_failure.is_none() && self.npu.is_some())
+            .then_some(SeekWatch {
+                seek: self.seek,
+                horizon,
+                pairs: !self.opts.word_timestamps
+                    && self.opts.hallucination_silence_threshold.is_none(),
+            });
+        if let Some(watch) = watch
             && let Some(npu) = self.npu.as_mut()
         {
             let next = self.seek + segment_size;
-            if let Some(size) = horizon.next_size(next) {
+            let floor = self.mel.silence_value(next);
+            let quiet = tail_is_quiet(&self.mel_window, model.dims.n_mels, segment_size, floor);
+            if (quiet || !watch.pairs)
+                && let Some(size) = horizon.next_size(next)
+            {
                 fill_window(
                     &self.mel,
                     self.opts.tail_padding,
@@ -531,7 +545,7 @@ impl Transcriber {
                     size,
                     &mut self.spec_window,
                 );
-                npu.speculate(next, &self.spec_window);
+                npu.speculate(next, &self.spec_window, Guess::WindowEnd);
             }
         }
         self.set_audio();
@@ -546,8 +560,12 @@ impl Transcriber {
         let t1 = Instant::now();
         let previous = self.previous_context();
         let temperatures = self.opts.temperatures.clone();
-        let result = self.decode_with_fallback(&previous, &[], &temperatures);
-        self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
+        let result = self.decode_with_fallback(&previous, &[], &temperatures, watch);
+        let decode_seconds = t1.elapsed().as_secs_f64();
+        self.stats.decoder_seconds += decode_seconds;
+        if let Some(npu) = self.npu.as_mut() {
+            npu.note_decode_seconds(decode_seconds);
+        }
 
         let previous_seek = self.seek;
         let time_offset = self.seek as f64 * FRAME_SECONDS;
@@ -777,11 +795,15 @@ impl Transcriber {
 
     /// Decodes the window whose encoder output is set, conditioned on `previous` text and
     /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback).
+    /// With `watch`, every consecutive timestamp pair the leading sequence forms starts the
+    /// NPU's speculative encode of the window at that pair's seek (every attempt's: a
+    /// re-decode may move it; only an exact start + mel match is ever used).
     fn decode_with_fallback(
         &mut self,
         previous: &[u32],
         prefix: &[u32],
         temperatures: &[f32],
+        watch: Option<SeekWatch>,
     ) -> DecodeResult {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
@@ -862,6 +884,32 @@ impl Transcriber {
                 sample_len: model.dims.n_text_ctx / 2,
             };
             let (dec, rng, threads) = (&mut self.dec, &mut self.rng, self.threads);
+            let npu_ok = self.npu_failure.is_none();
+            let mut speculator = match (watch, self.npu.as_mut()) {
+                (Some(w), Some(npu)) if w.pairs && npu_ok => Some((w, npu)),
+                _ => None,
+            };
+            let (mel, spec_window, tb) =
+                (&self.mel, &mut self.spec_window, specials.timestamp_begin);
+            let mut observe = |tokens: &[u32]| {
+                let Some((w, npu)) = speculator.as_mut() else {
+                    return;
+                };
+                // A new consecutive pair: the next seek is its first timestamp (the end of the
+                // closed segment) unless a later pair follows or the window ends on a single
+                // timestamp (the `seek` rule below in `decode_window`).
+                let n = tokens.len();
+                if n < 2 || tokens[n - 1] < tb || tokens[n - 2] < tb {
+                    return;
+                }
+                let next = w.seek + (tokens[n - 2] - tb) as usize * INPUT_STRIDE;
+                if next > w.seek
+                    && let Some(size) = w.horizon.next_size(next)
+                {
+                    fill_window(mel, opts.tail_padding, next, size, spec_window);
+                    npu.speculate(next, spec_window, Guess::Pair);
+                }
+            };
             let (result, calls) = self.pool.install(|| {
                 decode_window(
                     &model.weights,
@@ -871,6 +919,7 @@ impl Transcriber {
                     rng,
                     &decode_text,
                     threads,
+                    &mut observe,
                 )
             });
             self.stats.decoder_calls += calls as u64;
@@ -917,6 +966,42 @@ impl Transcriber {
             .cloned()
             .unwrap_or_else(|| unreachable!("at least one temperature is tried"))
     }
+}
+
+/// What the NPU's speculative encode of the next window needs while a window decodes.
+#[derive(Debug, Clone, Copy)]
+struct SeekWatch {
+    /// Start of the window being decoded (mel frames).
+    seek: usize,
+    horizon: Horizon,
+    /// Whether timestamp pairs predict the next seek (not with word timestamps or the
+    /// hallucination threshold, whose seek comes from the word alignment).
+    pairs: bool,
+}
+
+/// Mel frames at the end of a window's content looked at by [`tail_is_quiet`] (1 s).
+const QUIET_TAIL_FRAMES: usize = 100;
+
+/// Whether the last second of the window's content (`content` frames of `mel`, `[n_mels][3000]`)
+/// is quiet: on average its frames' loudest bin is within 1.0 (40 dB) of the normalisation
+/// floor `floor`, which lies 2.0 (80 dB) below the loudest frame so far. Speech that ends
+/// before the window does makes the decoder close its last segment and stop on a single
+/// timestamp, so the next window starts at this one's end.
+fn tail_is_quiet(mel: &[f32], n_mels: usize, content: usize, floor: f32) -> bool {
+    let frames = mel.len() / n_mels.max(1);
+    let end = content.min(frames);
+    let start = end.saturating_sub(QUIET_TAIL_FRAMES);
+    if end == start {
+        return false;
+    }
+    let loudest: f32 = (start..end)
+        .map(|f| {
+            (0..n_mels)
+                .map(|c| mel[c * frames + f])
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum();
+    loudest / ((end - start) as f32) <= floor + 1.0
 }
 
 /// Which window could follow the one being decoded.
