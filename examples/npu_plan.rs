@@ -26,7 +26,9 @@ options:
   --dispatch-ms MS        host cost per XRT dispatch [default: 1.5, measured in the earlier attempt]
   --no-assumptions        do not print the assumptions block
   --manifest              print instead the xclbin manifest (JSON) a build for this model must
-                          carry, versions marked as not built (kernels/build.sh fills them in)
+                          carry, derived from the design's tile plan (src/npu/tiling.rs),
+                          versions marked as not built; the shipped xclbin/*.json are this
+                          output (--model tiny.en / base)
   -h, --help              print this help";
 
 struct Config {
@@ -114,7 +116,7 @@ fn main() -> ExitCode {
     };
     if config.manifest {
         let not_built = || "not built yet".to_string();
-        let manifest = Manifest::expected(
+        let manifest = match Manifest::expected(
             ModelDims {
                 name: shape.name.clone(),
                 n_mels: shape.n_mels,
@@ -123,7 +125,6 @@ fn main() -> ExitCode {
                 n_audio_head: shape.n_heads,
                 n_audio_layer: shape.n_layers,
             },
-            Tiling::default(),
             Versions {
                 mlir_aie: not_built(),
                 xrt: not_built(),
@@ -132,7 +133,13 @@ fn main() -> ExitCode {
             },
             "planned layout; the xclbin and instructions are not built yet (kernels/build.sh on a \
              machine with mlir-aie writes them and records the versions)",
-        );
+        ) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                eprintln!("npu_plan: {}: {e}", shape.name);
+                return ExitCode::FAILURE;
+            }
+        };
         match serde_json::to_string_pretty(&manifest) {
             Ok(json) => println!("{json}"),
             Err(e) => {

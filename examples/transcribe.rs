@@ -34,9 +34,15 @@ options:
                           weights, bf16 = bf16 encoder products (Intel AMX where available);
                           auto = the fastest whose accuracy holds: bf16 where Intel AMX runs
                           it, else f32 [default: auto]
-  --backend cpu|npu-sim   encoder engine: cpu, or npu-sim = the NPU encoder's golden model
-                          (the AIE2 kernels' bf16 arithmetic and tile schedule on the CPU,
-                          one simulated dispatch per window; slow, for checking) [default: cpu]
+  --backend cpu|npu|npu-sim
+                          encoder engine: cpu; npu = AMD Ryzen AI NPU through XRT (needs an
+                          amdxdna device, a build with --features npu and the built encoder
+                          artifact; fails naming what is missing); npu-sim = the NPU host
+                          code on a simulated device running the golden model (the AIE2
+                          kernels' bf16 arithmetic and tile schedule on the CPU, one
+                          dispatch per window; slow, for checking) [default: cpu]
+  --no-npu-overlap        npu, npu-sim: do not encode the next window while decoding this
+                          one (on by default)
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:
@@ -154,6 +160,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
             "-h" | "--help" => return Ok(None),
             "-q" | "--quiet" => quiet = true,
             "--word-timestamps" => options.word_timestamps = true,
+            "--no-npu-overlap" => options.npu_overlap = false,
             "--hallucination-silence-threshold" => {
                 let seconds: f32 = value.trim().parse().map_err(|_| {
                     bad(format!(
@@ -291,6 +298,18 @@ fn run(config: &Config) -> Result<(), Failure> {
             d.language,
             d.probability,
             others.join(", ")
+        );
+    }
+    if let Some(why) = transcriber.npu_failure() {
+        eprintln!("transcribe: warning: NPU encoder given up, the CPU encoded from then on: {why}");
+    }
+    if let Some(npu) = transcriber.npu_stats()
+        && !config.quiet
+    {
+        eprintln!(
+            "transcribe: NPU encoder: {} windows, {} dispatches, speculative next-window encodes: \
+             {} used, {} discarded",
+            npu.windows, npu.dispatches, npu.speculative_hits, npu.speculative_misses
         );
     }
 

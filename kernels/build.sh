@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the NPU encoder: the AIE2 kernels (kernels/*.cc, AIE path) with llvm-aie (peano) and
-# the IRON design (kernels/whisper_encoder.py) with mlir-aie's aiecc.py, into
-#   xclbin/whisper_<model>.xclbin and xclbin/whisper_<model>.insts.bin
-# for tiny (d 384, 6 heads, 4 layers) and base (d 512, 8 heads, 6 layers).
+# the IRON design (kernels/whisper_encoder.py) with mlir-aie's aiecc.py, into the files the
+# manifests name: xclbin/whisper_encoder_<model>.xclbin and .insts.bin, for tiny.en (d 384,
+# 6 heads, 4 layers) and base (d 512, 8 heads, 6 layers). Before building, the design's buffer
+# sizes (`whisper_encoder.py --layout`) are checked against the manifest's arguments
+# (xclbin/whisper_encoder_<model>.json, generated from the tile plan by `npu_plan --manifest`).
 #
 # Needs: mlir-aie's Python package (`import aie`, with aiecc.py on PATH) and llvm-aie (peano):
 # PEANO_INSTALL_DIR pointing at it (bin/clang++ with --target=aie2-none-unknown-elf). Neither is
@@ -33,9 +35,9 @@ if (( ${#missing[@]} )); then
 fi
 
 case "$which_models" in
-    tiny) models=("tiny 384 6 4") ;;
+    tiny) models=("tiny.en 384 6 4") ;;
     base) models=("base 512 8 6") ;;
-    all) models=("tiny 384 6 4" "base 512 8 6") ;;
+    all) models=("tiny.en 384 6 4" "base 512 8 6") ;;
     *) echo "usage: $0 [tiny|base|all]" >&2; exit 2 ;;
 esac
 
@@ -54,10 +56,21 @@ done
 
 for m in "${models[@]}"; do
     read -r name d heads layers <<<"$m"
-    python3 "$here/whisper_encoder.py" --d "$d" --heads "$heads" --layers "$layers" >"$build/whisper_$name.mlir"
+    artifact="whisper_encoder_$name"
+    layout="$(python3 "$here/whisper_encoder.py" --d "$d" --heads "$heads" --layers "$layers" --layout)"
+    python3 - "$out/$artifact.json" "$layout" <<'PY'
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+design = json.loads(sys.argv[2])
+declared = {a["name"]: a.get("bytes") for a in manifest["args"] if a["kind"] == "buffer"}
+if declared != design:
+    sys.exit(f"kernels/build.sh: {sys.argv[1]} declares buffer sizes {declared}, the design "
+             f"{design}: regenerate the manifest (npu_plan --manifest) or fix the design")
+PY
+    python3 "$here/whisper_encoder.py" --d "$d" --heads "$heads" --layers "$layers" >"$build/$artifact.mlir"
     (cd "$build" && aiecc.py --no-aiesim --no-xchesscc --no-xbridge --peano "$PEANO_INSTALL_DIR" \
-        --aie-generate-xclbin --xclbin-name="$out/whisper_$name.xclbin" \
-        --aie-generate-npu-insts --npu-insts-name="$out/whisper_$name.insts.bin" \
-        "whisper_$name.mlir")
-    echo "built $out/whisper_$name.xclbin and $out/whisper_$name.insts.bin"
+        --aie-generate-xclbin --xclbin-name="$out/$artifact.xclbin" \
+        --aie-generate-npu-insts --npu-insts-name="$out/$artifact.insts.bin" \
+        "$artifact.mlir")
+    echo "built $out/$artifact.xclbin and $out/$artifact.insts.bin (record the tool versions in $out/$artifact.json)"
 done

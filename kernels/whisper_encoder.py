@@ -19,18 +19,14 @@
 # previous step's drains (a DDR round trip through `scratch`).
 #
 # Usage: python3 whisper_encoder.py --d 384 --heads 6 --layers 4 > build/whisper_tiny.mlir
+#        python3 whisper_encoder.py --d 384 --heads 6 --layers 4 --layout
+# `--layout` prints the byte sizes of the four runtime-sequence buffers as JSON and needs neither
+# mlir-aie nor numpy: the Rust tests compare it with the tile plan and the shipped manifests
+# (src/npu/manifest.rs, tests/npu_golden.rs `iron_design_buffer_sizes_match_the_plan`), and
+# build.sh checks it against the manifest before building.
 
 import argparse
-
-import numpy as np
-from ml_dtypes import bfloat16
-
-from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
-from aie.iron.placers import SequentialPlacer
-from aie.iron.device import NPU1Col4
-from aie.iron.device.tile import Tile
-from aie.iron.controlflow import range_
-from aie.helpers.taplib import TensorAccessPattern
+import json
 
 # Tile sizes: src/npu/tiling.rs.
 TM, TN, TK, TK_CONV1 = 32, 64, 64, 80
@@ -81,6 +77,13 @@ class Layout:
             self.s[name] = off
             off = (off + n * eb + 63) & ~63
         self.scratch_bytes = off
+        self.mel_bytes = (self.frames_pad + 2) * N_MELS * 2
+        self.out_bytes = T * d * 4
+
+    def sizes(self):
+        """Bytes of the runtime-sequence buffers, named as the manifest's arguments."""
+        return {"weights": self.weights_bytes, "mel": self.mel_bytes,
+                "scratch": self.scratch_bytes, "encoder_out": self.out_bytes}
 
     def take(self, name, n, eb):
         self.w[name] = self.next
@@ -92,6 +95,15 @@ class Layout:
 
 
 def encoder(d, heads, layers):
+    import numpy as np
+
+    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron.placers import SequentialPlacer
+    from aie.iron.device import NPU1Col4
+    from aie.iron.device.tile import Tile
+    from aie.iron.controlflow import range_
+    from aie.helpers.taplib import TensorAccessPattern
+
     assert d // heads == DH and d % TN == 0
     L = Layout(d, layers)
     u8 = np.uint8
@@ -242,9 +254,9 @@ def encoder(d, heads, layers):
     # Runtime sequence: the access patterns of tiling.rs `bds()` (offsets/strides in elements of
     # each region; `tap` converts to the BO's byte view through the element type).
     W_ty = np.ndarray[(L.weights_bytes,), np.dtype[u8]]
-    M_ty = np.ndarray[((L.frames_pad + 2) * N_MELS * 2,), np.dtype[u8]]
+    M_ty = np.ndarray[(L.mel_bytes,), np.dtype[u8]]
     S_ty = np.ndarray[(L.scratch_bytes,), np.dtype[u8]]
-    O_ty = np.ndarray[(T * d * 4,), np.dtype[u8]]
+    O_ty = np.ndarray[(L.out_bytes,), np.dtype[u8]]
 
     def tap(total_bytes, byte_offset, eb, sizes, strides):
         # Byte-granular pattern for a region of `eb`-byte elements: the inner dimension in bytes.
@@ -322,7 +334,7 @@ def encoder(d, heads, layers):
                     rt.drain(f["out"].cons(), S, tap=tap(L.scratch_bytes, o0, 2, [1, 1, QB, DH], [0, 0, d, 1]), wait=True, task_group=tg, placement=Tile(col, 0))
             rt.finish_task_group(tg)
 
-        mel_bytes = (L.frames_pad + 2) * N_MELS * 2
+        mel_bytes = L.mel_bytes
         gemm_step("conv1", L.frames_pad, 3 * N_MELS, d, TK_CONV1, "gelu_bf16", MEL, mel_bytes, 0, "conv1", "conv1", L.s["conv1_out"] + d * 2, d)
         gemm_step("conv2", L.t_pad, 3 * d, d, TK, "gelu_pos", S, L.scratch_bytes, L.s["conv1_out"], "conv2", "conv2", L.s["x"], d)
         for l in range(layers):
@@ -333,7 +345,7 @@ def encoder(d, heads, layers):
             norm_step(L.t_pad, L.s["x"], f"l{l}.ln2", S, L.scratch_bytes, L.s["h"], 2)
             gemm_step("fc1", L.t_pad, d, 4 * d, TK, "gelu_bf16", S, L.scratch_bytes, L.s["h"], "rows", f"l{l}.fc1", L.s["hidden"], 4 * d)
             gemm_step("fc2", L.t_pad, 4 * d, d, TK, "residual", S, L.scratch_bytes, L.s["hidden"], "rows", f"l{l}.fc2", L.s["x"], d)
-        norm_step(T, L.s["x"], "ln_post", OUT, T * d * 4, 0, 4)
+        norm_step(T, L.s["x"], "ln_post", OUT, L.out_bytes, 0, 4)
 
     return Program(NPU1Col4(), rt).resolve_program(SequentialPlacer())
 
@@ -343,7 +355,12 @@ def main():
     p.add_argument("--d", type=int, default=384, help="model width (tiny 384, base 512)")
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layout", action="store_true",
+                   help="print the buffer sizes (bytes) as JSON instead of the design")
     a = p.parse_args()
+    if a.layout:
+        print(json.dumps(Layout(a.d, a.layers).sizes(), sort_keys=True))
+        return
     print(encoder(a.d, a.heads, a.layers))
 
 

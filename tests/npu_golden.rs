@@ -4,7 +4,13 @@
 //! - every access pattern of the design is in bounds, within the AIE2 BD limits, and covers
 //!   its buffer the expected number of times; per-core and memory-tile budgets hold;
 //! - the golden encoder on jfk (tiny.en) matches the f32 CPU encoder layer by layer, in one
-//!   dispatch per window.
+//!   dispatch per window;
+//! - the host encoder (issue 6, item 4) drives the simulated device with one run per window and
+//!   the manifest's argument order; failed / timed-out runs are errors, never output; the
+//!   transcriber then falls back to the CPU;
+//! - encoding the next window while decoding this one (speculation) changes no transcript and
+//!   is used when a window ends in silence;
+//! - `backend=npu` without an NPU fails naming what is missing (engine, XRT adapter, CLI).
 
 mod common;
 
@@ -15,12 +21,17 @@ use gstwhispernpu::audio::N_FRAMES;
 use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
 use gstwhispernpu::engine::cpu::{EncoderWorkspace, encode, encoder_layer, ops};
 use gstwhispernpu::model::{ComputeType, WhisperModel};
-use gstwhispernpu::npu::golden::{GoldenEncoder, GoldenError};
+use gstwhispernpu::npu::device::{DeviceError, NpuDevice, RunArg};
+use gstwhispernpu::npu::golden::GoldenError;
 use gstwhispernpu::npu::golden_kernels as gk;
+use gstwhispernpu::npu::host::{NpuEncoder, NpuError};
+use gstwhispernpu::npu::manifest::{self, ArgKind, Manifest};
+use gstwhispernpu::npu::sim::{SimDevice, SimFault};
 use gstwhispernpu::npu::tiling::{
     self, AMode, Bd, BoId, CORE_MEM_BYTES, DH, Dir, KB, MEMTILE_BYTES, Plan, QB, Step, TM, TN,
 };
-use gstwhispernpu::transcribe::{EncoderBackend, TranscribeOptions, Transcriber};
+use gstwhispernpu::npu::worker::NpuStats;
+use gstwhispernpu::transcribe::{EncoderBackend, Segment, TranscribeOptions, Transcriber};
 use whispernpu_kernels_host as host;
 
 /// Deterministic pseudo-random numbers (xorshift), uniform in [-scale, scale).
@@ -469,31 +480,72 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
     // Bad inputs are errors, not panics, and do not dispatch.
     assert!(matches!(
         golden.encode(&mel[1..], &mut again),
-        Err(GoldenError::BadLength { .. })
+        Err(NpuError::Golden(GoldenError::BadLength { .. }))
     ));
     assert!(matches!(
         golden.encode(&mel, &mut again[1..]),
-        Err(GoldenError::BadLength { .. })
+        Err(NpuError::Golden(GoldenError::BadLength { .. }))
     ));
     assert_eq!(golden.dispatches(), 2);
 }
 
-/// `audio` transcribed with `backend`: the text, the NPU dispatches and the windows decoded.
+/// `audio` transcribed with `backend` (NPU backends: next-window overlap on): the text, the
+/// NPU dispatches and the windows decoded.
 fn transcribe(
     model: &Arc<WhisperModel>,
     audio: &[f32],
     backend: EncoderBackend,
 ) -> (String, Option<u64>, u64) {
+    let run = transcribe_with(model, audio, backend, true);
+    (run.text, run.npu.map(|s| s.dispatches), run.windows)
+}
+
+struct Run {
+    text: String,
+    segments: Vec<Segment>,
+    npu: Option<NpuStats>,
+    windows: u64,
+}
+
+fn transcribe_with(
+    model: &Arc<WhisperModel>,
+    audio: &[f32],
+    backend: EncoderBackend,
+    npu_overlap: bool,
+) -> Run {
     let opts = TranscribeOptions {
         backend,
         n_threads: 2,
+        npu_overlap,
         ..TranscribeOptions::default()
     };
-    let mut t = Transcriber::new(Arc::clone(model), opts).expect("transcriber");
+    let t = Transcriber::new(Arc::clone(model), opts).expect("transcriber");
+    run_transcriber(t, audio)
+}
+
+fn run_transcriber(mut t: Transcriber, audio: &[f32]) -> Run {
     let mut segments = t.push(audio).expect("push");
     segments.extend(t.finish().expect("finish"));
     let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
-    (text.join(" "), t.npu_dispatches(), t.stats().windows)
+    Run {
+        text: text.join(" "),
+        npu: t.npu_stats(),
+        windows: t.stats().windows,
+        segments,
+    }
+}
+
+/// The invariants of the NPU counters: every window encoded on the NPU, one dispatch per
+/// window plus one per discarded speculation, at most one hit per window but the first.
+fn check_npu_stats(stats: NpuStats, windows: u64) {
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    assert_eq!(stats.windows, windows, "{stats:?}");
+    assert_eq!(
+        stats.dispatches,
+        stats.windows + stats.speculative_misses,
+        "{stats:?}"
+    );
+    assert!(stats.speculative_hits < windows.max(1), "{stats:?}");
 }
 
 #[test]
@@ -503,7 +555,10 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
     let (audio, _) = common::read_wav(&common::jfk_wav());
     let (cpu, cpu_dispatches, _) = transcribe(&model, &audio, EncoderBackend::Cpu);
     let (npu, npu_dispatches, windows) = transcribe(&model, &audio, EncoderBackend::NpuSim);
+    let serial = transcribe_with(&model, &audio, EncoderBackend::NpuSim, false);
     eprintln!("cpu: {cpu}\nnpu-sim: {npu}");
+    assert_eq!(serial.text, npu, "overlap changed the transcript");
+    check_npu_stats(serial.npu.expect("npu stats"), serial.windows);
     assert!(
         cpu.contains("ask not what your country can do for you"),
         "{cpu}"
@@ -514,9 +569,10 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
     assert!(windows >= 1);
 }
 
-/// Multi-window speech (111.9 s, four windows with the seek loop): the npu-sim backend's WER
+/// Multi-window speech (111.9 s, five windows with the seek loop): the npu-sim backend's WER
 /// against the known text is within 0.5 point of the CPU backend's (issue: golden-model
-/// accuracy), with one dispatch per window.
+/// accuracy), with one dispatch per window; with overlap the segments are the same and the
+/// next window's start is predicted for most windows.
 #[test]
 fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
     let dir = common::model_dir("tiny.en");
@@ -537,12 +593,46 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
     let truth = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
         .expect("tests/fixtures/multiwindow.txt");
     let (cpu_text, _, _) = transcribe(&model, &audio, EncoderBackend::Cpu);
-    let (npu_text, dispatches, windows) = transcribe(&model, &audio, EncoderBackend::NpuSim);
+    let overlap = transcribe_with(&model, &audio, EncoderBackend::NpuSim, true);
+    let serial = transcribe_with(&model, &audio, EncoderBackend::NpuSim, false);
+    let (npu_text, windows) = (overlap.text.clone(), overlap.windows);
     let cpu = common::wer_percent(&truth, &cpu_text);
     let npu = common::wer_percent(&truth, &npu_text);
-    eprintln!("WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows");
+    let stats = overlap.npu.expect("npu stats");
+    eprintln!(
+        "WER cpu {cpu:.2} %, npu-sim {npu:.2} %, {windows} windows; overlap: {} next-window \
+         starts predicted, {} speculative hits, {} misses, {} dropped before starting, {} \
+         dispatches",
+        stats.speculative_predicted,
+        stats.speculative_hits,
+        stats.speculative_misses,
+        stats.speculative_dropped,
+        stats.dispatches
+    );
     assert!(windows >= 4, "{windows} windows");
-    assert_eq!(dispatches, Some(windows), "one dispatch per window");
+    assert_eq!(
+        overlap.segments, serial.segments,
+        "overlap changed the segments"
+    );
+    check_npu_stats(stats, windows);
+    // The seek prediction (window end when the tail is quiet, else the newest timestamp pair
+    // while decoding) names the next window's start for most windows. On npu-sim a run takes
+    // longer than a window's decode, so pairs are named but not started: hits need a device
+    // faster than the decoder.
+    assert!(
+        2 * stats.speculative_predicted > windows - 1,
+        "next-window start predicted for only {} of {} windows: {stats:?}",
+        stats.speculative_predicted,
+        windows - 1
+    );
+    assert!(stats.speculative_misses <= 1, "{stats:?}");
+    let serial_stats = serial.npu.expect("npu stats");
+    check_npu_stats(serial_stats, serial.windows);
+    assert_eq!(serial_stats.dispatches, windows, "one dispatch per window");
+    assert_eq!(
+        serial_stats.speculative_hits + serial_stats.speculative_misses,
+        0
+    );
     assert!(
         (npu - cpu).abs() <= 0.5,
         "npu-sim WER {npu:.2} % vs cpu {cpu:.2} %"
@@ -568,8 +658,8 @@ fn check_layers_against_cpu(
     mel: &[f32],
     cpu_layers: &[Vec<f32>],
     cpu_out: &[f32],
-) -> (GoldenEncoder, Vec<f32>) {
-    let mut golden = GoldenEncoder::new(model).expect("golden encoder");
+) -> (NpuEncoder<SimDevice>, Vec<f32>) {
+    let mut golden = NpuEncoder::sim(model).expect("golden encoder");
     let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
     let mut cos = Vec::new();
     golden
@@ -586,4 +676,361 @@ fn check_layers_against_cpu(
     assert!(final_cos >= 0.999, "output cosine {final_cos}");
     assert_eq!(golden.dispatches(), 1, "one dispatch per window");
     (golden, out)
+}
+
+/// Speech followed by silence in every window: each window ends on a single timestamp (or is
+/// skipped as silence), so the decode moves by a whole window, exactly where the speculative
+/// encode started. With overlap on, at least one window must come from a speculative encode,
+/// and every segment must equal the serial run's.
+#[test]
+fn npu_sim_overlap_hits_when_windows_end_in_silence_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let (jfk, _) = common::read_wav(&common::jfk_wav());
+    let window = 30 * 16_000;
+    let mut audio = Vec::new();
+    for _ in 0..3 {
+        audio.extend_from_slice(&jfk);
+        audio.resize(audio.len().next_multiple_of(window), 0.0);
+    }
+    audio.extend(std::iter::repeat_n(0.0, 16_000));
+    let overlap = transcribe_with(&model, &audio, EncoderBackend::NpuSim, true);
+    let serial = transcribe_with(&model, &audio, EncoderBackend::NpuSim, false);
+    let stats = overlap.npu.expect("npu stats");
+    eprintln!(
+        "{} windows, {stats:?}\noverlap: {}\nserial:  {}",
+        overlap.windows, overlap.text, serial.text
+    );
+    assert!(
+        overlap.text.matches("ask not what your country").count() == 3,
+        "{}",
+        overlap.text
+    );
+    assert_eq!(
+        overlap.segments, serial.segments,
+        "overlap changed the segments"
+    );
+    check_npu_stats(stats, overlap.windows);
+    assert!(stats.speculative_hits >= 1, "no speculative hit: {stats:?}");
+    assert_eq!(overlap.windows, serial.windows);
+}
+
+/// The host encoder on the simulated device: one run per window, every argument in the order
+/// of the shipped manifest (`xclbin/whisper_encoder_tiny.en.json`: names, kinds, memory
+/// groups, sizes), BOs allocated for their argument; a run that times out or fails is an error and
+/// leaves the output untouched; the next run is whole again.
+#[test]
+fn host_encoder_runs_once_per_window_in_manifest_order_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads");
+    let mut enc = NpuEncoder::sim(&model).expect("sim encoder");
+    let path = manifest::default_dir().join(manifest::file_name("tiny.en"));
+    let shipped = Manifest::load(&path).expect("shipped manifest");
+    assert_eq!(enc.layout().len(), shipped.args.len());
+    for (ours, theirs) in enc.layout().iter().zip(&shipped.args) {
+        assert_eq!(
+            (ours.index, &ours.name, ours.kind, ours.value, ours.group_id),
+            (
+                theirs.index,
+                &theirs.name,
+                theirs.kind,
+                theirs.value,
+                theirs.group_id
+            ),
+            "argument layout differs from {}",
+            path.display()
+        );
+        assert_eq!(
+            (ours.bytes, &ours.dtype, ours.direction),
+            (theirs.bytes, &theirs.dtype, theirs.direction),
+            "`{}`: the design's size / type differs from {}",
+            ours.name,
+            path.display()
+        );
+    }
+    let args = enc.run_args().to_vec();
+    assert_eq!(args.len(), enc.layout().len());
+    for (arg, spec) in args.iter().zip(enc.layout()) {
+        match spec.kind {
+            ArgKind::Scalar => assert!(matches!(arg, RunArg::U32(_)), "{arg:?}"),
+            _ => assert!(matches!(arg, RunArg::Bo(_)), "{arg:?}"),
+        }
+    }
+    assert_eq!(args[0], RunArg::U32(3), "opcode");
+
+    let mel = jfk_window(model.dims.n_mels);
+    let t_d = model.dims.n_audio_ctx * model.dims.n_audio_state;
+    let mut first = vec![0.0f32; t_d];
+    enc.encode(&mel, &mut first).expect("window 1");
+    assert_eq!(enc.dispatches(), 1);
+    assert_eq!(enc.device().runs().len(), 1);
+    assert_eq!(enc.device().runs()[0], args, "run 1 arguments");
+
+    // Faults: an error naming what happened, the output untouched, no extra run.
+    for (fault, want) in [
+        (SimFault::Timeout, "did not finish"),
+        (SimFault::Fail, "failed"),
+    ] {
+        enc.device_mut().inject(fault);
+        let mut out = vec![7.0f32; t_d];
+        let err = enc.encode(&mel, &mut out).expect_err("faulty run");
+        eprintln!("{fault:?}: {err}");
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(
+            out.iter().all(|&v| v == 7.0),
+            "output written by a faulty run"
+        );
+    }
+    assert_eq!(enc.dispatches(), 3);
+    // The next window is whole again (the garbage left in the output BO is overwritten).
+    let mut again = vec![0.0f32; t_d];
+    enc.encode(&mel, &mut again).expect("window after faults");
+    assert_eq!(bits(&first), bits(&again));
+    assert_eq!(enc.device().runs().len(), 4);
+    assert!(enc.device().runs().iter().all(|r| *r == args));
+
+    // The simulator rejects arguments out of the kernel's order without running.
+    let mut swapped = args.clone();
+    swapped.swap(3, 4);
+    let err = enc.device_mut().start(&swapped).expect_err("swapped BOs");
+    assert!(matches!(err, DeviceError::Protocol(_)), "{err}");
+    assert_eq!(enc.device().runs().len(), 4);
+}
+
+/// The shipped manifests are what the host accepts on a device: for tiny.en and base the
+/// manifest validates against the model, and the host encoder builds on its argument layout
+/// (the layout check against the design's plan, BOs of the manifest's sizes, weights packed,
+/// one run). A manifest with a size off by one element is refused, naming the field, by both
+/// the manifest validation and the host's layout check.
+#[test]
+fn shipped_manifests_pass_the_host_layout_check_tiny_en_and_base() {
+    for name in ["tiny.en", "base"] {
+        let dir = common::model_dir(name);
+        let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("model loads");
+        let path = manifest::default_dir().join(manifest::file_name(name));
+        let source = path.display().to_string();
+        let shipped = Manifest::load(&path).expect("shipped manifest");
+        shipped
+            .validate(&model.dims, &path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let plan = gstwhispernpu::npu::golden::plan_for(&model).expect("plan");
+        let build = |layout: Vec<gstwhispernpu::npu::manifest::Arg>| {
+            let device = SimDevice::new(plan.clone(), layout.clone());
+            NpuEncoder::new(
+                device,
+                &model,
+                plan.clone(),
+                layout,
+                &gstwhispernpu::npu::sim::instruction_stream(&plan),
+                &source,
+                gstwhispernpu::npu::host::RUN_TIMEOUT,
+            )
+        };
+        let mut enc = build(shipped.args.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "tiny.en" {
+            let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
+            enc.encode(&jfk_window(model.dims.n_mels), &mut out)
+                .expect("one run on the shipped layout");
+            assert_eq!(enc.dispatches(), 1);
+        }
+        drop(enc);
+
+        // The mel buffer one bf16 element short: both checks name `args[4].bytes`.
+        let mut altered = shipped.clone();
+        let mel = altered.args[4].bytes.expect("mel size") - 2;
+        altered.args[4].bytes = Some(mel);
+        let err = altered
+            .validate(&model.dims, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`args[4].bytes` is Some(") && err.contains(&source),
+            "{err}"
+        );
+        let err = match build(altered.args.clone()) {
+            Ok(_) => panic!("{name}: altered layout accepted"),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("{name}: {err}");
+        assert!(
+            err.contains("args[4].bytes") && err.contains(&source),
+            "{err}"
+        );
+    }
+}
+
+/// The IRON design (`kernels/whisper_encoder.py`) computes its buffer layout itself; its
+/// `--layout` output (no mlir-aie needed) must equal the tile plan's sizes and the shipped
+/// manifests' for tiny.en and base.
+#[test]
+fn iron_design_buffer_sizes_match_the_plan() {
+    for (name, d, heads, layers) in [("tiny.en", 384, 6, 4), ("base", 512, 8, 6)] {
+        let out = std::process::Command::new("python3")
+            .arg(common::repo().join("kernels/whisper_encoder.py"))
+            .args(["--d", &d.to_string(), "--heads", &heads.to_string()])
+            .args(["--layers", &layers.to_string(), "--layout"])
+            .output()
+            .expect("cannot run python3");
+        assert!(
+            out.status.success(),
+            "whisper_encoder.py --layout: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let design: HashMap<String, u64> =
+            serde_json::from_slice(&out.stdout).expect("--layout prints a JSON object");
+        let plan = Plan::new(80, d, heads, layers, 1500).expect("plan");
+        let want: HashMap<String, u64> = [
+            ("weights", plan.weights_bytes),
+            ("mel", plan.input_bytes),
+            ("scratch", plan.scratch_bytes),
+            ("encoder_out", plan.output_bytes),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v as u64))
+        .collect();
+        assert_eq!(design, want, "{name}: IRON design vs tiling.rs Plan");
+        let path = manifest::default_dir().join(manifest::file_name(name));
+        let shipped = Manifest::load(&path).expect("shipped manifest");
+        let declared: HashMap<String, u64> = shipped
+            .args
+            .iter()
+            .filter(|a| a.kind == ArgKind::Buffer)
+            .map(|a| (a.name.clone(), a.bytes.expect("buffer size")))
+            .collect();
+        assert_eq!(declared, want, "{name}: {} vs the plan", path.display());
+    }
+}
+
+/// A transcriber whose NPU run times out: the window is encoded on the CPU instead (the
+/// transcript equals the CPU backend's), the failure is reported and counted, later windows
+/// stay on the CPU.
+#[test]
+fn failed_npu_run_falls_back_to_cpu_tiny_en() {
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let (audio, _) = common::read_wav(&common::jfk_wav());
+    let cpu = transcribe_with(&model, &audio, EncoderBackend::Cpu, true);
+    let mut enc = NpuEncoder::sim(&model).expect("sim encoder");
+    enc.device_mut().inject(SimFault::Timeout);
+    let opts = TranscribeOptions {
+        backend: EncoderBackend::NpuSim,
+        n_threads: 2,
+        ..TranscribeOptions::default()
+    };
+    let mut t = Transcriber::with_npu_encoder(Arc::clone(&model), opts, Box::new(enc))
+        .expect("transcriber");
+    let mut segments = t.push(&audio).expect("push");
+    segments.extend(t.finish().expect("finish"));
+    let why = t
+        .npu_failure()
+        .expect("the failure is reported")
+        .to_string();
+    eprintln!("npu failure: {why}");
+    assert!(why.contains("did not finish within"), "{why}");
+    let stats = t.npu_stats().expect("stats");
+    assert_eq!(stats.failures, 1, "{stats:?}");
+    assert_eq!(stats.windows, 0, "{stats:?}");
+    assert_eq!(
+        segments, cpu.segments,
+        "fallback transcript differs from the CPU's"
+    );
+}
+
+/// `backend=npu` without an NPU: the engine fails with `BackendUnavailable` naming every missing
+/// part (this machine has no amdxdna device and, without `--features npu`, no XRT).
+#[test]
+fn npu_backend_without_npu_names_what_is_missing() {
+    if std::path::Path::new("/dev/accel").exists() {
+        eprintln!("skipped: this machine has /dev/accel");
+        return;
+    }
+    let dir = common::model_dir("tiny.en");
+    let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
+    let opts = TranscribeOptions {
+        backend: EncoderBackend::Npu,
+        ..TranscribeOptions::default()
+    };
+    let err = match Transcriber::new(model, opts) {
+        Ok(_) => panic!("backend=npu worked without an NPU"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(
+        matches!(&err, gstwhispernpu::Error::BackendUnavailable { backend, .. } if backend == "npu"),
+        "{err:?}"
+    );
+    assert!(text.contains("missing: amdxdna device"), "{text}");
+    assert!(text.contains("XRT"), "{text}");
+}
+
+/// The CLI: `--backend npu` exits with status 1 and says what is missing.
+#[test]
+fn cli_backend_npu_without_npu_fails_naming_what_is_missing() {
+    if std::path::Path::new("/dev/accel").exists() {
+        eprintln!("skipped: this machine has /dev/accel");
+        return;
+    }
+    // cargo test builds the examples next to the test binaries' directory.
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples/transcribe"))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --release` (which builds the examples)",
+        bin.display()
+    );
+    let dir = common::model_dir("tiny.en");
+    let out = std::process::Command::new(&bin)
+        .args(["--backend", "npu", "--model"])
+        .arg(&dir)
+        .arg(common::jfk_wav())
+        .output()
+        .expect("run examples/transcribe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "printed a transcript");
+    assert!(
+        stderr.contains("backend `npu` is not available") && stderr.contains("amdxdna device"),
+        "{stderr}"
+    );
+}
+
+/// With `--features npu` and no XRT installed (this machine): the XRT device and the encoder on
+/// it fail with the "XRT is not available" error and its reason.
+#[cfg(feature = "npu")]
+#[test]
+fn xrt_encoder_is_unavailable_without_xrt() {
+    use gstwhispernpu::npu::xrt::{self, XrtDevice};
+    if xrt_sys::availability().is_ok() {
+        eprintln!("skipped: this build has XRT");
+        return;
+    }
+    let dir = common::model_dir("tiny.en");
+    let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads");
+    let err = match xrt::open(&model, "tiny.en", &manifest::default_dir()) {
+        Ok(_) => panic!("XRT encoder opened without XRT"),
+        Err(e) => e,
+    };
+    eprintln!("{err}");
+    assert!(
+        matches!(
+            &err,
+            NpuError::Device {
+                source: DeviceError::Unavailable(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("XRT is not available"), "{err}");
+    let xclbin = manifest::default_dir().join("whisper_encoder_tiny.en.xclbin");
+    match XrtDevice::open(&xclbin, "MLIR_AIE") {
+        Ok(_) => panic!("XRT device opened without XRT"),
+        Err(e) => assert!(e.to_string().starts_with("XRT is not available"), "{e}"),
+    }
 }

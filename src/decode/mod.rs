@@ -93,6 +93,13 @@ struct Scratch {
 
 /// Decodes one window whose cross-attention K/V are already set in `state`. Returns the best
 /// sequence and the number of decoder forward calls made.
+///
+/// `observe` sees the leading sequence (prefix included) after every step: with greedy
+/// decoding (one sequence) the sequence itself, which only grows, so it is a prefix of the
+/// result; with beam search the best live beam, which may change between steps; with
+/// `best_of > 1` sampling nothing (which candidate wins is known only at the end). The
+/// transcriber uses it to start the NPU's speculative encode of the next window early.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_window(
     w: &Weights,
     state: &mut DecoderState,
@@ -101,6 +108,7 @@ pub fn decode_window(
     rng: &mut Rng,
     decode_text: &dyn Fn(&[u32]) -> String,
     threads: usize,
+    observe: &mut dyn FnMut(&[u32]),
 ) -> (DecodeResult, usize) {
     let vocab = w.dims.n_vocab;
     let eot = input.specials.eot;
@@ -199,6 +207,7 @@ pub fn decode_window(
                 next_tokens = new_seqs.iter().map(|s| *s.last().unwrap_or(&eot)).collect();
                 seqs = new_seqs;
                 sum_logprobs = new_sums;
+                observe(&seqs[0]);
             }
         } else {
             for (k, seq) in seqs.iter_mut().enumerate() {
@@ -222,6 +231,9 @@ pub fn decode_window(
                 next_tokens.push(token);
             }
             completed = seqs.iter().all(|s| s.last() == Some(&eot));
+            if group == 1 {
+                observe(&seqs[0]);
+            }
         }
         if completed || state.len() + 1 > n_ctx {
             break;

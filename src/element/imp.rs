@@ -13,7 +13,7 @@
 //!   GAP, tag and the queued events downstream, in order. EOS is pushed after the drain.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -306,6 +306,8 @@ struct Work {
     settings_generation: u64,
     /// A falling-behind warning was posted and the backlog has not recovered yet.
     behind: bool,
+    /// The warning that the NPU encoder was given up was posted.
+    npu_failure_sent: bool,
 }
 
 impl Work {
@@ -323,6 +325,7 @@ impl Work {
             detection_sent: None,
             settings_generation: 0,
             behind: false,
+            npu_failure_sent: false,
         }
     }
 
@@ -344,6 +347,9 @@ pub struct WhisperNpu {
     settings: Mutex<Settings>,
     /// Bumped on every change of a decoding property; the worker applies changes at its next item.
     settings_generation: AtomicU64,
+    /// `backend=npu`, or `auto` with an NPU found: the encoder runs on the NPU (set at
+    /// NULL→READY by the probe).
+    npu_chosen: AtomicBool,
     stream: Mutex<Stream>,
     queue: Mutex<Queue>,
     queue_cond: Condvar,
@@ -412,14 +418,15 @@ impl WhisperNpu {
     /// cpu and npu-sim (the NPU encoder's golden model on the CPU) always run. npu and auto probe
     /// for an amdxdna device, XRT and a matching encoder artifact (`crate::npu::probe`): npu
     /// fails naming what is missing, auto falls back to cpu with an INFO log. With all three
-    /// present npu still fails: running the encoder through XRT is not implemented yet. onnx is
-    /// not in this build.
+    /// present both run the encoder on the NPU through XRT (the engine opens it when the
+    /// stream starts; a failure there is an element error). onnx is not in this build.
     fn check_backend(
         &self,
         backend: Backend,
         model_name: &str,
     ) -> Result<(), gst::StateChangeError> {
         use crate::npu::probe::{self, BackendRequest, EncoderBackend as Chosen};
+        self.npu_chosen.store(false, Ordering::Release);
         let request = match backend {
             Backend::Cpu | Backend::NpuSim => return Ok(()),
             Backend::Auto => BackendRequest::Auto,
@@ -465,13 +472,11 @@ impl WhisperNpu {
                 gst::info!(CAT, imp = self, "{}", note.unwrap_or_default());
                 return Ok(());
             }
-            Ok((Chosen::Npu, _)) => Error::BackendUnavailable {
-                backend: "npu".into(),
-                why: format!(
-                    "{report}, but running the encoder through XRT is not implemented in this \
-                     build yet (backend=npu-sim runs its golden model on the CPU)"
-                ),
-            },
+            Ok((Chosen::Npu, _)) => {
+                gst::info!(CAT, imp = self, "{}", report);
+                self.npu_chosen.store(true, Ordering::Release);
+                return Ok(());
+            }
             Err(e) => e,
         };
         gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", failure));
@@ -934,7 +939,10 @@ impl WhisperNpu {
         let settings = lock(&self.settings).clone();
         work.settings_generation = generation;
         work.policy.set_latency(settings.latency());
-        let opts = settings.options();
+        let mut opts = settings.options();
+        if self.npu_chosen.load(Ordering::Acquire) {
+            opts.backend = EncoderBackend::Npu;
+        }
         if let Some(engine) = work.engine.as_mut() {
             if let Err(e) = engine.set_options(opts) {
                 gst::element_imp_warning!(
@@ -1024,6 +1032,19 @@ impl WhisperNpu {
             .settled
             .unwrap_or_else(|| work.timeline.seconds() - engine.pending_seconds());
         let language = engine.language().map(str::to_string);
+        if let Some(why) = engine.npu_failure()
+            && !work.npu_failure_sent
+        {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Failed,
+                (
+                    "NPU encoder given up, encoding on the CPU from now on: {}",
+                    why
+                )
+            );
+            work.npu_failure_sent = true;
+        }
         self.send_detection(work);
         self.send_language(work, language.as_deref());
         if let Some(warning) = work.policy.take_warning() {
@@ -1354,6 +1375,7 @@ impl ObjectSubclass for WhisperNpu {
             srcpad,
             settings: Mutex::new(Settings::default()),
             settings_generation: AtomicU64::new(0),
+            npu_chosen: AtomicBool::new(false),
             stream: Mutex::new(Stream::default()),
             queue: Mutex::new(Queue::default()),
             queue_cond: Condvar::new(),
@@ -1388,11 +1410,15 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecEnum::builder_with_default("backend", DEFAULT_BACKEND)
                     .nick("Backend")
                     .blurb(
-                        "Inference backend: auto (best available; falls back to cpu with an INFO \
-                         log), cpu (native Rust), npu (AMD Ryzen AI), onnx (ONNX Runtime), npu-sim \
-                         (the NPU encoder's golden model run on the CPU: the NPU kernels' bf16 \
-                         arithmetic, one simulated dispatch per window; slow, for checking). Only \
-                         cpu and npu-sim are in this build: npu and onnx fail with an error. \
+                        "Inference backend: auto (the NPU when an amdxdna device, XRT and a built encoder \
+                         artifact for the model are all present, else cpu with an INFO log), cpu \
+                         (native Rust), npu (AMD Ryzen AI through XRT; fails at NULL→READY naming \
+                         what is missing; needs a build with --features npu), onnx (not in this \
+                         build: fails), npu-sim (the NPU encoder's host code on a simulated device \
+                         whose runs execute the golden model on the CPU: the NPU kernels' bf16 \
+                         arithmetic, one dispatch per window; slow, for checking). With npu and \
+                         npu-sim the next window is encoded while the CPU decodes this one; a \
+                         failed NPU run is not used: the CPU encodes from then on, with a warning. \
                          Default: auto. Read at NULL→READY",
                     )
                     .mutable_ready()

@@ -2,17 +2,19 @@
 //! with the kernels' exact arithmetic ([`super::golden_kernels`], the Rust mirror of the host
 //! paths of `kernels/*.cc`), on buffer objects laid out as the device's:
 //!
-//! - weights BO: every matrix packed once, at construction, into the kernels' tiled bf16 layout
+//! - weights BO: every matrix packed once ([`pack_weights`]) into the kernels' tiled bf16 layout
 //!   (tile `(j, p)` of `Wᵀ` contiguous), biases, LayerNorm parameters and positional
 //!   embeddings in fp32;
 //! - input BO: the window's log-mel, time-major, bf16, one zero row of padding before and
-//!   after the 3000 frames (written by [`GoldenEncoder::encode`] as the host would);
+//!   after the 3000 frames (written by the host, [`super::host::NpuEncoder::encode`]);
 //! - scratch BO: conv1's output, the residual stream (fp32), LayerNorm output, Q/K/V,
 //!   attention output, FC1 output (bf16), zeroed once;
 //! - output BO: the encoder output `[1500][d]` fp32.
 //!
-//! [`GoldenEncoder::run`] is one dispatch: the whole encoder of one window (convolutions, every
-//! layer, final LayerNorm). Dispatches are counted ([`GoldenEncoder::dispatches`]).
+//! [`Machine::run`] is what the device does in one dispatch: the whole encoder of one window
+//! (convolutions, every layer, final LayerNorm). The simulated device
+//! ([`super::sim::SimDevice`]) calls it when the host starts a run, so the golden model sits
+//! behind the same buffer-object interface as the XRT path.
 //!
 //! The order in which output tiles are visited differs from the per-core order on the device
 //! (tiles run in parallel on the host's threads), but every tile's arithmetic is the kernel's,
@@ -47,7 +49,7 @@ pub enum GoldenError {
 }
 
 /// A buffer object: 4-byte words (the shim DMA's granularity), viewed as bf16 or fp32.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Bo {
     words: Vec<u32>,
 }
@@ -83,6 +85,18 @@ impl Bo {
     pub fn bytes(&self) -> usize {
         self.words.len() * 4
     }
+    /// The buffer as bytes (native endianness, as a device mapping shows it).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: a u32 is four bytes, every bit pattern valid, alignment 4 ≥ 1.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.words.len() * 4) }
+    }
+    /// The buffer as bytes, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_bytes`; the borrow is unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.words.len() * 4)
+        }
+    }
     pub fn f32(&self, r: Region) -> &[f32] {
         &as_f32(&self.words[word_range(r)])[..r.len]
     }
@@ -109,108 +123,111 @@ impl Bo {
     }
 }
 
-/// The golden encoder of one model: packed weights and preallocated buffer objects.
-pub struct GoldenEncoder {
-    plan: Plan,
-    weights: Bo,
-    input: Bo,
-    scratch: Bo,
-    output: Bo,
-    /// One weight matrix widened to f32 for the step running (exact: bf16 → f32).
-    b_f32: Vec<f32>,
-    frames: usize,
-    dispatches: u64,
-}
+/// The encoder weights of `model` (read again from its `model.bin`) packed into the layout of
+/// `plan`'s weights BO: matrices as the kernels' bf16 tiles, biases, LayerNorm parameters and
+/// positional embeddings in fp32. The host copies this once into the device's weights BO.
+pub fn pack_weights(model: &WhisperModel, plan: &Plan) -> Result<Bo, GoldenError> {
+    let path = model.dir.join("model.bin");
+    let file = Ct2File::open(&path)?;
+    let mut weights = Bo::new(plan.weights_bytes);
+    let (d, n_mels) = (plan.d, plan.n_mels);
 
-impl GoldenEncoder {
-    /// Packs the encoder weights of `model` (read again from its `model.bin`) into the weights
-    /// BO and allocates the other BOs.
-    pub fn new(model: &WhisperModel) -> Result<Self, GoldenError> {
-        let path = model.dir.join("model.bin");
-        let dims = &model.dims;
-        let plan = Plan::new(
-            dims.n_mels,
-            dims.n_audio_state,
-            dims.n_audio_head,
-            dims.n_audio_layer,
-            dims.n_audio_ctx,
-        )
-        .map_err(|source| GoldenError::Unsupported {
-            path: path.clone(),
-            source,
-        })?;
-        let file = Ct2File::open(&path)?;
-        let mut weights = Bo::new(plan.weights_bytes);
-        let (d, n_mels) = (plan.d, plan.n_mels);
-
-        let tensor = |name: &str, shape: &[usize]| file.tensor(name, shape);
-        let bias_or_zero = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
-            if file.contains(name) {
-                file.tensor(name, &[n])
-            } else {
-                Ok(vec![0.0; n])
-            }
-        };
-        // conv weights [o][c][tap] as B[tap * c_in + c][o].
-        let conv = |w: &mut Bo, m: Matrix, prefix: &str, c_in: usize| -> Result<(), ModelError> {
-            let wt = tensor(&format!("{prefix}/weight"), &[d, c_in, 3])?;
-            pack(w, m, |kk, o| wt[(o * c_in + kk % c_in) * 3 + kk / c_in]);
-            w.f32_mut(m.bias)
-                .copy_from_slice(&tensor(&format!("{prefix}/bias"), &[d])?);
-            Ok(())
-        };
-        conv(&mut weights, plan.conv1, "encoder/conv1", n_mels)?;
-        conv(&mut weights, plan.conv2, "encoder/conv2", d)?;
-        let pos = tensor("encoder/position_encodings/encodings", &[plan.t, d])?;
-        weights.f32_mut(plan.pos)[..plan.t * d].copy_from_slice(&pos);
-        // Linear weights [n][k] as B[k][n] = Wᵀ.
-        let linear = |w: &mut Bo, m: Matrix, prefix: &str| -> Result<(), ModelError> {
-            let wt = tensor(&format!("{prefix}/weight"), &[m.n, m.k])?;
-            pack(w, m, |kk, jj| wt[jj * m.k + kk]);
-            w.f32_mut(m.bias)
-                .copy_from_slice(&bias_or_zero(&format!("{prefix}/bias"), m.n)?);
-            Ok(())
-        };
-        let ln = |w: &mut Bo, g: Region, b: Region, prefix: &str| -> Result<(), ModelError> {
-            w.f32_mut(g)
-                .copy_from_slice(&tensor(&format!("{prefix}/gamma"), &[d])?);
-            w.f32_mut(b)
-                .copy_from_slice(&tensor(&format!("{prefix}/beta"), &[d])?);
-            Ok(())
-        };
-        for (i, lw) in plan.layer_weights.iter().enumerate() {
-            let p = format!("encoder/layer_{i}");
-            ln(
-                &mut weights,
-                lw.ln1_gamma,
-                lw.ln1_beta,
-                &format!("{p}/self_attention/layer_norm"),
-            )?;
-            linear(
-                &mut weights,
-                lw.qkv,
-                &format!("{p}/self_attention/linear_0"),
-            )?;
-            linear(
-                &mut weights,
-                lw.out,
-                &format!("{p}/self_attention/linear_1"),
-            )?;
-            ln(
-                &mut weights,
-                lw.ln2_gamma,
-                lw.ln2_beta,
-                &format!("{p}/ffn/layer_norm"),
-            )?;
-            linear(&mut weights, lw.fc1, &format!("{p}/ffn/linear_0"))?;
-            linear(&mut weights, lw.fc2, &format!("{p}/ffn/linear_1"))?;
+    let tensor = |name: &str, shape: &[usize]| file.tensor(name, shape);
+    let bias_or_zero = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
+        if file.contains(name) {
+            file.tensor(name, &[n])
+        } else {
+            Ok(vec![0.0; n])
         }
+    };
+    // conv weights [o][c][tap] as B[tap * c_in + c][o].
+    let conv = |w: &mut Bo, m: Matrix, prefix: &str, c_in: usize| -> Result<(), ModelError> {
+        let wt = tensor(&format!("{prefix}/weight"), &[d, c_in, 3])?;
+        pack(w, m, |kk, o| wt[(o * c_in + kk % c_in) * 3 + kk / c_in]);
+        w.f32_mut(m.bias)
+            .copy_from_slice(&tensor(&format!("{prefix}/bias"), &[d])?);
+        Ok(())
+    };
+    conv(&mut weights, plan.conv1, "encoder/conv1", n_mels)?;
+    conv(&mut weights, plan.conv2, "encoder/conv2", d)?;
+    let pos = tensor("encoder/position_encodings/encodings", &[plan.t, d])?;
+    weights.f32_mut(plan.pos)[..plan.t * d].copy_from_slice(&pos);
+    // Linear weights [n][k] as B[k][n] = Wᵀ.
+    let linear = |w: &mut Bo, m: Matrix, prefix: &str| -> Result<(), ModelError> {
+        let wt = tensor(&format!("{prefix}/weight"), &[m.n, m.k])?;
+        pack(w, m, |kk, jj| wt[jj * m.k + kk]);
+        w.f32_mut(m.bias)
+            .copy_from_slice(&bias_or_zero(&format!("{prefix}/bias"), m.n)?);
+        Ok(())
+    };
+    let ln = |w: &mut Bo, g: Region, b: Region, prefix: &str| -> Result<(), ModelError> {
+        w.f32_mut(g)
+            .copy_from_slice(&tensor(&format!("{prefix}/gamma"), &[d])?);
+        w.f32_mut(b)
+            .copy_from_slice(&tensor(&format!("{prefix}/beta"), &[d])?);
+        Ok(())
+    };
+    for (i, lw) in plan.layer_weights.iter().enumerate() {
+        let p = format!("encoder/layer_{i}");
         ln(
             &mut weights,
-            plan.ln_post_gamma,
-            plan.ln_post_beta,
-            "encoder/layer_norm",
+            lw.ln1_gamma,
+            lw.ln1_beta,
+            &format!("{p}/self_attention/layer_norm"),
         )?;
+        linear(
+            &mut weights,
+            lw.qkv,
+            &format!("{p}/self_attention/linear_0"),
+        )?;
+        linear(
+            &mut weights,
+            lw.out,
+            &format!("{p}/self_attention/linear_1"),
+        )?;
+        ln(
+            &mut weights,
+            lw.ln2_gamma,
+            lw.ln2_beta,
+            &format!("{p}/ffn/layer_norm"),
+        )?;
+        linear(&mut weights, lw.fc1, &format!("{p}/ffn/linear_0"))?;
+        linear(&mut weights, lw.fc2, &format!("{p}/ffn/linear_1"))?;
+    }
+    ln(
+        &mut weights,
+        plan.ln_post_gamma,
+        plan.ln_post_beta,
+        "encoder/layer_norm",
+    )?;
+    Ok(weights)
+}
+
+/// The design's plan for `model`, or why the design cannot run it.
+pub fn plan_for(model: &WhisperModel) -> Result<Plan, GoldenError> {
+    let dims = &model.dims;
+    Plan::new(
+        dims.n_mels,
+        dims.n_audio_state,
+        dims.n_audio_head,
+        dims.n_audio_layer,
+        dims.n_audio_ctx,
+    )
+    .map_err(|source| GoldenError::Unsupported {
+        path: model.dir.join("model.bin"),
+        source,
+    })
+}
+
+/// Executes the plan's steps on the four data BOs: what the device does in one dispatch.
+pub struct Machine {
+    plan: Plan,
+    /// One weight matrix widened to f32 for the step running (exact: bf16 → f32).
+    b_f32: Vec<f32>,
+}
+
+impl Machine {
+    pub fn new(plan: Plan) -> Self {
         let max_b = plan
             .steps
             .iter()
@@ -220,95 +237,62 @@ impl GoldenEncoder {
             })
             .max()
             .unwrap_or(0);
-        Ok(Self {
-            input: Bo::new(plan.input_bytes),
-            scratch: Bo::new(plan.scratch_bytes),
-            output: Bo::new(plan.output_bytes),
-            weights,
+        Self {
             b_f32: vec![0.0; max_b],
-            frames: 2 * plan.t,
             plan,
-            dispatches: 0,
-        })
+        }
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
-    /// The weights BO (packed once).
-    pub fn weights_bo(&self) -> &Bo {
-        &self.weights
-    }
-
-    /// Dispatches run so far (one per [`encode`](Self::encode)).
-    pub fn dispatches(&self) -> u64 {
-        self.dispatches
-    }
-
-    /// Encodes one window: `mel` `[n_mels][3000]` (the CPU engine's layout), `out` `[1500][d]`.
-    pub fn encode(&mut self, mel: &[f32], out: &mut [f32]) -> Result<(), GoldenError> {
-        self.encode_probed(mel, out, &mut |_, _| {})
-    }
-
-    /// [`encode`](Self::encode), calling `probe(layer, x)` with the residual stream (first 1500
-    /// rows) after each layer. A debugging view the device does not offer (the scratch BO is
-    /// overwritten by the next layer within the same dispatch).
-    pub fn encode_probed(
+    /// One dispatch: every step of the plan, in order, calling `probe(layer, x)` with the
+    /// residual stream (first 1500 rows) after each layer (a debugging view the device does not
+    /// offer: the scratch BO is overwritten by the next layer within the same dispatch).
+    pub fn run(
         &mut self,
-        mel: &[f32],
-        out: &mut [f32],
+        weights: &Bo,
+        input: &Bo,
+        scratch: &mut Bo,
+        output: &mut Bo,
         probe: &mut dyn FnMut(usize, &[f32]),
-    ) -> Result<(), GoldenError> {
-        let (n_mels, frames, t, d) = (self.plan.n_mels, self.frames, self.plan.t, self.plan.d);
-        if mel.len() != n_mels * frames {
-            return Err(GoldenError::BadLength {
-                what: "mel window",
-                found: mel.len(),
-                expected: n_mels * frames,
-            });
-        }
-        if out.len() != t * d {
-            return Err(GoldenError::BadLength {
-                what: "encoder output",
-                found: out.len(),
-                expected: t * d,
-            });
-        }
-        // Host side: the input BO is the mel time-major, row s = frame s - 1.
-        let input = self.input.bf16_mut(self.plan.mel);
-        for f in 0..frames {
-            let row = &mut input[(f + 1) * n_mels..(f + 2) * n_mels];
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = k::to_bf16(mel[c * frames + f]);
-            }
-        }
-        self.run(probe);
-        out.copy_from_slice(self.output.f32(self.plan.out));
-        Ok(())
-    }
-
-    /// One dispatch: every step of the plan, in order.
-    fn run(&mut self, probe: &mut dyn FnMut(usize, &[f32])) {
-        self.dispatches += 1;
-        let steps = self.plan.steps.clone();
+    ) {
+        let mut run = Run {
+            b_f32: &mut self.b_f32,
+            weights,
+            input,
+            scratch,
+            output,
+        };
         let mut layer = 0;
-        for step in &steps {
+        for step in &self.plan.steps {
             match step {
                 Step::Gemm(g) => {
-                    self.gemm(g);
+                    run.gemm(g);
                     if g.name == "fc2" {
-                        let x = self.scratch.f32(self.plan.x);
+                        let x = run.scratch.f32(self.plan.x);
                         probe(layer, &x[..self.plan.t * self.plan.d]);
                         layer += 1;
                     }
                 }
-                Step::Norm(n) => self.norm(n),
-                Step::Attention(a) => self.attention(a),
+                Step::Norm(n) => run.norm(n),
+                Step::Attention(a) => run.attention(a),
             }
         }
     }
+}
 
+/// The BOs of one dispatch.
+struct Run<'a> {
+    b_f32: &'a mut Vec<f32>,
+    weights: &'a Bo,
+    input: &'a Bo,
+    scratch: &'a mut Bo,
+    output: &'a mut Bo,
+}
+
+impl Run<'_> {
     fn gemm(&mut self, g: &Gemm) {
         let b = &g.b;
         let (kt, tk, nt) = (b.k_tiles(), b.tk, b.n_tiles());

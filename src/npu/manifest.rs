@@ -8,14 +8,22 @@
 //! 1 the instruction buffer object, 2 the instruction count (32-bit words), 3.. the data
 //! buffer objects, each in the memory group of its argument index (`kernel.group_id(i)`).
 //!
-//! Weight packing (`bf16-tiled-v1`): each tensor starts at a multiple of `align_bytes`; a matrix
-//! used as the right operand `B[K×N]` of a product (linear weights, stored `[N, K]` in
-//! CTranslate2, transposed; convolutions `[d_out, c_in, 3]` as `B[3·c_in, d_out]` with row
-//! `tap·c_in + c`) is padded with zeros to multiples of `tile_k × tile_n` and stored as column
-//! panels of width `tile_n`, each panel `K / tile_k` tiles of `tile_k × tile_n` row-major bf16;
-//! vectors (biases, LayerNorm, positional embedding rows) are contiguous bf16. Tensors come in
-//! the order of `tensors` (stem, then each layer's `layer_tensors` with `{layer}` replaced, then
-//! `final_tensors`).
+//! Every size and the packing description come from the design's tile plan
+//! ([`super::tiling::Plan`], the one source the kernels, `kernels/whisper_encoder.py` and the
+//! golden model follow): [`Manifest::expected`] derives the argument layout
+//! ([`super::host::kernel_args`]), the tiles and the weight packing from it, and
+//! [`Manifest::validate`] compares a manifest with that, field by field.
+//!
+//! Weight packing (`bf16-tiled-v2`, [`super::golden::pack_weights`]): tensors in the order of
+//! `stem_tensors`, each layer's `layer_tensors` (`{layer}` replaced), `final_tensors`, each
+//! starting at a multiple of `align_bytes`. A matrix used as the right operand `B[K×N]` of a
+//! product (linear weights, stored `[N, K]` in CTranslate2, transposed; convolutions
+//! `[d_out, c_in, 3]` as `B[3·c_in, d_out]` with row `tap·c_in + c`) is `matrix_dtype` (bf16)
+//! in column panels of width `tile_n`, each panel `K / tile_k` row-major `tile_k × tile_n`
+//! tiles (conv1: `tile_k_conv1`, one tap over all mel bins); the design's shapes need no
+//! padding. Biases, LayerNorm parameters and positional embeddings are `vector_dtype` (fp32);
+//! the positional embeddings have `position_rows` rows (the padded sequence length, zeros past
+//! `n_audio_ctx`); a matrix's bias follows it directly.
 
 use std::path::{Path, PathBuf};
 
@@ -23,14 +31,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
-use crate::npu::plan::{self, EncoderShape, Hardware, Tiling};
+use crate::npu::plan::Hardware;
+use crate::npu::tiling::{self, Plan, Unsupported};
 
 /// Manifest format this host reads.
 pub const MANIFEST_VERSION: u32 = 1;
 /// Opcode of mlir-aie kernels for "execute the instruction stream".
 pub const OPCODE_RUN_INSTRUCTIONS: u64 = 3;
 /// The weight packing this host writes.
-pub const PACKING: &str = "bf16-tiled-v1";
+pub const PACKING: &str = "bf16-tiled-v2";
 
 /// Directory holding the manifests (and built artifacts) in this source tree.
 pub fn default_dir() -> PathBuf {
@@ -98,24 +107,34 @@ pub struct DeviceLayout {
     pub compute_rows: u64,
 }
 
+/// The design's tile sizes (`src/npu/tiling.rs`): the kernels are compiled for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tiles {
+    /// Rows of a matrix-product tile.
     pub gemm_m: u64,
+    /// Depth of a matrix-product tile.
     pub gemm_k: u64,
+    /// Depth of conv1's tiles (one kernel tap over all mel bins).
+    pub gemm_k_conv1: u64,
+    /// Columns of a matrix-product tile.
     pub gemm_n: u64,
+    /// Queries per attention block.
     pub attn_q: u64,
+    /// Keys per attention block.
     pub attn_kv: u64,
 }
 
-impl From<Tiles> for Tiling {
-    fn from(t: Tiles) -> Self {
-        Tiling {
-            gemm_m: t.gemm_m,
-            gemm_k: t.gemm_k,
-            gemm_n: t.gemm_n,
-            attn_q: t.attn_q,
-            attn_kv: t.attn_kv,
+impl Tiles {
+    /// The tiles of the design.
+    pub fn design() -> Self {
+        Self {
+            gemm_m: tiling::TM as u64,
+            gemm_k: tiling::TK as u64,
+            gemm_k_conv1: tiling::TK_CONV1 as u64,
+            gemm_n: tiling::TN as u64,
+            attn_q: tiling::QB as u64,
+            attn_kv: tiling::KB as u64,
         }
     }
 }
@@ -160,13 +179,21 @@ pub struct Arg {
     pub direction: Option<Direction>,
 }
 
+/// How the `weights` buffer is packed (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightPacking {
     pub format: String,
+    /// Element type of the weight matrices.
+    pub matrix_dtype: String,
+    /// Element type of biases, LayerNorm parameters and positional embeddings.
+    pub vector_dtype: String,
     pub tile_k: u64,
+    pub tile_k_conv1: u64,
     pub tile_n: u64,
     pub align_bytes: u64,
+    /// Rows of the packed positional embeddings (the padded sequence length).
+    pub position_rows: u64,
     /// Total bytes of the packed weights (the `weights` buffer).
     pub bytes: u64,
     pub stem_tensors: Vec<String>,
@@ -203,19 +230,9 @@ pub struct Manifest {
     pub versions: Versions,
 }
 
-/// How one encoder tensor is packed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// `[N, K]` linear weight or `[d_out, c_in, 3]` convolution: tiled `B[K×N]`.
-    Matrix {
-        k: u64,
-        n: u64,
-    },
-    Vector,
-}
-
-/// The encoder tensors in packing order with their CTranslate2 shapes and roles.
-fn tensor_specs(dims: &ModelDims) -> (Vec<String>, Vec<String>, Vec<String>) {
+/// The encoder tensors in packing order (the order of [`super::golden::pack_weights`] and of
+/// the plan's weight regions): stem, per layer (`{layer}`), final.
+fn tensor_specs() -> (Vec<String>, Vec<String>, Vec<String>) {
     let stem = [
         "encoder/conv1/weight",
         "encoder/conv1/bias",
@@ -237,7 +254,6 @@ fn tensor_specs(dims: &ModelDims) -> (Vec<String>, Vec<String>, Vec<String>) {
         "ffn/linear_1/weight",
         "ffn/linear_1/bias",
     ];
-    let _ = dims;
     (
         stem.iter().map(|s| s.to_string()).collect(),
         layer
@@ -251,9 +267,9 @@ fn tensor_specs(dims: &ModelDims) -> (Vec<String>, Vec<String>, Vec<String>) {
     )
 }
 
-/// Expected CTranslate2 shape and packing role of an encoder tensor (layer index already
-/// substituted or still `{layer}`).
-fn expected_tensor(name: &str, m: &ModelDims) -> Option<(Vec<u64>, Role)> {
+/// Expected CTranslate2 shape of an encoder tensor (layer index already substituted or still
+/// `{layer}`).
+fn expected_tensor(name: &str, m: &ModelDims) -> Option<Vec<u64>> {
     let d = m.n_audio_state;
     let ff = 4 * d;
     // `encoder/layer_N/...` (N a number or `{layer}`); `encoder/layer_norm/...` is the final LN.
@@ -266,56 +282,27 @@ fn expected_tensor(name: &str, m: &ModelDims) -> Option<(Vec<u64>, Role)> {
         Some(suffix) => suffix,
         None => name.strip_prefix("encoder/")?,
     };
-    let mat = |n: u64, k: u64| Some((vec![n, k], Role::Matrix { k, n }));
-    let vec1 = |len: u64| Some((vec![len], Role::Vector));
     match suffix {
-        "conv1/weight" => Some((
-            vec![d, m.n_mels, 3],
-            Role::Matrix {
-                k: 3 * m.n_mels,
-                n: d,
-            },
-        )),
-        "conv2/weight" => Some((vec![d, d, 3], Role::Matrix { k: 3 * d, n: d })),
-        "conv1/bias" | "conv2/bias" => vec1(d),
-        "position_encodings/encodings" => Some((vec![m.n_audio_ctx, d], Role::Vector)),
+        "conv1/weight" => Some(vec![d, m.n_mels, 3]),
+        "conv2/weight" => Some(vec![d, d, 3]),
+        "conv1/bias" | "conv2/bias" => Some(vec![d]),
+        "position_encodings/encodings" => Some(vec![m.n_audio_ctx, d]),
         "self_attention/layer_norm/gamma"
         | "self_attention/layer_norm/beta"
         | "ffn/layer_norm/gamma"
         | "ffn/layer_norm/beta"
         | "layer_norm/gamma"
-        | "layer_norm/beta" => vec1(d),
-        "self_attention/linear_0/weight" => mat(3 * d, d),
-        "self_attention/linear_0/bias" => vec1(3 * d),
-        "self_attention/linear_1/weight" => mat(d, d),
-        "self_attention/linear_1/bias" => vec1(d),
-        "ffn/linear_0/weight" => mat(ff, d),
-        "ffn/linear_0/bias" => vec1(ff),
-        "ffn/linear_1/weight" => mat(d, ff),
-        "ffn/linear_1/bias" => vec1(d),
+        | "layer_norm/beta" => Some(vec![d]),
+        "self_attention/linear_0/weight" => Some(vec![3 * d, d]),
+        "self_attention/linear_0/bias" => Some(vec![3 * d]),
+        "self_attention/linear_1/weight" => Some(vec![d, d]),
+        "self_attention/linear_1/bias" => Some(vec![d]),
+        "ffn/linear_0/weight" => Some(vec![ff, d]),
+        "ffn/linear_0/bias" => Some(vec![ff]),
+        "ffn/linear_1/weight" => Some(vec![d, ff]),
+        "ffn/linear_1/bias" => Some(vec![d]),
         _ => None,
     }
-}
-
-fn packed_bytes(shape: &[u64], role: Role, tile_k: u64, tile_n: u64, align: u64) -> u64 {
-    let raw = match role {
-        Role::Matrix { k, n } => k.next_multiple_of(tile_k) * n.next_multiple_of(tile_n) * 2,
-        Role::Vector => shape.iter().product::<u64>() * 2,
-    };
-    raw.next_multiple_of(align.max(1))
-}
-
-/// Bytes of the packed weights for these dimensions and tiles.
-pub fn packed_weight_bytes(m: &ModelDims, tile_k: u64, tile_n: u64, align: u64) -> u64 {
-    let (stem, layer, fin) = tensor_specs(m);
-    let size = |name: &str| {
-        expected_tensor(name, m)
-            .map(|(shape, role)| packed_bytes(&shape, role, tile_k, tile_n, align))
-            .unwrap_or(0)
-    };
-    stem.iter().map(|n| size(n)).sum::<u64>()
-        + m.n_audio_layer * layer.iter().map(|n| size(n)).sum::<u64>()
-        + fin.iter().map(|n| size(n)).sum::<u64>()
 }
 
 impl ModelDims {
@@ -330,38 +317,41 @@ impl ModelDims {
         }
     }
 
-    fn shape(&self) -> EncoderShape {
-        EncoderShape {
-            name: self.name.clone(),
-            n_mels: self.n_mels,
-            n_ctx: self.n_audio_ctx,
-            d_model: self.n_audio_state,
-            n_heads: self.n_audio_head,
-            n_layers: self.n_audio_layer,
-        }
+    /// The design's tile plan for these dimensions.
+    pub fn plan(&self) -> Result<Plan, Unsupported> {
+        Plan::new(
+            self.n_mels as usize,
+            self.n_audio_state as usize,
+            self.n_audio_head as usize,
+            self.n_audio_layer as usize,
+            self.n_audio_ctx as usize,
+        )
     }
 }
 
+/// Alignment of every region in the design's buffers (`tiling.rs` `Allocator`).
+const ALIGN_BYTES: u64 = 64;
+
 impl Manifest {
-    /// The manifest a build for `dims` with `tiling` must carry (versions as given). The
-    /// kernels' build writes it next to the xclbin; `npu_plan --manifest` prints it.
-    pub fn expected(model: ModelDims, tiling: Tiling, versions: Versions, status: &str) -> Self {
+    /// The manifest a build for `model` must carry (versions as given): everything derived from
+    /// the design's tile plan ([`ModelDims::plan`]), the argument layout being the host's
+    /// ([`super::host::kernel_args`]). `npu_plan --manifest` prints it; the shipped
+    /// `xclbin/*.json` are its output (`shipped_manifests_are_generated_from_the_plan`).
+    pub fn expected(
+        model: ModelDims,
+        versions: Versions,
+        status: &str,
+    ) -> Result<Self, Unsupported> {
+        let plan = model.plan()?;
+        Ok(Self::for_plan(model, &plan, versions, status))
+    }
+
+    /// [`Manifest::expected`] for an already built plan of `model`.
+    pub fn for_plan(model: ModelDims, plan: &Plan, versions: Versions, status: &str) -> Self {
         let artifact = format!("whisper_encoder_{}", model.name);
-        let align = 64;
-        let (stem_tensors, layer_tensors, final_tensors) = tensor_specs(&model);
-        let weights = packed_weight_bytes(&model, tiling.gemm_k, tiling.gemm_n, align);
-        let shape = model.shape();
-        let buffer = |index: u64, name: &str, dtype: &str, bytes: u64, direction| Arg {
-            index,
-            name: name.into(),
-            kind: ArgKind::Buffer,
-            value: None,
-            group_id: Some(index),
-            dtype: Some(dtype.into()),
-            bytes: Some(bytes),
-            direction: Some(direction),
-        };
+        let (stem_tensors, layer_tensors, final_tensors) = tensor_specs();
         let hw = Hardware::phoenix();
+        let tiles = Tiles::design();
         Self {
             manifest_version: MANIFEST_VERSION,
             files: Files {
@@ -376,77 +366,22 @@ impl Manifest {
                 columns: hw.columns,
                 compute_rows: hw.compute_rows,
             },
-            tiles: Tiles {
-                gemm_m: tiling.gemm_m,
-                gemm_k: tiling.gemm_k,
-                gemm_n: tiling.gemm_n,
-                attn_q: tiling.attn_q,
-                attn_kv: tiling.attn_kv,
-            },
-            args: vec![
-                Arg {
-                    index: 0,
-                    name: "opcode".into(),
-                    kind: ArgKind::Scalar,
-                    value: Some(OPCODE_RUN_INSTRUCTIONS),
-                    group_id: None,
-                    dtype: None,
-                    bytes: None,
-                    direction: None,
-                },
-                Arg {
-                    index: 1,
-                    name: "instructions".into(),
-                    kind: ArgKind::Instructions,
-                    value: None,
-                    group_id: Some(1),
-                    dtype: Some("u32".into()),
-                    bytes: None,
-                    direction: Some(Direction::In),
-                },
-                Arg {
-                    index: 2,
-                    name: "instruction_count".into(),
-                    kind: ArgKind::Scalar,
-                    value: None,
-                    group_id: None,
-                    dtype: None,
-                    bytes: None,
-                    direction: None,
-                },
-                buffer(3, "weights", "bf16", weights, Direction::In),
-                buffer(
-                    4,
-                    "mel",
-                    "bf16",
-                    shape.n_mels * shape.n_frames() * 2,
-                    Direction::In,
-                ),
-                buffer(
-                    5,
-                    "scratch",
-                    "mixed",
-                    plan::scratch_bytes(&shape),
-                    Direction::InOut,
-                ),
-                buffer(
-                    6,
-                    "encoder_out",
-                    "f32",
-                    shape.n_ctx * shape.d_model * 4,
-                    Direction::Out,
-                ),
-            ],
+            args: super::host::kernel_args(plan),
             weight_packing: WeightPacking {
                 format: PACKING.into(),
-                tile_k: tiling.gemm_k,
-                tile_n: tiling.gemm_n,
-                align_bytes: align,
-                bytes: weights,
+                matrix_dtype: "bf16".into(),
+                vector_dtype: "f32".into(),
+                tile_k: tiles.gemm_k,
+                tile_k_conv1: tiles.gemm_k_conv1,
+                tile_n: tiles.gemm_n,
+                align_bytes: ALIGN_BYTES,
+                position_rows: plan.t_pad as u64,
+                bytes: plan.weights_bytes as u64,
                 stem_tensors,
                 layer_tensors,
                 final_tensors,
             },
+            tiles,
             versions,
             model,
         }
@@ -569,9 +504,16 @@ impl Manifest {
                 ),
             );
         }
-        self.validate_tiles(&hw, path)?;
-        self.validate_args(&model, path)?;
-        self.validate_packing(&model, path)?;
+        let expected = Manifest::expected(model, self.versions.clone(), "").map_err(|e| {
+            ManifestError::Invalid {
+                path: path.to_path_buf(),
+                field: "model".into(),
+                why: e.to_string(),
+            }
+        })?;
+        self.validate_tiles(&expected.tiles, path)?;
+        self.validate_args(&expected.args, path)?;
+        self.validate_packing(&expected.weight_packing, path)?;
         for (field, value) in [
             ("versions.mlir_aie", &self.versions.mlir_aie),
             ("versions.xrt", &self.versions.xrt),
@@ -623,7 +565,7 @@ impl Manifest {
                 });
             };
             let found: Vec<u64> = found.iter().map(|&d| d as u64).collect();
-            let Some((want, _)) = expected_tensor(&name, model) else {
+            let Some(want) = expected_tensor(&name, model) else {
                 return Err(ManifestError::Invalid {
                     path: path.to_path_buf(),
                     field,
@@ -643,66 +585,35 @@ impl Manifest {
         Ok(())
     }
 
-    fn validate_tiles(&self, hw: &Hardware, path: &Path) -> Result<(), ManifestError> {
+    /// The tiles must be the design's: the kernels are compiled for them and the weights
+    /// packed with them.
+    fn validate_tiles(&self, want: &Tiles, path: &Path) -> Result<(), ManifestError> {
         let t = &self.tiles;
-        let invalid = |field: &str, why: String| {
-            Err(ManifestError::Invalid {
-                path: path.to_path_buf(),
-                field: field.to_string(),
-                why,
-            })
-        };
-        // The bf16 matmul intrinsic works on 4×8 · 8×4 blocks.
-        for (field, value, multiple) in [
-            ("tiles.gemm_m", t.gemm_m, 4),
-            ("tiles.gemm_k", t.gemm_k, 8),
-            ("tiles.gemm_n", t.gemm_n, 4),
-            ("tiles.attn_q", t.attn_q, 4),
-            ("tiles.attn_kv", t.attn_kv, 8),
+        for (field, found, expected) in [
+            ("tiles.gemm_m", t.gemm_m, want.gemm_m),
+            ("tiles.gemm_k", t.gemm_k, want.gemm_k),
+            ("tiles.gemm_k_conv1", t.gemm_k_conv1, want.gemm_k_conv1),
+            ("tiles.gemm_n", t.gemm_n, want.gemm_n),
+            ("tiles.attn_q", t.attn_q, want.attn_q),
+            ("tiles.attn_kv", t.attn_kv, want.attn_kv),
         ] {
-            if value == 0 || !value.is_multiple_of(multiple) {
-                return invalid(
-                    field,
-                    format!(
-                        "{value} is not a positive multiple of {multiple} (AIE2 bf16 matmul 4x8x4)"
-                    ),
-                );
+            if found != expected {
+                return Err(ManifestError::Mismatch {
+                    path: path.to_path_buf(),
+                    field: field.into(),
+                    found: found.to_string(),
+                    expected_what: "the design's (src/npu/tiling.rs)",
+                    expected: expected.to_string(),
+                });
             }
-        }
-        let tiling = Tiling::from(t.clone());
-        let budget = hw.core_data_bytes - hw.core_stack_bytes;
-        let gemm: u64 = tiling.gemm_core_buffers().iter().map(|b| b.bytes).sum();
-        if gemm > budget {
-            return invalid(
-                "tiles.gemm_m/gemm_k/gemm_n",
-                format!(
-                    "the matrix-product buffers need {gemm} B of a core's {budget} B data memory"
-                ),
-            );
-        }
-        let d_head = self.model.n_audio_state / self.model.n_audio_head.max(1);
-        let attn: u64 = tiling
-            .attention_core_buffers(d_head)
-            .iter()
-            .map(|b| b.bytes)
-            .sum();
-        if attn > budget {
-            return invalid(
-                "tiles.attn_q/attn_kv",
-                format!("the attention buffers need {attn} B of a core's {budget} B data memory"),
-            );
         }
         Ok(())
     }
 
-    fn validate_args(&self, model: &ModelDims, path: &Path) -> Result<(), ManifestError> {
-        let expected = Manifest::expected(
-            model.clone(),
-            Tiling::from(self.tiles.clone()),
-            self.versions.clone(),
-            "",
-        );
-        if self.args.len() != expected.args.len() {
+    /// The arguments must be the host's layout for the design's plan, sizes included
+    /// (exactly: the xclbin's runtime sequence is compiled for these sizes).
+    fn validate_args(&self, want: &[Arg], path: &Path) -> Result<(), ManifestError> {
+        if self.args.len() != want.len() {
             return Err(ManifestError::Mismatch {
                 path: path.to_path_buf(),
                 field: "args".into(),
@@ -710,167 +621,123 @@ impl Manifest {
                 expected_what: "the host's layout",
                 expected: format!(
                     "{} ({})",
-                    expected.args.len(),
-                    expected
-                        .args
-                        .iter()
+                    want.len(),
+                    want.iter()
                         .map(|a| a.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
             });
         }
-        for (i, (got, want)) in self.args.iter().zip(&expected.args).enumerate() {
-            let field = |f: &str| format!("args[{i}].{f}");
-            let check = |f: &str, found: String, expected: String| {
-                if found == expected {
-                    Ok(())
-                } else {
-                    Err(ManifestError::Mismatch {
+        for (i, (got, want)) in self.args.iter().zip(want).enumerate() {
+            for (f, found, expected) in [
+                ("index", got.index.to_string(), want.index.to_string()),
+                (
+                    "name",
+                    format!("`{}`", got.name),
+                    format!("`{}`", want.name),
+                ),
+                (
+                    "kind",
+                    format!("{:?}", got.kind),
+                    format!("{:?}", want.kind),
+                ),
+                (
+                    "value",
+                    format!("{:?}", got.value),
+                    format!("{:?}", want.value),
+                ),
+                (
+                    "group_id",
+                    format!("{:?}", got.group_id),
+                    format!("{:?}", want.group_id),
+                ),
+                (
+                    "dtype",
+                    format!("{:?}", got.dtype),
+                    format!("{:?}", want.dtype),
+                ),
+                (
+                    "direction",
+                    format!("{:?}", got.direction),
+                    format!("{:?}", want.direction),
+                ),
+                (
+                    "bytes",
+                    format!("{:?}", got.bytes),
+                    format!("{:?}", want.bytes),
+                ),
+            ] {
+                if found != expected {
+                    return Err(ManifestError::Mismatch {
                         path: path.to_path_buf(),
-                        field: field(f),
+                        field: format!("args[{i}].{f}"),
                         found,
                         expected_what: if f == "bytes" {
-                            "the size this model needs"
+                            "the size the design's plan (src/npu/tiling.rs) gives this model"
                         } else {
                             "the host's layout"
                         },
                         expected,
-                    })
+                    });
                 }
-            };
-            check("index", got.index.to_string(), want.index.to_string())?;
-            check(
-                "name",
-                format!("`{}`", got.name),
-                format!("`{}`", want.name),
-            )?;
-            check(
-                "kind",
-                format!("{:?}", got.kind),
-                format!("{:?}", want.kind),
-            )?;
-            check(
-                "value",
-                format!("{:?}", got.value),
-                format!("{:?}", want.value),
-            )?;
-            check(
-                "group_id",
-                format!("{:?}", got.group_id),
-                format!("{:?}", want.group_id),
-            )?;
-            check(
-                "dtype",
-                format!("{:?}", got.dtype),
-                format!("{:?}", want.dtype),
-            )?;
-            check(
-                "direction",
-                format!("{:?}", got.direction),
-                format!("{:?}", want.direction),
-            )?;
-            // The scratch buffer may be larger than the minimum.
-            let bytes_ok = match (got.name.as_str(), got.bytes, want.bytes) {
-                ("scratch", Some(g), Some(w)) => g >= w,
-                (_, g, w) => g == w,
-            };
-            if !bytes_ok {
-                return check(
-                    "bytes",
-                    format!("{:?}", got.bytes),
-                    format!(
-                        "{}{:?}",
-                        if got.name == "scratch" {
-                            "at least "
-                        } else {
-                            ""
-                        },
-                        want.bytes
-                    ),
-                );
             }
         }
         Ok(())
     }
 
-    fn validate_packing(&self, model: &ModelDims, path: &Path) -> Result<(), ManifestError> {
+    /// The packing description must be the design's, field by field.
+    fn validate_packing(&self, want: &WeightPacking, path: &Path) -> Result<(), ManifestError> {
         let wp = &self.weight_packing;
-        let mismatch = |field: &str, found: String, expected_what, expected: String| {
-            Err(ManifestError::Mismatch {
-                path: path.to_path_buf(),
-                field: field.to_string(),
-                found,
-                expected_what,
-                expected,
-            })
-        };
-        if wp.format != PACKING {
-            return mismatch(
-                "weight_packing.format",
-                format!("`{}`", wp.format),
-                "the packing this host writes",
-                format!("`{PACKING}`"),
-            );
-        }
-        if wp.tile_k != self.tiles.gemm_k {
-            return mismatch(
-                "weight_packing.tile_k",
-                wp.tile_k.to_string(),
-                "tiles.gemm_k",
-                self.tiles.gemm_k.to_string(),
-            );
-        }
-        if wp.tile_n != self.tiles.gemm_n {
-            return mismatch(
-                "weight_packing.tile_n",
-                wp.tile_n.to_string(),
-                "tiles.gemm_n",
-                self.tiles.gemm_n.to_string(),
-            );
-        }
-        if wp.align_bytes == 0 || !wp.align_bytes.is_power_of_two() || wp.align_bytes < 4 {
-            return Err(ManifestError::Invalid {
-                path: path.to_path_buf(),
-                field: "weight_packing.align_bytes".into(),
-                why: format!(
-                    "{} is not a power of two >= 4 (shim DMA addresses are 32-bit aligned)",
-                    wp.align_bytes
-                ),
-            });
-        }
-        let (stem, layer, fin) = tensor_specs(model);
-        for (field, got, want) in [
-            ("weight_packing.stem_tensors", &wp.stem_tensors, &stem),
-            ("weight_packing.layer_tensors", &wp.layer_tensors, &layer),
-            ("weight_packing.final_tensors", &wp.final_tensors, &fin),
-        ] {
-            if got != want {
-                return mismatch(
-                    field,
-                    format!("{got:?}"),
-                    "the host's packing order",
-                    format!("{want:?}"),
-                );
+        let q = |s: &str| format!("`{s}`");
+        let fields = [
+            ("format", q(&wp.format), q(&want.format)),
+            ("matrix_dtype", q(&wp.matrix_dtype), q(&want.matrix_dtype)),
+            ("vector_dtype", q(&wp.vector_dtype), q(&want.vector_dtype)),
+            ("tile_k", wp.tile_k.to_string(), want.tile_k.to_string()),
+            (
+                "tile_k_conv1",
+                wp.tile_k_conv1.to_string(),
+                want.tile_k_conv1.to_string(),
+            ),
+            ("tile_n", wp.tile_n.to_string(), want.tile_n.to_string()),
+            (
+                "align_bytes",
+                wp.align_bytes.to_string(),
+                want.align_bytes.to_string(),
+            ),
+            (
+                "position_rows",
+                wp.position_rows.to_string(),
+                want.position_rows.to_string(),
+            ),
+            (
+                "stem_tensors",
+                format!("{:?}", wp.stem_tensors),
+                format!("{:?}", want.stem_tensors),
+            ),
+            (
+                "layer_tensors",
+                format!("{:?}", wp.layer_tensors),
+                format!("{:?}", want.layer_tensors),
+            ),
+            (
+                "final_tensors",
+                format!("{:?}", wp.final_tensors),
+                format!("{:?}", want.final_tensors),
+            ),
+            ("bytes", wp.bytes.to_string(), want.bytes.to_string()),
+        ];
+        for (f, found, expected) in fields {
+            if found != expected {
+                return Err(ManifestError::Mismatch {
+                    path: path.to_path_buf(),
+                    field: format!("weight_packing.{f}"),
+                    found,
+                    expected_what: "the design's packing (src/npu/tiling.rs, golden::pack_weights)",
+                    expected,
+                });
             }
-        }
-        let bytes = packed_weight_bytes(model, wp.tile_k, wp.tile_n, wp.align_bytes);
-        if wp.bytes != bytes {
-            return mismatch(
-                "weight_packing.bytes",
-                wp.bytes.to_string(),
-                "the packed size for this model",
-                bytes.to_string(),
-            );
-        }
-        let weights = self.arg("weights").and_then(|a| a.bytes);
-        if weights != Some(bytes) {
-            return mismatch(
-                "args[weights].bytes",
-                format!("{weights:?}"),
-                "weight_packing.bytes",
-                bytes.to_string(),
-            );
         }
         Ok(())
     }
@@ -890,22 +757,49 @@ mod tests {
         (Manifest::load(&path).unwrap(), path)
     }
 
+    /// The shipped files are `npu_plan --manifest` output: exactly [`Manifest::expected`]
+    /// (derived from the design's plan) for the real models' dimensions, and they pass the
+    /// host's own argument check against that plan. Regenerate them with
+    /// `cargo run --release --example npu_plan -- --model NAME --manifest > xclbin/whisper_encoder_NAME.json`.
     #[test]
-    fn shipped_manifests_match_the_real_models() {
+    fn shipped_manifests_are_generated_from_the_plan() {
         for name in ["tiny.en", "base"] {
             let (manifest, path) = shipped(name);
             let file = model_file(name);
             manifest.validate_model_file(&file, &path).unwrap();
-            // The shipped file is exactly what the host expects for these dimensions.
             let dims = crate::model::ct2::dims_of(&file).unwrap();
-            let expected = Manifest::expected(
-                ModelDims::from_dims(name, &dims),
-                Tiling::default(),
-                manifest.versions.clone(),
-                &manifest.status,
+            let model = ModelDims::from_dims(name, &dims);
+            let plan = model.plan().unwrap();
+            let expected =
+                Manifest::expected(model, manifest.versions.clone(), &manifest.status).unwrap();
+            assert_eq!(
+                manifest,
+                expected,
+                "{} is stale: regenerate it with npu_plan --manifest",
+                path.display()
             );
-            assert_eq!(manifest, expected, "{name}");
+            crate::npu::host::check_layout(&manifest.args, &plan, &path.display().to_string())
+                .unwrap();
+            let bytes = |n: &str| manifest.arg(n).and_then(|a| a.bytes).unwrap() as usize;
+            assert_eq!(bytes("weights"), plan.weights_bytes, "{name}");
+            assert_eq!(bytes("mel"), plan.input_bytes, "{name}");
+            assert_eq!(bytes("scratch"), plan.scratch_bytes, "{name}");
+            assert_eq!(bytes("encoder_out"), plan.output_bytes, "{name}");
+            assert_eq!(manifest.weight_packing.bytes as usize, plan.weights_bytes);
+            assert_eq!(manifest.weight_packing.position_rows as usize, plan.t_pad);
         }
+        // The figures the README quotes (tiny.en).
+        let (tiny, _) = shipped("tiny.en");
+        let sizes: Vec<Option<u64>> = tiny.args[3..].iter().map(|a| a.bytes).collect();
+        assert_eq!(
+            sizes,
+            [
+                Some(17_670_144),
+                Some(491_840),
+                Some(15_336_192),
+                Some(2_304_000)
+            ]
+        );
     }
 
     #[test]
@@ -988,20 +882,28 @@ mod tests {
                 }),
             ),
             (
-                "`tiles.gemm_k` is invalid: 60",
+                "`tiles.gemm_k` is 60, but the design's (src/npu/tiling.rs) is 64",
                 Box::new(|j| j["tiles"]["gemm_k"] = 60.into()),
             ),
             (
-                "`tiles.gemm_m/gemm_k/gemm_n` is invalid",
-                Box::new(|j| {
-                    j["tiles"]["gemm_m"] = 128.into();
-                    j["tiles"]["gemm_k"] = 128.into();
-                    j["weight_packing"]["tile_k"] = 128.into();
-                }),
+                "`tiles.attn_q` is 32",
+                Box::new(|j| j["tiles"]["attn_q"] = 32.into()),
             ),
             (
-                "`weight_packing.tile_n` is 64",
-                Box::new(|j| j["weight_packing"]["tile_n"] = 64.into()),
+                "`weight_packing.tile_n` is 32",
+                Box::new(|j| j["weight_packing"]["tile_n"] = 32.into()),
+            ),
+            (
+                "`weight_packing.vector_dtype` is `bf16`",
+                Box::new(|j| j["weight_packing"]["vector_dtype"] = "bf16".into()),
+            ),
+            (
+                "`weight_packing.position_rows` is 1500",
+                Box::new(|j| j["weight_packing"]["position_rows"] = 1500.into()),
+            ),
+            (
+                "`args[4].bytes` is Some(480000), but the size the design's plan",
+                Box::new(|j| j["args"][4]["bytes"] = 480_000.into()),
             ),
             (
                 "`weight_packing.bytes` is 7",
@@ -1069,14 +971,35 @@ mod tests {
             n_audio_head: 8,
             n_audio_layer: 6,
         };
-        // Unpadded for base except conv1 (K = 240 → 256); all sizes are multiples of 64 B.
-        let matrices = 256 * 512 + 1536 * 512 + 6 * (512 * 1536 + 512 * 512 + 512 * 2048 * 2);
-        let vectors = 512 + 512 + 1500 * 512 + 6 * (512 * 4 + 1536 + 512 + 2048 + 512) + 2 * 512;
+        // bf16 matrices (no padding: conv1's K = 240 is three 80-deep tiles), fp32 vectors,
+        // positions padded to 1536 rows; every region of base is a multiple of 64 B.
+        let matrices = 240 * 512 + 1536 * 512 + 6 * (512 * 1536 + 512 * 512 + 512 * 2048 * 2);
+        let vectors = 512 + 512 + 1536 * 512 + 6 * (512 * 4 + 1536 + 512 + 2048 + 512) + 2 * 512;
+        let m = Manifest::expected(base, versions(), "").unwrap();
+        assert_eq!(m.weight_packing.bytes, matrices * 2 + vectors * 4);
         assert_eq!(
-            packed_weight_bytes(&base, 64, 32, 64),
-            (matrices + vectors) * 2
+            m.arg("weights").unwrap().bytes,
+            Some(m.weight_packing.bytes)
         );
-        // Alignment pads every vector (tiny.en's 384 bf16 = 768 B is a multiple of 256, 6·64).
-        assert!(packed_weight_bytes(&base, 64, 32, 4096) > packed_weight_bytes(&base, 64, 32, 64));
+        // A shape the kernels cannot run is refused, not described.
+        let large = ModelDims {
+            name: "large-v3".into(),
+            n_mels: 128,
+            n_audio_ctx: 1500,
+            n_audio_state: 1280,
+            n_audio_head: 20,
+            n_audio_layer: 32,
+        };
+        let err = Manifest::expected(large, versions(), "").unwrap_err();
+        assert!(err.to_string().contains("128 mel bins"), "{err}");
+    }
+
+    fn versions() -> Versions {
+        Versions {
+            mlir_aie: "x".into(),
+            xrt: "x".into(),
+            npu_firmware: "x".into(),
+            amdxdna_driver: "x".into(),
+        }
     }
 }

@@ -14,7 +14,8 @@ use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, 
 use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
 use crate::error::Error;
 use crate::model::WhisperModel;
-use crate::npu::golden::GoldenEncoder;
+use crate::npu::host::{NpuEncoder, WindowEncoder};
+use crate::npu::worker::{EncoderWorker, Guess, NpuStats};
 use crate::transcribe::{TailPadding, Task};
 
 /// Seconds per timestamp token.
@@ -63,8 +64,12 @@ pub struct Transcriber {
     /// The last language identification, when the language was not given.
     detection: Option<LanguageDetection>,
     enc_ws: EncoderWorkspace,
-    /// The NPU encoder's golden model, with `EncoderBackend::NpuSim`.
-    golden: Option<GoldenEncoder>,
+    /// The NPU encoder on its worker thread, with `EncoderBackend::{Npu, NpuSim}`.
+    npu: Option<EncoderWorker>,
+    /// Why the NPU encoder was given up (a run failed or timed out); the CPU encodes since.
+    npu_failure: Option<String>,
+    /// The speculative next window's mel (see `crate::npu::worker`).
+    spec_window: Vec<f32>,
     dec: DecoderState,
     mel_window: Vec<f32>,
     pool: rayon::ThreadPool,
@@ -75,6 +80,31 @@ pub struct Transcriber {
 
 impl Transcriber {
     pub fn new(model: Arc<WhisperModel>, opts: TranscribeOptions) -> Result<Self, Error> {
+        Self::build(model, opts, None)
+    }
+
+    /// A transcriber whose encoder is `encoder`, an NPU host encoder the caller built (for
+    /// example on a simulated device with a fault injected); `opts.backend` must be `npu` or
+    /// `npu-sim`.
+    pub fn with_npu_encoder(
+        model: Arc<WhisperModel>,
+        opts: TranscribeOptions,
+        encoder: Box<dyn WindowEncoder>,
+    ) -> Result<Self, Error> {
+        if !opts.backend.is_npu() {
+            return Err(Error::InvalidOption {
+                option: "backend",
+                why: format!("`{}` does not take an NPU encoder", opts.backend.as_str()),
+            });
+        }
+        Self::build(model, opts, Some(encoder))
+    }
+
+    fn build(
+        model: Arc<WhisperModel>,
+        opts: TranscribeOptions,
+        encoder: Option<Box<dyn WindowEncoder>>,
+    ) -> Result<Self, Error> {
         opts.validate()?;
         let threads = if opts.n_threads == 0 {
             std::thread::available_parallelism()
@@ -103,7 +133,9 @@ impl Transcriber {
             language_token: None,
             detection: None,
             enc_ws: EncoderWorkspace::new(&dims),
-            golden: golden_for(&model, &opts)?,
+            npu: npu_for(&model, &opts, threads, encoder)?,
+            npu_failure: None,
+            spec_window: vec![0.0; dims.n_mels * N_FRAMES],
             dec: DecoderState::new(&dims, 16, model.weights.cross_kv),
             mel_window: vec![0.0; dims.n_mels * N_FRAMES],
             pool,
@@ -118,9 +150,22 @@ impl Transcriber {
         Ok(me)
     }
 
-    /// Dispatches of the NPU encoder so far (one per window), with `EncoderBackend::NpuSim`.
+    /// Dispatches of the NPU encoder so far, with an NPU backend: one per window, plus one per
+    /// discarded speculative window ([`npu_stats`](Self::npu_stats)).
     pub fn npu_dispatches(&self) -> Option<u64> {
-        self.golden.as_ref().map(GoldenEncoder::dispatches)
+        self.npu_stats().map(|s| s.dispatches)
+    }
+
+    /// Counters of the NPU encoder (windows, dispatches, speculative hits and misses,
+    /// failures), with an NPU backend.
+    pub fn npu_stats(&self) -> Option<NpuStats> {
+        self.npu.as_ref().map(EncoderWorker::stats)
+    }
+
+    /// Why the NPU encoder was given up, if it was: a run failed or timed out, so that window
+    /// and every later one were encoded on the CPU instead.
+    pub fn npu_failure(&self) -> Option<&str> {
+        self.npu_failure.as_deref()
     }
 
     /// The model this transcriber runs.
@@ -137,7 +182,8 @@ impl Transcriber {
     pub fn set_options(&mut self, opts: TranscribeOptions) -> Result<(), Error> {
         opts.validate()?;
         if opts.backend != self.opts.backend {
-            self.golden = golden_for(&self.model, &opts)?;
+            self.npu = npu_for(&self.model, &opts, self.threads, None)?;
+            self.npu_failure = None;
         }
         let old = std::mem::replace(&mut self.opts, opts);
         if let Err(e) = self.check_language() {
@@ -189,7 +235,7 @@ impl Transcriber {
             if ready < self.seek + N_FRAMES {
                 break;
             }
-            self.decode_window(N_FRAMES, None, &mut out);
+            self.decode_window(N_FRAMES, None, Horizon::Complete { ready }, &mut out);
         }
         self.mel.trim_before(self.seek);
         Ok(out)
@@ -221,13 +267,24 @@ impl Transcriber {
         let mut out = Vec::new();
         while self.seek < content {
             let size = (content - self.seek).min(N_FRAMES);
-            self.decode_window(size, at_end.then_some(content), &mut out);
+            self.decode_window(
+                size,
+                at_end.then_some(content),
+                Horizon::Until { content },
+                &mut out,
+            );
         }
         out
     }
 
     /// Forgets audio, text context and the detected language.
     pub fn reset(&mut self) {
+        if let Some(npu) = self.npu.as_mut()
+            && let Err(e) = npu.cancel()
+        {
+            npu.count_failure();
+            self.npu_failure = Some(e.to_string());
+        }
         self.mel.reset();
         self.seek = 0;
         self.all_tokens.clear();
@@ -325,17 +382,8 @@ impl Transcriber {
             TailPadding::Zero => 0.0,
         };
         self.mel.window(start, columns, pad, &mut self.mel_window);
-        let (enc_ws, golden, dec, mel_window, threads) = (
-            &mut self.enc_ws,
-            &mut self.golden,
-            &mut self.dec,
-            &self.mel_window,
-            self.threads,
-        );
-        self.pool.install(|| {
-            run_encoder(&model, golden.as_mut(), mel_window, enc_ws, threads);
-            dec.set_audio(&model.weights, &enc_ws.x, threads);
-        });
+        self.encode_window(start);
+        self.set_audio();
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
         self.stats.windows += 1;
         let unlocked =
@@ -351,7 +399,7 @@ impl Transcriber {
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
         let previous = &previous[previous.len().saturating_sub(keep)..];
-        let result = self.decode_with_fallback(previous, prefix, temperatures, go_on);
+        let result = self.decode_with_fallback(previous, prefix, temperatures, go_on, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -450,37 +498,59 @@ impl Transcriber {
     /// Decodes the window at `self.seek` holding `segment_size` frames of content, appends its
     /// segments to `out` and advances `seek` as openai's loop does. `content_end`: the frame
     /// where the audio ends, once known (end of stream).
+    /// `horizon`: which window could follow (for the NPU's speculative encode).
     fn decode_window(
         &mut self,
         segment_size: usize,
         content_end: Option<usize>,
+        horizon: Horizon,
         out: &mut Vec<Segment>,
     ) {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
         let t0 = Instant::now();
-        // Columns past the content: zeros (openai, faster-whisper) or the log-mel of silence
-        // (whisper.cpp). After `finish` the frames of the zero-extended audio exist and are used
-        // as they are; otherwise silence is its normalised floor value.
-        let mut columns = segment_size;
-        let mut pad = 0.0;
-        if self.opts.tail_padding == TailPadding::Silence && segment_size < N_FRAMES {
-            columns = (self.mel.frames_available() - self.seek).clamp(segment_size, N_FRAMES);
-            pad = self.mel.silence_value(self.seek + columns);
-        }
-        self.mel
-            .window(self.seek, columns, pad, &mut self.mel_window);
-        let (enc_ws, golden, dec, mel_window, threads) = (
-            &mut self.enc_ws,
-            &mut self.golden,
-            &mut self.dec,
-            &self.mel_window,
-            self.threads,
+        fill_window(
+            &self.mel,
+            self.opts.tail_padding,
+            self.seek,
+            segment_size,
+            &mut self.mel_window,
         );
-        self.pool.install(|| {
-            run_encoder(&model, golden.as_mut(), mel_window, enc_ws, threads);
-            dec.set_audio(&model.weights, &enc_ws.x, threads);
-        });
+        self.encode_window(self.seek);
+        // While the CPU decodes this window, the NPU encodes candidates for the next one (see
+        // `crate::npu::worker`): the window end now when the window's tail is quiet (it then
+        // likely ends on a single timestamp, or is skipped as silence: openai's loop moves by
+        // the whole window), and each consecutive timestamp pair as the decoder emits it
+        // (`decode_with_fallback`). With word timestamps or the hallucination threshold the
+        // seek comes from the word alignment, which no pair predicts: only the window end is
+        // tried then.
+        let watch = (self.opts.npu_overlap && self.npu_failure.is_none() && self.npu.is_some())
+            .then_some(SeekWatch {
+                seek: self.seek,
+                horizon,
+                pairs: !self.opts.word_timestamps
+                    && self.opts.hallucination_silence_threshold.is_none(),
+            });
+        if let Some(watch) = watch
+            && let Some(npu) = self.npu.as_mut()
+        {
+            let next = self.seek + segment_size;
+            let floor = self.mel.silence_value(next);
+            let quiet = tail_is_quiet(&self.mel_window, model.dims.n_mels, segment_size, floor);
+            if (quiet || !watch.pairs)
+                && let Some(size) = horizon.next_size(next)
+            {
+                fill_window(
+                    &self.mel,
+                    self.opts.tail_padding,
+                    next,
+                    size,
+                    &mut self.spec_window,
+                );
+                npu.speculate(next, &self.spec_window, Guess::WindowEnd);
+            }
+        }
+        self.set_audio();
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();
         self.stats.windows += 1;
 
@@ -492,8 +562,12 @@ impl Transcriber {
         let t1 = Instant::now();
         let previous = self.previous_context();
         let temperatures = self.opts.temperatures.clone();
-        let result = self.decode_with_fallback(&previous, &[], &temperatures, false);
-        self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
+        let result = self.decode_with_fallback(&previous, &[], &temperatures, false, watch);
+        let decode_seconds = t1.elapsed().as_secs_f64();
+        self.stats.decoder_seconds += decode_seconds;
+        if let Some(npu) = self.npu.as_mut() {
+            npu.note_decode_seconds(decode_seconds);
+        }
 
         let previous_seek = self.seek;
         let time_offset = self.seek as f64 * FRAME_SECONDS;
@@ -723,13 +797,17 @@ impl Transcriber {
 
     /// Decodes the window whose encoder output is set, conditioned on `previous` text and
     /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback);
-    /// `go_on`: end-of-text is suppressed right after the prefix.
+    /// `go_on`: end-of-text is suppressed right after the prefix. With `watch`, every
+    /// consecutive timestamp pair the leading sequence forms starts the NPU's speculative
+    /// encode of the window at that pair's seek (every attempt's: a re-decode may move it; only
+    /// an exact start + mel match is ever used).
     fn decode_with_fallback(
         &mut self,
         previous: &[u32],
         prefix: &[u32],
         temperatures: &[f32],
         go_on: bool,
+        watch: Option<SeekWatch>,
     ) -> DecodeResult {
         let model = Arc::clone(&self.model);
         let specials = &model.tokenizer.specials;
@@ -813,6 +891,32 @@ impl Transcriber {
                 sample_len: model.dims.n_text_ctx / 2,
             };
             let (dec, rng, threads) = (&mut self.dec, &mut self.rng, self.threads);
+            let npu_ok = self.npu_failure.is_none();
+            let mut speculator = match (watch, self.npu.as_mut()) {
+                (Some(w), Some(npu)) if w.pairs && npu_ok => Some((w, npu)),
+                _ => None,
+            };
+            let (mel, spec_window, tb) =
+                (&self.mel, &mut self.spec_window, specials.timestamp_begin);
+            let mut observe = |tokens: &[u32]| {
+                let Some((w, npu)) = speculator.as_mut() else {
+                    return;
+                };
+                // A new consecutive pair: the next seek is its first timestamp (the end of the
+                // closed segment) unless a later pair follows or the window ends on a single
+                // timestamp (the `seek` rule below in `decode_window`).
+                let n = tokens.len();
+                if n < 2 || tokens[n - 1] < tb || tokens[n - 2] < tb {
+                    return;
+                }
+                let next = w.seek + (tokens[n - 2] - tb) as usize * INPUT_STRIDE;
+                if next > w.seek
+                    && let Some(size) = w.horizon.next_size(next)
+                {
+                    fill_window(mel, opts.tail_padding, next, size, spec_window);
+                    npu.speculate(next, spec_window, Guess::Pair);
+                }
+            };
             let (result, calls) = self.pool.install(|| {
                 decode_window(
                     &model.weights,
@@ -822,6 +926,7 @@ impl Transcriber {
                     rng,
                     &decode_text,
                     threads,
+                    &mut observe,
                 )
             });
             self.stats.decoder_calls += calls as u64;
@@ -870,39 +975,173 @@ impl Transcriber {
     }
 }
 
-/// The golden NPU encoder when `opts` ask for `npu-sim`.
-fn golden_for(
-    model: &WhisperModel,
-    opts: &TranscribeOptions,
-) -> Result<Option<GoldenEncoder>, Error> {
-    match opts.backend {
-        EncoderBackend::Cpu => Ok(None),
-        EncoderBackend::NpuSim => {
-            GoldenEncoder::new(model)
-                .map(Some)
-                .map_err(|e| Error::BackendUnavailable {
-                    backend: EncoderBackend::NpuSim.as_str().into(),
-                    why: e.to_string(),
-                })
+/// What the NPU's speculative encode of the next window needs while a window decodes.
+#[derive(Debug, Clone, Copy)]
+struct SeekWatch {
+    /// Start of the window being decoded (mel frames).
+    seek: usize,
+    horizon: Horizon,
+    /// Whether timestamp pairs predict the next seek (not with word timestamps or the
+    /// hallucination threshold, whose seek comes from the word alignment).
+    pairs: bool,
+}
+
+/// Mel frames at the end of a window's content looked at by [`tail_is_quiet`] (1 s).
+const QUIET_TAIL_FRAMES: usize = 100;
+
+/// Whether the last second of the window's content (`content` frames of `mel`, `[n_mels][3000]`)
+/// is quiet: on average its frames' loudest bin is within 1.0 (40 dB) of the normalisation
+/// floor `floor`, which lies 2.0 (80 dB) below the loudest frame so far. Speech that ends
+/// before the window does makes the decoder close its last segment and stop on a single
+/// timestamp, so the next window starts at this one's end.
+fn tail_is_quiet(mel: &[f32], n_mels: usize, content: usize, floor: f32) -> bool {
+    let frames = mel.len() / n_mels.max(1);
+    let end = content.min(frames);
+    let start = end.saturating_sub(QUIET_TAIL_FRAMES);
+    if end == start {
+        return false;
+    }
+    let loudest: f32 = (start..end)
+        .map(|f| {
+            (0..n_mels)
+                .map(|c| mel[c * frames + f])
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum();
+    loudest / ((end - start) as f32) <= floor + 1.0
+}
+
+/// Which window could follow the one being decoded.
+#[derive(Debug, Clone, Copy)]
+enum Horizon {
+    /// Only complete windows, of audio up to frame `ready` (`push`).
+    Complete { ready: usize },
+    /// Windows up to the content end (`flush_available`, `finish`), the last one partial.
+    Until { content: usize },
+}
+
+impl Horizon {
+    /// The content frames of a window starting at `start`, if there is one.
+    fn next_size(self, start: usize) -> Option<usize> {
+        match self {
+            Horizon::Complete { ready } => (start + N_FRAMES <= ready).then_some(N_FRAMES),
+            Horizon::Until { content } => {
+                (start < content).then(|| (content - start).min(N_FRAMES))
+            }
         }
     }
 }
 
-/// Encodes one window into `enc_ws.x`: on the golden NPU encoder when there is one, else on
-/// the CPU.
-fn run_encoder(
-    model: &WhisperModel,
-    golden: Option<&mut GoldenEncoder>,
-    mel_window: &[f32],
-    enc_ws: &mut EncoderWorkspace,
-    threads: usize,
+/// The encoder's input for the window at `seek` holding `segment_size` frames of content.
+/// Columns past the content: zeros (openai, faster-whisper) or the log-mel of silence
+/// (whisper.cpp). After `finish` the frames of the zero-extended audio exist and are used as
+/// they are; otherwise silence is its normalised floor value.
+fn fill_window(
+    mel: &MelStream,
+    tail_padding: TailPadding,
+    seek: usize,
+    segment_size: usize,
+    out: &mut [f32],
 ) {
-    if let Some(golden) = golden {
-        // The golden encoder only fails on buffer sizes, which `new` fixed from the same
-        // model dimensions as the workspace; fall back to the CPU rather than lose the window.
-        if golden.encode(mel_window, &mut enc_ws.x).is_ok() {
-            return;
-        }
+    let mut columns = segment_size;
+    let mut pad = 0.0;
+    if tail_padding == TailPadding::Silence && segment_size < N_FRAMES {
+        columns = (mel.frames_available() - seek).clamp(segment_size, N_FRAMES);
+        pad = mel.silence_value(seek + columns);
     }
-    encode(&model.weights, mel_window, enc_ws, threads);
+    mel.window(seek, columns, pad, out);
+}
+
+impl Transcriber {
+    /// Encodes `self.mel_window`, the window starting at mel frame `seek`, into `enc_ws.x`: on
+    /// the NPU encoder when there is one and it has not failed, else on the CPU. A failed or
+    /// timed-out NPU run is never used: the window is encoded on the CPU, and so are the later
+    /// ones (the device's state is unknown after a failure).
+    fn encode_window(&mut self, seek: usize) {
+        if self.npu_failure.is_none()
+            && let Some(npu) = self.npu.as_mut()
+        {
+            match npu.encode(seek, &self.mel_window, &mut self.enc_ws.x) {
+                Ok(_) => return,
+                Err(e) => {
+                    npu.count_failure();
+                    self.npu_failure = Some(e.to_string());
+                }
+            }
+        }
+        let (model, enc_ws, mel_window, threads) = (
+            &self.model,
+            &mut self.enc_ws,
+            &self.mel_window,
+            self.threads,
+        );
+        self.pool
+            .install(|| encode(&model.weights, mel_window, enc_ws, threads));
+    }
+
+    /// The decoder's cross-attention K/V from the encoder output in `enc_ws.x`.
+    fn set_audio(&mut self) {
+        let (model, enc_ws, dec, threads) =
+            (&self.model, &self.enc_ws, &mut self.dec, self.threads);
+        self.pool
+            .install(|| dec.set_audio(&model.weights, &enc_ws.x, threads));
+    }
+}
+
+/// The NPU encoder (`given`, else a new one) on its worker thread when `opts` ask for `npu` or
+/// `npu-sim`.
+fn npu_for(
+    model: &WhisperModel,
+    opts: &TranscribeOptions,
+    threads: usize,
+    given: Option<Box<dyn WindowEncoder>>,
+) -> Result<Option<EncoderWorker>, Error> {
+    let unavailable = |why: String| Error::BackendUnavailable {
+        backend: opts.backend.as_str().into(),
+        why,
+    };
+    let encoder: Box<dyn WindowEncoder> = match (opts.backend, given) {
+        (EncoderBackend::Cpu, _) => return Ok(None),
+        (_, Some(encoder)) => encoder,
+        (EncoderBackend::NpuSim, None) => {
+            Box::new(NpuEncoder::sim(model).map_err(|e| unavailable(e.to_string()))?)
+        }
+        (EncoderBackend::Npu, None) => open_npu(model).map_err(unavailable)?,
+    };
+    let dims = &model.dims;
+    EncoderWorker::new(
+        encoder,
+        threads,
+        dims.n_mels * N_FRAMES,
+        dims.n_audio_ctx * dims.n_audio_state,
+    )
+    .map(Some)
+    .map_err(|e| unavailable(format!("cannot start the NPU worker thread: {e}")))
+}
+
+/// `backend=npu`: the probe first (it names everything missing: amdxdna device, XRT, built
+/// encoder artifact), then the encoder on XRT.
+fn open_npu(model: &WhisperModel) -> Result<Box<dyn WindowEncoder>, String> {
+    use crate::npu::probe;
+    let name = model.dir.file_name().map_or_else(
+        || model.dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let config = probe::ProbeConfig::system();
+    let report = probe::probe(&config, &name, &model.dims);
+    if !report.ready() {
+        return Err(report.to_string());
+    }
+    #[cfg(feature = "npu")]
+    {
+        crate::npu::xrt::open(model, &name, &config.artifact_dir)
+            .map(|e| Box::new(e) as Box<dyn WindowEncoder>)
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "npu"))]
+    {
+        Err(format!(
+            "{report}, but this build has no XRT support (rebuild with --features npu)"
+        ))
+    }
 }

@@ -54,25 +54,42 @@ impl std::str::FromStr for TailPadding {
 /// Which engine runs the encoder (`--backend`).
 ///
 /// - `cpu`: the native CPU encoder (default).
-/// - `npu-sim`: the NPU encoder's golden model ([`crate::npu::golden::GoldenEncoder`]): the
+/// - `npu`: the NPU encoder through XRT ([`crate::npu::host::NpuEncoder`] on
+///   `crate::npu::xrt::XrtDevice`, feature `npu`). [`Transcriber::new`](super::Transcriber::new)
+///   fails with [`Error::BackendUnavailable`] naming what is missing (amdxdna device, XRT,
+///   built encoder artifact).
+/// - `npu-sim`: the same host encoder on the simulated device
+///   ([`crate::npu::sim::SimDevice`]), whose runs execute the NPU encoder's golden model: the
 ///   AIE2 kernels' arithmetic (bf16 operands, fp32 accumulation) and tile schedule run on the
 ///   CPU, one simulated dispatch per window. For checking the NPU design end to end; much slower
 ///   than `cpu`. Needs a model the design supports (80 mel bins, 64-wide heads).
+///
+/// With either NPU backend the encoder runs on its own thread and encodes the next window while
+/// the CPU decodes this one ([`TranscribeOptions::npu_overlap`]). A run that fails or times out
+/// is not used: that window and every later one are encoded on the CPU
+/// (`Transcriber::npu_failure` says why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EncoderBackend {
     #[default]
     Cpu,
+    Npu,
     NpuSim,
 }
 
 impl EncoderBackend {
-    pub const NAMES: &'static str = "cpu, npu-sim";
+    pub const NAMES: &'static str = "cpu, npu, npu-sim";
 
     pub fn as_str(self) -> &'static str {
         match self {
             EncoderBackend::Cpu => "cpu",
+            EncoderBackend::Npu => "npu",
             EncoderBackend::NpuSim => "npu-sim",
         }
+    }
+
+    /// Runs the encoder on the NPU (or its simulation).
+    pub fn is_npu(self) -> bool {
+        self != EncoderBackend::Cpu
     }
 }
 
@@ -81,6 +98,7 @@ impl std::str::FromStr for EncoderBackend {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "cpu" => Ok(EncoderBackend::Cpu),
+            "npu" => Ok(EncoderBackend::Npu),
             "npu-sim" => Ok(EncoderBackend::NpuSim),
             _ => Err(format!("unknown backend `{s}` (known: {})", Self::NAMES)),
         }
@@ -122,6 +140,10 @@ pub struct TranscribeOptions {
     pub tail_padding: TailPadding,
     /// Engine running the encoder.
     pub backend: EncoderBackend,
+    /// NPU backends, offline windows: encode the likeliest next window (this one's start + its
+    /// length) on the NPU while the CPU decodes this one; used when the decode lands there,
+    /// discarded otherwise ([`crate::npu::worker`]). Default on; no effect with `cpu`.
+    pub npu_overlap: bool,
     /// Offline: time each word by cross-attention alignment (openai's `word_timestamps`):
     /// fills [`Segment::words`](super::Segment::words) and moves segment starts and ends to
     /// their words. Costs one more decoder pass over each window's text.
@@ -156,6 +178,7 @@ impl Default for TranscribeOptions {
             n_threads: 0,
             tail_padding: TailPadding::Silence,
             backend: EncoderBackend::Cpu,
+            npu_overlap: true,
             word_timestamps: false,
             hallucination_silence_threshold: None,
         }
