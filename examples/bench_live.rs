@@ -1761,6 +1761,7 @@ fn report(
         "wer_vs_offline": r3(wer_offline),
         "wer_vs_reference": r3(wer_reference),
         "offline_wer_vs_reference": r3(wer_offline_vs_reference),
+        "reference_words": known_reference.map(|k| common::normalized_words(k).len()),
         "partials": r.partials.len(),
         "first_partial_p50": r3(percentile(&first_partial, 50.0)),
         "partial_latency_p50": r3(percentile(&partial_latency, 50.0)),
@@ -1987,7 +1988,7 @@ fn print_table(files: &[String]) -> Result<(), Failure> {
         "max s",
         "words/buf",
         "WER live/offline %",
-        "WER ref %",
+        "WER ref live/offline %",
         "partials",
         "drain s",
     ];
@@ -2004,7 +2005,11 @@ fn print_table(files: &[String]) -> Result<(), Failure> {
                 num(v, "latency_max", 2),
                 num(v, "words_per_buffer", 1),
                 num(v, "wer_vs_offline", 1),
-                num(v, "wer_vs_reference", 1),
+                format!(
+                    "{}/{}",
+                    num(v, "wer_vs_reference", 1),
+                    num(v, "offline_wer_vs_reference", 1)
+                ),
                 s(v, "partials"),
                 num(v, "drain_seconds", 2),
             ]
@@ -2035,5 +2040,51 @@ fn print_table(files: &[String]) -> Result<(), Failure> {
     for row in &body {
         println!("{}", fmt_row(row.iter().map(String::as_str).collect()));
     }
+    print_pooled(&rows);
     Ok(())
+}
+
+/// Per model, over every row with a known reference: the word error rates of live and offline
+/// output pooled over all the reference words (errors summed, then divided: a corpus WER, in
+/// which a short file weighs by its length), and the largest p95 latency.
+fn print_pooled(rows: &[serde_json::Value]) {
+    let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    let mut models: Vec<String> = Vec::new();
+    for v in rows {
+        if let Some(m) = v.get("model").and_then(serde_json::Value::as_str)
+            && !models.iter().any(|x| x == m)
+        {
+            models.push(m.to_string());
+        }
+    }
+    for model in models {
+        let (mut words, mut live, mut offline, mut files) = (0.0, 0.0, 0.0, 0);
+        let mut p95 = f64::NAN;
+        for v in rows
+            .iter()
+            .filter(|v| v.get("model").and_then(serde_json::Value::as_str) == Some(&model))
+        {
+            let (Some(n), Some(l), Some(o)) = (
+                f(v, "reference_words"),
+                f(v, "wer_vs_reference"),
+                f(v, "offline_wer_vs_reference"),
+            ) else {
+                continue;
+            };
+            words += n;
+            live += l * n / 100.0;
+            offline += o * n / 100.0;
+            files += 1;
+            p95 = f(v, "latency_p95").map_or(p95, |x| x.max(p95));
+        }
+        if files == 0 {
+            continue;
+        }
+        let (live, offline) = (100.0 * live / words, 100.0 * offline / words);
+        println!(
+            "{model}: {files} files, {words:.0} reference words: WER live {live:.1} %, offline \
+             {offline:.1} % ({:+.1} points); largest p95 {p95:.2} s",
+            live - offline
+        );
+    }
 }
