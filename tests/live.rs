@@ -226,29 +226,33 @@ fn vad_utterances_end_at_pauses() {
 }
 
 /// After a short pause the next words are decoded with the audio and committed text before
-/// them, not alone: with `base`, the VAD splits jfk after "Americans" and after "not", and a
-/// buffer cut right at its committed text heard "ask not" alone and decoded "As not". The live
-/// words must equal the offline transcript's.
+/// them, not alone, and not guessed from their first tenths of a second: the VAD splits jfk
+/// after "Americans" and after "not". base, with a buffer cut right at its committed text, heard
+/// "ask not" alone and wrote "As not"; tiny.en, decoding 0.37 s after the second pause, guessed
+/// "Watch out." and then agreed on "Watch your country". The live words must equal the offline
+/// transcript's.
 #[test]
 fn words_after_a_pause_keep_their_left_context() {
-    let model = model("base");
     let audio = jfk();
-    let offline = offline_text(&model, &audio);
-    let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
-    assert!(run.stats.utterances >= 2, "{:?}", run.stats);
-    let wer = common::wer_percent(&offline, &run.text());
-    assert!(
-        wer == 0.0,
-        "live differs from offline (WER {wer:.1} %):\n live:    {}\n offline: {offline}",
-        run.text()
-    );
+    for name in ["base", "tiny.en"] {
+        let model = model(name);
+        let offline = offline_text(&model, &audio);
+        let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
+        assert!(run.stats.utterances >= 2, "{name}: {:?}", run.stats);
+        let wer = common::wer_percent(&offline, &run.text());
+        assert!(
+            wer == 0.0,
+            "{name}: live differs from offline (WER {wer:.1} %):\n live:    {}\n offline: {offline}",
+            run.text()
+        );
+    }
 }
 
 /// Short sentences with pauses between them (tests/fixtures/paused.txt): after a sentence is
 /// committed whole at a pause, the next one must be decoded, not dropped. The committed prefix
 /// ends in a closed segment there, and tiny.en used to end its text right after it for several
-/// decodes while "Bake it in a hot oven" was spoken, until a trim cut those words off (live WER
-/// against offline 12 %).
+/// decodes while "Bake it in a hot oven" was spoken, until a trim cut those words off ("Add a
+/// oven"; live WER against the text 16 %, offline's 10 %).
 #[test]
 fn sentences_after_pauses_are_not_lost() {
     let model = model("tiny.en");
@@ -260,12 +264,22 @@ fn sentences_after_pauses_are_not_lost() {
     let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
     assert!(run.stats.utterances >= 6, "{:?}", run.stats);
     let offline = offline_text(&model, &audio);
-    let wer = common::wer_percent(&offline, &run.text());
+    let live_wer = common::wer_percent(&text, &run.text());
+    let offline_wer = common::wer_percent(&text, &offline);
     eprintln!(
-        "offline: {offline}\nlive:    {}\nWER vs offline {wer:.1} %",
+        "offline: {offline}\nlive:    {}\nWER against the text: live {live_wer:.1} %, offline \
+         {offline_wer:.1} %",
         run.text()
     );
-    assert!(wer <= 5.0, "WER {wer:.1} % against the offline text");
+    assert!(
+        run.text().contains("in a hot oven"),
+        "the sentence after a pause is incomplete: {}",
+        run.text()
+    );
+    assert!(
+        live_wer <= offline_wer + 3.0,
+        "live WER {live_wer:.1} % against the text, offline {offline_wer:.1} %"
+    );
 }
 
 /// Minutes of silence and noise: no decode and no text, with Silero and with the energy VAD.

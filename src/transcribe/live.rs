@@ -13,8 +13,9 @@
 //!   without agreement.
 //! * When the utterance ends (a pause), its final hypothesis is committed whole. A hypothesis
 //!   decoded at the start of the pause is reused, so the end of an utterance costs no decode.
-//!   Speech resuming within `JOIN_GAP` continues the same buffer; once it has gone on for a
-//!   second, the decoder may not end its text at the committed prefix.
+//!   Speech resuming within `JOIN_GAP` continues the same buffer: it is first decoded after
+//!   1.2 s (earlier hypotheses are mostly guesses at a new sentence), and once it has gone on
+//!   for a second the decoder may not end its text at the committed prefix.
 //! * A buffer longer than `max_buffer` is trimmed at the end of its committed text, which then
 //!   becomes prompt context; never past speech that resumed after that text and has nothing
 //!   committed yet.
@@ -225,6 +226,8 @@ struct Utterance {
     /// The last speech onset in this buffer (the start, or where speech resumed after a
     /// pause), samples.
     onset: u64,
+    /// `onset` is where speech resumed after a pause in this buffer.
+    resumed: bool,
 }
 
 /// The live policy's state; the engine is passed in on every call.
@@ -276,6 +279,13 @@ const LEFT_CONTEXT: f64 = 2.0;
 /// Seconds of speech after a pause, with nothing of it committed yet, after which the decoder
 /// is not allowed to end its text at the committed prefix.
 const GO_ON_AFTER: f64 = 1.0;
+
+/// Seconds of speech resumed after a pause before its first step decode. A hypothesis of the
+/// first few tenths of a second, after text closed by the pause, is mostly a guess at a new
+/// sentence, and the next one tends to agree with it (tiny.en: "Watch out." after 0.37 s, then
+/// "Watch your country", for jfk's "what your country"). The end of the utterance is decoded
+/// whatever its length.
+const RESUME_FIRST_DECODE: f64 = 1.2;
 
 fn seconds(samples: u64) -> f64 {
     samples as f64 / SAMPLE_RATE as f64
@@ -379,6 +389,8 @@ impl LiveTranscriber {
                 // audio behind it.
                 !backlog
                     && new_audio >= self.opts.step.max(self.opts.headroom * self.decode_seconds)
+                    && (!utt.resumed
+                        || seconds(self.total.saturating_sub(utt.onset)) >= RESUME_FIRST_DECODE)
             };
             if due {
                 self.step(engine, &mut out);
@@ -442,6 +454,7 @@ impl LiveTranscriber {
                         self.stats.utterances += 1;
                         u.paused_at = None;
                         u.onset = at;
+                        u.resumed = true;
                         return;
                     }
                     self.close_buffer(engine);
@@ -461,6 +474,7 @@ impl LiveTranscriber {
                     decoded_to: start,
                     paused_at: None,
                     onset: at,
+                    resumed: false,
                 });
             }
             GateEvent::End(at) => {
