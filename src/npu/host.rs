@@ -19,7 +19,9 @@ use std::time::Duration;
 use super::device::{BoHandle, BoKind, DeviceError, NpuDevice, RunArg, SyncDir};
 use super::golden::{self, GoldenError};
 use super::golden_kernels::to_bf16;
-use super::manifest::{Arg, ArgKind, Direction, ManifestError, OPCODE_RUN_INSTRUCTIONS};
+use super::manifest::{
+    Arg, ArgKind, Direction, ManifestError, OPCODE_RUN_INSTRUCTIONS, first_arg_difference,
+};
 use super::sim::SimDevice;
 use super::tiling::Plan;
 use crate::model::WhisperModel;
@@ -117,39 +119,12 @@ pub fn check_layout(layout: &[Arg], plan: &Plan, source_name: &str) -> Result<()
                 .join(", ")
         )));
     }
-    for (i, (got, want)) in layout.iter().zip(&want).enumerate() {
-        let fields = [
-            ("index", got.index.to_string(), want.index.to_string()),
-            ("name", got.name.clone(), want.name.clone()),
-            (
-                "kind",
-                format!("{:?}", got.kind),
-                format!("{:?}", want.kind),
-            ),
-            (
-                "value",
-                format!("{:?}", got.value),
-                format!("{:?}", want.value),
-            ),
-            (
-                "group_id",
-                format!("{:?}", got.group_id),
-                format!("{:?}", want.group_id),
-            ),
-            (
-                "bytes",
-                format!("{:?}", got.bytes),
-                format!("{:?}", want.bytes),
-            ),
-        ];
-        for (field, found, expected) in fields {
-            if found != expected {
-                return Err(err(format!(
-                    "args[{i}].{field} is {found}, the design (src/npu/tiling.rs Plan) needs \
-                     {expected}"
-                )));
-            }
-        }
+    // The buffer objects depend on these; dtype and direction only describe them.
+    let fields = &["index", "name", "kind", "value", "group_id", "bytes"];
+    if let Some((i, field, found, expected)) = first_arg_difference(layout, &want, fields) {
+        return Err(err(format!(
+            "args[{i}].{field} is {found}, the design (src/npu/tiling.rs Plan) needs {expected}"
+        )));
     }
     Ok(())
 }

@@ -158,6 +158,44 @@ pub enum Direction {
     InOut,
 }
 
+/// Every field of an [`Arg`], in the order [`first_arg_difference`] compares them.
+pub const ARG_FIELDS: &[&str] = &[
+    "index",
+    "name",
+    "kind",
+    "value",
+    "group_id",
+    "dtype",
+    "direction",
+    "bytes",
+];
+
+/// The first field among `fields` in which two argument lists of the same length differ:
+/// `(argument index, field, found, expected)`, values as text.
+pub fn first_arg_difference(
+    got: &[Arg],
+    want: &[Arg],
+    fields: &[&'static str],
+) -> Option<(usize, &'static str, String, String)> {
+    let field = |a: &Arg, f: &str| match f {
+        "index" => a.index.to_string(),
+        "name" => format!("`{}`", a.name),
+        "kind" => format!("{:?}", a.kind),
+        "value" => format!("{:?}", a.value),
+        "group_id" => format!("{:?}", a.group_id),
+        "dtype" => format!("{:?}", a.dtype),
+        "direction" => format!("{:?}", a.direction),
+        "bytes" => format!("{:?}", a.bytes),
+        other => unreachable!("no Arg field {other}"),
+    };
+    got.iter().zip(want).enumerate().find_map(|(i, (g, w))| {
+        fields.iter().find_map(|&f| {
+            let (found, expected) = (field(g, f), field(w, f));
+            (found != expected).then_some((i, f, found, expected))
+        })
+    })
+}
+
 /// One kernel argument.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -629,59 +667,18 @@ impl Manifest {
                 ),
             });
         }
-        for (i, (got, want)) in self.args.iter().zip(want).enumerate() {
-            for (f, found, expected) in [
-                ("index", got.index.to_string(), want.index.to_string()),
-                (
-                    "name",
-                    format!("`{}`", got.name),
-                    format!("`{}`", want.name),
-                ),
-                (
-                    "kind",
-                    format!("{:?}", got.kind),
-                    format!("{:?}", want.kind),
-                ),
-                (
-                    "value",
-                    format!("{:?}", got.value),
-                    format!("{:?}", want.value),
-                ),
-                (
-                    "group_id",
-                    format!("{:?}", got.group_id),
-                    format!("{:?}", want.group_id),
-                ),
-                (
-                    "dtype",
-                    format!("{:?}", got.dtype),
-                    format!("{:?}", want.dtype),
-                ),
-                (
-                    "direction",
-                    format!("{:?}", got.direction),
-                    format!("{:?}", want.direction),
-                ),
-                (
-                    "bytes",
-                    format!("{:?}", got.bytes),
-                    format!("{:?}", want.bytes),
-                ),
-            ] {
-                if found != expected {
-                    return Err(ManifestError::Mismatch {
-                        path: path.to_path_buf(),
-                        field: format!("args[{i}].{f}"),
-                        found,
-                        expected_what: if f == "bytes" {
-                            "the size the design's plan (src/npu/tiling.rs) gives this model"
-                        } else {
-                            "the host's layout"
-                        },
-                        expected,
-                    });
-                }
-            }
+        if let Some((i, f, found, expected)) = first_arg_difference(&self.args, want, ARG_FIELDS) {
+            return Err(ManifestError::Mismatch {
+                path: path.to_path_buf(),
+                field: format!("args[{i}].{f}"),
+                found,
+                expected_what: if f == "bytes" {
+                    "the size the design's plan (src/npu/tiling.rs) gives this model"
+                } else {
+                    "the host's layout"
+                },
+                expected,
+            });
         }
         Ok(())
     }
