@@ -180,12 +180,9 @@ fn run() -> Result<(), String> {
     }
     let (t0, before) = (Instant::now(), live.stats().decodes);
     let out = live.drain(&mut engine).map_err(|e| e.to_string())?;
-    let stats = live.stats().clone();
-    now += match decode_cost {
-        Some(c) => c * (stats.decodes - before) as f64,
-        None => t0.elapsed().as_secs_f64(),
-    };
+    now += cost(&live, before, t0);
     report(out.segments, now, &mut text);
+    let stats = live.stats().clone();
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         if latencies.is_empty() {
