@@ -125,19 +125,22 @@ fn collect_until_eos(h: &mut Harness) -> (Vec<Cue>, Vec<gst::Event>) {
         }
     }
     // The worker pushes every buffer before the EOS.
-    let mut cues = Vec::new();
-    while let Some(buffer) = h.try_pull() {
-        let map = buffer.map_readable().unwrap();
-        let text = std::str::from_utf8(&map).expect("utf-8 text").to_string();
-        let start = buffer.pts().expect("text has a PTS");
-        let duration = buffer.duration().expect("text has a duration");
-        cues.push(Cue {
-            start: start.seconds_f64(),
-            end: (start + duration).seconds_f64(),
-            text,
-        });
-    }
+    let cues = std::iter::from_fn(|| h.try_pull())
+        .map(|b| cue_of(&b))
+        .collect();
     (cues, events)
+}
+
+fn cue_of(buffer: &gst::Buffer) -> Cue {
+    let map = buffer.map_readable().unwrap();
+    let text = std::str::from_utf8(&map).expect("utf-8 text").to_string();
+    let start = buffer.pts().expect("text has a PTS");
+    let duration = buffer.duration().expect("text has a duration");
+    Cue {
+        start: start.seconds_f64(),
+        end: (start + duration).seconds_f64(),
+        text,
+    }
 }
 
 fn gaps(events: &[gst::Event]) -> Vec<(f64, f64)> {
@@ -885,4 +888,191 @@ fn live_output_words() {
     let text = all_text(&cues).to_lowercase();
     assert!(text.contains("ask what you can do"), "{text}");
     assert!(text.contains("your country"), "{text}");
+}
+
+/// Pushes `samples` as a live source delivers them: each 100 ms buffer (timestamps from `start`,
+/// running time) when the test clock reaches its end. With `settle`, after each buffer waits
+/// until the element is idle again (its worker waits on the clock for the next audio, until
+/// `settle` after the buffer's end) and hands every text buffer out so far to `out` with the
+/// clock time it left at.
+fn push_on_clock(
+    h: &mut Harness,
+    clock: &gst_check::TestClock,
+    samples: &[f32],
+    start: gst::ClockTime,
+    settle: Option<gst::ClockTime>,
+    out: &mut Vec<(f64, Cue)>,
+) {
+    let chunk = RATE / 10;
+    for (i, c) in samples.chunks(chunk).enumerate() {
+        let pts = start + samples_time(i * chunk);
+        let end = pts + samples_time(c.len());
+        clock.set_time(end);
+        h.push(f32_buffer(c, pts)).expect("push audio");
+        if let Some(settle) = settle {
+            wait_for_clock_wait(clock, end + settle);
+            out.extend(
+                std::iter::from_fn(|| h.try_pull()).map(|b| (end.seconds_f64(), cue_of(&b))),
+            );
+        }
+    }
+}
+
+/// Waits (60 s at most) until the element waits on the test clock until `time`.
+fn wait_for_clock_wait(clock: &gst_check::TestClock, time: gst::ClockTime) {
+    let started = std::time::Instant::now();
+    loop {
+        let (_, ids) = clock.timed_wait_for_multiple_pending_ids(1, 100);
+        let times: Vec<_> = ids.iter().map(|id| id.time()).collect();
+        if times.contains(&time) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no clock wait until {time} (pending: {times:?})"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Live, on the pipeline clock (a test clock): jfk delivered as a live source delivers it, each
+/// 100 ms buffer when the clock reaches its end, the element decoding each before the next
+/// comes. Every final text buffer leaves, in running time, within `latency` (2 s) plus one step
+/// of the start of the speech it holds, and never before that speech ends; text is final while
+/// the audio streams; the element's clock wait for missing audio always sits 0.5 s after the
+/// audio's end (`latency`/4) and never fires while audio keeps coming.
+#[test]
+fn live_finals_within_latency_on_the_clock() {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(
+        &model,
+        &[("mode", "live"), ("vad", "true"), ("latency", "2000")],
+    );
+    h.use_testclock();
+    let clock = h.testclock().expect("test clock");
+    h.set_src_caps(audio_caps("F32LE"));
+    let mut arrived = Vec::new();
+    push_on_clock(
+        &mut h,
+        &clock,
+        &jfk(),
+        gst::ClockTime::ZERO,
+        Some(gst::ClockTime::from_mseconds(500)),
+        &mut arrived,
+    );
+    h.push_event(gst::event::Eos::new());
+    let (rest, events) = collect_until_eos(&mut h);
+    for (at, c) in &arrived {
+        eprintln!(
+            "{at:6.2} [{:6.2} – {:6.2}] +{:.2} s {}",
+            c.start,
+            c.end,
+            at - c.start,
+            c.text
+        );
+    }
+    assert!(
+        arrived.len() >= 3,
+        "only {} finals while streaming",
+        arrived.len()
+    );
+    for (at, c) in &arrived {
+        assert!(
+            c.end <= at + 1e-6,
+            "text before its speech ended: {c:?} at {at}"
+        );
+        assert!(
+            at - c.start <= 2.0 + 0.35,
+            "final {:.2} s after its speech started: {c:?} at {at}",
+            at - c.start
+        );
+    }
+    // No stall fired: no silence was assumed, so nothing was covered past the audio.
+    let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
+    assert!(
+        covered <= 11.0 + 1e-6,
+        "GAP up to {covered:.2} s beyond the audio"
+    );
+    let mut cues: Vec<Cue> = arrived.into_iter().map(|(_, c)| c).collect();
+    cues.extend(rest);
+    assert_monotonic(&cues);
+    let wer = common::wer_percent(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can \
+         do for your country.",
+        &all_text(&cues),
+    );
+    assert!(wer <= 15.0, "WER {wer:.1} %: {}", all_text(&cues));
+}
+
+/// Live, on the pipeline clock (a test clock): a source that stops sending in the middle of
+/// speech (silence suppression, a network stall) still gets its last words out. jfk's speech
+/// runs to its last sample, so "for your country" waits for more audio; once the clock passes
+/// 1 s (`latency`/4) after the audio's end, the missing audio counts as silence: the utterance
+/// ends, its text goes out without EOS and GAPs cover the silence. The element then waits again,
+/// and audio that comes back later is transcribed on the same timeline.
+#[test]
+fn live_stalled_source_is_finalised_on_the_clock() {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(
+        &model,
+        &[("mode", "live"), ("vad", "true"), ("latency", "4000")],
+    );
+    h.use_testclock();
+    let clock = h.testclock().expect("test clock");
+    h.set_src_caps(audio_caps("F32LE"));
+    let audio = jfk();
+    let end = samples_time(audio.len());
+    let second = gst::ClockTime::from_seconds(1);
+    push_on_clock(
+        &mut h,
+        &clock,
+        &audio,
+        gst::ClockTime::ZERO,
+        None,
+        &mut Vec::new(),
+    );
+    wait_for_clock_wait(&clock, end + second);
+    let mut cues: Vec<Cue> = std::iter::from_fn(|| h.try_pull())
+        .map(|b| cue_of(&b))
+        .collect();
+    let before = all_text(&cues).to_lowercase();
+    assert!(
+        !before.contains("for your country"),
+        "the last words were final before the stall: {before}"
+    );
+    h.crank_single_clock_wait().expect("crank the stall wait");
+    while !all_text(&cues).to_lowercase().contains("for your country") {
+        let buffer = h
+            .pull()
+            .expect("the last words after the stall, without EOS");
+        cues.push(cue_of(&buffer));
+    }
+    eprintln!("{cues:#?}");
+    assert!(cues.iter().all(|c| c.end <= 11.0 + 1e-6), "{cues:?}");
+    let mut events = Vec::new();
+    while let Some(e) = h.try_pull_event() {
+        events.push(e);
+    }
+    let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
+    assert!(
+        covered >= 11.0,
+        "GAPs cover only {covered:.2} s after the stall"
+    );
+    // Still no audio: the next wait is 1 s after the silence assumed.
+    wait_for_clock_wait(&clock, end + 2 * second);
+    // The source comes back at 14 s.
+    let back = gst::ClockTime::from_seconds(14);
+    push_on_clock(&mut h, &clock, &audio, back, None, &mut Vec::new());
+    h.push_event(gst::event::Eos::new());
+    let (rest, _) = collect_until_eos(&mut h);
+    cues.extend(rest);
+    assert_monotonic(&cues);
+    let later: Vec<Cue> = cues.into_iter().filter(|c| c.start >= 14.0).collect();
+    let text = all_text(&later).to_lowercase();
+    assert!(
+        text.contains("what your country can do for you") && text.contains("for your country"),
+        "after the stall: {later:?}"
+    );
 }

@@ -208,6 +208,9 @@ enum Item {
     Event(gst::Event),
     /// After a flush: forget audio, context and timing.
     Reset,
+    /// Live: no audio came after output time `end` for longer than the stall timeout (armed
+    /// by the worker on the pipeline clock while it waits).
+    Stall { end: ClockTime },
 }
 
 impl Item {
@@ -236,6 +239,15 @@ struct Queue {
     busy: bool,
     /// Result of the worker's last push downstream, returned upstream by `chain`.
     flow: Result<gst::FlowSuccess, gst::FlowError>,
+    /// Live: the clock wait that reports a stalled source, while the worker waits for items.
+    stall: Option<StallWait>,
+    /// Tells a fired wait from a cancelled one.
+    stall_token: u64,
+}
+
+struct StallWait {
+    token: u64,
+    id: gst::SingleShotClockId,
 }
 
 impl Default for Queue {
@@ -248,6 +260,8 @@ impl Default for Queue {
             shutdown: false,
             busy: false,
             flow: Ok(gst::FlowSuccess::Ok),
+            stall: None,
+            stall_token: 0,
         }
     }
 }
@@ -258,6 +272,9 @@ struct Stream {
     format: Option<gst_audio::AudioFormat>,
     segment: gst::FormattedSegment<ClockTime>,
     live: bool,
+    /// Live: the most any buffer's end arrived after its running time on the pipeline clock
+    /// (the upstream latency, in practice): audio is not missing before that.
+    arrival_lateness: ClockTime,
 }
 
 enum ModelSlot {
@@ -359,6 +376,14 @@ pub struct WhisperNpu {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unschedules a stall wait taken out of the queue (outside the queue lock: the clock may hold
+/// its own lock while it calls back into the queue).
+fn cancel_stall(stall: Option<StallWait>) {
+    if let Some(s) = stall {
+        s.id.unschedule();
+    }
 }
 
 impl WhisperNpu {
@@ -549,7 +574,108 @@ impl WhisperNpu {
             return;
         }
         q.items.push_back(item);
+        let stall = q.stall.take();
         self.queue_cond.notify_all();
+        drop(q);
+        cancel_stall(stall);
+    }
+
+    /// Live, PLAYING, with a clock and audio received: while the worker waits for items, a
+    /// clock wait until the stall timeout after the point where the next audio is due (the end
+    /// of the last audio plus the arrival lateness seen so far). When it fires with still no
+    /// audio queued, the worker takes the missing audio as silence (as an upstream GAP), so
+    /// that an utterance cut off by a source that stopped sending (silence suppression,
+    /// a network stall) is finalised, and GAPs keep downstream moving.
+    fn arm_stall(&self, work: &Work) {
+        if !work.live || work.engine.is_none() || self.failed() {
+            return;
+        }
+        let Some(end) = work.timeline.end() else {
+            return;
+        };
+        let obj = self.obj();
+        if obj.current_state() != gst::State::Playing {
+            return;
+        }
+        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else {
+            return;
+        };
+        let deadline = base_time + end + lock(&self.stream).arrival_lateness + self.stall_after();
+        let id = clock.new_single_shot_id(deadline);
+        let token = {
+            let mut q = lock(&self.queue);
+            if !q.items.is_empty() || q.flushing || q.shutdown || q.stall.is_some() {
+                return;
+            }
+            q.stall_token += 1;
+            let token = q.stall_token;
+            q.stall = Some(StallWait {
+                token,
+                id: id.clone(),
+            });
+            token
+        };
+        gst::trace!(
+            CAT,
+            imp = self,
+            "Stall wait until {} (audio to {})",
+            deadline,
+            end
+        );
+        let weak = obj.downgrade();
+        let res = id.wait_async(move |_clock, _time, _id| {
+            let Some(obj) = weak.upgrade() else {
+                return;
+            };
+            let imp = obj.imp();
+            let mut q = lock(&imp.queue);
+            if !q.flushing && q.stall.as_ref().is_some_and(|s| s.token == token) {
+                q.stall = None;
+                q.items.push_back(Item::Stall { end });
+                imp.queue_cond.notify_all();
+            }
+        });
+        if let Err(e) = res {
+            gst::debug!(CAT, imp = self, "Stall wait not scheduled: {:?}", e);
+        }
+    }
+
+    /// How long audio may be missing before it is taken as silence: a quarter of `latency`,
+    /// 0.2–1 s.
+    fn stall_after(&self) -> ClockTime {
+        let latency = u64::from(lock(&self.settings).latency_ms);
+        ClockTime::from_mseconds((latency / 4).clamp(200, 1000))
+    }
+
+    /// The source stopped sending after `end`: the audio missing up to the arrival lateness
+    /// before now is silence.
+    fn stalled(&self, work: &mut Work, end: ClockTime) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let obj = self.obj();
+        if work.timeline.end() != Some(end) || obj.current_state() != gst::State::Playing {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        let Some(now) = obj.current_running_time() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let due = now.saturating_sub(lock(&self.stream).arrival_lateness);
+        if due <= end {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "No audio after {} at running time {}: {} taken as silence",
+            end,
+            now,
+            due - end
+        );
+        self.handle_item(
+            work,
+            Item::Gap {
+                time: end,
+                duration: due - end,
+            },
+        )
     }
 
     fn sink_chain(
@@ -591,6 +717,11 @@ impl WhisperNpu {
             time.display()
         );
         let n = samples.len() as u64;
+        if live && let (Some(time), Some(now)) = (time, self.obj().current_running_time()) {
+            let late = now.saturating_sub(time + samples_to_time(n));
+            let mut st = lock(&self.stream);
+            st.arrival_lateness = st.arrival_lateness.max(late);
+        }
         let mut q = lock(&self.queue);
         loop {
             if q.flushing {
@@ -604,7 +735,10 @@ impl WhisperNpu {
         }
         q.queued_samples += n;
         q.items.push_back(Item::Audio { samples, time });
+        let stall = q.stall.take();
         self.queue_cond.notify_all();
+        drop(q);
+        cancel_stall(stall);
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -620,7 +754,10 @@ impl WhisperNpu {
                     q.held
                         .extend(items.into_iter().filter(Item::survives_flush));
                     q.queued_samples = 0;
+                    let stall = q.stall.take();
                     self.queue_cond.notify_all();
+                    drop(q);
+                    cancel_stall(stall);
                 }
                 self.srcpad.push_event(event)
             }
@@ -636,6 +773,7 @@ impl WhisperNpu {
                 q.queued_samples = 0;
                 q.flow = Ok(gst::FlowSuccess::Ok);
                 q.flushing = false;
+                lock(&self.stream).arrival_lateness = ClockTime::ZERO;
                 q.items.push_back(Item::Reset);
                 q.items.push_back(Item::Event(event));
                 // Sticky events the worker had not forwarded yet (a flush right after start).
@@ -772,7 +910,16 @@ impl WhisperNpu {
         q.flushing = true;
         q.items.clear();
         q.queued_samples = 0;
+        let stall = q.stall.take();
         self.queue_cond.notify_all();
+        drop(q);
+        cancel_stall(stall);
+    }
+
+    /// PLAYING→PAUSED: running time stops, so audio is not missing.
+    fn cancel_stall_wait(&self) {
+        let stall = lock(&self.queue).stall.take();
+        cancel_stall(stall);
     }
 
     fn stop_worker_join(&self) {
@@ -786,6 +933,7 @@ impl WhisperNpu {
         loop {
             let item = {
                 let mut q = lock(&self.queue);
+                let mut armed = false;
                 loop {
                     if q.shutdown {
                         return;
@@ -798,7 +946,16 @@ impl WhisperNpu {
                         self.queue_cond.notify_all();
                         break item;
                     }
+                    if !armed && q.stall.is_none() && !q.flushing {
+                        armed = true;
+                        drop(q);
+                        self.arm_stall(&work);
+                        q = lock(&self.queue);
+                        continue;
+                    }
                     q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
+                    // Woken without an item (PLAYING again, a cancelled wait): arm anew.
+                    armed = false;
                 }
             };
             let res = self.handle_item(&mut work, item);
@@ -899,6 +1056,7 @@ impl WhisperNpu {
                 self.srcpad.push_event(event);
                 Ok(gst::FlowSuccess::Ok)
             }
+            Item::Stall { end } => self.stalled(work, end),
             Item::Reset => {
                 gst::debug!(CAT, imp = self, "Reset after flush");
                 if let Some(engine) = work.engine.as_mut() {
@@ -1746,11 +1904,14 @@ impl ElementImpl for WhisperNpu {
                 self.start_worker()?;
             }
             gst::StateChange::PausedToReady => self.stop_worker_begin(),
+            gst::StateChange::PlayingToPaused => self.cancel_stall_wait(),
             _ => {}
         }
         let res = self.parent_change_state(transition);
         match transition {
             gst::StateChange::PausedToReady => self.stop_worker_join(),
+            // A worker waiting for audio arms its stall wait again.
+            gst::StateChange::PausedToPlaying => self.queue_cond.notify_all(),
             gst::StateChange::ReadyToNull => {
                 let slot = std::mem::replace(&mut *lock(&self.model), ModelSlot::None);
                 if let ModelSlot::Loading(handle) = slot {
