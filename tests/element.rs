@@ -10,6 +10,8 @@ use gst::prelude::*;
 use gst_check::Harness;
 
 const RATE: usize = 16_000;
+/// Duration of the buffers `push_audio` and `push_on_clock` push.
+const BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 
 fn init() {
     use std::sync::Once;
@@ -892,9 +894,9 @@ fn live_output_words() {
 
 /// Pushes `samples` as a live source delivers them: each 100 ms buffer (timestamps from `start`,
 /// running time) when the test clock reaches its end. With `settle`, after each buffer waits
-/// until the element is idle again (its worker waits on the clock for the next audio, until
-/// `settle` after the buffer's end) and hands every text buffer out so far to `out` with the
-/// clock time it left at.
+/// until the element is idle again (its worker waits on the clock for the next audio, due 100 ms
+/// after the buffer's end, until `settle` after that) and hands every text buffer out so far to
+/// `out` with the clock time it left at.
 fn push_on_clock(
     h: &mut Harness,
     clock: &gst_check::TestClock,
@@ -910,7 +912,7 @@ fn push_on_clock(
         clock.set_time(end);
         h.push(f32_buffer(c, pts)).expect("push audio");
         if let Some(settle) = settle {
-            wait_for_clock_wait(clock, end + settle);
+            wait_for_clock_wait(clock, end + BUFFER + settle);
             out.extend(
                 std::iter::from_fn(|| h.try_pull()).map(|b| (end.seconds_f64(), cue_of(&b))),
             );
@@ -939,8 +941,8 @@ fn wait_for_clock_wait(clock: &gst_check::TestClock, time: gst::ClockTime) {
 /// 100 ms buffer when the clock reaches its end, the element decoding each before the next
 /// comes. Every final text buffer leaves, in running time, within `latency` (2 s) plus one step
 /// of the start of the speech it holds, and never before that speech ends; text is final while
-/// the audio streams; the element's clock wait for missing audio always sits 0.5 s after the
-/// audio's end (`latency`/4) and never fires while audio keeps coming.
+/// the audio streams; the element's clock wait for missing audio always sits 0.5 s
+/// (`latency`/4) after the next buffer is due and never fires while audio keeps coming.
 #[test]
 fn live_finals_within_latency_on_the_clock() {
     common::fetch_runtime();
@@ -1008,7 +1010,7 @@ fn live_finals_within_latency_on_the_clock() {
 /// Live, on the pipeline clock (a test clock): a source that stops sending in the middle of
 /// speech (silence suppression, a network stall) still gets its last words out. jfk's speech
 /// runs to its last sample, so "for your country" waits for more audio; once the clock passes
-/// 1 s (`latency`/4) after the audio's end, the missing audio counts as silence: the utterance
+/// 1 s (`latency`/4) after the next buffer was due, the missing audio counts as silence: the utterance
 /// ends, its text goes out without EOS and GAPs cover the silence. The element then waits again,
 /// and audio that comes back later is transcribed on the same timeline.
 #[test]
@@ -1033,7 +1035,7 @@ fn live_stalled_source_is_finalised_on_the_clock() {
         None,
         &mut Vec::new(),
     );
-    wait_for_clock_wait(&clock, end + second);
+    wait_for_clock_wait(&clock, end + BUFFER + second);
     let mut cues: Vec<Cue> = std::iter::from_fn(|| h.try_pull())
         .map(|b| cue_of(&b))
         .collect();
@@ -1051,6 +1053,9 @@ fn live_stalled_source_is_finalised_on_the_clock() {
     }
     eprintln!("{cues:#?}");
     assert!(cues.iter().all(|c| c.end <= 11.0 + 1e-6), "{cues:?}");
+    // Still no audio: the next wait is 1 s after the silence assumed (and the worker is idle,
+    // done pushing).
+    wait_for_clock_wait(&clock, end + BUFFER + 2 * second);
     let mut events = Vec::new();
     while let Some(e) = h.try_pull_event() {
         events.push(e);
@@ -1060,8 +1065,6 @@ fn live_stalled_source_is_finalised_on_the_clock() {
         covered >= 11.0,
         "GAPs cover only {covered:.2} s after the stall"
     );
-    // Still no audio: the next wait is 1 s after the silence assumed.
-    wait_for_clock_wait(&clock, end + 2 * second);
     // The source comes back at 14 s.
     let back = gst::ClockTime::from_seconds(14);
     push_on_clock(&mut h, &clock, &audio, back, None, &mut Vec::new());

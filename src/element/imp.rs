@@ -272,8 +272,9 @@ struct Stream {
     format: Option<gst_audio::AudioFormat>,
     segment: gst::FormattedSegment<ClockTime>,
     live: bool,
-    /// Live: the most any buffer's end arrived after its running time on the pipeline clock
-    /// (the upstream latency, in practice): audio is not missing before that.
+    /// Live: the most any buffer arrived after the running time of its first sample on the
+    /// pipeline clock (its duration plus the upstream latency, in practice): the next audio is
+    /// due that long after the end of the last.
     arrival_lateness: ClockTime,
 }
 
@@ -582,7 +583,7 @@ impl WhisperNpu {
 
     /// Live, PLAYING, with a clock and audio received: while the worker waits for items, a
     /// clock wait until the stall timeout after the point where the next audio is due (the end
-    /// of the last audio plus the arrival lateness seen so far). When it fires with still no
+    /// of the last audio plus the largest arrival lateness seen). When it fires with still no
     /// audio queued, the worker takes the missing audio as silence (as an upstream GAP), so
     /// that an utterance cut off by a source that stopped sending (silence suppression,
     /// a network stall) is finalised, and GAPs keep downstream moving.
@@ -718,7 +719,7 @@ impl WhisperNpu {
         );
         let n = samples.len() as u64;
         if live && let (Some(time), Some(now)) = (time, self.obj().current_running_time()) {
-            let late = now.saturating_sub(time + samples_to_time(n));
+            let late = now.saturating_sub(time);
             let mut st = lock(&self.stream);
             st.arrival_lateness = st.arrival_lateness.max(late);
         }
