@@ -971,18 +971,7 @@ fn cli_backend_npu_without_npu_fails_naming_what_is_missing() {
         eprintln!("skipped: this machine has /dev/accel");
         return;
     }
-    // cargo test builds the examples next to the test binaries' directory.
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples/transcribe"))
-        .expect("target directory");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo test --release` (which builds the examples)",
-        bin.display()
-    );
+    let bin = common::example_bin("transcribe");
     let dir = common::model_dir("tiny.en");
     let out = std::process::Command::new(&bin)
         .args(["--backend", "npu", "--model"])

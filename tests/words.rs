@@ -203,3 +203,133 @@ fn hallucination_silence_threshold_tiny_en() {
 fn hallucination_silence_threshold_base() {
     check_hallucination_skipped("base");
 }
+
+/// Seconds of a `hh:mm:ss.mmm` (or `,mmm`) timestamp.
+fn parse_timestamp(t: &str) -> f64 {
+    let t = t.trim().replace(',', ".");
+    let parts: Vec<f64> = t
+        .split(':')
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("bad timestamp {t:?}")))
+        .collect();
+    assert_eq!(parts.len(), 3, "bad timestamp {t:?}");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+/// `start --> end` and the cue text of each block of an SRT or WebVTT file.
+fn cue_blocks(file: &str) -> Vec<(f64, f64, String)> {
+    file.split("\n\n")
+        .filter_map(|block| {
+            let mut lines = block.lines().skip_while(|l| !l.contains(" --> "));
+            let (start, end) = lines.next()?.split_once(" --> ")?;
+            let text = lines.collect::<Vec<_>>().join("\n");
+            Some((parse_timestamp(start), parse_timestamp(end), text))
+        })
+        .collect()
+}
+
+/// The CLI with `--word-timestamps` on jfk.wav, tiny.en: JSON gives each segment its words (in
+/// time order, inside the segment, together its text, each with a probability); SubRip one cue
+/// per word with the same times; WebVTT one cue per segment with the start of each later word as
+/// an inline `<hh:mm:ss.mmm>` timestamp, strictly inside the cue and increasing.
+#[test]
+fn cli_word_timestamp_formats() {
+    let bin = common::example_bin("transcribe");
+    let model = common::model_dir("tiny.en");
+    let run = |format: &str| -> String {
+        let out = std::process::Command::new(&bin)
+            .args(["--word-timestamps", "--format", format, "--model"])
+            .arg(&model)
+            .arg(common::jfk_wav())
+            .output()
+            .expect("run examples/transcribe");
+        assert!(
+            out.status.success(),
+            "--format {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    };
+
+    let json: serde_json::Value = serde_json::from_str(&run("json")).expect("valid JSON");
+    let segments = json["segments"].as_array().expect("segments");
+    assert!(!segments.is_empty());
+    let mut words = Vec::new();
+    for s in segments {
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        let list = s["words"].as_array().expect("every segment has words");
+        assert!(!list.is_empty(), "{s}");
+        let joined: String = list.iter().map(|w| w["word"].as_str().unwrap()).collect();
+        assert_eq!(joined.trim(), s["text"].as_str().unwrap().trim(), "{s}");
+        for w in list {
+            let (ws, we) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+            assert!(
+                start - 1e-3 <= ws && ws <= we && we <= end + 1e-3,
+                "{w} in {s}"
+            );
+            let p = w["probability"].as_f64().expect("a probability");
+            assert!((0.0..=1.0).contains(&p), "{w}");
+            words.push((ws, we, w["word"].as_str().unwrap().trim().to_string()));
+        }
+    }
+    assert!(
+        words.windows(2).all(|p| p[0].1 <= p[1].0 + 1e-3),
+        "words out of order: {words:?}"
+    );
+    let wer = common::wer_percent(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can \
+         do for your country.",
+        &words
+            .iter()
+            .map(|w| w.2.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    assert!(wer <= 10.0, "WER {wer:.1} %: {words:?}");
+
+    let srt = cue_blocks(&run("srt"));
+    assert_eq!(srt.len(), words.len(), "one SubRip cue per word: {srt:?}");
+    for ((start, end, text), (ws, we, word)) in srt.iter().zip(&words) {
+        assert_eq!(text, word);
+        assert!(
+            (start - ws).abs() < 1e-3 && (end - we).abs() < 1e-3,
+            "{text}"
+        );
+    }
+
+    let vtt_file = run("vtt");
+    assert!(vtt_file.starts_with("WEBVTT\n"), "{vtt_file}");
+    let vtt = cue_blocks(&vtt_file);
+    assert_eq!(vtt.len(), segments.len(), "one WebVTT cue per segment");
+    let mut inline = 0;
+    for (start, end, text) in &vtt {
+        let mut last = *start;
+        for piece in text.split('<').skip(1) {
+            let (t, _) = piece.split_once('>').expect("a closed cue timestamp");
+            let t = parse_timestamp(t);
+            assert!(
+                last < t && t < *end,
+                "cue timestamp {t} in [{start}, {end}]: {text}"
+            );
+            last = t;
+            inline += 1;
+        }
+        let plain: String = text
+            .split('<')
+            .enumerate()
+            .map(|(i, p)| {
+                if i == 0 {
+                    p
+                } else {
+                    p.split_once('>').unwrap().1
+                }
+            })
+            .collect();
+        assert!(!plain.contains('>'), "{text}");
+    }
+    // Every word but the first of each cue has its timestamp (unless it starts with the last).
+    assert!(
+        inline + vtt.len() + 2 >= words.len(),
+        "{inline} inline timestamps for {} words",
+        words.len()
+    );
+}

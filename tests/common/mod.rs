@@ -109,6 +109,23 @@ pub fn wer_percent(reference: &str, hyp: &str) -> f64 {
     100.0 * prev[h.len()] as f64 / r.len() as f64
 }
 
+/// An example binary (`cargo test --release` builds the examples next to the test binaries'
+/// directory). Panics saying how to build it when it is missing.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join(name))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --release` (which builds the examples)",
+        bin.display()
+    );
+    bin
+}
+
 /// Installs ONNX Runtime and the Silero model through the project's script (a no-op when
 /// present).
 pub fn fetch_runtime() {
