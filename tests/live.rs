@@ -135,6 +135,13 @@ fn check_order(run: &Run) {
         assert!(c.segment.start <= c.segment.end, "{c:?}");
         assert!(c.segment.end <= c.at + 1e-6, "text from the future: {c:?}");
         assert!(!c.segment.text.trim().is_empty(), "{c:?}");
+        // A caption never starts with the rest of a word already out ("farmers" then "'").
+        assert!(
+            !c.segment
+                .text
+                .starts_with(|ch: char| ch == '\'' || ch.is_ascii_punctuation() && ch != '"'),
+            "{c:?}"
+        );
     }
 }
 
@@ -157,8 +164,9 @@ fn jfk() -> Vec<f32> {
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what \
                    you can do for your country.";
 
-/// Text is committed while the audio streams (by agreement of consecutive hypotheses), not only
-/// at the end, and the whole matches the known text.
+/// Text is committed while the audio streams (by agreement of consecutive hypotheses, on words
+/// with at least 0.5 s of audio after them), not only at the end, and the whole matches the
+/// known text.
 #[test]
 fn agreement_commits_while_streaming() {
     let model = model("tiny.en");
@@ -169,8 +177,19 @@ fn agreement_commits_while_streaming() {
         LiveOptions::default(),
         &audio,
     );
-    let before_end = run.commits.iter().filter(|c| c.at < 10.9).count();
-    assert!(before_end >= 3, "only {before_end} commits before the end");
+    let before_end: Vec<&Commit> = run.commits.iter().filter(|c| c.at < 10.9).collect();
+    assert!(
+        before_end.len() >= 3,
+        "only {} commits before the end",
+        before_end.len()
+    );
+    // Agreement needs right context: a word is committed only once 0.5 s of audio follows it.
+    for c in &before_end {
+        assert!(
+            c.segment.end <= c.at - 0.5 + 1e-6,
+            "committed with less than 0.5 s of audio after it: {c:?}"
+        );
+    }
     assert!(run.stats.agreed >= 8, "{:?}", run.stats);
     assert!(run.partials > 0);
     let wer = common::wer_percent(JFK, &run.text());
