@@ -588,24 +588,30 @@ impl LiveTranscriber {
         let eot = tok.specials.eot;
         let committed = committed_count(hyp, utt.committed_tokens.len());
         // Cut points at most `limit` seconds into the buffer keep LEFT_CONTEXT after them;
-        // a buffer over max_buffer takes the latest one there is.
+        // a buffer over max_buffer without one takes the latest there is (cutting right at the
+        // committed text leaves the next words alone: base heard the last 0.7 s of the long
+        // recording, "ahead of them", alone after such a cut and wrote "fair.").
         let span = seconds(hyp.audio_end - utt.start);
-        let limit = if span >= self.opts.max_buffer {
-            f64::INFINITY
-        } else {
-            span - LEFT_CONTEXT
-        };
-        let closed_at = |u: &Unit| {
+        let closed_at = |u: &Unit, limit: f64| {
             u.closes
                 .map(|at| (at, hyp.result.tokens[at].saturating_sub(tb)))
                 .filter(|&(_, ts)| f64::from(ts) * 0.02 <= limit)
         };
-        let cut = hyp.units[..committed]
-            .iter()
-            .rposition(|u| closed_at(u).is_some());
+        let latest_cut = |limit: f64| {
+            hyp.units[..committed]
+                .iter()
+                .rposition(|u| closed_at(u, limit).is_some())
+                .map(|i| (i, limit))
+        };
+        let mut limit = span - LEFT_CONTEXT;
+        let mut cut = latest_cut(limit);
+        if cut.is_none() && span >= self.opts.max_buffer {
+            limit = f64::INFINITY;
+            cut = latest_cut(limit);
+        }
         let (offset_ts, keep_from) = match cut {
-            Some(i) => {
-                let (at, ts) = closed_at(&hyp.units[i]).unwrap_or_default();
+            Some((i, limit)) => {
+                let (at, ts) = closed_at(&hyp.units[i], limit).unwrap_or_default();
                 (ts, Some((i + 1, at + 1)))
             }
             None if hyp.valid == 0 && committed == 0 => {
