@@ -575,10 +575,7 @@ impl WhisperNpu {
             return;
         }
         q.items.push_back(item);
-        let stall = q.stall.take();
-        self.queue_cond.notify_all();
-        drop(q);
-        cancel_stall(stall);
+        self.release_queue(q);
     }
 
     /// Live, PLAYING, with a clock and audio received: while the worker waits for items, a
@@ -736,10 +733,7 @@ impl WhisperNpu {
         }
         q.queued_samples += n;
         q.items.push_back(Item::Audio { samples, time });
-        let stall = q.stall.take();
-        self.queue_cond.notify_all();
-        drop(q);
-        cancel_stall(stall);
+        self.release_queue(q);
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -755,10 +749,7 @@ impl WhisperNpu {
                     q.held
                         .extend(items.into_iter().filter(Item::survives_flush));
                     q.queued_samples = 0;
-                    let stall = q.stall.take();
-                    self.queue_cond.notify_all();
-                    drop(q);
-                    cancel_stall(stall);
+                    self.release_queue(q);
                 }
                 self.srcpad.push_event(event)
             }
@@ -911,6 +902,12 @@ impl WhisperNpu {
         q.flushing = true;
         q.items.clear();
         q.queued_samples = 0;
+        self.release_queue(q);
+    }
+
+    /// Wakes the worker and releases the queue; a stall wait is cancelled (new items or a
+    /// flush: the source is not stalled, or it no longer matters).
+    fn release_queue(&self, mut q: MutexGuard<'_, Queue>) {
         let stall = q.stall.take();
         self.queue_cond.notify_all();
         drop(q);
