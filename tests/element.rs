@@ -920,6 +920,20 @@ fn push_on_clock(
     }
 }
 
+/// A live tiny.en `whispernpu` with Silero VAD and `latency` (ms) on a test clock, F32 caps set.
+fn live_on_test_clock(latency: &str) -> (Harness, gst_check::TestClock) {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, _bus, _element) = harness(
+        &model,
+        &[("mode", "live"), ("vad", "true"), ("latency", latency)],
+    );
+    h.use_testclock();
+    let clock = h.testclock().expect("test clock");
+    h.set_src_caps(audio_caps("F32LE"));
+    (h, clock)
+}
+
 /// Waits (60 s at most) until the element waits on the test clock until `time`.
 fn wait_for_clock_wait(clock: &gst_check::TestClock, time: gst::ClockTime) {
     let started = std::time::Instant::now();
@@ -945,15 +959,7 @@ fn wait_for_clock_wait(clock: &gst_check::TestClock, time: gst::ClockTime) {
 /// (`latency`/4) after the next buffer is due and never fires while audio keeps coming.
 #[test]
 fn live_finals_within_latency_on_the_clock() {
-    common::fetch_runtime();
-    let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(
-        &model,
-        &[("mode", "live"), ("vad", "true"), ("latency", "2000")],
-    );
-    h.use_testclock();
-    let clock = h.testclock().expect("test clock");
-    h.set_src_caps(audio_caps("F32LE"));
+    let (mut h, clock) = live_on_test_clock("2000");
     let mut arrived = Vec::new();
     push_on_clock(
         &mut h,
@@ -1015,15 +1021,7 @@ fn live_finals_within_latency_on_the_clock() {
 /// and audio that comes back later is transcribed on the same timeline.
 #[test]
 fn live_stalled_source_is_finalised_on_the_clock() {
-    common::fetch_runtime();
-    let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(
-        &model,
-        &[("mode", "live"), ("vad", "true"), ("latency", "4000")],
-    );
-    h.use_testclock();
-    let clock = h.testclock().expect("test clock");
-    h.set_src_caps(audio_caps("F32LE"));
+    let (mut h, clock) = live_on_test_clock("4000");
     let audio = jfk();
     let end = samples_time(audio.len());
     let second = gst::ClockTime::from_seconds(1);
