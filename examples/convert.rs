@@ -2,14 +2,16 @@
 //! or writes a small randomly initialised model of a real model's shapes.
 //!
 //! ```text
-//! convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT
-//! convert --to ggml|safetensors [--type ...] --random-shapes large-v3-turbo [--seed N]
+//! convert --to ggml|safetensors|ct2 [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT
+//! convert --to ggml|safetensors|ct2 [--type ...] --random-shapes large-v3-turbo [--seed N]
 //!         [--vocab-from MODEL] OUT
 //! ```
 //!
 //! IN is a model name (`tiny.en`) or a path in any format the crate reads. OUT is a file for
 //! GGML, a directory for safetensors (`model.safetensors`, `config.json`,
 //! `generation_config.json`, tokenizer). `--type` defaults to f16; safetensors takes f32 or f16.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use gstwhispernpu::model::ggml::GgmlType;
 use gstwhispernpu::model::safetensors::WriteType;
 use gstwhispernpu::model::{self, Tokenizer};
 
-const USAGE: &str = "usage: convert --to ggml|safetensors [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT\n       convert --to ggml|safetensors [--type T] --random-shapes large-v3-turbo [--seed N] [--vocab-from MODEL] OUT";
+const USAGE: &str = "usage: convert --to ggml|safetensors|ct2 [--type f32|f16|q8_0|q5_0|q5_1|q4_0|q4_1] IN OUT\n       convert --to ggml|safetensors|ct2 [--type T] --random-shapes large-v3-turbo [--seed N] [--vocab-from MODEL] OUT";
 
 struct Args {
     to: String,
@@ -61,8 +63,8 @@ fn parse() -> Result<Args, String> {
     if args.paths.len() != want {
         return Err(format!("expected {want} path(s), got {}", args.paths.len()));
     }
-    if args.to != "ggml" && args.to != "safetensors" {
-        return Err("--to must be ggml or safetensors".into());
+    if !matches!(args.to.as_str(), "ggml" | "safetensors" | "ct2") {
+        return Err("--to must be ggml, safetensors or ct2".into());
     }
     Ok(args)
 }
@@ -92,18 +94,26 @@ fn run(args: &Args) -> Result<(), String> {
             let ty: GgmlType = args.ty.parse()?;
             model.write_ggml(&out, ty).map_err(|e| e.to_string())
         }
-        _ => {
+        to => {
             let ty = match args.ty.as_str() {
                 "f32" => WriteType::F32,
                 "f16" => WriteType::F16,
-                other => return Err(format!("safetensors takes --type f32 or f16, not {other}")),
+                other => return Err(format!("{to} takes --type f32 or f16, not {other}")),
             };
-            model.write_safetensors(&out, ty).map_err(|e| e.to_string())
+            if to == "ct2" {
+                model.write_ct2(&out, ty).map_err(|e| e.to_string())
+            } else {
+                model.write_safetensors(&out, ty).map_err(|e| e.to_string())
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
+    common::guard_panics("convert", convert_main)
+}
+
+fn convert_main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {

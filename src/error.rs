@@ -42,3 +42,14 @@ pub enum Error {
     #[error("backend `{backend}` is not available: {why}")]
     BackendUnavailable { backend: String, why: String },
 }
+
+/// The text of a caught panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod element;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod model;
 pub mod npu;
 pub mod transcribe;

@@ -417,3 +417,34 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
 }
+
+/// Runs a program's body so that a panic anywhere in it (a bug, or a fault injected with
+/// `WHISPERNPU_TEST_FAULT`) ends the program with one line on stderr naming the cause and where it
+/// happened, and exit status 1, instead of Rust's multi-line panic report.
+pub fn guard_panics(
+    program: &str,
+    body: impl FnOnce() -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    use std::sync::Mutex;
+    static WHERE: Mutex<Option<String>> = Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let mut at = WHERE.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_none() {
+            *at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(code) => code,
+        Err(payload) => {
+            let message = gstwhispernpu::error::panic_message(&*payload);
+            let at = WHERE.lock().unwrap_or_else(|e| e.into_inner()).take();
+            eprintln!(
+                "{program}: internal error: {message}{} (a bug: please report it)",
+                at.map(|a| format!(" at {a}")).unwrap_or_default()
+            );
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -110,6 +110,7 @@ pub fn decode_window(
     threads: usize,
     observe: &mut dyn FnMut(&[u32]),
 ) -> (DecodeResult, usize) {
+    crate::fault::point("decode");
     let vocab = w.dims.n_vocab;
     let eot = input.specials.eot;
     let n_ctx = w.dims.n_text_ctx;

@@ -38,6 +38,11 @@ impl<'a> Cursor<'a> {
         Ok(bytes)
     }
 
+    /// Bytes left after the cursor.
+    pub(super) fn remaining(&self) -> usize {
+        self.data.len().saturating_sub(self.pos)
+    }
+
     pub(super) fn u8(&mut self, what: &str) -> Result<u8, ModelError> {
         Ok(self.take(1, what)?[0])
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
+use super::Dims;
 use super::bytes::{Cursor, bf16s, corrupt, f16s, f32s, io_error};
-use super::{Dims, Tokenizer, WhisperModel};
 use crate::error::ModelError;
 
 /// Element type of a stored variable.
@@ -95,7 +95,8 @@ impl Ct2File {
         if count > 100_000 {
             return Err(corrupt(path, format!("implausible variable count {count}")));
         }
-        let mut vars = HashMap::with_capacity(count);
+        // Each variable's record takes at least 12 bytes: the file bounds the count.
+        let mut vars = HashMap::with_capacity(count.min(cur.remaining() / 12));
         for index in 0..count {
             let name = cur.string("variable name")?;
             let rank = cur.u8("rank")? as usize;
@@ -121,8 +122,8 @@ impl Ct2File {
                 let dtype = DType::from_item_size(item).ok_or_else(|| {
                     corrupt(path, format!("variable `{name}` has item size {item}"))
                 })?;
-                let numel = cur.u32("element count")? as usize;
-                (dtype, numel * item as usize)
+                let count = cur.u32("element count")? as usize;
+                (dtype, count.saturating_mul(item as usize))
             };
             let expected = numel.and_then(|n| n.checked_mul(dtype.size()));
             if expected != Some(len) {
@@ -253,7 +254,56 @@ impl Ct2File {
                 });
             }
         };
+        if let Some(at) = super::source::first_non_finite(&out) {
+            let count = out.iter().filter(|x| !x.is_finite()).count();
+            return Err(corrupt(
+                &self.path,
+                format!(
+                    "weight `{name}` holds {count} non-finite value{} (NaN or infinity; the first, {}, at index {at})",
+                    if count == 1 { "" } else { "s" },
+                    out[at]
+                ),
+            ));
+        }
         Ok(out)
+    }
+
+    /// What [`tensor`](Self::tensor) checks (presence, shape, a convertible type, the scale of
+    /// an int8 weight), without converting the data.
+    pub fn check(&self, name: &str, expected: &[usize]) -> Result<(), ModelError> {
+        let v = self
+            .vars
+            .get(name)
+            .ok_or_else(|| ModelError::MissingWeight {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        if v.shape != expected {
+            return Err(ModelError::BadShape {
+                path: self.path.clone(),
+                name: name.to_string(),
+                found: v.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        match v.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+            DType::I8 => {
+                let rows = expected.first().copied().unwrap_or(1).max(1);
+                let scale_name = format!("{name}_scale");
+                self.check(&scale_name, &[rows]).map_err(|e| match e {
+                    ModelError::MissingWeight { .. } => corrupt(
+                        &self.path,
+                        format!("int8 weight `{name}` has no per-row scale `{scale_name}`"),
+                    ),
+                    other => other,
+                })
+            }
+            DType::I16 | DType::I32 => Err(ModelError::Unsupported {
+                path: self.path.clone(),
+                what: format!("integer type {:?} for weight `{name}`", v.dtype),
+            }),
+        }
     }
 }
 
@@ -345,30 +395,4 @@ pub fn dims_of(file: &Ct2File) -> Result<Dims, ModelError> {
         });
     }
     Ok(dims)
-}
-
-pub(super) fn load_model(
-    dir: &Path,
-    compute_type: super::ComputeType,
-) -> Result<WhisperModel, ModelError> {
-    if !dir.is_dir() {
-        return Err(ModelError::NotFound {
-            path: dir.to_path_buf(),
-        });
-    }
-    let bin_path = dir.join("model.bin");
-    let file = Ct2File::open(&bin_path)?;
-    let dims = dims_of(&file)?;
-    let config = read_config(dir)?;
-    let parts = super::ModelParts {
-        dir: dir.to_path_buf(),
-        format: super::ModelFormat::Ct2,
-        tokenizer: Tokenizer::load(dir, dims.n_vocab)?,
-        dims,
-        // As CTranslate2 does: what config.json lists (nothing when it is absent).
-        suppress_ids: Some(config.suppress_ids),
-        suppress_ids_begin: config.suppress_ids_begin,
-        alignment_heads: Some(config.alignment_heads),
-    };
-    parts.build(&file, compute_type.resolved())
 }

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::source::{NamedTensor, OpenaiLayout, TensorSource, engine_tensors, openai_tensors};
+use super::source::{
+    NamedTensor, OpenaiLayout, OpenaiTensors, TensorSource, engine_tensors, openai_tensors,
+};
 use super::{Dims, ModelFormat, Tokenizer, ct2, ggml, safetensors};
 use crate::error::ModelError;
 
@@ -32,39 +34,16 @@ impl ExportModel {
     /// heads) is taken from a loaded [`super::WhisperModel`]'s rules, without building the
     /// engine's weights.
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let format = ModelFormat::detect(path)?;
+        let file = super::ModelFile::open(path)?;
+        let format = file.format;
         let dir = if path.is_dir() {
             path.to_path_buf()
         } else {
             path.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        let (dims, tokenizer, tensors) = match format {
-            ModelFormat::Ct2 => {
-                let file = ct2::Ct2File::open(&dir.join("model.bin"))?;
-                let dims = ct2::dims_of(&file)?;
-                let tokenizer = Tokenizer::load(&dir, dims.n_vocab)?;
-                let tensors = openai_tensors(&file, &dims)?;
-                (dims, tokenizer, tensors)
-            }
-            ModelFormat::Ggml => {
-                let file = ggml::GgmlFile::open(path)?;
-                let dims = file.header.dims.clone();
-                let tensors = openai_tensors(&OpenaiLayout(&file), &dims)?;
-                (dims, file.tokenizer()?, tensors)
-            }
-            ModelFormat::Safetensors => {
-                let config_path = dir.join("config.json");
-                let config =
-                    safetensors::read_config(&config_path)?.ok_or(ModelError::NotFound {
-                        path: config_path.clone(),
-                    })?;
-                let dims = config.dims(&config_path)?;
-                let checkpoint = safetensors::SafetensorsCheckpoint::open(path)?;
-                let tensors = openai_tensors(&OpenaiLayout(&checkpoint), &dims)?;
-                let tokenizer = Tokenizer::load(&dir, dims.n_vocab)?;
-                (dims, tokenizer, tensors)
-            }
-        };
+        let dims = file.dims.clone();
+        let tokenizer = file.tokenizer()?;
+        let tensors = openai_tensors(&*file.source(), &dims)?;
         let (suppress_ids, suppress_ids_begin, alignment_heads) = match format {
             ModelFormat::Ct2 => {
                 let config = ct2::read_config(&dir)?;
@@ -94,6 +73,104 @@ impl ExportModel {
         (0..self.tokenizer.specials.eot)
             .map(|id| self.tokenizer.token_bytes(id).to_vec())
             .collect()
+    }
+
+    /// `vocabulary.txt`: one token per line, GPT-2 byte-level form (CTranslate2's file).
+    fn write_vocabulary(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join("vocabulary.txt");
+        let mut text = String::new();
+        for id in 0..self.tokenizer.len() as u32 {
+            text.push_str(self.tokenizer.token_str(id).unwrap_or(""));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(io(&path))
+    }
+
+    /// The source's `tokenizer.json` (BPE merges), when it has one.
+    fn copy_tokenizer_json(&self, dir: &Path) -> Result<(), ModelError> {
+        if let Some(src) = &self.tokenizer_json {
+            let dst = dir.join("tokenizer.json");
+            std::fs::copy(src, &dst).map_err(io(&dst))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a CTranslate2 model directory `dir`: `model.bin` (binary version 6, `WhisperSpec`,
+    /// Q/K/V and cross-attention K/V fused as CTranslate2's converter fuses them, the output
+    /// projection an alias of the token embedding, weights in f32 or f16), `config.json`
+    /// (alignment heads, suppressed tokens) and `vocabulary.txt` (+ the source's
+    /// `tokenizer.json`).
+    pub fn write_ct2(&self, dir: &Path, ty: safetensors::WriteType) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let source = OpenaiLayout(self);
+        let mut vars: Vec<(String, Vec<usize>, Vec<u8>, u8)> = Vec::new();
+        for (name, shape) in engine_tensors(&self.dims) {
+            if !source.contains(&name) {
+                continue;
+            }
+            let data = source.tensor(&name, &shape)?;
+            let (bytes, code) = match ty {
+                safetensors::WriteType::F32 => {
+                    (data.iter().flat_map(|v| v.to_le_bytes()).collect(), 0u8)
+                }
+                safetensors::WriteType::F16 => (
+                    data.iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                        .collect(),
+                    4u8,
+                ),
+            };
+            vars.push((name, shape, bytes, code));
+        }
+        // Head counts as int32 scalars: the width / 64 rule of older files is wrong for small
+        // widths.
+        for (side, heads) in [
+            ("encoder", self.dims.n_audio_head),
+            ("decoder", self.dims.n_text_head),
+        ] {
+            vars.push((
+                format!("{side}/num_heads"),
+                Vec::new(),
+                (heads as i32).to_le_bytes().to_vec(),
+                3,
+            ));
+        }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        let put_str = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&((s.len() + 1) as u16).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        };
+        out.extend_from_slice(&6u32.to_le_bytes());
+        put_str(&mut out, "WhisperSpec");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(vars.len() as u32).to_le_bytes());
+        for (name, shape, bytes, code) in &vars {
+            put_str(&mut out, name);
+            out.push(shape.len() as u8);
+            for &d in shape {
+                out.extend_from_slice(&(d as u32).to_le_bytes());
+            }
+            out.push(*code);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out.extend_from_slice(&1u32.to_le_bytes());
+        put_str(&mut out, "decoder/projection/weight");
+        put_str(&mut out, "decoder/embeddings/weight");
+        let bin = dir.join("model.bin");
+        std::fs::write(&bin, out).map_err(io(&bin))?;
+        let config = serde_json::json!({
+            "alignment_heads": self.alignment_heads,
+            "suppress_ids": self.suppress_ids,
+            "suppress_ids_begin": self.suppress_ids_begin,
+        });
+        let path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+        std::fs::write(&path, text + "\n").map_err(io(&path))?;
+        self.write_vocabulary(dir)?;
+        self.copy_tokenizer_json(dir)
     }
 
     /// Writes a whisper.cpp GGML file with big tensors of type `ty`.
@@ -157,21 +234,32 @@ impl ExportModel {
             std::fs::write(&path, text + "\n").map_err(io(&path))?;
         }
         match &self.tokenizer_json {
-            Some(src) => {
-                let dst = dir.join("tokenizer.json");
-                std::fs::copy(src, &dst).map_err(io(&dst))?;
-            }
-            None => {
-                let path = dir.join("vocabulary.txt");
-                let mut text = String::new();
-                for id in 0..self.tokenizer.len() as u32 {
-                    text.push_str(self.tokenizer.token_str(id).unwrap_or(""));
-                    text.push('\n');
-                }
-                std::fs::write(&path, text).map_err(io(&path))?;
-            }
+            Some(_) => self.copy_tokenizer_json(dir)?,
+            None => self.write_vocabulary(dir)?,
         }
         Ok(())
+    }
+}
+
+impl OpenaiTensors for ExportModel {
+    fn path(&self) -> &Path {
+        Path::new("<export>")
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, shape, _)| shape.clone())
+    }
+    fn read(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        self.tensors
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, data)| data.clone())
+            .ok_or_else(|| ModelError::MissingWeight {
+                path: PathBuf::from("<export>"),
+                name: name.to_string(),
+            })
     }
 }
 
@@ -181,6 +269,10 @@ pub enum RandomShapes {
     /// large-v3-turbo's layout (128 mel bins, 51866 tokens, 4 decoder layers) at a small width:
     /// d_model 64, 2 heads, 2 encoder layers.
     LargeV3Turbo,
+    /// The smallest model the engine runs: tiny.en's layout (80 mel bins, the English-only
+    /// vocabulary of 51864 tokens) at d_model 32, 1 head, 1 encoder and 1 decoder layer; a
+    /// 3.4 MB f16 file, for fuzzing the readers.
+    Minimal,
 }
 
 impl std::str::FromStr for RandomShapes {
@@ -188,7 +280,10 @@ impl std::str::FromStr for RandomShapes {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "large-v3-turbo" => Ok(Self::LargeV3Turbo),
-            _ => Err(format!("unknown shapes `{s}` (known: large-v3-turbo)")),
+            "minimal" => Ok(Self::Minimal),
+            _ => Err(format!(
+                "unknown shapes `{s}` (known: large-v3-turbo, minimal)"
+            )),
         }
     }
 }
@@ -207,6 +302,18 @@ impl RandomShapes {
                 n_text_state: 64,
                 n_text_head: 2,
                 n_text_layer: 4,
+            },
+            Self::Minimal => Dims {
+                n_mels: 80,
+                n_audio_ctx: 1500,
+                n_audio_state: 32,
+                n_audio_head: 1,
+                n_audio_layer: 1,
+                n_vocab: 51864,
+                n_text_ctx: 448,
+                n_text_state: 32,
+                n_text_head: 1,
+                n_text_layer: 1,
             },
         }
     }
@@ -257,6 +364,9 @@ impl TensorSource for RandomSource {
             (0.0, 1.0 / (fan_in as f32).sqrt())
         };
         Ok((0..n).map(|_| centre + scale * rng.next()).collect())
+    }
+    fn check(&self, _name: &str, _expected: &[usize]) -> Result<(), ModelError> {
+        Ok(())
     }
 }
 

@@ -237,7 +237,8 @@ fn read_header(cur: &mut Cursor) -> Result<GgmlHeader, ModelError> {
     let filters = cur.take(n_mel * n_fft * 4, "mel filters")?;
     let mel_filters = f32s(filters);
     let n_tokens = cur.count("vocabulary size", 1 << 20)?;
-    let mut vocab = Vec::with_capacity(n_tokens);
+    // Each token takes at least its 4-byte length: the file bounds the count.
+    let mut vocab = Vec::with_capacity(n_tokens.min(cur.remaining() / 4));
     for i in 0..n_tokens {
         let len = cur.count("token length", 1 << 16)?;
         vocab.push(cur.take(len, &format!("token {i} of {n_tokens}"))?.to_vec());
@@ -298,7 +299,9 @@ impl GgmlFile {
                     ),
                 ));
             }
-            let len = numel / per_block * block_bytes;
+            let len = (numel / per_block)
+                .checked_mul(block_bytes)
+                .ok_or_else(|| corrupt(path, format!("tensor `{name}` is too large")))?;
             let offset = cur.pos;
             cur.take(
                 len,

@@ -115,6 +115,131 @@ pub struct Dims {
     pub n_text_layer: usize,
 }
 
+/// Audio positions of every Whisper encoder: 30 s of 10 ms mel frames, halved by conv2.
+pub const N_AUDIO_CTX: usize = 1500;
+
+impl Dims {
+    /// Checks the dimensions against each other and against what the engine runs: 1500 audio
+    /// positions, 80 or 128 mel bins, heads that divide the widths, a text context long enough
+    /// for a prompt and a reply, and bounds that keep every buffer sized from them plausible.
+    /// `format` says how the file spells each field, for the error.
+    pub fn validate(&self, path: &Path, format: ModelFormat) -> Result<(), ModelError> {
+        let field = |f: DimField| -> String {
+            use DimField::*;
+            match format {
+                ModelFormat::Ct2 => match f {
+                    Mels => "encoder/conv1/weight has {} input channels".into(),
+                    AudioCtx => "encoder/position_encodings/encodings has {} rows".into(),
+                    AudioState => "encoder/conv1/weight has {} output channels".into(),
+                    AudioHead => "encoder/num_heads (or width / 64) is {}".into(),
+                    AudioLayer => "the encoder has {} layers".into(),
+                    Vocab => "decoder/embeddings/weight has {} rows".into(),
+                    TextCtx => "decoder/position_encodings/encodings has {} rows".into(),
+                    TextState => "decoder/embeddings/weight has {} columns".into(),
+                    TextHead => "decoder/num_heads (or width / 64) is {}".into(),
+                    TextLayer => "the decoder has {} layers".into(),
+                },
+                ModelFormat::Ggml => format!("header field {} is {{}}", f.ggml()),
+                ModelFormat::Safetensors => format!("config.json {} is {{}}", f.hf()),
+            }
+        };
+        let bad = |f: DimField, value: usize, need: String| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            what: format!(
+                "{}, Whisper needs {need}",
+                field(f).replace("{}", &value.to_string())
+            ),
+        };
+        use DimField::*;
+        if self.n_audio_ctx != N_AUDIO_CTX {
+            return Err(bad(AudioCtx, self.n_audio_ctx, N_AUDIO_CTX.to_string()));
+        }
+        if self.n_mels != 80 && self.n_mels != 128 {
+            return Err(bad(Mels, self.n_mels, "80 or 128".into()));
+        }
+        if !(51864..=51866).contains(&self.n_vocab) {
+            return Err(bad(Vocab, self.n_vocab, "51864, 51865 or 51866".into()));
+        }
+        // A prompt takes up to half the context; the sot sequence and a reply need the rest.
+        if !(32..=4096).contains(&self.n_text_ctx) {
+            return Err(bad(
+                TextCtx,
+                self.n_text_ctx,
+                "32 to 4096 (448 in every release)".into(),
+            ));
+        }
+        for (layers, f) in [
+            (self.n_audio_layer, AudioLayer),
+            (self.n_text_layer, TextLayer),
+        ] {
+            if !(1..=128).contains(&layers) {
+                return Err(bad(f, layers, "1 to 128".into()));
+            }
+        }
+        for (state, heads, fs, fh) in [
+            (self.n_audio_state, self.n_audio_head, AudioState, AudioHead),
+            (self.n_text_state, self.n_text_head, TextState, TextHead),
+        ] {
+            if !(1..=16384).contains(&state) {
+                return Err(bad(fs, state, "1 to 16384".into()));
+            }
+            if heads == 0 || !state.is_multiple_of(heads) || state / heads > 256 {
+                return Err(bad(
+                    fh,
+                    heads,
+                    format!("a head count dividing the width {state} into heads of at most 256"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A dimension of [`Dims`], for errors that name it as the file spells it.
+#[derive(Debug, Clone, Copy)]
+enum DimField {
+    Mels,
+    AudioCtx,
+    AudioState,
+    AudioHead,
+    AudioLayer,
+    Vocab,
+    TextCtx,
+    TextState,
+    TextHead,
+    TextLayer,
+}
+
+impl DimField {
+    fn ggml(self) -> &'static str {
+        match self {
+            DimField::Mels => "n_mels",
+            DimField::AudioCtx => "n_audio_ctx",
+            DimField::AudioState => "n_audio_state",
+            DimField::AudioHead => "n_audio_head",
+            DimField::AudioLayer => "n_audio_layer",
+            DimField::Vocab => "n_vocab",
+            DimField::TextCtx => "n_text_ctx",
+            DimField::TextState => "n_text_state",
+            DimField::TextHead => "n_text_head",
+            DimField::TextLayer => "n_text_layer",
+        }
+    }
+    fn hf(self) -> &'static str {
+        match self {
+            DimField::Mels => "num_mel_bins",
+            DimField::AudioCtx => "max_source_positions",
+            DimField::AudioState | DimField::TextState => "d_model",
+            DimField::AudioHead => "encoder_attention_heads",
+            DimField::AudioLayer => "encoder_layers",
+            DimField::Vocab => "vocab_size",
+            DimField::TextCtx => "max_target_positions",
+            DimField::TextHead => "decoder_attention_heads",
+            DimField::TextLayer => "decoder_layers",
+        }
+    }
+}
+
 /// A loaded model: weights converted once, tokenizer and configuration. Immutable, shared by
 /// every transcriber and element instance using it.
 pub struct WhisperModel {
@@ -204,12 +329,8 @@ impl WhisperModel {
     /// Loads a model (directory or file, any [`ModelFormat`]), preparing the weights for
     /// `compute_type`.
     pub fn load_with(path: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
-        let compute_type = compute_type.resolved();
-        match ModelFormat::detect(path)? {
-            ModelFormat::Ct2 => ct2::load_model(path, compute_type),
-            ModelFormat::Ggml => load_ggml(path, compute_type),
-            ModelFormat::Safetensors => load_safetensors(path, compute_type),
-        }
+        crate::fault::point("load");
+        ModelFile::open(path)?.load(compute_type)
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -237,7 +358,6 @@ impl ModelParts {
         source: &dyn source::TensorSource,
         compute_type: ComputeType,
     ) -> Result<WhisperModel, ModelError> {
-        let weights = crate::engine::cpu::Weights::from_source(source, &self.dims, compute_type)?;
         let tokenizer = self.tokenizer;
         // What Hugging Face's `suppress_tokens` (and so CTranslate2's `suppress_ids`) lists:
         // openai's non-speech tokens and the task and start tokens.
@@ -266,11 +386,39 @@ impl ModelParts {
             self.suppress_ids_begin
         };
         let (layers, heads) = (self.dims.n_text_layer, self.dims.n_text_head);
+        // Token lists and alignment heads come from configuration files: out-of-range entries
+        // would index past the logits or the attention weights.
+        let n_vocab = self.dims.n_vocab as u32;
+        for (list, key) in [
+            (&suppress_ids, "suppressed tokens"),
+            (&suppress_ids_begin, "tokens suppressed at the first step"),
+        ] {
+            if let Some(&id) = list.iter().find(|&&id| id >= n_vocab) {
+                return Err(ModelError::Corrupt {
+                    path: self.dir.join("config.json"),
+                    what: format!("{key} list token {id}, the vocabulary has {n_vocab} tokens"),
+                });
+            }
+        }
+        if let Some(&(l, h)) = self
+            .alignment_heads
+            .iter()
+            .flatten()
+            .find(|&&(l, h)| l >= layers || h >= heads)
+        {
+            return Err(ModelError::Corrupt {
+                path: self.dir.join("config.json"),
+                what: format!(
+                    "alignment head [{l}, {h}] is outside the decoder's {layers} layers of {heads} heads"
+                ),
+            });
+        }
         let alignment_heads = self.alignment_heads.unwrap_or_else(|| {
             (layers / 2..layers)
                 .flat_map(|l| (0..heads).map(move |h| (l, h)))
                 .collect()
         });
+        let weights = crate::engine::cpu::Weights::from_source(source, &self.dims, compute_type)?;
         Ok(WhisperModel {
             dir: self.dir,
             format: self.format,
@@ -290,61 +438,185 @@ fn token_ids(list: &[i64]) -> Vec<u32> {
     list.iter().filter_map(|&t| u32::try_from(t).ok()).collect()
 }
 
-fn load_ggml(path: &Path, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
-    let file = ggml::GgmlFile::open(path)?;
-    let dims = file.header.dims.clone();
-    if file.names.is_empty() {
-        return Err(ModelError::MissingWeight {
-            path: path.to_path_buf(),
-            name: "encoder.conv1.weight (the file has no tensors: a whisper.cpp test file?)".into(),
-        });
-    }
-    let parts = ModelParts {
-        dir: path.to_path_buf(),
-        format: ModelFormat::Ggml,
-        tokenizer: file.tokenizer()?,
-        dims,
-        suppress_ids: None,
-        suppress_ids_begin: Vec::new(),
-        alignment_heads: None,
-    };
-    parts.build(&source::OpenaiLayout(&file), compute_type)
+/// A model opened and checked without converting a weight: the file's headers are read, the
+/// dimensions validated ([`Dims::validate`]) and every tensor the engine needs found with its
+/// shape. Cheap (milliseconds), so it can run where a user waits for an answer (the element's
+/// NULL→READY); [`ModelFile::load`] then converts the weights.
+pub struct ModelFile {
+    /// The path as given: a directory, or the file of a GGML or single safetensors model.
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub dims: Dims,
+    file: Opened,
 }
 
-fn load_safetensors(path: &Path, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
-    let dir = if path.is_dir() {
+enum Opened {
+    Ct2(ct2::Ct2File),
+    Ggml(ggml::GgmlFile),
+    Safetensors {
+        checkpoint: safetensors::SafetensorsCheckpoint,
+        config: Box<safetensors::HfConfig>,
+        generation: Box<safetensors::HfConfig>,
+    },
+}
+
+impl ModelFile {
+    /// Opens and checks the model at `path` (any [`ModelFormat`]).
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let format = ModelFormat::detect(path)?;
+        let (file, dims, dims_path) = match format {
+            ModelFormat::Ct2 => {
+                let bin = path.join("model.bin");
+                let file = ct2::Ct2File::open(&bin)?;
+                let dims = ct2::dims_of(&file)?;
+                (Opened::Ct2(file), dims, bin)
+            }
+            ModelFormat::Ggml => {
+                let file = ggml::GgmlFile::open(path)?;
+                if file.names.is_empty() {
+                    return Err(ModelError::MissingWeight {
+                        path: path.to_path_buf(),
+                        name: "encoder.conv1.weight (the file has no tensors: a whisper.cpp test file?)"
+                            .into(),
+                    });
+                }
+                let dims = file.header.dims.clone();
+                (Opened::Ggml(file), dims, path.to_path_buf())
+            }
+            ModelFormat::Safetensors => {
+                let dir = config_dir(path);
+                let config_path = dir.join("config.json");
+                let config = safetensors::read_config(&config_path)?.ok_or_else(|| {
+                    ModelError::NotFound {
+                        path: config_path.clone(),
+                    }
+                })?;
+                let generation = safetensors::read_config(&dir.join("generation_config.json"))?
+                    .unwrap_or_default();
+                let dims = config.dims(&config_path)?;
+                let checkpoint = safetensors::SafetensorsCheckpoint::open(path)?;
+                let opened = Opened::Safetensors {
+                    checkpoint,
+                    config: Box::new(config),
+                    generation: Box::new(generation),
+                };
+                (opened, dims, config_path)
+            }
+        };
+        dims.validate(&dims_path, format)?;
+        let model = Self {
+            path: path.to_path_buf(),
+            format,
+            dims,
+            file,
+        };
+        model.check_tensors()?;
+        Ok(model)
+    }
+
+    /// The tensors by CTranslate2 name, as the engine reads them.
+    pub fn source(&self) -> Box<dyn source::TensorSource + '_> {
+        match &self.file {
+            Opened::Ct2(file) => Box::new(source::Borrowed(file)),
+            Opened::Ggml(file) => Box::new(source::OpenaiLayout(file)),
+            Opened::Safetensors { checkpoint, .. } => Box::new(source::OpenaiLayout(checkpoint)),
+        }
+    }
+
+    /// Every tensor the engine reads is present with the shape the dimensions give (biases of
+    /// linear layers may be absent), checked without reading data.
+    fn check_tensors(&self) -> Result<(), ModelError> {
+        let source = self.source();
+        for (name, shape) in source::engine_tensors(&self.dims) {
+            let optional = name.ends_with("/bias") && !name.contains("/conv");
+            if optional && !source.contains(&name) {
+                continue;
+            }
+            source.check(&name, &shape)?;
+        }
+        Ok(())
+    }
+
+    /// The tokenizer (from the model directory, or embedded in a GGML file).
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        match &self.file {
+            Opened::Ggml(file) => file.tokenizer(),
+            _ => Tokenizer::load(config_dir(&self.path), self.dims.n_vocab),
+        }
+    }
+
+    /// Converts the weights for `compute_type` (`Auto` resolved for this CPU); every weight is
+    /// checked to hold finite values ([`source::first_non_finite`]).
+    pub fn load(self, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
+        let compute_type = compute_type.resolved();
+        let tokenizer = self.tokenizer()?;
+        let parts = match &self.file {
+            Opened::Ct2(_) => {
+                let config = ct2::read_config(&self.path)?;
+                ModelParts {
+                    dir: self.path.clone(),
+                    format: self.format,
+                    dims: self.dims.clone(),
+                    tokenizer,
+                    // As CTranslate2 does: what config.json lists (nothing when it is absent).
+                    suppress_ids: Some(config.suppress_ids),
+                    suppress_ids_begin: config.suppress_ids_begin,
+                    alignment_heads: Some(config.alignment_heads),
+                }
+            }
+            Opened::Ggml(_) => ModelParts {
+                dir: self.path.clone(),
+                format: self.format,
+                dims: self.dims.clone(),
+                tokenizer,
+                suppress_ids: None,
+                suppress_ids_begin: Vec::new(),
+                alignment_heads: None,
+            },
+            Opened::Safetensors {
+                config, generation, ..
+            } => {
+                let pick = |a: &[i64], b: &[i64]| token_ids(if a.is_empty() { b } else { a });
+                let suppress_ids = pick(&generation.suppress_tokens, &config.suppress_tokens);
+                let alignment_heads = if generation.alignment_heads.is_empty() {
+                    config.alignment_heads.clone()
+                } else {
+                    generation.alignment_heads.clone()
+                };
+                ModelParts {
+                    dir: self.path.clone(),
+                    format: self.format,
+                    dims: self.dims.clone(),
+                    tokenizer,
+                    suppress_ids: (!suppress_ids.is_empty()).then_some(suppress_ids),
+                    suppress_ids_begin: pick(
+                        &generation.begin_suppress_tokens,
+                        &config.begin_suppress_tokens,
+                    ),
+                    alignment_heads: (!alignment_heads.is_empty()).then_some(alignment_heads),
+                }
+            }
+        };
+        parts.build(&*self.source(), compute_type)
+    }
+}
+
+/// The directory holding a model's configuration and tokenizer: the path itself, or the
+/// directory of a model file.
+fn config_dir(path: &Path) -> &Path {
+    if path.is_dir() {
         path
     } else {
-        path.parent().unwrap_or(Path::new("."))
-    };
-    let config_path = dir.join("config.json");
-    let config = safetensors::read_config(&config_path)?.ok_or_else(|| ModelError::NotFound {
-        path: config_path.clone(),
-    })?;
-    let generation =
-        safetensors::read_config(&dir.join("generation_config.json"))?.unwrap_or_default();
-    let dims = config.dims(&config_path)?;
-    let checkpoint = safetensors::SafetensorsCheckpoint::open(path)?;
-    let pick = |a: &[i64], b: &[i64]| token_ids(if a.is_empty() { b } else { a });
-    let suppress_ids = pick(&generation.suppress_tokens, &config.suppress_tokens);
-    let alignment_heads = if generation.alignment_heads.is_empty() {
-        config.alignment_heads
-    } else {
-        generation.alignment_heads
-    };
-    let parts = ModelParts {
-        dir: path.to_path_buf(),
-        format: ModelFormat::Safetensors,
-        tokenizer: Tokenizer::load(dir, dims.n_vocab)?,
-        suppress_ids: (!suppress_ids.is_empty()).then_some(suppress_ids),
-        suppress_ids_begin: pick(
-            &generation.begin_suppress_tokens,
-            &config.begin_suppress_tokens,
-        ),
-        alignment_heads: (!alignment_heads.is_empty()).then_some(alignment_heads),
-        dims,
-    };
-    parts.build(&source::OpenaiLayout(&checkpoint), compute_type)
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+}
+
+/// Resolves and opens a model by name or path (see [`ModelFile::open`]): what the element checks
+/// at NULL→READY before loading the weights on its loader thread.
+pub fn inspect(name_or_path: &str) -> Result<ModelFile, ModelError> {
+    ModelFile::open(&resolve(name_or_path)?)
 }
 
 /// Directories searched for a model given by name, in order: `$WHISPERNPU_MODELS/NAME`,

@@ -223,7 +223,12 @@ fn parse_header(
                 offsets[1] - offsets[0]
             )));
         }
-        let (begin, end) = (data_start + offsets[0], data_start + offsets[1]);
+        let (Some(begin), Some(end)) = (
+            data_start.checked_add(offsets[0]),
+            data_start.checked_add(offsets[1]),
+        ) else {
+            return Err(bad("data_offsets beyond any file size"));
+        };
         if end > map.len() {
             return Err(truncated(format!(
                 "data of tensor `{name}` ends at byte {end}, file has {}",

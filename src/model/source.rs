@@ -20,6 +20,9 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name` as f32, checked against the `expected` shape.
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError>;
+    /// What [`tensor`](Self::tensor) would check (presence, shape, a type it can convert),
+    /// without reading the data.
+    fn check(&self, name: &str, expected: &[usize]) -> Result<(), ModelError>;
 }
 
 impl TensorSource for Ct2File {
@@ -32,6 +35,46 @@ impl TensorSource for Ct2File {
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
         Ct2File::tensor(self, name, expected)
     }
+    fn check(&self, name: &str, expected: &[usize]) -> Result<(), ModelError> {
+        Ct2File::check(self, name, expected)
+    }
+}
+
+/// A borrowed CTranslate2 file as a boxed [`TensorSource`].
+pub struct Borrowed<'a>(pub &'a Ct2File);
+
+impl TensorSource for Borrowed<'_> {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        self.0.tensor(name, expected)
+    }
+    fn check(&self, name: &str, expected: &[usize]) -> Result<(), ModelError> {
+        self.0.check(name, expected)
+    }
+}
+
+/// The index of the first NaN or infinity in `data`. Every reader checks each weight it
+/// converts, so a weight with a NaN or an infinity is refused at load, named, instead of
+/// turning every transcript into silence. Reads the values in blocks with one branch per
+/// block: the pass runs at memory speed.
+pub fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 256;
+    for (b, block) in data.chunks(BLOCK).enumerate() {
+        // An f32 is NaN or infinite exactly when its exponent bits are all set.
+        let any = block.iter().fold(false, |acc, v| {
+            acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+        });
+        if any {
+            let i = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Some(b * BLOCK + i);
+        }
+    }
+    None
 }
 
 /// Tensors by openai name (a GGML file, a safetensors checkpoint after renaming).
@@ -142,6 +185,49 @@ impl<T: OpenaiTensors> TensorSource for OpenaiLayout<'_, T> {
         })
     }
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        // The shapes are checked before anything is allocated: `expected` may come from a
+        // file's header.
+        let (parts, part_shape) = self.parts(name, expected)?;
+        let part_len: usize = part_shape.iter().product();
+        let mut out = Vec::with_capacity(part_len * parts.len());
+        for part in &parts {
+            match part {
+                Part::Zeros => out.resize(out.len() + part_len, 0.0),
+                Part::Tensor(n) => {
+                    let data = self.0.read(n)?;
+                    if data.len() != part_len {
+                        return Err(ModelError::BadShape {
+                            path: self.0.path().to_path_buf(),
+                            name: self.0.file_name(n),
+                            found: vec![data.len()],
+                            expected: vec![part_len],
+                        });
+                    }
+                    if let Some(at) = first_non_finite(&data) {
+                        return Err(ModelError::Corrupt {
+                            path: self.0.path().to_path_buf(),
+                            what: format!(
+                                "weight `{}` holds a non-finite value ({}) at index {at}",
+                                self.0.file_name(n),
+                                data[at]
+                            ),
+                        });
+                    }
+                    out.extend(data);
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn check(&self, name: &str, expected: &[usize]) -> Result<(), ModelError> {
+        self.parts(name, expected).map(|_| ())
+    }
+}
+
+impl<T: OpenaiTensors> OpenaiLayout<'_, T> {
+    /// The openai tensors making up `name` and the shape each must have, all checked present
+    /// with that shape.
+    fn parts(&self, name: &str, expected: &[usize]) -> Result<(Vec<Part>, Vec<usize>), ModelError> {
         let path = self.0.path();
         let parts = ct2_to_openai(name).ok_or_else(|| ModelError::MissingWeight {
             path: path.to_path_buf(),
@@ -152,29 +238,23 @@ impl<T: OpenaiTensors> TensorSource for OpenaiLayout<'_, T> {
         if let Some(first) = part_shape.first_mut() {
             *first = rows / parts.len();
         }
-        let part_len: usize = part_shape.iter().product();
-        let mut out = Vec::with_capacity(part_len * parts.len());
         for part in &parts {
-            match part {
-                Part::Zeros => out.resize(out.len() + part_len, 0.0),
-                Part::Tensor(n) => {
-                    let found = self.0.shape(n).ok_or_else(|| ModelError::MissingWeight {
+            if let Part::Tensor(n) = part {
+                let found = self.0.shape(n).ok_or_else(|| ModelError::MissingWeight {
+                    path: path.to_path_buf(),
+                    name: self.0.file_name(n),
+                })?;
+                if !same_shape(&found, &part_shape) {
+                    return Err(ModelError::BadShape {
                         path: path.to_path_buf(),
                         name: self.0.file_name(n),
-                    })?;
-                    if !same_shape(&found, &part_shape) {
-                        return Err(ModelError::BadShape {
-                            path: path.to_path_buf(),
-                            name: self.0.file_name(n),
-                            found,
-                            expected: part_shape,
-                        });
-                    }
-                    out.extend(self.0.read(n)?);
+                        found,
+                        expected: part_shape,
+                    });
                 }
             }
         }
-        Ok(out)
+        Ok((parts, part_shape))
     }
 }
 

@@ -10,7 +10,9 @@
 //! `"they"`), so the ids can differ while the text is the same.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -290,7 +292,7 @@ fn read_json_merges(
             )
         })
     };
-    let mut merges = HashMap::with_capacity(list.len());
+    let mut merges = HashMap::with_capacity_and_hasher(list.len(), Default::default());
     for (rank, m) in list.iter().enumerate() {
         let (a, b) = match m {
             serde_json::Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
@@ -318,13 +320,14 @@ fn read_json_merges(
 /// that token's id as rank.
 fn vocabulary_merges(token_bytes: &[u8], offsets: &[usize], n_text: u32) -> MergeTable {
     let bytes_of = |id: u32| &token_bytes[offsets[id as usize]..offsets[id as usize + 1]];
-    let mut by_bytes: HashMap<&[u8], u32> = HashMap::with_capacity(n_text as usize);
+    let mut by_bytes: HashMap<&[u8], u32> =
+        HashMap::with_capacity_and_hasher(n_text as usize, Default::default());
     for id in 0..n_text {
         if !bytes_of(id).is_empty() {
             by_bytes.entry(bytes_of(id)).or_insert(id);
         }
     }
-    let mut merges = HashMap::new();
+    let mut merges = HashMap::default();
     for (&bytes, &merged) in &by_bytes {
         for split in 1..bytes.len() {
             let (a, b) = bytes.split_at(split);
@@ -501,25 +504,25 @@ impl Tokenizer {
         );
 
         let byte_chars = bytes_to_unicode();
-        let char_bytes: HashMap<char, u8> = byte_chars
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        // The byte-level characters are all below U+0144: a table, not a map.
+        let mut char_bytes = [None::<u8>; 512];
+        for (b, &c) in byte_chars.iter().enumerate() {
+            char_bytes[c as usize] = Some(b as u8);
+        }
         let mut token_bytes = Vec::with_capacity(strings.iter().map(String::len).sum());
         let mut offsets = Vec::with_capacity(strings.len() + 1);
         offsets.push(0);
         for s in &strings {
             for c in s.chars() {
-                match char_bytes.get(&c) {
-                    Some(&b) => token_bytes.push(b),
+                match char_bytes.get(c as usize).copied().flatten() {
+                    Some(b) => token_bytes.push(b),
                     // Not byte-level text (never in Whisper's vocabularies): keep it as written.
                     None => token_bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                 }
             }
             offsets.push(token_bytes.len());
         }
-        let mut ids = HashMap::with_capacity(strings.len());
+        let mut ids = HashMap::with_capacity_and_hasher(strings.len(), Default::default());
         for (i, s) in strings.iter().enumerate() {
             ids.entry(s.clone()).or_insert(i as u32);
         }
