@@ -90,6 +90,10 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
+    common::guard_panics("transcribe", transcribe_main)
+}
+
+fn transcribe_main() -> ExitCode {
     let config = match parse_args() {
         Ok(Some(config)) => config,
         Ok(None) => {

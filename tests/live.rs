@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use gstwhispernpu::model::WhisperModel;
@@ -276,7 +275,7 @@ fn words_after_a_pause_keep_their_left_context() {
 fn sentences_after_pauses_are_not_lost() {
     let model = model("tiny.en");
     let text = std::fs::read_to_string(common::repo().join("tests/fixtures/paused.txt")).unwrap();
-    let wav = synthesise("paused", &text, "en-us+m3");
+    let wav = common::synthesise("paused", &text, "en-us+m3");
     let (audio, rate) = common::read_wav(&wav);
     std::fs::remove_file(&wav).ok();
     assert_eq!(rate as usize, RATE);
@@ -363,30 +362,5 @@ const PARAGRAPH: &str = "The morning began with a thin gray fog that rolled in f
 
 /// One paragraph without pauses, by scripts/synth-speech (espeak-ng).
 fn synthesise_paragraph() -> PathBuf {
-    synthesise("paragraph", PARAGRAPH, "en-us")
-}
-
-/// `text` spoken by espeak-ng `voice` (scripts/synth-speech: paragraphs separated by blank lines
-/// get 0.6 s pauses), in a temporary WAV file.
-fn synthesise(name: &str, text: &str, voice: &str) -> PathBuf {
-    let dir = std::env::temp_dir();
-    let stem = format!("whispernpu-live-{name}-{}", std::process::id());
-    let text_file = dir.join(format!("{stem}.txt"));
-    let wav = dir.join(format!("{stem}.wav"));
-    std::fs::write(&text_file, text).unwrap();
-    let out = Command::new("bash")
-        .arg(common::repo().join("scripts/synth-speech"))
-        .arg(&wav)
-        .arg(&text_file)
-        .env("SYNTH_MIN_SECONDS", "20")
-        .env("SYNTH_VOICE", voice)
-        .output()
-        .expect("cannot run scripts/synth-speech");
-    std::fs::remove_file(&text_file).ok();
-    assert!(
-        out.status.success(),
-        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wav
+    common::synthesise("paragraph", PARAGRAPH, "en-us")
 }

@@ -2,15 +2,22 @@
 //! worker thread.
 //!
 //! Threads:
-//! * the application thread loads no weights: NULL→READY checks the backend and that the model
-//!   exists (a bad `backend` or `model` fails the state change with an element error), then starts
-//!   a loader thread (Progress messages; a corrupt model becomes an element error and stops the
-//!   stream at its first buffer). Weights are shared process-wide by `model::load_shared`;
+//! * the application thread converts no weights: NULL→READY checks the backend and opens and
+//!   checks the model (headers, dimensions, every tensor's shape: milliseconds; a bad `backend`
+//!   or `model` fails the state change with an element error naming the file and field), then
+//!   starts a loader thread that converts the weights (Progress messages). READY→PAUSED waits
+//!   for it: a model that fails there (a NaN weight, a panic) fails that state change with its
+//!   error, so a stream never starts without a model. Weights are shared process-wide by
+//!   `model::load_shared`;
 //! * the streaming thread converts audio to f32, maps timestamps to output time and queues it,
 //!   together with the serialized events, in arrival order. Non-live it waits while more than
 //!   [`MAX_QUEUED_OFFLINE`] of audio is queued (back-pressure); live it never waits;
 //! * the worker thread owns the engine, decodes according to a [`DecodePolicy`] and pushes text,
 //!   GAP, tag and the queued events downstream, in order. EOS is pushed after the drain.
+//!
+//! Both threads of the element run their bodies under `catch_unwind`: a panic (a bug) becomes
+//! an element error naming the stage, a Progress ERROR (loader) and a flow error upstream; the
+//! worker goes on handling events, so EOS and flushes still pass and nothing hangs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +34,7 @@ use once_cell::sync::Lazy;
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
 use super::{Backend, ComputeTypeMode, Mode, OutputMode, TaskMode};
-use crate::error::{Error, ModelError};
+use crate::error::{Error, ModelError, panic_message};
 use crate::model::{self, WhisperModel};
 use crate::transcribe::{
     EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber,
@@ -158,17 +165,45 @@ fn language_from_code(code: &str) -> Option<String> {
     (!primary.is_empty() && primary != "auto").then_some(primary)
 }
 
-/// The element error for a model that cannot be used; the message names the file at fault.
-fn model_error_message(name: &str, e: &ModelError) -> gst::ErrorMessage {
-    match e {
-        ModelError::NotFound { .. } | ModelError::UnknownName { .. } => {
-            gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
+/// Why a model cannot be used, as an element error: the domain and the message, which names the
+/// file (and field) at fault. Kept by the model slot, so a failed load is reported again at
+/// every attempt to start streaming.
+#[derive(Debug, Clone)]
+struct ModelFailure {
+    kind: gst::ResourceError,
+    message: String,
+}
+
+impl ModelFailure {
+    fn from_model_error(name: &str, e: &ModelError) -> Self {
+        match e {
+            ModelError::NotFound { .. } | ModelError::UnknownName { .. } => Self {
+                kind: gst::ResourceError::NotFound,
+                message: e.to_string(),
+            },
+            ModelError::Io { .. } => Self {
+                kind: gst::ResourceError::OpenRead,
+                message: e.to_string(),
+            },
+            _ => Self {
+                kind: gst::ResourceError::Failed,
+                message: format!("Cannot use Whisper model `{name}`: {e}"),
+            },
         }
-        ModelError::Io { .. } => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
-        _ => gst::error_msg!(
-            gst::ResourceError::Failed,
-            ("Cannot use Whisper model `{}`: {}", name, e)
-        ),
+    }
+
+    fn panic(name: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        Self {
+            kind: gst::ResourceError::Failed,
+            message: format!(
+                "Cannot load Whisper model `{name}`: the model loader thread panicked: {}",
+                panic_message(payload)
+            ),
+        }
+    }
+
+    fn error_message(&self) -> gst::ErrorMessage {
+        gst::error_msg!(self.kind, ("{}", self.message))
     }
 }
 
@@ -214,6 +249,20 @@ enum Item {
 }
 
 impl Item {
+    /// What the worker was doing, for errors.
+    fn description(&self) -> &'static str {
+        match self {
+            Item::Audio { .. } => "audio",
+            Item::Gap { .. } => "a gap",
+            Item::Caps { .. } => "new caps",
+            Item::Segment(_) => "a segment",
+            Item::Eos(_) => "the end of the stream",
+            Item::Event(_) => "an event",
+            Item::Reset => "a flush",
+            Item::Stall { .. } => "a stalled source",
+        }
+    }
+
     /// Kept across a flush: stream-start, caps and other sticky events except SEGMENT and EOS
     /// (a flush clears those downstream too).
     fn survives_flush(&self) -> bool {
@@ -280,9 +329,11 @@ struct Stream {
 
 enum ModelSlot {
     None,
-    Loading(JoinHandle<Option<Arc<WhisperModel>>>),
+    /// The loader thread (it posts the Progress messages).
+    Loading(JoinHandle<Result<Arc<WhisperModel>, ModelFailure>>),
     Ready(Arc<WhisperModel>),
-    Failed,
+    /// Loading failed, or the loader panicked.
+    Failed(ModelFailure),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,42 +441,61 @@ fn cancel_stall(stall: Option<StallWait>) {
 impl WhisperNpu {
     /// The loaded model (waits for the loader if it is still running).
     pub(super) fn loaded_model(&self) -> Option<Arc<WhisperModel>> {
-        self.wait_model()
+        self.wait_model().ok()
     }
 
-    fn wait_model(&self) -> Option<Arc<WhisperModel>> {
+    /// The model, once the loader is done; why it failed otherwise.
+    fn wait_model(&self) -> Result<Arc<WhisperModel>, ModelFailure> {
         let mut slot = lock(&self.model);
         if let ModelSlot::Loading(_) = &*slot {
-            let ModelSlot::Loading(handle) = std::mem::replace(&mut *slot, ModelSlot::Failed)
-            else {
+            let ModelSlot::Loading(handle) = std::mem::replace(&mut *slot, ModelSlot::None) else {
                 unreachable!()
             };
-            if let Ok(Some(model)) = handle.join() {
-                *slot = ModelSlot::Ready(model);
-            }
+            let name = lock(&self.settings).model.clone();
+            *slot = match handle.join() {
+                Ok(Ok(model)) => ModelSlot::Ready(model),
+                Ok(Err(failure)) => ModelSlot::Failed(failure),
+                // The loader catches its own panics; this is a safety net.
+                Err(payload) => ModelSlot::Failed(ModelFailure::panic(&name, &*payload)),
+            };
         }
         match &*slot {
-            ModelSlot::Ready(model) => Some(Arc::clone(model)),
-            _ => None,
+            ModelSlot::Ready(model) => Ok(Arc::clone(model)),
+            ModelSlot::Failed(failure) => Err(failure.clone()),
+            ModelSlot::None | ModelSlot::Loading(_) => Err(ModelFailure {
+                kind: gst::ResourceError::Failed,
+                message: "No Whisper model: the element is in the NULL state".into(),
+            }),
         }
     }
 
-    /// NULL→READY: checks the backend and that the model exists (both cheap, so a bad setting
-    /// fails the state change at once), then loads the weights on a loader thread (Progress
-    /// messages; errors become element errors and stop the stream at its first buffer).
+    /// NULL→READY: checks the backend, then opens the model and checks it without converting a
+    /// weight ([`model::inspect`]: headers, dimensions, every tensor's presence and shape; a few
+    /// milliseconds), so that a missing, truncated or malformed model fails the state change at
+    /// once with an element error naming the file and field. The weights are then converted
+    /// on a loader thread (Progress messages), which READY→PAUSED waits for.
     fn start_loading(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
         self.check_backend(settings.backend, &settings.model)?;
-        if let Err(e) = model::resolve(&settings.model) {
-            self.post_error_message(model_error_message(&settings.model, &e));
+        if let Err(e) = model::inspect(&settings.model) {
+            let failure = ModelFailure::from_model_error(&settings.model, &e);
+            self.post_error_message(failure.error_message());
             return Err(gst::StateChangeError);
         }
         let obj = self.obj().clone();
         let handle = std::thread::Builder::new()
             .name("whispernpu-load".into())
             .spawn(move || {
-                obj.imp()
-                    .load_model(&settings.model, settings.compute_type.into())
+                let imp = obj.imp();
+                let name = settings.model.as_str();
+                let load = || imp.load_model(name, settings.compute_type.into());
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(
+                    |payload| {
+                        let failure = ModelFailure::panic(name, &*payload);
+                        imp.post_progress(gst::ProgressType::Error, &failure.message);
+                        Err(failure)
+                    },
+                )
             });
         *lock(&self.model) = match handle {
             Ok(handle) => ModelSlot::Loading(handle),
@@ -439,6 +509,20 @@ impl WhisperNpu {
             }
         };
         Ok(())
+    }
+
+    /// READY→PAUSED: waits for the loader, so that the element starts streaming only with a
+    /// usable model. A model that failed to load (or whose loader panicked) fails the state
+    /// change with its element error, at every attempt: applications and `gst-launch-1.0` see
+    /// the error at once and never wait on a stream that cannot start.
+    fn check_model_slot(&self) -> Result<(), gst::StateChangeError> {
+        match self.wait_model() {
+            Ok(_) => Ok(()),
+            Err(failure) => {
+                self.post_error_message(failure.error_message());
+                Err(gst::StateChangeError)
+            }
+        }
     }
 
     /// cpu and npu-sim (the NPU encoder's golden model on the CPU) always run. npu and auto probe
@@ -516,12 +600,13 @@ impl WhisperNpu {
         let _ = self.obj().post_message(msg);
     }
 
-    /// Runs on the loader thread.
+    /// Runs on the loader thread: loads the weights (shared process-wide), posting Progress
+    /// messages; the error is posted by READY→PAUSED ([`check_model_slot`](Self::check_model_slot)).
     fn load_model(
         &self,
         name: &str,
         compute_type: model::ComputeType,
-    ) -> Option<Arc<WhisperModel>> {
+    ) -> Result<Arc<WhisperModel>, ModelFailure> {
         self.post_progress(
             gst::ProgressType::Start,
             &format!("Loading Whisper model `{name}`"),
@@ -542,12 +627,12 @@ impl WhisperNpu {
                     gst::ProgressType::Complete,
                     &format!("Loaded Whisper model `{name}`"),
                 );
-                Some(model)
+                Ok(model)
             }
             Err(e) => {
-                self.post_error_message(model_error_message(name, &e));
-                self.post_progress(gst::ProgressType::Error, &e.to_string());
-                None
+                let failure = ModelFailure::from_model_error(name, &e);
+                self.post_progress(gst::ProgressType::Error, &failure.message);
+                Err(failure)
             }
         }
     }
@@ -598,7 +683,10 @@ impl WhisperNpu {
         let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else {
             return;
         };
-        let deadline = base_time + end + lock(&self.stream).arrival_lateness + self.stall_after();
+        let deadline = base_time
+            .saturating_add(end)
+            .saturating_add(lock(&self.stream).arrival_lateness)
+            .saturating_add(self.stall_after());
         let id = clock.new_single_shot_id(deadline);
         let token = {
             let mut q = lock(&self.queue);
@@ -746,6 +834,15 @@ impl WhisperNpu {
                     let mut q = lock(&self.queue);
                     q.flushing = true;
                     let items = std::mem::take(&mut q.items);
+                    if q.queued_samples > 0 {
+                        // A flush drops data in flight (a seek): said, not silent.
+                        gst::info!(
+                            CAT,
+                            imp = self,
+                            "Flush: {:.2} s of audio not yet transcribed dropped",
+                            q.queued_samples as f64 / SAMPLE_RATE as f64
+                        );
+                    }
                     q.held
                         .extend(items.into_iter().filter(Item::survives_flush));
                     q.queued_samples = 0;
@@ -865,7 +962,11 @@ impl WhisperNpu {
                 let (live, min, max) = upstream.result();
                 if live {
                     let ours = self.own_latency();
-                    q.set(true, min + ours, max.map(|m| m + ours));
+                    q.set(
+                        true,
+                        min.saturating_add(ours),
+                        max.map(|m| m.saturating_add(ours)),
+                    );
                 } else {
                     q.set(false, min, max);
                 }
@@ -956,7 +1057,7 @@ impl WhisperNpu {
                     armed = false;
                 }
             };
-            let res = self.handle_item(&mut work, item);
+            let res = self.handle_item_guarded(&mut work, item);
             let mut q = lock(&self.queue);
             q.busy = false;
             if let Err(e) = res {
@@ -966,6 +1067,43 @@ impl WhisperNpu {
                 }
             }
             self.queue_cond.notify_all();
+        }
+    }
+
+    /// [`handle_item`](Self::handle_item), with a panic (a bug, or an injected fault) turned
+    /// into an element error and a flow error: the worker goes on, so EOS and flushes are
+    /// still handled, and the stream stops cleanly instead of hanging.
+    fn handle_item_guarded(
+        &self,
+        work: &mut Work,
+        item: Item,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let what = item.description();
+        let eos = match &item {
+            Item::Eos(event) => Some(event.clone()),
+            _ => None,
+        };
+        let handle = std::panic::AssertUnwindSafe(|| self.handle_item(work, item));
+        match std::panic::catch_unwind(handle) {
+            Ok(res) => res,
+            Err(payload) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Failed,
+                    (
+                        "Internal error in the whispernpu worker while handling {}: {}",
+                        what,
+                        panic_message(&*payload)
+                    )
+                );
+                // Its state may be half-updated: a new engine is made after a flush.
+                work.engine = None;
+                work.timeline.reset();
+                if let Some(eos) = eos {
+                    self.srcpad.push_event(eos);
+                }
+                Err(gst::FlowError::Error)
+            }
         }
     }
 
@@ -988,7 +1126,7 @@ impl WhisperNpu {
             Item::Gap { time, duration } => {
                 if self.failed() || work.engine.is_none() {
                     // Nothing to keep aligned yet: pass the gap on.
-                    return self.cover_to(work, time, time + duration);
+                    return self.cover_to(work, time, time.saturating_add(duration));
                 }
                 self.prepare_engine(work)?;
                 self.place(work, Some(time))?;
@@ -996,7 +1134,7 @@ impl WhisperNpu {
                 if samples_to_time(n) > super::timeline::MAX_SILENCE_FILL {
                     self.drain(work)?;
                     let from = work.covered_until.unwrap_or(time);
-                    return self.cover_to(work, from, time + duration);
+                    return self.cover_to(work, from, time.saturating_add(duration));
                 }
                 self.feed(work, &vec![0.0; n as usize])
             }
@@ -1109,9 +1247,12 @@ impl WhisperNpu {
             }
             return Ok(());
         }
-        let Some(model) = self.wait_model() else {
-            // The loader posted the error.
-            return Err(gst::FlowError::Error);
+        let model = match self.wait_model() {
+            Ok(model) => model,
+            Err(failure) => {
+                self.post_error_message(failure.error_message());
+                return Err(gst::FlowError::Error);
+            }
         };
         match Transcriber::new(model, opts) {
             Ok(engine) => {
@@ -1394,7 +1535,7 @@ impl WhisperNpu {
             let msg_start = work
                 .covered_until
                 .map_or(seg_start_time, |c| c.max(seg_start_time));
-            let msg_end = seg_end_time.max(msg_start + MIN_TEXT_DURATION);
+            let msg_end = seg_end_time.max(msg_start.saturating_add(MIN_TEXT_DURATION));
             let structure = gst::Structure::builder("whispernpu-segment")
                 .field("start", msg_start)
                 .field("end", msg_end)
@@ -1434,7 +1575,7 @@ impl WhisperNpu {
                         self.cover_to(work, covered, start)?;
                     }
                 }
-                let end = end.max(start + MIN_TEXT_DURATION);
+                let end = end.max(start.saturating_add(MIN_TEXT_DURATION));
                 gst::debug!(CAT, imp = self, "Text {} – {}: {}", start, end, piece_text);
                 let text = match work.format {
                     Some(TextFormat::Pango) => glib::markup_escape_text(piece_text).to_string(),
@@ -1898,6 +2039,7 @@ impl ElementImpl for WhisperNpu {
         match transition {
             gst::StateChange::NullToReady => self.start_loading()?,
             gst::StateChange::ReadyToPaused => {
+                self.check_model_slot()?;
                 *lock(&self.stream) = Stream::default();
                 self.start_worker()?;
             }

@@ -61,7 +61,8 @@ impl Timeline {
 
     /// Output time just after the last sample received.
     pub fn end(&self) -> Option<ClockTime> {
-        self.base.map(|b| b + samples_to_time(self.samples))
+        self.base
+            .map(|b| b.saturating_add(samples_to_time(self.samples)))
     }
 
     /// Where audio starting at `time` goes. `None` (no timestamp) always follows on.
@@ -69,10 +70,10 @@ impl Timeline {
         let (Some(time), Some(expected)) = (time, self.end()) else {
             return Placement::Contiguous;
         };
-        if time + TOLERANCE < expected {
+        if time.saturating_add(TOLERANCE) < expected {
             return Placement::Restart;
         }
-        if time <= expected + TOLERANCE {
+        if time <= expected.saturating_add(TOLERANCE) {
             return Placement::Contiguous;
         }
         let hole = time - expected;
@@ -130,8 +131,11 @@ impl Timeline {
     /// Output time of an engine time (seconds since the run start).
     pub fn time_of(&self, seconds: f64) -> Option<ClockTime> {
         let seconds = seconds.max(0.0);
-        self.base
-            .map(|b| b + ClockTime::from_nseconds((seconds * 1e9).round() as u64))
+        self.base.map(|b| {
+            b.saturating_add(ClockTime::from_nseconds(
+                ((seconds * 1e9).round() as u64).min(u64::MAX - 1),
+            ))
+        })
     }
 
     /// Forgets the run; the next audio starts a new one.
@@ -183,5 +187,22 @@ mod tests {
         assert_eq!(t.time_of(0.5), Some(ClockTime::from_mseconds(5_500)));
         t.reset();
         assert_eq!(t.base(), None);
+    }
+
+    /// Timestamps from upstream can be anything up to `ClockTime::MAX`: arithmetic on them
+    /// saturates instead of panicking (gstreamer-rs panics on overflow).
+    #[test]
+    fn timestamps_near_the_end_of_time_saturate() {
+        let mut t = Timeline::default();
+        let late = ClockTime::MAX - ClockTime::from_seconds(1);
+        t.start_if_needed(late);
+        t.advance(&[0.0; 48_000]);
+        assert_eq!(t.end(), Some(ClockTime::MAX));
+        assert_eq!(t.place(Some(ClockTime::MAX)), Placement::Contiguous);
+        assert_eq!(t.time_of(1e12), Some(ClockTime::MAX));
+        assert_eq!(
+            time_to_samples(ClockTime::MAX) / 16_000 / 3600 / 24 / 365,
+            584
+        );
     }
 }

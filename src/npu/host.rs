@@ -50,6 +50,9 @@ pub enum NpuError {
     },
     #[error("the NPU encoder's worker thread stopped")]
     WorkerGone,
+    /// A run panicked on the worker thread (caught there: the thread goes on).
+    #[error("the NPU encoder panicked: {0}")]
+    Panicked(String),
 }
 
 fn dev(what: &'static str) -> impl FnOnce(DeviceError) -> NpuError {

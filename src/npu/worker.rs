@@ -453,7 +453,13 @@ fn run_worker(
         };
         let Job { id, mut buffers } = job;
         let start = std::time::Instant::now();
-        let result = pool.install(|| encoder.encode(&buffers.mel, &mut buffers.out));
+        // A panic in a run is an error like any failed run: the transcriber stops using the
+        // NPU and encodes on the CPU (the thread lives on to answer the queue).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::fault::point("npu-encode");
+            pool.install(|| encoder.encode(&buffers.mel, &mut buffers.out))
+        }))
+        .unwrap_or_else(|payload| Err(NpuError::Panicked(crate::error::panic_message(&*payload))));
         let done = Done {
             id,
             buffers,

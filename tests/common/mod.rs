@@ -177,3 +177,28 @@ pub fn noise_mix(seconds: usize) -> Vec<f32> {
     }
     out
 }
+
+/// `text` spoken by espeak-ng `voice` (scripts/synth-speech: paragraphs separated by blank lines
+/// get 0.6 s pauses), in a temporary WAV file named after `name`.
+pub fn synthesise(name: &str, text: &str, voice: &str) -> PathBuf {
+    let dir = std::env::temp_dir();
+    let stem = format!("whispernpu-synth-{name}-{}", std::process::id());
+    let text_file = dir.join(format!("{stem}.txt"));
+    let wav = dir.join(format!("{stem}.wav"));
+    std::fs::write(&text_file, text).unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/synth-speech"))
+        .arg(&wav)
+        .arg(&text_file)
+        .env("SYNTH_MIN_SECONDS", "0")
+        .env("SYNTH_VOICE", voice)
+        .output()
+        .expect("cannot run scripts/synth-speech");
+    std::fs::remove_file(&text_file).ok();
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wav
+}
