@@ -458,3 +458,58 @@ fn cli_panic_is_one_line_and_status_1() {
         assert!(run.stdout.is_empty(), "{point}: {}", run.stdout);
     }
 }
+
+#[test]
+fn cli_bad_input_is_one_line_naming_the_cause() {
+    let _serial = serial();
+    let tiny = common::model_dir("tiny.en");
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(common::example_bin("transcribe"));
+        cmd.args(args);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    };
+    let jfk = common::jfk_wav();
+    let jfk = jfk.to_str().unwrap();
+    let tiny = tiny.to_str().unwrap();
+    for (args, code, expected) in [
+        (
+            vec!["--model", tiny, "--beam-size", "0", jfk],
+            2,
+            "invalid option `beam-size`: 0 is outside 1..=16",
+        ),
+        (
+            vec!["--model", tiny, "--compute-type", "fp8", jfk],
+            2,
+            "--compute-type: unknown compute type `fp8`",
+        ),
+        (
+            vec!["--model", tiny, "--task", "translate", jfk],
+            2,
+            "translate",
+        ),
+        (
+            vec!["--model", tiny, "/nonexistent/talk.wav"],
+            1,
+            "transcribe: no such file: /nonexistent/talk.wav",
+        ),
+        (
+            vec!["--model", "/nonexistent/model", jfk],
+            1,
+            "cannot load model /nonexistent/model: model file not found: /nonexistent/model",
+        ),
+    ] {
+        let run = cli(&args);
+        assert_eq!(
+            run.status.and_then(|s| s.code()),
+            Some(code),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("transcribe: "),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}

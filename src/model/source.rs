@@ -62,7 +62,7 @@ impl TensorSource for Borrowed<'_> {
 /// converts, so a weight with a NaN or an infinity is refused at load, named, instead of
 /// turning every transcript into silence. Reads the values in blocks with one branch per
 /// block: the pass runs at memory speed.
-pub fn first_non_finite(data: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
     const BLOCK: usize = 256;
     for (b, block) in data.chunks(BLOCK).enumerate() {
         // An f32 is NaN or infinite exactly when its exponent bits are all set.
