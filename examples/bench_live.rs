@@ -1235,7 +1235,20 @@ fn run_model(
         let mut player = player;
         std::thread::Builder::new()
             .name("bench-live-feeder".into())
-            .spawn(move || feed(&appsrc, &clock, base_time, &mut player, speed, &shared))
+            .spawn(move || {
+                let run = || feed(&appsrc, &clock, base_time, &mut player, speed, &shared);
+                // A panic here ends the stream at once (EOS) and is reported, instead of
+                // leaving the pipeline waiting for an EOS until the timeout.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(
+                    |payload| {
+                        let _ = appsrc.end_of_stream();
+                        Err(format!(
+                            "the feeder thread panicked: {}",
+                            gstwhispernpu::error::panic_message(&*payload)
+                        ))
+                    },
+                )
+            })
             .map_err(|e| runtime(format!("cannot start the feeder thread: {e}")))?
     };
 
