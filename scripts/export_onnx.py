@@ -464,6 +464,90 @@ def token_table(conv_dir, source_dir):
     return table
 
 
+def byte_level(text):
+    """GPT-2's byte-level form of text (each byte as one printable character)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return "".join(chr(table[b]) for b in text.encode("utf-8"))
+
+
+def read_vocab(*dirs):
+    """{byte-level token string: id} from vocabulary.txt or tokenizer.json's model.vocab."""
+    for d in dirs:
+        if not d:
+            continue
+        vt = os.path.join(d, "vocabulary.txt")
+        if os.path.isfile(vt):
+            with open(vt, encoding="utf-8") as f:
+                return {line.rstrip("\n"): i for i, line in enumerate(f)}
+        tj = os.path.join(d, "tokenizer.json")
+        if os.path.isfile(tj):
+            with open(tj, encoding="utf-8") as f:
+                return dict(json.load(f)["model"]["vocab"])
+    return {}
+
+
+def bpe(vocab, text):
+    """Byte-level BPE with the token ids as merge ranks (how tiktoken encodes Whisper's
+    vocabulary); text must be one pre-tokenizer piece (true for the symbols below)."""
+    parts = list(byte_level(text))
+    while len(parts) > 1:
+        best = None
+        for j in range(len(parts) - 1):
+            r = vocab.get(parts[j] + parts[j + 1])
+            if r is not None and (best is None or r < best[0]):
+                best = (r, j)
+        if best is None:
+            break
+        j = best[1]
+        parts[j : j + 2] = [parts[j] + parts[j + 1]]
+    return [vocab[p] for p in parts]
+
+
+def non_speech_tokens(vocab):
+    """openai/whisper tokenizer.py `non_speech_tokens` (what suppress_tokens=[-1] means)."""
+    symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+    symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+    notes = list("♩♪♫♬♭♮♯")
+    result = {bpe(vocab, " -")[0], bpe(vocab, " '")[0]}
+    for sym in symbols + notes:
+        for toks in (bpe(vocab, sym), bpe(vocab, " " + sym)):
+            if len(toks) == 1 or sym in notes:
+                result.add(toks[0])
+    return sorted(result)
+
+
+def fill_defaults(gen, tokens, vocab, dm):
+    """A GGML source carries no alignment heads or suppression lists (the converter writes empty
+    ones): fill in what openai's code uses by default, as the crate does when it loads such a file.
+    Returns the names of the fields filled."""
+    filled = []
+    if not gen.get("alignment_heads"):
+        L, H = dm["dec_layers"], dm["dec_heads"]
+        gen["alignment_heads"] = [[l, h] for l in range(L // 2, L) for h in range(H)]
+        filled.append("alignment_heads (every head of the last half of the decoder layers)")
+    eot = gen.get("eos_token_id")
+    if not gen.get("begin_suppress_tokens") and vocab and eot is not None:
+        gen["begin_suppress_tokens"] = [vocab[byte_level(" ")], eot]
+        filled.append("begin_suppress_tokens")
+    if not gen.get("suppress_tokens") and vocab:
+        ids = set(non_speech_tokens(vocab))
+        for name in ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+                     "<|startofprev|>", "<|nospeech|>", "<|nocaptions|>"):
+            if name in tokens:
+                ids.add(tokens[name])
+        gen["suppress_tokens"] = sorted(ids)
+        filled.append("suppress_tokens (openai's non-speech tokens and the task/start tokens)")
+    return filled
+
+
 def write_configs(conv_dir, source_dir, out_dir, dm):
     with open(os.path.join(conv_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
@@ -501,6 +585,10 @@ def write_configs(conv_dir, source_dir, out_dir, dm):
         gen.setdefault("prev_sot_token_id", tokens["<|startofprev|>"])
     if "no_timestamps_token_id" not in gen and "<|notimestamps|>" in tokens:
         gen["no_timestamps_token_id"] = tokens["<|notimestamps|>"]
+    filled = fill_defaults(gen, tokens, read_vocab(conv_dir, source_dir), dm)
+    if filled:
+        print(f"export_onnx: the source lists none, so generation_config.json gets openai's default "
+              f"{'; '.join(filled)}", file=sys.stderr)
     multilingual = gen.get("is_multilingual", dm["vocab"] >= 51865)
     gen["is_multilingual"] = multilingual
     sot = tokens.get("<|startoftranscript|>", gen.get("decoder_start_token_id"))
