@@ -36,7 +36,9 @@ OPSET = 17
 IR_VERSION = 8  # what ONNX 1.12 (opset 17) writes: readable by older ONNX Runtime builds (Ryzen AI's too)
 LN_EPS = 1e-5
 NEG = float(np.finfo(np.float32).min)  # additive causal mask value (what transformers uses)
-EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which a file keeps them beside it
+# bytes of weights above which a file keeps them beside it in FILE.onnx_data (protobuf's limit is 2 GiB);
+# EXPORT_ONNX_EXTERNAL_DATA_BYTES overrides it (e.g. 0 to try the external-data path on a small model)
+EXTERNAL_DATA_LIMIT = int(os.environ.get("EXPORT_ONNX_EXTERNAL_DATA_BYTES", 1_800_000_000))
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 
@@ -47,19 +49,20 @@ INT64 = TensorProto.INT64
 
 def read_safetensors(path):
     """Reads a safetensors file into {name: float32 ndarray}. Header: u64 LE length, JSON."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # F32 tensors stay views of the file
     if len(data) < 8:
         raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
+    (n,) = struct.unpack("<Q", data[:8].tobytes())
+    header = json.loads(data[8 : 8 + n].tobytes())
     base = 8 + n
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         begin, end = info["data_offsets"]
-        raw = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=base + begin)
+        if base + end > len(data):
+            raise ValueError(f"{path}: tensor {name} ends past the end of the file")
+        raw = data[base + begin : base + end]
         dt = info["dtype"]
         if dt == "F32":
             arr = raw.view("<f4")
@@ -69,7 +72,7 @@ def read_safetensors(path):
             arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             raise ValueError(f"{path}: tensor {name} has dtype {dt} (F32, F16, BF16 supported)")
-        out[name] = np.ascontiguousarray(arr.reshape(info["shape"]), dtype=np.float32)
+        out[name] = arr.reshape(info["shape"])
     return out
 
 

@@ -246,7 +246,8 @@ class Decoding:
         return int(np.argmax(z))
 
     def run(self, layout, enc, prompt, max_new):
-        """Greedy decoding; returns (tokens, last logits row, cross attentions of the last run)."""
+        """Greedy decoding; returns (tokens, last logits row, cross attentions of the last run,
+        the tokens that run saw: all but the last token when max_new stopped it before <|endoftext|>)."""
         H = self.cfg["decoder_attention_heads"]
         Dh = self.cfg["d_model"] // H
         L = self.cfg["decoder_layers"]
@@ -312,12 +313,12 @@ class Decoding:
                 attn = [out[f"cross_attentions.{i}"][0] for i in range(L)]
                 if layout == "static":
                     attn = [a[:, : len(tokens)] for a in attn]
-            last = row
+            last, fed = row, list(tokens)
             nxt = self.pick(row, step)
             if nxt == self.eot:
                 break
             tokens.append(nxt)
-        return tokens, last, attn
+        return tokens, last, attn, fed
 
 
 def main():
@@ -362,7 +363,8 @@ def main():
         ref = np_encoder(os.path.join(a.dir, "encoder_model.onnx"), mel, cfg)
         diff = np.abs(enc - ref).max()
         cos = float((enc.ravel() @ ref.ravel()) / np.linalg.norm(enc) / np.linalg.norm(ref))
-        print(f"numpy reference encoder (float64): max |diff| {diff:.3e}, cosine {cos:.8f} ({time.time() - t:.0f} s)")
+        print(f"numpy reference encoder (float64): max |diff| {diff:.3e} (values up to {np.abs(ref).max():.1f}), "
+              f"cosine {cos:.8f} ({time.time() - t:.0f} s)")
 
     layouts = []
     if "decoder_model_merged.onnx" in files:
@@ -380,14 +382,14 @@ def main():
     results = {}
     for lay in layouts:
         t = time.time()
-        toks, last, attn = dec.run(lay, enc, prompt, a.max_new)
+        toks, last, attn, fed = dec.run(lay, enc, prompt, a.max_new)
         text = detok(toks[len(prompt):])
-        results[lay] = (toks, last, attn)
+        results[lay] = (toks, last, attn, fed)
         print(f"[{lay}] {len(toks) - len(prompt)} tokens in {time.time() - t:.2f} s: {text!r}")
     base = layouts[0] if layouts else None
     for lay in layouts[1:]:
-        ta, la, aa = results[base]
-        tb, lb, ab = results[lay]
+        ta, la, aa, _ = results[base]
+        tb, lb, ab, _ = results[lay]
         same = "same tokens" if ta == tb else "DIFFERENT TOKENS"
         msg = f"{lay} vs {base}: {same}"
         if len(ta) == len(tb):
@@ -400,8 +402,8 @@ def main():
     if base and not a.no_reference:
         t = time.time()
         dec_file = "decoder_model_merged.onnx" if "decoder_model_merged.onnx" in files else "decoder_model.onnx"
-        toks, last, attn = results[base]
-        ref_logits, ref_cross = np_decoder(np_weights(os.path.join(a.dir, dec_file)), toks, enc, cfg)
+        _, last, attn, fed = results[base]
+        ref_logits, ref_cross = np_decoder(np_weights(os.path.join(a.dir, dec_file)), fed, enc, cfg)
         msg = (f"numpy reference decoder (float64, {dec_file} weights, the {base} tokens): "
                f"last logits max |diff| {np.abs(ref_logits[-1] - last).max():.2e} "
                f"(logits range {ref_logits[-1].min():.1f}..{ref_logits[-1].max():.1f})")
@@ -412,7 +414,7 @@ def main():
     # sanity of the alignment heads' cross-attention (static / no-cache layouts carry every row)
     for lay in ("merged-nocache", "split-nocache", "static"):
         if lay in results and results[lay][2] is not None:
-            toks, _, attn = results[lay]
+            toks, _, attn, _ = results[lay]
             heads = gen.get("alignment_heads", [])
             if not heads:
                 break
