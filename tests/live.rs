@@ -78,6 +78,7 @@ fn run_live(
             ..opts
         },
     );
+    let detector = live.gate_name();
     let mut commits = Vec::new();
     let mut partials = 0;
     let mut pushed = 0usize;
@@ -99,6 +100,14 @@ fn run_live(
     }
     let end = pushed as f64 / RATE as f64;
     let out = live.drain(&mut engine).unwrap();
+    // Silero failing mid-stream would hand the rest to the energy detector, with a warning.
+    assert_eq!(
+        live.gate_name(),
+        detector,
+        "the speech gate changed detector: {:?}",
+        live.take_warning()
+    );
+    assert_eq!(live.take_warning(), None);
     commits.extend(
         out.segments
             .into_iter()

@@ -176,6 +176,7 @@ fn live_locks_the_language_once_confident() {
             .into_iter()
             .map(|s| s.text),
     );
+    assert_eq!(live.gate_name(), "silero", "{:?}", live.take_warning());
     let text = text.join(" ");
     eprintln!("first: {first_detection:?}\nlast: {d:?}\n{text}");
     let first = first_detection.expect("identified on the first decode");
