@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                 amdxdna_driver: not_built(),
             },
             "planned layout; the xclbin and instructions are not built yet (kernels/build.sh on a \
-             machine with mlir-aie writes them and records the versions)",
+             machine with mlir-aie writes them; record the versions used here)",
         ) {
             Ok(manifest) => manifest,
             Err(e) => {

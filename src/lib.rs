@@ -14,6 +14,9 @@ pub mod model;
 pub mod npu;
 pub mod transcribe;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 pub use error::{Error, ModelError};
 pub use transcribe::{Segment, Task, TranscribeOptions};
 

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use gst::prelude::*;
@@ -13,13 +14,73 @@ const RATE: usize = 16_000;
 /// Duration of the buffers `push_audio` and `push_on_clock` push.
 const BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 
+/// The `whispernpu` debug lines at INFO and above, as (element name, message): the element logs
+/// the speech gate it opens for live decoding (`Live decoding, speech gate: silero`).
+static ELEMENT_LOG: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 fn init() {
     use std::sync::Once;
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("gst::init");
+        // Capture the element's INFO lines. Without GST_DEBUG the default printer would print
+        // only these (on stderr, past the test harness's capture), so it goes; with GST_DEBUG it
+        // stays and the level asked for whispernpu is kept.
+        let asked = std::env::var("GST_DEBUG").unwrap_or_default();
+        if asked.is_empty() {
+            gst::log::remove_default_log_function();
+        }
+        if !asked.contains("whispernpu")
+            && gst::log::get_default_threshold() < gst::DebugLevel::Info
+        {
+            gst::log::set_threshold_for_name("whispernpu", gst::DebugLevel::Info);
+        }
+        gst::log::set_active(true);
+        gst::log::add_log_function(
+            |category, level, _file, _function, _line, object, message| {
+                if category.name() != "whispernpu" || level > gst::DebugLevel::Info {
+                    return;
+                }
+                if let (Some(object), Some(message)) = (object, message.get()) {
+                    ELEMENT_LOG
+                        .lock()
+                        .unwrap()
+                        .push((object.to_string(), message.to_string()));
+                }
+            },
+        );
         gstwhispernpu::plugin_register_static().expect("register whispernpu");
     });
+}
+
+/// Live decoding ran on Silero VAD, not the energy fallback: `element` logged opening the Silero
+/// gate and never another, and posted no warning about the VAD (Silero failing to load, or
+/// failing mid-stream, is reported by a warning before the energy detector takes over).
+fn assert_silero_gate(element: &gst::Element, bus: &gst::Bus) {
+    let name = element.name().to_string();
+    let gates: Vec<String> = ELEMENT_LOG
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(object, message)| *object == name && message.starts_with("Live decoding"))
+        .map(|(_, message)| message.clone())
+        .collect();
+    assert!(!gates.is_empty(), "{name} logged no speech gate");
+    assert!(
+        gates
+            .iter()
+            .all(|g| g == "Live decoding, speech gate: silero"),
+        "{name} did not decode behind Silero VAD: {gates:?}"
+    );
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Warning]) {
+        if let gst::MessageView::Warning(w) = msg.view() {
+            assert!(
+                !w.error().message().contains("VAD"),
+                "{name}: {}",
+                w.error()
+            );
+        }
+    }
 }
 
 /// A `whispernpu` with `props`, its own bus, inside a Harness (which sets it to PLAYING).
@@ -556,8 +617,9 @@ fn latency_query_live() {
 /// Live processing: text comes out in running time while audio streams, and EOS drains.
 #[test]
 fn live_chunks_in_running_time() {
+    common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(&model, &[("latency", "5000")]);
+    let (mut h, bus, element) = harness(&model, &[("latency", "5000")]);
     h.set_src_caps(audio_caps("F32LE"));
     // A segment starting at 50 s: running time = PTS − 50 s.
     let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
@@ -592,6 +654,7 @@ fn live_chunks_in_running_time() {
     assert!(cues.iter().all(|c| c.end <= 11.5), "{cues:?}");
     let text = all_text(&cues).to_lowercase();
     assert!(text.contains("your country"), "{text}");
+    assert_silero_gate(&element, &bus);
 }
 
 /// NULL→READY with a setting that cannot work fails at once, with an error on the bus.
@@ -690,8 +753,9 @@ fn offline_text_matches_engine() {
 /// Live: audio arriving faster than it can be decoded posts a warning instead of drifting silently.
 #[test]
 fn live_falling_behind_warns() {
+    common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, bus, _element) = harness(&model, &[("mode", "live"), ("latency", "500")]);
+    let (mut h, bus, element) = harness(&model, &[("mode", "live"), ("latency", "500")]);
     h.set_src_caps(audio_caps("F32LE"));
     // 11 s delivered at once: far more than latency + lateness + 1 s waits for the engine.
     push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
@@ -708,6 +772,7 @@ fn live_falling_behind_warns() {
     h.push_event(gst::event::Eos::new());
     let (cues, _events) = collect_until_eos(&mut h);
     assert_monotonic(&cues);
+    assert_silero_gate(&element, &bus);
 }
 
 /// F32LE then S16LE in the same stream, and a property change while PLAYING.
@@ -740,7 +805,7 @@ fn caps_and_property_change_mid_stream() {
 fn live_vad_real_time_finals_and_partials() {
     common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, bus, _element) = harness(
+    let (mut h, bus, element) = harness(
         &model,
         &[
             ("mode", "live"),
@@ -815,6 +880,7 @@ fn live_vad_real_time_finals_and_partials() {
         })
         .count();
     assert!(custom >= 1, "no whispernpu-partial events downstream");
+    assert_silero_gate(&element, &bus);
 }
 
 /// Live with the VAD: two minutes of silence, noise and hum give no text, and GAP events keep
@@ -823,7 +889,7 @@ fn live_vad_real_time_finals_and_partials() {
 fn live_noise_gives_no_text_and_gaps() {
     common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(&model, &[("mode", "live"), ("vad", "true")]);
+    let (mut h, bus, element) = harness(&model, &[("mode", "live"), ("vad", "true")]);
     h.set_src_caps(audio_caps("F32LE"));
     let noise = common::noise_mix(120);
     push_audio(&mut h, &noise, gst::ClockTime::ZERO, false);
@@ -832,14 +898,16 @@ fn live_noise_gives_no_text_and_gaps() {
     assert!(cues.is_empty(), "text from noise: {cues:?}");
     let covered = gaps(&events).iter().map(|g| g.1).fold(0.0, f64::max);
     assert!(covered >= 119.9, "GAPs cover only {covered:.1} s of 120 s");
+    assert_silero_gate(&element, &bus);
 }
 
 /// Live mode with `output=words`: committed words come out one buffer each, in order, in
 /// running time, and together say what the speech says.
 #[test]
 fn live_output_words() {
+    common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(
+    let (mut h, bus, element) = harness(
         &model,
         &[("mode", "live"), ("latency", "5000"), ("output", "words")],
     );
@@ -865,6 +933,7 @@ fn live_output_words() {
     let text = all_text(&cues).to_lowercase();
     assert!(text.contains("ask what you can do"), "{text}");
     assert!(text.contains("your country"), "{text}");
+    assert_silero_gate(&element, &bus);
 }
 
 /// Pushes `samples` as a live source delivers them: each 100 ms buffer (timestamps from `start`,
@@ -895,18 +964,19 @@ fn push_on_clock(
     }
 }
 
-/// A live tiny.en `whispernpu` with Silero VAD and `latency` (ms) on a test clock, F32 caps set.
-fn live_on_test_clock(latency: &str) -> (Harness, gst_check::TestClock) {
+/// A live tiny.en `whispernpu` with Silero VAD and `latency` (ms) on a test clock, F32 caps set;
+/// its bus and the element.
+fn live_on_test_clock(latency: &str) -> (Harness, gst_check::TestClock, gst::Bus, gst::Element) {
     common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, _bus, _element) = harness(
+    let (mut h, bus, element) = harness(
         &model,
         &[("mode", "live"), ("vad", "true"), ("latency", latency)],
     );
     h.use_testclock();
     let clock = h.testclock().expect("test clock");
     h.set_src_caps(audio_caps("F32LE"));
-    (h, clock)
+    (h, clock, bus, element)
 }
 
 /// Waits (60 s at most) until the element waits on the test clock until `time`.
@@ -934,7 +1004,7 @@ fn wait_for_clock_wait(clock: &gst_check::TestClock, time: gst::ClockTime) {
 /// (`latency`/4) after the next buffer is due and never fires while audio keeps coming.
 #[test]
 fn live_finals_within_latency_on_the_clock() {
-    let (mut h, clock) = live_on_test_clock("2000");
+    let (mut h, clock, bus, element) = live_on_test_clock("2000");
     let mut arrived = Vec::new();
     push_on_clock(
         &mut h,
@@ -986,6 +1056,7 @@ fn live_finals_within_latency_on_the_clock() {
         &all_text(&cues),
     );
     assert!(wer <= 15.0, "WER {wer:.1} %: {}", all_text(&cues));
+    assert_silero_gate(&element, &bus);
 }
 
 /// Live, on the pipeline clock (a test clock): a source that stops sending in the middle of
@@ -996,7 +1067,7 @@ fn live_finals_within_latency_on_the_clock() {
 /// and audio that comes back later is transcribed on the same timeline.
 #[test]
 fn live_stalled_source_is_finalised_on_the_clock() {
-    let (mut h, clock) = live_on_test_clock("4000");
+    let (mut h, clock, bus, element) = live_on_test_clock("4000");
     let audio = jfk();
     let end = samples_time(audio.len());
     let second = gst::ClockTime::from_seconds(1);
@@ -1051,4 +1122,5 @@ fn live_stalled_source_is_finalised_on_the_clock() {
         text.contains("what your country can do for you") && text.contains("for your country"),
         "after the stall: {later:?}"
     );
+    assert_silero_gate(&element, &bus);
 }

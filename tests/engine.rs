@@ -295,6 +295,11 @@ fn synthesise(dir: &Path, reference: &serde_json::Value) -> PathBuf {
     wav
 }
 
+/// How far above faster-whisper float32's WER on the 111.9 s recording each model and compute
+/// type may be, in points: the README's figure for this test (measured: tiny.en 9.03 % with f32
+/// and bf16, 8.36 % with int8, against 8.03 %; base 4.01 % with all three, as faster-whisper).
+const MULTIWINDOW_WER_MARGIN: f64 = 1.5;
+
 fn multiwindow_wer_close_to_faster_whisper(name: &str, ct: ComputeType) {
     let reference = read_json("multiwindow.faster-whisper.json");
     let fw_wer = reference["models"][name]["wer_percent"]
@@ -318,8 +323,9 @@ fn multiwindow_wer_close_to_faster_whisper(name: &str, ct: ComputeType) {
     eprintln!("{name} {ct}: {seconds:.1} s of audio\n{}", dump(&segments));
     eprintln!("{name} {ct}: our WER {wer:.2} %, faster-whisper's {fw_wer:.2} %");
     assert!(
-        wer <= fw_wer + 2.0,
-        "{name} {ct}: WER {wer:.2} % exceeds faster-whisper's {fw_wer:.2} % + 2.0; transcript:\n{text}"
+        wer <= fw_wer + MULTIWINDOW_WER_MARGIN,
+        "{name} {ct}: WER {wer:.2} % exceeds faster-whisper's {fw_wer:.2} % + \
+         {MULTIWINDOW_WER_MARGIN}; transcript:\n{text}"
     );
     assert_monotonic(&segments);
     let last = segments.last().expect("no segments");

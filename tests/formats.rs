@@ -163,7 +163,8 @@ fn tiny_en_quantised_ggml_keeps_the_words() {
     let export = ExportModel::read(&ct2_dir).expect("read tiny.en");
     let samples = jfk();
     let reference = text_of(&transcribe(load(&ct2_dir), &samples));
-    // Q8_0 and Q5_0 are lossy: the transcript may differ slightly; today it is identical.
+    // Q8_0 and Q5_0 are lossy, yet give the f16 file's words (the README's "same words"):
+    // punctuation and case may differ, no word may.
     for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
         let path = tmp.join(&format!("tiny.en-{}.bin", ty.name()));
         export.write_ggml(&path, ty).expect("write");
@@ -180,7 +181,8 @@ fn tiny_en_quantised_ggml_keeps_the_words() {
         );
         let got = text_of(&transcribe(load(&path), &samples));
         let wer = common::wer_percent(&reference, &got);
-        assert!(wer <= 10.0, "{}: WER {wer:.1} %: {got:?}", ty.name());
+        eprintln!("{}: WER {wer:.1} % against f16: {got}", ty.name());
+        assert!(wer == 0.0, "{}: WER {wer:.1} %: {got:?}", ty.name());
     }
 }
 
@@ -235,15 +237,17 @@ fn quantised_blocks_decode_as_ggml_defines_them() {
     }
 }
 
-/// whisper.cpp's `for-tests-ggml-*.bin` files hold the header, the mel filters and the
-/// vocabulary but no tensors: the header and vocabulary reader must take them.
+/// A GGML file with the header, the mel filters and the vocabulary but no tensors, as
+/// whisper.cpp's `for-tests-ggml-*.bin` files are laid out: the header and vocabulary reader
+/// must take it. The file is the converter's tiny.en without its tensors, not one of
+/// whisper.cpp's (none is stored here; theirs were read by hand, see the README's honest notes).
 #[test]
-fn tensorless_ggml_test_file_parses() {
+fn tensorless_ggml_file_gives_header_and_vocabulary() {
     let tmp = TempDir::new("tensorless");
     let ct2_dir = common::model_dir("tiny.en");
     let mut export = ExportModel::read(&ct2_dir).expect("read tiny.en");
     export.tensors.clear();
-    let path = tmp.join("for-tests-ggml-tiny.en.bin");
+    let path = tmp.join("tensorless-tiny.en.bin");
     export.write_ggml(&path, GgmlType::F16).expect("write");
     assert_eq!(ModelFormat::detect(&path).unwrap(), ModelFormat::Ggml);
     let file = GgmlFile::open(&path).expect("a tensor-less file parses");
@@ -276,7 +280,7 @@ fn tensorless_ggml_test_file_parses() {
         .expect("no weights")
         .to_string();
     assert!(
-        err.contains("no tensors") && err.contains("for-tests-ggml"),
+        err.contains("no tensors") && err.contains("tensorless-tiny.en.bin"),
         "{err}"
     );
 }

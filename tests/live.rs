@@ -77,6 +77,7 @@ fn run_live(
             ..opts
         },
     );
+    let detector = live.gate_name();
     let mut commits = Vec::new();
     let mut partials = 0;
     let mut pushed = 0usize;
@@ -98,6 +99,14 @@ fn run_live(
     }
     let end = pushed as f64 / RATE as f64;
     let out = live.drain(&mut engine).unwrap();
+    // Silero failing mid-stream would hand the rest to the energy detector, with a warning.
+    assert_eq!(
+        live.gate_name(),
+        detector,
+        "the speech gate changed detector: {:?}",
+        live.take_warning()
+    );
+    assert_eq!(live.take_warning(), None);
     commits.extend(
         out.segments
             .into_iter()
@@ -294,9 +303,44 @@ fn sentences_after_pauses_are_not_lost() {
         "the sentence after a pause is incomplete: {}",
         run.text()
     );
+    // The README's live figures: within 2 WER points of offline on every file.
     assert!(
-        live_wer <= offline_wer + 3.0,
-        "live WER {live_wer:.1} % against the text, offline {offline_wer:.1} %"
+        live_wer <= offline_wer + 2.0,
+        "live WER {live_wer:.1} % against the text, offline {offline_wer:.1} % (+ 2 allowed)"
+    );
+}
+
+/// The README's live figures hold each file's live WER within 2 points of offline (measured in
+/// real time by scripts/bench-live); here the 111.9 s synthesised recording (scripts/synth-speech,
+/// tests/fixtures/multiwindow.txt) with tiny.en, on the deterministic schedule, `latency` 5 s as
+/// there, behind Silero VAD.
+#[test]
+fn synthesised_recording_live_wer_within_two_points_of_offline() {
+    let model = model("tiny.en");
+    let wav = std::env::temp_dir().join(format!("whispernpu-live-mw-{}.wav", std::process::id()));
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/synth-speech"))
+        .arg(&wav)
+        .output()
+        .expect("cannot run scripts/synth-speech");
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (audio, rate) = common::read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    assert_eq!(rate as usize, RATE);
+    let text = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
+        .expect("tests/fixtures/multiwindow.txt");
+    let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
+    let offline = offline_text(&model, &audio);
+    let live_wer = common::wer_percent(&text, &run.text());
+    let offline_wer = common::wer_percent(&text, &offline);
+    eprintln!("WER against the text: live {live_wer:.2} %, offline {offline_wer:.2} %");
+    assert!(
+        live_wer <= offline_wer + 2.0,
+        "live WER {live_wer:.2} % against the text, offline {offline_wer:.2} % (+ 2 allowed)"
     );
 }
 
@@ -321,7 +365,9 @@ fn silence_and_noise_give_nothing() {
 }
 
 /// Continuous speech longer than the buffer limit: the buffer is trimmed at committed segment
-/// ends, and the text stays close to the offline transcript.
+/// ends, and the text stays close to the offline transcript. The trims are forced (a 10 s buffer
+/// and a 1 s step, not the defaults, on unbroken speech) and cost words: the README gives the
+/// figures (live 14.5 %, offline 8.4 % against the text) and this test's bound, 7 points.
 #[test]
 fn long_speech_is_trimmed_and_complete() {
     let model = model("tiny.en");
@@ -348,9 +394,10 @@ fn long_speech_is_trimmed_and_complete() {
     let truth = PARAGRAPH;
     let live_wer = common::wer_percent(truth, &run.text());
     let offline_wer = common::wer_percent(truth, &offline);
+    eprintln!("WER against the text: live {live_wer:.1} %, offline {offline_wer:.1} %");
     assert!(
-        live_wer <= offline_wer + 8.0,
-        "live WER {live_wer:.1} % vs offline {offline_wer:.1} %"
+        live_wer <= offline_wer + 7.0,
+        "live WER {live_wer:.1} % vs offline {offline_wer:.1} % (+ 7 allowed)"
     );
 }
 

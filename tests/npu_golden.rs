@@ -470,7 +470,8 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
         "test's CPU pipeline vs engine encode: {same}"
     );
 
-    let (mut golden, out) = check_layers_against_cpu(&model, &mel, &cpu_layers, &ws.x);
+    let (mut golden, out) =
+        check_layers_against_cpu(&model, &mel, &cpu_layers, &ws.x, TINY_EN_MIN_COSINE);
     let t_d = out.len();
     // A second window: one more dispatch, same result (no state leaks between windows).
     let mut again = vec![0.0f32; t_d];
@@ -570,11 +571,11 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
 }
 
 /// Multi-window speech (111.9 s, five windows with the seek loop): the npu-sim backend's WER
-/// against the known text is within 0.5 point of the CPU backend's (issue: golden-model
-/// accuracy), with one dispatch per window; with overlap the segments are the same and the
-/// next window's start is predicted for most windows.
+/// against the known text equals the CPU backend's (the README: 9.03 % both), with one dispatch
+/// per window; with overlap the segments are the same and the next window's start is predicted
+/// for most windows.
 #[test]
-fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
+fn npu_sim_backend_multiwindow_wer_equals_the_cpu_backends_tiny_en() {
     let dir = common::model_dir("tiny.en");
     let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
     let wav = std::env::temp_dir().join(format!("whispernpu-npu-mw-{}.wav", std::process::id()));
@@ -634,30 +635,36 @@ fn npu_sim_backend_multiwindow_wer_within_half_a_point_tiny_en() {
         0
     );
     assert!(
-        (npu - cpu).abs() <= 0.5,
-        "npu-sim WER {npu:.2} % vs cpu {cpu:.2} %"
+        npu == cpu,
+        "npu-sim WER {npu:.2} % vs cpu {cpu:.2} %:\nnpu-sim: {npu_text}\ncpu:     {cpu_text}"
     );
 }
 
+/// The golden encoder's cosine to the f32 CPU encoder on jfk after every layer and at the
+/// output, as the README publishes it (NPU status): tiny.en ≥ 0.99998, base ≥ 0.9998.
+const TINY_EN_MIN_COSINE: f64 = 0.99998;
+const BASE_MIN_COSINE: f64 = 0.9998;
+
 /// The same per-layer check on `base` (6 layers, d 512): the golden encoder stays within cosine
-/// 0.999 of the f32 CPU encoder after every layer, in one dispatch.
+/// [`BASE_MIN_COSINE`] of the f32 CPU encoder after every layer, in one dispatch.
 #[test]
 fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_base() {
     let dir = common::model_dir("base");
     let model = WhisperModel::load_with(&dir, ComputeType::F32).expect("base loads");
     let mel = jfk_window(model.dims.n_mels);
     let (cpu_layers, cpu_out) = cpu_layers(&model, &mel);
-    check_layers_against_cpu(&model, &mel, &cpu_layers, &cpu_out);
+    check_layers_against_cpu(&model, &mel, &cpu_layers, &cpu_out, BASE_MIN_COSINE);
 }
 
-/// Encodes `mel` once with the golden encoder and asserts a cosine of at least 0.999 to the
-/// CPU's output after every layer and at the end, in one dispatch. Returns the encoder (for
+/// Encodes `mel` once with the golden encoder and asserts a cosine of at least `min_cosine` to
+/// the CPU's output after every layer and at the end, in one dispatch. Returns the encoder (for
 /// more windows) and its output.
 fn check_layers_against_cpu(
     model: &WhisperModel,
     mel: &[f32],
     cpu_layers: &[Vec<f32>],
     cpu_out: &[f32],
+    min_cosine: f64,
 ) -> (NpuEncoder<SimDevice>, Vec<f32>) {
     let mut golden = NpuEncoder::sim(model).expect("golden encoder");
     let mut out = vec![0.0f32; model.dims.n_audio_ctx * model.dims.n_audio_state];
@@ -671,17 +678,20 @@ fn check_layers_against_cpu(
     eprintln!("jfk cosine per layer {cos:?}, output {final_cos}");
     assert_eq!(cos.len(), model.dims.n_audio_layer);
     for (l, c) in cos.iter().enumerate() {
-        assert!(*c >= 0.999, "layer {l}: cosine {c}");
+        assert!(*c >= min_cosine, "layer {l}: cosine {c} < {min_cosine}");
     }
-    assert!(final_cos >= 0.999, "output cosine {final_cos}");
+    assert!(
+        final_cos >= min_cosine,
+        "output cosine {final_cos} < {min_cosine}"
+    );
     assert_eq!(golden.dispatches(), 1, "one dispatch per window");
     (golden, out)
 }
 
 /// Speech followed by silence in every window: each window ends on a single timestamp (or is
 /// skipped as silence), so the decode moves by a whole window, exactly where the speculative
-/// encode started. With overlap on, at least one window must come from a speculative encode,
-/// and every segment must equal the serial run's.
+/// encode started. With overlap on, at least two windows must come from speculative encodes (the
+/// README's figure: 2 hits of 4 windows), and every segment must equal the serial run's.
 #[test]
 fn npu_sim_overlap_hits_when_windows_end_in_silence_tiny_en() {
     let dir = common::model_dir("tiny.en");
@@ -711,7 +721,10 @@ fn npu_sim_overlap_hits_when_windows_end_in_silence_tiny_en() {
         "overlap changed the segments"
     );
     check_npu_stats(stats, overlap.windows);
-    assert!(stats.speculative_hits >= 1, "no speculative hit: {stats:?}");
+    assert!(
+        stats.speculative_hits >= 2,
+        "fewer than 2 speculative hits: {stats:?}"
+    );
     assert_eq!(overlap.windows, serial.windows);
 }
 
@@ -941,7 +954,7 @@ fn failed_npu_run_falls_back_to_cpu_tiny_en() {
 #[test]
 fn npu_backend_without_npu_names_what_is_missing() {
     if std::path::Path::new("/dev/accel").exists() {
-        eprintln!("skipped: this machine has /dev/accel");
+        common::skip("this machine has /dev/accel: the error without an NPU cannot be checked");
         return;
     }
     let dir = common::model_dir("tiny.en");
@@ -968,7 +981,7 @@ fn npu_backend_without_npu_names_what_is_missing() {
 #[test]
 fn cli_backend_npu_without_npu_fails_naming_what_is_missing() {
     if std::path::Path::new("/dev/accel").exists() {
-        eprintln!("skipped: this machine has /dev/accel");
+        common::skip("this machine has /dev/accel: the error without an NPU cannot be checked");
         return;
     }
     let bin = common::example_bin("transcribe");
@@ -996,7 +1009,7 @@ fn cli_backend_npu_without_npu_fails_naming_what_is_missing() {
 fn xrt_encoder_is_unavailable_without_xrt() {
     use gstwhispernpu::npu::xrt::{self, XrtDevice};
     if xrt_sys::availability().is_ok() {
-        eprintln!("skipped: this build has XRT");
+        common::skip("XRT is available to this build: the error without XRT cannot be checked");
         return;
     }
     let dir = common::model_dir("tiny.en");

@@ -46,11 +46,21 @@ fn detectors() -> Vec<Box<dyn Vad>> {
 }
 
 /// All probabilities of `audio`, pushed `chunk` samples at a time.
+/// The detector must stay what it was: Silero failing mid-stream hands the rest of the stream to
+/// the energy detector (and renames itself `energy`), which would test the fallback under
+/// Silero's name.
 fn probabilities(vad: &mut dyn Vad, audio: &[f32], chunk: usize) -> Vec<f32> {
+    let name = vad.name();
     let mut probs = Vec::new();
     for piece in audio.chunks(chunk) {
         vad.push(piece, &mut probs);
     }
+    assert_eq!(
+        vad.name(),
+        name,
+        "the detector changed mid-stream: {:?}",
+        vad.take_warning()
+    );
     assert_eq!(probs.len(), audio.len() / VAD_FRAME);
     probs
 }

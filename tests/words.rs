@@ -300,6 +300,9 @@ fn cli_word_timestamp_formats() {
     assert!(vtt_file.starts_with("WEBVTT\n"), "{vtt_file}");
     let vtt = cue_blocks(&vtt_file);
     assert_eq!(vtt.len(), segments.len(), "one WebVTT cue per segment");
+    // The README's example of the format.
+    let readme = "And<00:00:00.740> so<00:00:01.060> my<00:00:01.460> ";
+    assert!(vtt[0].2.starts_with(readme), "{}", vtt[0].2);
     let mut inline = 0;
     for (start, end, text) in &vtt {
         let mut last = *start;

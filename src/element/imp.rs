@@ -1696,10 +1696,12 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecString::builder("model")
                     .nick("Model")
                     .blurb(
-                        "Whisper model: a name (tiny.en, base; looked up in $WHISPERNPU_MODELS/NAME \
-                         and ./models/NAME, installed by scripts/fetch-model) or the path of a \
-                         CTranslate2 model directory. Default: base. Read at NULL→READY; a change \
-                         takes effect at the next NULL→READY",
+                        "Whisper model: a name (tiny.en, base; looked up in $WHISPERNPU_MODELS/NAME, \
+                         ./models/NAME and this source tree's models/NAME, installed by \
+                         scripts/fetch-model) or a path: a CTranslate2 model directory, a \
+                         whisper.cpp GGML file, or a Hugging Face safetensors directory or \
+                         .safetensors file (the format is detected from the path). Default: base. \
+                         Read at NULL→READY; a change takes effect at the next NULL→READY",
                     )
                     .default_value(Some(DEFAULT_MODEL))
                     .mutable_ready()
@@ -1708,8 +1710,9 @@ impl ObjectImpl for WhisperNpu {
                     .nick("Backend")
                     .blurb(
                         "Inference backend: auto (the NPU when an amdxdna device, XRT and a built encoder \
-                         artifact for the model are all present, else cpu with an INFO log), cpu \
-                         (native Rust), npu (AMD Ryzen AI through XRT; fails at NULL→READY naming \
+                         artifact for the model are all present, else cpu with an INFO log; no \
+                         encoder artifact has been built yet, so cpu), cpu (native Rust), npu (AMD \
+                         Ryzen AI through XRT, never run on an NPU; fails at NULL→READY naming \
                          what is missing; needs a build with --features npu), onnx (not in this \
                          build: fails), npu-sim (the NPU encoder's host code on a simulated device \
                          whose runs execute the golden model on the CPU: the NPU kernels' bf16 \
@@ -1994,7 +1997,8 @@ impl ElementImpl for WhisperNpu {
                 "Whisper speech-to-text",
                 "Audio/Text/Filter",
                 "Transcribes or translates speech into timed text (one buffer per phrase) with \
-                 OpenAI Whisper, on the CPU (native Rust) or an AMD Ryzen AI NPU",
+                 OpenAI Whisper on the CPU (native Rust engine); the AMD Ryzen AI NPU backend \
+                 is written but has never run on an NPU",
                 "whispernpu developers",
             )
         });

@@ -46,24 +46,29 @@ impl WhisperNpu {
 #[repr(u32)]
 #[enum_type(name = "GstWhisperNpuBackend")]
 pub enum Backend {
-    /// Best available: the NPU when present, else the CPU.
+    /// The NPU when the probe finds a device, XRT and a built encoder, else the CPU (no encoder
+    /// artifact has been built yet, so the CPU).
     #[default]
-    #[enum_value(name = "Auto: best available, falling back to cpu", nick = "auto")]
+    #[enum_value(
+        name = "Auto: npu when an amdxdna device, XRT and a built encoder are all found (none is built yet), else cpu",
+        nick = "auto"
+    )]
     Auto,
     #[enum_value(name = "Cpu: native Rust engine", nick = "cpu")]
     Cpu,
+    /// Written, never run on an NPU.
     #[enum_value(
-        name = "Npu: AMD Ryzen AI NPU (not available in this build)",
+        name = "Npu: AMD Ryzen AI NPU through XRT (never run on an NPU; NULL→READY fails naming any missing part)",
         nick = "npu"
     )]
     Npu,
     #[enum_value(
-        name = "Onnx: ONNX Runtime (not available in this build)",
+        name = "Onnx: ONNX Runtime (not in this build: fails at NULL→READY)",
         nick = "onnx"
     )]
     Onnx,
     #[enum_value(
-        name = "NpuSim: the NPU encoder's golden model on the CPU (slow; for checking)",
+        name = "NpuSim: the NPU host code on a simulated device running the encoder's golden model on the CPU (slow; for checking the design)",
         nick = "npu-sim"
     )]
     NpuSim,

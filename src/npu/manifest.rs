@@ -785,18 +785,15 @@ mod tests {
             assert_eq!(manifest.weight_packing.bytes as usize, plan.weights_bytes);
             assert_eq!(manifest.weight_packing.position_rows as usize, plan.t_pad);
         }
-        // The figures the README quotes (tiny.en).
-        let (tiny, _) = shipped("tiny.en");
-        let sizes: Vec<Option<u64>> = tiny.args[3..].iter().map(|a| a.bytes).collect();
-        assert_eq!(
-            sizes,
-            [
-                Some(17_670_144),
-                Some(491_840),
-                Some(15_336_192),
-                Some(2_304_000)
-            ]
-        );
+        // The figures the README quotes: weights, mel, scratch, output bytes.
+        for (name, want) in [
+            ("tiny.en", [17_670_144, 491_840, 15_336_192, 2_304_000]),
+            ("base", [42_881_024, 491_840, 20_448_256, 3_072_000]),
+        ] {
+            let (manifest, _) = shipped(name);
+            let sizes: Vec<Option<u64>> = manifest.args[3..].iter().map(|a| a.bytes).collect();
+            assert_eq!(sizes, want.map(Some), "{name}");
+        }
     }
 
     #[test]
