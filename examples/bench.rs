@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
-use gstwhispernpu::model::ComputeType;
+use gstwhispernpu::engine::ComputeType;
 use gstwhispernpu::transcribe::{Stats, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
@@ -117,7 +117,7 @@ fn run() -> Result<(), (u8, String)> {
 
     // 2. The model (timed on its own).
     let t_load = Instant::now();
-    let model = gstwhispernpu::model::load_shared_with(&model_name, compute_type)
+    let model = gstwhispernpu::engine::load_shared_with(&model_name, compute_type)
         .map_err(|e| runtime(common::model_error(&model_name, &e)))?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 

@@ -939,7 +939,7 @@ fn run_model(
     };
     // The model, through the library (shared with the element when it is linked in statically).
     let t_load = Instant::now();
-    let model = gstwhispernpu::model::load_shared(model_name)
+    let model = gstwhispernpu::engine::load_shared(model_name)
         .map_err(|e| runtime(common::model_error(model_name, &e)))?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 

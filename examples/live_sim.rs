@@ -108,7 +108,7 @@ fn run() -> Result<(), String> {
     while let Some(chunk) = reader.next_chunk().map_err(|e| e.to_string())? {
         audio.extend(chunk);
     }
-    let model = gstwhispernpu::model::load_shared(&model).map_err(|e| e.to_string())?;
+    let model = gstwhispernpu::engine::load_shared(&model).map_err(|e| e.to_string())?;
     let opts = TranscribeOptions {
         n_threads: 2,
         ..TranscribeOptions::default()

@@ -8,8 +8,8 @@
 
 use std::process::ExitCode;
 
-use gstwhispernpu::npu::manifest::{Manifest, ModelDims, Versions};
-use gstwhispernpu::npu::plan::{Assumptions, EncoderShape, Plan, Tiling};
+use gstwhispernpu::engine::npu::manifest::{Manifest, ModelDims, Versions};
+use gstwhispernpu::engine::npu::plan::{Assumptions, EncoderShape, Plan, Tiling};
 
 const USAGE: &str = "\
 usage: npu_plan [OPTIONS]

@@ -12,10 +12,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
-use gstwhispernpu::model::ComputeType;
-use gstwhispernpu::transcribe::{
-    EncoderBackend, Segment, TailPadding, Task, TranscribeOptions, Transcriber,
-};
+use gstwhispernpu::engine::ComputeType;
+use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
 
 const USAGE: &str = "\
 usage: transcribe [OPTIONS] AUDIO
@@ -34,13 +32,22 @@ options:
                           weights, bf16 = bf16 encoder products (Intel AMX where available);
                           auto = the fastest whose accuracy holds: bf16 where Intel AMX runs
                           it, else f32 [default: auto]
-  --backend cpu|npu|npu-sim
-                          encoder engine: cpu; npu = AMD Ryzen AI NPU through XRT (needs an
+  --backend cpu|onnx|npu|npu-sim
+                          engine: cpu = the native engine; onnx = ONNX Runtime on an ONNX
+                          export of the model (scripts/export-onnx; Optimum's layout), with
+                          --execution-provider; npu = AMD Ryzen AI NPU through XRT (needs an
                           amdxdna device, a build with --features npu and the built encoder
                           artifact; fails naming what is missing); npu-sim = the NPU host
                           code on a simulated device running the golden model (the AIE2
                           kernels' bf16 arithmetic and tile schedule on the CPU, one
                           dispatch per window; slow, for checking) [default: cpu]
+  --execution-provider auto|cpu|vitisai|openvino|cuda|rocm|migraphx|coreml|directml
+                          onnx: ONNX Runtime's execution provider; the library is
+                          $ORT_DYLIB_PATH or the one scripts/fetch-runtime installs; auto =
+                          the first accelerator it has, else cpu [default: auto]
+  --execution-provider-options KEY=VALUE;...
+                          onnx: options for the provider (Vitis AI: config_file, cache_dir,
+                          cache_key; OpenVINO: device_type)
   --no-npu-overlap        npu, npu-sim: do not encode the next window while decoding this
                           one (on by default)
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
@@ -72,7 +79,7 @@ enum Format {
 
 struct Config {
     model: String,
-    compute_type: ComputeType,
+    load: gstwhispernpu::engine::LoadOptions,
     format: Format,
     quiet: bool,
     input: String,
@@ -131,6 +138,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
     let mut options = TranscribeOptions::default();
     let mut model = "base".to_string();
     let mut compute_type = ComputeType::Auto;
+    let mut engine = common::EngineArgs::default();
     let mut format = Format::Txt;
     let mut quiet = false;
     let mut inputs = Vec::new();
@@ -144,6 +152,8 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--threads"
                 | "--compute-type"
                 | "--backend"
+                | "--execution-provider"
+                | "--execution-provider-options"
                 | "--initial-prompt"
                 | "--tail-padding"
                 | "--format"
@@ -196,10 +206,8 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                     .parse::<ComputeType>()
                     .map_err(|e| bad(format!("--compute-type: {e}")))?
             }
-            "--backend" => {
-                options.backend = value
-                    .parse::<EncoderBackend>()
-                    .map_err(|e| bad(format!("--backend: {e}")))?
+            "--backend" | "--execution-provider" | "--execution-provider-options" => {
+                engine.take(&name, &value);
             }
             "--initial-prompt" => {
                 options.initial_prompt = Some(value).filter(|p| !p.trim().is_empty())
@@ -241,9 +249,13 @@ fn parse_args() -> Result<Option<Config>, Failure> {
     options
         .validate()
         .map_err(|e| Failure::BadValue(e.to_string()))?;
+    let (load, encoder) = engine
+        .resolve(compute_type, options.n_threads)
+        .map_err(Failure::BadValue)?;
+    options.backend = encoder;
     Ok(Some(Config {
         model,
-        compute_type,
+        load,
         format,
         quiet,
         input,
@@ -258,7 +270,7 @@ fn run(config: &Config) -> Result<(), Failure> {
     let mut reader = AudioReader::open(&config.input).map_err(|e| runtime(&e))?;
     let first = reader.next_chunk().map_err(|e| runtime(&e))?;
 
-    let model = gstwhispernpu::model::load_shared_with(&config.model, config.compute_type)
+    let model = gstwhispernpu::engine::load_shared_opts(&config.model, &config.load)
         .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
     // What the model rules out (a language it lacks, translate with an English-only model) is a
     // bad option value, like the checks made while parsing.

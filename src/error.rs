@@ -41,6 +41,9 @@ pub enum Error {
     InvalidOption { option: &'static str, why: String },
     #[error("backend `{backend}` is not available: {why}")]
     BackendUnavailable { backend: String, why: String },
+    /// An engine failed while running (ONNX Runtime returned an error, the NPU's worker stopped).
+    #[error("the {engine} failed: {why}")]
+    Engine { engine: String, why: String },
 }
 
 /// The text of a caught panic's payload (`panic!("...")` gives a `&str` or a `String`).

@@ -11,7 +11,6 @@ pub mod engine;
 pub mod error;
 pub mod fault;
 pub mod model;
-pub mod npu;
 pub mod transcribe;
 
 #[cfg(test)]

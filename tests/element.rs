@@ -732,7 +732,7 @@ fn offline_text_matches_engine() {
     use gstwhispernpu::transcribe::{TranscribeOptions, Transcriber};
     let model_dir = common::model_dir("base");
     let audio = jfk();
-    let model = gstwhispernpu::model::load_shared(model_dir.to_str().unwrap()).unwrap();
+    let model = gstwhispernpu::engine::load_shared(model_dir.to_str().unwrap()).unwrap();
     let mut t = Transcriber::new(model, TranscribeOptions::default()).unwrap();
     let mut expected = t.push(&audio).unwrap();
     expected.extend(t.finish().unwrap());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use gstwhispernpu::model::{ComputeType, WhisperModel, load_shared};
+use gstwhispernpu::engine::{ComputeType, WhisperModel, load_shared};
 use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
 
 const JFK_TEXT: &str = "And so my fellow Americans, ask not what your country can do for you, \

@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gstwhispernpu::engine::WhisperModel;
 use gstwhispernpu::fault;
-use gstwhispernpu::model::WhisperModel;
 use gstwhispernpu::model::export::ExportModel;
 use gstwhispernpu::model::safetensors::WriteType;
 

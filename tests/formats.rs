@@ -9,11 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use gstwhispernpu::engine::{ComputeType, WhisperModel};
 use gstwhispernpu::error::ModelError;
 use gstwhispernpu::model::export::{ExportModel, RandomShapes, random_model};
 use gstwhispernpu::model::ggml::{self, GgmlFile, GgmlType};
 use gstwhispernpu::model::safetensors::WriteType;
-use gstwhispernpu::model::{ComputeType, ModelFormat, Tokenizer, WhisperModel};
+use gstwhispernpu::model::{ModelFormat, Tokenizer};
 use gstwhispernpu::transcribe::{Segment, TranscribeOptions, Transcriber};
 
 /// A temporary directory removed on drop.

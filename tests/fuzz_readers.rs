@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use gstwhispernpu::engine::{ComputeType, WhisperModel};
+use gstwhispernpu::model::Tokenizer;
 use gstwhispernpu::model::export::{RandomShapes, random_model};
 use gstwhispernpu::model::ggml::GgmlType;
 use gstwhispernpu::model::safetensors::WriteType;
-use gstwhispernpu::model::{ComputeType, Tokenizer, WhisperModel};
 
 // ---- allocation accounting ----
 

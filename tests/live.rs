@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 
-use gstwhispernpu::model::WhisperModel;
+use gstwhispernpu::engine::WhisperModel;
 use gstwhispernpu::transcribe::{
     AlwaysSpeech, LiveOptions, LiveStats, LiveTranscriber, Segment, SpeechGate, TranscribeOptions,
     Transcriber, VadGate,
@@ -20,7 +21,7 @@ const PIECE: usize = 320;
 
 fn model(name: &str) -> Arc<WhisperModel> {
     let dir = common::model_dir(name);
-    gstwhispernpu::model::load_shared(dir.to_str().unwrap()).expect("model loads")
+    gstwhispernpu::engine::load_shared(dir.to_str().unwrap()).expect("model loads")
 }
 
 fn silero() -> Box<dyn SpeechGate> {

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use gstwhispernpu::ModelError;
-use gstwhispernpu::model::WhisperModel;
+use gstwhispernpu::engine::WhisperModel;
 use gstwhispernpu::model::ct2::Ct2File;
 
 /// Writes CTranslate2 `model.bin` files for tests.

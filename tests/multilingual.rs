@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use gst::prelude::*;
-use gstwhispernpu::model::WhisperModel;
+use gstwhispernpu::engine::WhisperModel;
 use gstwhispernpu::transcribe::{
     LIVE_LANGUAGE_LOCK, LiveOptions, LiveTranscriber, Task, TranscribeOptions, Transcriber, VadGate,
 };
@@ -63,7 +63,7 @@ fn base() -> Arc<WhisperModel> {
     static MODEL: OnceLock<Arc<WhisperModel>> = OnceLock::new();
     Arc::clone(MODEL.get_or_init(|| {
         let dir = common::model_dir("base");
-        gstwhispernpu::model::load_shared(dir.to_str().unwrap()).expect("base loads")
+        gstwhispernpu::engine::load_shared(dir.to_str().unwrap()).expect("base loads")
     }))
 }
 

@@ -20,17 +20,17 @@ use std::sync::Arc;
 use gstwhispernpu::audio::N_FRAMES;
 use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
 use gstwhispernpu::engine::cpu::{EncoderWorkspace, encode, encoder_layer, ops};
-use gstwhispernpu::model::{ComputeType, WhisperModel};
-use gstwhispernpu::npu::device::{DeviceError, NpuDevice, RunArg};
-use gstwhispernpu::npu::golden::GoldenError;
-use gstwhispernpu::npu::golden_kernels as gk;
-use gstwhispernpu::npu::host::{NpuEncoder, NpuError};
-use gstwhispernpu::npu::manifest::{self, ArgKind, Manifest};
-use gstwhispernpu::npu::sim::{SimDevice, SimFault};
-use gstwhispernpu::npu::tiling::{
+use gstwhispernpu::engine::npu::device::{DeviceError, NpuDevice, RunArg};
+use gstwhispernpu::engine::npu::golden::GoldenError;
+use gstwhispernpu::engine::npu::golden_kernels as gk;
+use gstwhispernpu::engine::npu::host::{NpuEncoder, NpuError};
+use gstwhispernpu::engine::npu::manifest::{self, ArgKind, Manifest};
+use gstwhispernpu::engine::npu::sim::{SimDevice, SimFault};
+use gstwhispernpu::engine::npu::tiling::{
     self, AMode, Bd, BoId, CORE_MEM_BYTES, DH, Dir, KB, MEMTILE_BYTES, Plan, QB, Step, TM, TN,
 };
-use gstwhispernpu::npu::worker::NpuStats;
+use gstwhispernpu::engine::worker::NpuStats;
+use gstwhispernpu::engine::{ComputeType, WhisperModel};
 use gstwhispernpu::transcribe::{EncoderBackend, Segment, TranscribeOptions, Transcriber};
 use whispernpu_kernels_host as host;
 
@@ -406,7 +406,7 @@ fn jfk_window(n_mels: usize) -> Vec<f32> {
 
 /// The CPU f32 encoder's residual stream after each layer and its output.
 fn cpu_layers(model: &WhisperModel, mel: &[f32]) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let w = &model.weights;
+    let w = model.cpu_weights().expect("a native model");
     let dims = &model.dims;
     let (t, d, frames, n_mels) = (
         dims.n_audio_ctx,
@@ -463,7 +463,12 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
     let (cpu_layers, cpu_out) = cpu_layers(&model, &mel);
     // The replicated CPU pipeline is the engine's encoder.
     let mut ws = EncoderWorkspace::new(&model.dims);
-    encode(&model.weights, &mel, &mut ws, 2);
+    encode(
+        model.cpu_weights().expect("a native model"),
+        &mel,
+        &mut ws,
+        2,
+    );
     let same = cosine(&ws.x, &cpu_out);
     assert!(
         same > 0.999_999,
@@ -826,17 +831,17 @@ fn shipped_manifests_pass_the_host_layout_check_tiny_en_and_base() {
         shipped
             .validate(&model.dims, &path)
             .unwrap_or_else(|e| panic!("{e}"));
-        let plan = gstwhispernpu::npu::golden::plan_for(&model).expect("plan");
-        let build = |layout: Vec<gstwhispernpu::npu::manifest::Arg>| {
+        let plan = gstwhispernpu::engine::npu::golden::plan_for(&model).expect("plan");
+        let build = |layout: Vec<gstwhispernpu::engine::npu::manifest::Arg>| {
             let device = SimDevice::new(plan.clone(), layout.clone());
             NpuEncoder::new(
                 device,
                 &model,
                 plan.clone(),
                 layout,
-                &gstwhispernpu::npu::sim::instruction_stream(&plan),
+                &gstwhispernpu::engine::npu::sim::instruction_stream(&plan),
                 &source,
-                gstwhispernpu::npu::host::RUN_TIMEOUT,
+                gstwhispernpu::engine::npu::host::RUN_TIMEOUT,
             )
         };
         let mut enc = build(shipped.args.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1007,7 +1012,7 @@ fn cli_backend_npu_without_npu_fails_naming_what_is_missing() {
 #[cfg(feature = "npu")]
 #[test]
 fn xrt_encoder_is_unavailable_without_xrt() {
-    use gstwhispernpu::npu::xrt::{self, XrtDevice};
+    use gstwhispernpu::engine::npu::xrt::{self, XrtDevice};
     if xrt_sys::availability().is_ok() {
         common::skip("XRT is available to this build: the error without XRT cannot be checked");
         return;

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use gstwhispernpu::model::WhisperModel;
+use gstwhispernpu::engine::WhisperModel;
 use gstwhispernpu::transcribe::{Segment, TranscribeOptions, Transcriber};
 
 fn model(name: &str) -> Arc<WhisperModel> {

@@ -448,3 +448,88 @@ pub fn guard_panics(
         }
     }
 }
+
+/// The engine flags shared by the CLIs: `--backend cpu|onnx|npu|npu-sim`,
+/// `--execution-provider P` and `--execution-provider-options K=V;...`.
+#[derive(Debug, Clone, Default)]
+pub struct EngineArgs {
+    pub backend: Option<String>,
+    pub provider: Option<String>,
+    pub provider_options: Option<String>,
+}
+
+impl EngineArgs {
+    pub const FLAGS: [&'static str; 3] = [
+        "--backend",
+        "--execution-provider",
+        "--execution-provider-options",
+    ];
+
+    /// Takes one of [`FLAGS`](Self::FLAGS); `false` for another flag.
+    pub fn take(&mut self, name: &str, value: &str) -> bool {
+        let slot = match name {
+            "--backend" => &mut self.backend,
+            "--execution-provider" => &mut self.provider,
+            "--execution-provider-options" => &mut self.provider_options,
+            _ => return false,
+        };
+        *slot = Some(value.to_string());
+        true
+    }
+
+    /// How to load the model and which encoder runs it; the message names the flag at fault.
+    pub fn resolve(
+        &self,
+        compute_type: gstwhispernpu::engine::ComputeType,
+        threads: usize,
+    ) -> Result<
+        (
+            gstwhispernpu::engine::LoadOptions,
+            gstwhispernpu::transcribe::EncoderBackend,
+        ),
+        String,
+    > {
+        use gstwhispernpu::engine::onnx::{OnnxOptions, Provider};
+        use gstwhispernpu::engine::{EngineKind, LoadOptions};
+        use gstwhispernpu::transcribe::EncoderBackend;
+        let backend = self.backend.as_deref().unwrap_or("cpu");
+        let onnx = backend == "onnx";
+        if !onnx && (self.provider.is_some() || self.provider_options.is_some()) {
+            return Err(
+                "--execution-provider and --execution-provider-options go with --backend onnx"
+                    .into(),
+            );
+        }
+        let encoder = match backend {
+            "cpu" | "onnx" => EncoderBackend::Cpu,
+            other => other.parse::<EncoderBackend>().map_err(|_| {
+                format!("--backend: `{other}` is not one of cpu, onnx, npu, npu-sim")
+            })?,
+        };
+        let engine = if onnx {
+            let provider = match &self.provider {
+                Some(p) => p
+                    .parse::<Provider>()
+                    .map_err(|e| format!("--execution-provider: {e}"))?,
+                None => Provider::Auto,
+            };
+            let provider_options =
+                OnnxOptions::parse_provider_options(self.provider_options.as_deref().unwrap_or(""))
+                    .map_err(|e| format!("--execution-provider-options: {e}"))?;
+            EngineKind::Onnx(OnnxOptions {
+                provider,
+                provider_options,
+                threads,
+            })
+        } else {
+            EngineKind::Native
+        };
+        Ok((
+            LoadOptions {
+                compute_type,
+                engine,
+            },
+            encoder,
+        ))
+    }
+}

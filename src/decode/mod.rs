@@ -7,9 +7,10 @@ pub mod timing;
 use std::collections::HashMap;
 use std::io::Write;
 
+use crate::engine::Decoder;
 use crate::engine::cpu::ops::log_softmax;
-use crate::engine::cpu::{DecoderState, Weights};
-use crate::model::SpecialTokens;
+use crate::error::Error;
+use crate::model::{Dims, SpecialTokens};
 pub use filters::LogitFilters;
 
 /// Parameters of one decoding attempt.
@@ -92,7 +93,7 @@ struct Scratch {
 }
 
 /// Decodes one window whose cross-attention K/V are already set in `state`. Returns the best
-/// sequence and the number of decoder forward calls made.
+/// sequence and the number of decoder forward calls made; an error when the engine fails.
 ///
 /// `observe` sees the leading sequence (prefix included) after every step: with greedy
 /// decoding (one sequence) the sequence itself, which only grows, so it is a prefix of the
@@ -101,19 +102,19 @@ struct Scratch {
 /// transcriber uses it to start the NPU's speculative encode of the next window early.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_window(
-    w: &Weights,
-    state: &mut DecoderState,
+    dims: &Dims,
+    state: &mut dyn Decoder,
     input: &WindowInput<'_>,
     params: &DecodeParams,
     rng: &mut Rng,
     decode_text: &dyn Fn(&[u32]) -> String,
     threads: usize,
     observe: &mut dyn FnMut(&[u32]),
-) -> (DecodeResult, usize) {
+) -> Result<(DecodeResult, usize), Error> {
     crate::fault::point("decode");
-    let vocab = w.dims.n_vocab;
+    let vocab = dims.n_vocab;
     let eot = input.specials.eot;
-    let n_ctx = w.dims.n_text_ctx;
+    let n_ctx = dims.n_text_ctx;
     let group = if params.temperature > 0.0 {
         params.best_of.max(1)
     } else {
@@ -123,12 +124,12 @@ pub fn decode_window(
 
     state.reset(1);
     if input.prefix.is_empty() {
-        state.forward(w, input.prompt, Some(input.sot_index), threads);
+        state.forward(input.prompt, Some(input.sot_index), threads)?;
     } else {
         let mut initial = Vec::with_capacity(input.prompt.len() + input.prefix.len());
         initial.extend_from_slice(input.prompt);
         initial.extend_from_slice(input.prefix);
-        state.forward(w, &initial, Some(input.sot_index), threads);
+        state.forward(&initial, Some(input.sot_index), threads)?;
     }
     let mut calls = 1;
     // Greedy steps of one sequence screen the vocabulary (exact decisions; see
@@ -219,7 +220,7 @@ pub fn decode_window(
                 }
                 scratch.logits.copy_from_slice(&logits_rows[k]);
                 input.filters.apply_with(&mut scratch.logits, seq, |l| {
-                    state.refine(w, k, l);
+                    state.refine(k, l);
                 });
                 log_softmax(&scratch.logits, &mut scratch.logprobs);
                 let token = if params.temperature > 0.0 {
@@ -239,7 +240,7 @@ pub fn decode_window(
         if completed || state.len() + 1 > n_ctx {
             break;
         }
-        state.forward(w, &next_tokens, None, threads);
+        state.forward(&next_tokens, None, threads)?;
         calls += 1;
         for (k, row) in logits_rows.iter_mut().enumerate().take(state.batch()) {
             row.copy_from_slice(state.logits_row(k));
@@ -295,7 +296,7 @@ pub fn decode_window(
         no_speech_prob,
         temperature: params.temperature,
     };
-    (result, calls)
+    Ok((result, calls))
 }
 
 fn argmax(x: &[f32]) -> u32 {

@@ -20,7 +20,7 @@
 //! worker goes on handling events, so EOS and flushes still pass and nothing hangs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,9 +33,10 @@ use once_cell::sync::Lazy;
 
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
-use super::{Backend, ComputeTypeMode, Mode, OutputMode, TaskMode};
+use super::{Backend, ComputeTypeMode, ExecutionProvider, Mode, OutputMode, TaskMode};
+use crate::engine::{EngineKind, LoadOptions, WhisperModel, onnx};
 use crate::error::{Error, ModelError, panic_message};
-use crate::model::{self, WhisperModel};
+use crate::model;
 use crate::transcribe::{
     EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber,
 };
@@ -50,6 +51,7 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
 
 const DEFAULT_MODEL: &str = "base";
 const DEFAULT_BACKEND: Backend = Backend::Auto;
+const DEFAULT_EXECUTION_PROVIDER: ExecutionProvider = ExecutionProvider::Auto;
 const DEFAULT_COMPUTE_TYPE: ComputeTypeMode = ComputeTypeMode::Auto;
 const DEFAULT_LANGUAGE_CODE: &str = "";
 const DEFAULT_TASK: TaskMode = TaskMode::Transcribe;
@@ -80,6 +82,9 @@ const WINDOW: ClockTime = ClockTime::from_seconds(30);
 struct Settings {
     model: String,
     backend: Backend,
+    execution_provider: ExecutionProvider,
+    /// `key=value;...` for the execution provider.
+    execution_provider_options: String,
     compute_type: ComputeTypeMode,
     language_code: String,
     task: TaskMode,
@@ -103,6 +108,8 @@ impl Default for Settings {
         Self {
             model: DEFAULT_MODEL.into(),
             backend: DEFAULT_BACKEND,
+            execution_provider: DEFAULT_EXECUTION_PROVIDER,
+            execution_provider_options: String::new(),
             compute_type: DEFAULT_COMPUTE_TYPE,
             language_code: DEFAULT_LANGUAGE_CODE.into(),
             task: DEFAULT_TASK,
@@ -136,10 +143,8 @@ impl Settings {
             initial_prompt: (!prompt.is_empty()).then(|| prompt.to_string()),
             no_speech_threshold: Some(self.no_speech_threshold),
             condition_on_previous_text: self.condition_on_previous_text,
-            backend: match self.backend {
-                Backend::NpuSim => EncoderBackend::NpuSim,
-                _ => EncoderBackend::Cpu,
-            },
+            // Replaced by the backend chosen at NULL→READY (`Chosen::encoder`).
+            backend: EncoderBackend::Cpu,
             // Offline windows are aligned only when words are wanted (live mode always times
             // its words).
             word_timestamps: self.output == OutputMode::Words,
@@ -336,6 +341,15 @@ enum ModelSlot {
     Failed(ModelFailure),
 }
 
+/// What runs the model, chosen at NULL→READY.
+#[derive(Debug, Clone, Default)]
+struct Chosen {
+    engine: EngineKind,
+    encoder: EncoderBackend,
+    name: &'static str,
+    reason: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextFormat {
     Utf8,
@@ -416,9 +430,9 @@ pub struct WhisperNpu {
     settings: Mutex<Settings>,
     /// Bumped on every change of a decoding property; the worker applies changes at its next item.
     settings_generation: AtomicU64,
-    /// `backend=npu`, or `auto` with an NPU found: the encoder runs on the NPU (set at
-    /// NULL→READY by the probe).
-    npu_chosen: AtomicBool,
+    /// What runs the model, chosen at NULL→READY from `backend` (and for `auto`, what is
+    /// found: NPU, ONNX export and accelerator).
+    chosen: Mutex<Chosen>,
     stream: Mutex<Stream>,
     queue: Mutex<Queue>,
     queue_cond: Condvar,
@@ -476,19 +490,50 @@ impl WhisperNpu {
     /// on a loader thread (Progress messages), which READY→PAUSED waits for.
     fn start_loading(&self) -> Result<(), gst::StateChangeError> {
         let settings = lock(&self.settings).clone();
-        self.check_backend(settings.backend, &settings.model)?;
-        if let Err(e) = model::inspect(&settings.model) {
-            let failure = ModelFailure::from_model_error(&settings.model, &e);
-            self.post_error_message(failure.error_message());
-            return Err(gst::StateChangeError);
-        }
+        let file = match model::inspect(&settings.model) {
+            Ok(file) => file,
+            Err(e) => {
+                let failure = ModelFailure::from_model_error(&settings.model, &e);
+                self.post_error_message(failure.error_message());
+                return Err(gst::StateChangeError);
+            }
+        };
+        let chosen = match self.choose_backend(&settings, &file) {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", why));
+                return Err(gst::StateChangeError);
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "Backend {}: {}",
+            chosen.name,
+            chosen.reason
+        );
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(
+                gst::Structure::builder("whispernpu-backend")
+                    .field("backend", chosen.name)
+                    .field("reason", &chosen.reason)
+                    .build(),
+            )
+            .src(&*self.obj())
+            .build(),
+        );
+        let load_options = LoadOptions {
+            compute_type: settings.compute_type.into(),
+            engine: chosen.engine.clone(),
+        };
+        *lock(&self.chosen) = chosen;
         let obj = self.obj().clone();
         let handle = std::thread::Builder::new()
             .name("whispernpu-load".into())
             .spawn(move || {
                 let imp = obj.imp();
                 let name = settings.model.as_str();
-                let load = || imp.load_model(name, settings.compute_type.into());
+                let load = || imp.load_model(name, &load_options);
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(
                     |payload| {
                         let failure = ModelFailure::panic(name, &*payload);
@@ -525,50 +570,79 @@ impl WhisperNpu {
         }
     }
 
-    /// cpu and npu-sim (the NPU encoder's golden model on the CPU) always run. npu and auto probe
-    /// for an amdxdna device, XRT and a matching encoder artifact (`crate::npu::probe`): npu
-    /// fails naming what is missing, auto falls back to cpu with an INFO log. With all three
-    /// present both run the encoder on the NPU through XRT (the engine opens it when the
-    /// stream starts; a failure there is an element error). onnx is not in this build.
-    fn check_backend(
+    /// What runs the model of `file`, from the `backend` property:
+    /// - cpu: the native engine; npu-sim: the native engine with the NPU encoder's golden model;
+    /// - npu: the probe must find an amdxdna device, XRT and a matching encoder artifact, else
+    ///   the error names what is missing;
+    /// - onnx: ONNX Runtime with the `execution-provider` (the model must be an ONNX export, and
+    ///   the library must have the provider);
+    /// - auto: the NPU when the probe finds all three; else ONNX Runtime when the model holds an
+    ///   ONNX export and the library has an accelerator (or the export is all there is); else
+    ///   the native engine. The reason is logged and posted (`whispernpu-backend`).
+    fn choose_backend(
         &self,
-        backend: Backend,
-        model_name: &str,
-    ) -> Result<(), gst::StateChangeError> {
-        use crate::npu::probe::{self, BackendRequest, EncoderBackend as Chosen};
-        self.npu_chosen.store(false, Ordering::Release);
-        let request = match backend {
-            Backend::Cpu | Backend::NpuSim => return Ok(()),
+        settings: &Settings,
+        file: &model::ModelFile,
+    ) -> Result<Chosen, String> {
+        use crate::engine::npu::probe::{self, BackendRequest, EncoderBackend as Npu};
+        let onnx_options = || -> Result<onnx::OnnxOptions, String> {
+            Ok(onnx::OnnxOptions {
+                provider: settings.execution_provider.into(),
+                provider_options: onnx::OnnxOptions::parse_provider_options(
+                    &settings.execution_provider_options,
+                )
+                .map_err(|e| format!("execution-provider-options: {e}"))?,
+                threads: settings.n_threads as usize,
+            })
+        };
+        let has_onnx = file.format == model::ModelFormat::Onnx
+            || file.path.join(model::OnnxLayout::ENCODER).is_file();
+        let native = |encoder, name, reason: String| Chosen {
+            engine: EngineKind::Native,
+            encoder,
+            name,
+            reason,
+        };
+        let request = match settings.backend {
+            Backend::Cpu => {
+                return Ok(native(EncoderBackend::Cpu, "cpu", "backend=cpu".into()));
+            }
+            Backend::NpuSim => {
+                return Ok(native(
+                    EncoderBackend::NpuSim,
+                    "npu-sim",
+                    "backend=npu-sim".into(),
+                ));
+            }
+            Backend::Onnx => {
+                if !has_onnx {
+                    return Err(format!(
+                        "backend=onnx needs an ONNX export of the model (encoder_model.onnx and a \
+                         decoder in {}); make one with scripts/export-onnx",
+                        file.path.display()
+                    ));
+                }
+                let options = onnx_options()?;
+                let provider = onnx::resolve_provider(options.provider)?;
+                return Ok(Chosen {
+                    engine: EngineKind::Onnx(options),
+                    encoder: EncoderBackend::Cpu,
+                    name: "onnx",
+                    reason: format!("backend=onnx, execution provider {}", provider.ort_name()),
+                });
+            }
             Backend::Auto => BackendRequest::Auto,
             Backend::Npu => BackendRequest::Npu,
-            Backend::Onnx => {
-                let e = Error::BackendUnavailable {
-                    backend: "onnx".into(),
-                    why: "this build has no ONNX encoder; set backend=cpu or backend=auto".into(),
-                };
-                gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", e));
-                return Err(gst::StateChangeError);
-            }
         };
         let config = probe::ProbeConfig::system();
         let device = probe::find_device(&config);
         let xrt = probe::xrt_status();
-        // The artifact is matched against the model's dimensions: only worth reading the model
-        // when there is an NPU to run it on.
+        // The artifact is matched against the model's dimensions.
         let artifact = if device.is_ok() && xrt.is_ok() {
-            model::resolve(model_name)
-                .map_err(|e| e.to_string())
-                .and_then(|dir| {
-                    crate::model::ct2::Ct2File::open(&dir.join("model.bin"))
-                        .and_then(|f| crate::model::ct2::dims_of(&f))
-                        .map_err(|e| e.to_string())
-                })
-                .and_then(|dims| {
-                    let name = std::path::Path::new(model_name)
-                        .file_name()
-                        .map_or(model_name.to_string(), |n| n.to_string_lossy().into_owned());
-                    probe::find_artifact(&config, &name, &dims)
-                })
+            let name = std::path::Path::new(&settings.model)
+                .file_name()
+                .map_or(settings.model.clone(), |n| n.to_string_lossy().into_owned());
+            probe::find_artifact(&config, &name, &file.dims)
         } else {
             Err("not looked for without a device and XRT".into())
         };
@@ -577,20 +651,46 @@ impl WhisperNpu {
             xrt,
             artifact,
         };
-        let failure = match probe::choose_backend(request, &report) {
-            Ok((Chosen::Cpu, note)) => {
-                gst::info!(CAT, imp = self, "{}", note.unwrap_or_default());
-                return Ok(());
+        let note = match probe::choose_backend(request, &report) {
+            Ok((Npu::Npu, _)) => {
+                return Ok(native(EncoderBackend::Npu, "npu", report.to_string()));
             }
-            Ok((Chosen::Npu, _)) => {
-                gst::info!(CAT, imp = self, "{}", report);
-                self.npu_chosen.store(true, Ordering::Release);
-                return Ok(());
-            }
-            Err(e) => e,
+            Ok((Npu::Cpu, note)) => note.unwrap_or_else(|| report.to_string()),
+            Err(e) => return Err(e.to_string()),
         };
-        gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", failure));
-        Err(gst::StateChangeError)
+        // auto, no NPU: ONNX Runtime when the model has an export and the library an
+        // accelerator (or when the export is all the model has).
+        if has_onnx {
+            let mut options = onnx_options()?;
+            let accelerator = onnx::resolve_provider(options.provider)
+                .ok()
+                .filter(|p| p.is_accelerator());
+            if let Some(provider) = accelerator {
+                options.provider = provider;
+                return Ok(Chosen {
+                    engine: EngineKind::Onnx(options),
+                    encoder: EncoderBackend::Cpu,
+                    name: "onnx",
+                    reason: format!(
+                        "{note}; the model has an ONNX export and ONNX Runtime has {}",
+                        provider.ort_name()
+                    ),
+                });
+            }
+            if file.format == model::ModelFormat::Onnx {
+                options.provider = onnx::Provider::Cpu;
+                return Ok(Chosen {
+                    engine: EngineKind::Onnx(options),
+                    encoder: EncoderBackend::Cpu,
+                    name: "onnx",
+                    reason: format!(
+                        "{note}; the model is an ONNX export only, and ONNX Runtime has no \
+                         accelerator: ONNX Runtime on the CPU"
+                    ),
+                });
+            }
+        }
+        Ok(native(EncoderBackend::Cpu, "cpu", note))
     }
 
     fn post_progress(&self, kind: gst::ProgressType, text: &str) {
@@ -605,22 +705,22 @@ impl WhisperNpu {
     fn load_model(
         &self,
         name: &str,
-        compute_type: model::ComputeType,
+        options: &LoadOptions,
     ) -> Result<Arc<WhisperModel>, ModelFailure> {
         self.post_progress(
             gst::ProgressType::Start,
             &format!("Loading Whisper model `{name}`"),
         );
         let t0 = std::time::Instant::now();
-        match model::load_shared_with(name, compute_type) {
+        match crate::engine::load_shared_opts(name, options) {
             Ok(model) => {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "Model `{}` ready ({}, compute type {}) in {:.2} s",
+                    "Model `{}` ready ({}, {}) in {:.2} s",
                     name,
                     model.dir.display(),
-                    model.compute_type,
+                    model.engine_description(),
                     t0.elapsed().as_secs_f64()
                 );
                 self.post_progress(
@@ -1234,9 +1334,7 @@ impl WhisperNpu {
         work.settings_generation = generation;
         work.policy.set_latency(settings.latency());
         let mut opts = settings.options();
-        if self.npu_chosen.load(Ordering::Acquire) {
-            opts.backend = EncoderBackend::Npu;
-        }
+        opts.backend = lock(&self.chosen).encoder;
         if let Some(engine) = work.engine.as_mut() {
             if let Err(e) = engine.set_options(opts) {
                 gst::element_imp_warning!(
@@ -1672,7 +1770,7 @@ impl ObjectSubclass for WhisperNpu {
             srcpad,
             settings: Mutex::new(Settings::default()),
             settings_generation: AtomicU64::new(0),
-            npu_chosen: AtomicBool::new(false),
+            chosen: Mutex::new(Chosen::default()),
             stream: Mutex::new(Stream::default()),
             queue: Mutex::new(Queue::default()),
             queue_cond: Condvar::new(),
@@ -1720,6 +1818,31 @@ impl ObjectImpl for WhisperNpu {
                          npu-sim the next window is encoded while the CPU decodes this one; a \
                          failed NPU run is not used: the CPU encodes from then on, with a warning. \
                          Default: auto. Read at NULL→READY",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default(
+                    "execution-provider",
+                    DEFAULT_EXECUTION_PROVIDER,
+                )
+                .nick("Execution provider")
+                .blurb(
+                    "backend=onnx (and auto with an ONNX export): ONNX Runtime's execution \
+                     provider: auto (the first accelerator the library has: Vitis AI, CUDA, ROCm, \
+                     MIGraphX, DirectML, CoreML, OpenVINO; else cpu, logged), cpu, vitisai (AMD \
+                     Ryzen AI NPU; Ryzen AI Software's ONNX Runtime), openvino, cuda, rocm, \
+                     migraphx, coreml, directml. The library is $ORT_DYLIB_PATH, else the one \
+                     scripts/fetch-runtime installs; a provider it lacks fails NULL→READY naming \
+                     both. Default: auto. Read at NULL→READY",
+                )
+                .mutable_ready()
+                .build(),
+                glib::ParamSpecString::builder("execution-provider-options")
+                    .nick("Execution provider options")
+                    .blurb(
+                        "Options passed to the execution provider, as key=value;key=value (Vitis \
+                         AI: config_file, cache_dir, cache_key; OpenVINO: device_type=CPU|GPU|NPU, \
+                         ...; MIGraphX, DirectML: device_id). Default: none. Read at NULL→READY",
                     )
                     .mutable_ready()
                     .build(),
@@ -1914,6 +2037,15 @@ impl ObjectImpl for WhisperNpu {
                     .unwrap_or_else(|| DEFAULT_MODEL.into());
             }
             "backend" => s.backend = value.get().expect("type checked upstream"),
+            "execution-provider" => {
+                s.execution_provider = value.get().expect("type checked upstream")
+            }
+            "execution-provider-options" => {
+                s.execution_provider_options = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default()
+            }
             "compute-type" => s.compute_type = value.get().expect("type checked upstream"),
             "language-code" => {
                 s.language_code = value
@@ -1968,6 +2100,8 @@ impl ObjectImpl for WhisperNpu {
         match pspec.name() {
             "model" => s.model.to_value(),
             "backend" => s.backend.to_value(),
+            "execution-provider" => s.execution_provider.to_value(),
+            "execution-provider-options" => s.execution_provider_options.to_value(),
             "compute-type" => s.compute_type.to_value(),
             "language-code" => s.language_code.to_value(),
             "task" => s.task.to_value(),

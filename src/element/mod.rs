@@ -27,7 +27,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::model::WhisperModel;
+use crate::engine::WhisperModel;
 
 glib::wrapper! {
     /// The `whispernpu` element.
@@ -50,7 +50,7 @@ pub enum Backend {
     /// artifact has been built yet, so the CPU).
     #[default]
     #[enum_value(
-        name = "Auto: npu when an amdxdna device, XRT and a built encoder are all found (none is built yet), else cpu",
+        name = "Auto: npu when an amdxdna device, XRT and a built encoder are all found (none is built yet), else onnx when the model directory holds an ONNX export and ONNX Runtime has an accelerator, else cpu (onnx on the CPU for an ONNX-only model)",
         nick = "auto"
     )]
     Auto,
@@ -63,7 +63,7 @@ pub enum Backend {
     )]
     Npu,
     #[enum_value(
-        name = "Onnx: ONNX Runtime (not in this build: fails at NULL→READY)",
+        name = "Onnx: ONNX Runtime on an ONNX export (Optimum layout, scripts/export-onnx) with the execution provider of execution-provider: CPU, Vitis AI (Ryzen AI NPU), OpenVINO, CUDA, ...",
         nick = "onnx"
     )]
     Onnx,
@@ -74,7 +74,7 @@ pub enum Backend {
     NpuSim,
 }
 
-/// Numeric precision (`compute-type` property); see [`crate::model::ComputeType`].
+/// Numeric precision (`compute-type` property); see [`crate::engine::ComputeType`].
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstWhisperNpuComputeType")]
@@ -99,13 +99,66 @@ pub enum ComputeTypeMode {
     Bf16,
 }
 
-impl From<ComputeTypeMode> for crate::model::ComputeType {
+impl From<ComputeTypeMode> for crate::engine::ComputeType {
     fn from(m: ComputeTypeMode) -> Self {
         match m {
             ComputeTypeMode::Auto => Self::Auto,
             ComputeTypeMode::F32 => Self::F32,
             ComputeTypeMode::Int8 => Self::Int8,
             ComputeTypeMode::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+/// ONNX Runtime execution provider (`execution-provider` property); see
+/// [`crate::engine::onnx::Provider`].
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuExecutionProvider")]
+pub enum ExecutionProvider {
+    #[default]
+    #[enum_value(
+        name = "Auto: the first accelerator the ONNX Runtime library has (Vitis AI, CUDA, ROCm, MIGraphX, DirectML, CoreML, OpenVINO), else the CPU",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(name = "Cpu: ONNX Runtime's CPU provider", nick = "cpu")]
+    Cpu,
+    #[enum_value(
+        name = "VitisAi: AMD Ryzen AI NPU (Ryzen AI Software's ONNX Runtime)",
+        nick = "vitisai"
+    )]
+    VitisAi,
+    #[enum_value(
+        name = "OpenVino: Intel OpenVINO (CPU, GPU, NPU; the onnxruntime-openvino build)",
+        nick = "openvino"
+    )]
+    OpenVino,
+    #[enum_value(name = "Cuda: NVIDIA CUDA", nick = "cuda")]
+    Cuda,
+    #[enum_value(name = "Rocm: AMD ROCm", nick = "rocm")]
+    Rocm,
+    #[enum_value(name = "Migraphx: AMD MIGraphX", nick = "migraphx")]
+    Migraphx,
+    #[enum_value(name = "Coreml: Apple CoreML", nick = "coreml")]
+    Coreml,
+    #[enum_value(name = "Directml: Windows DirectML", nick = "directml")]
+    Directml,
+}
+
+impl From<ExecutionProvider> for crate::engine::onnx::Provider {
+    fn from(p: ExecutionProvider) -> Self {
+        use crate::engine::onnx::Provider as P;
+        match p {
+            ExecutionProvider::Auto => P::Auto,
+            ExecutionProvider::Cpu => P::Cpu,
+            ExecutionProvider::VitisAi => P::VitisAi,
+            ExecutionProvider::OpenVino => P::OpenVino,
+            ExecutionProvider::Cuda => P::Cuda,
+            ExecutionProvider::Rocm => P::Rocm,
+            ExecutionProvider::Migraphx => P::MigraphX,
+            ExecutionProvider::Coreml => P::CoreMl,
+            ExecutionProvider::Directml => P::DirectMl,
         }
     }
 }

@@ -1,3 +1,361 @@
-//! Inference backends. The native CPU engine is the default.
+//! Engines: what runs a Whisper model. One interface, three implementations:
+//!
+//! - [`cpu`]: the native Rust engine (default; no external runtime). Its weights are prepared
+//!   from any file the readers of [`crate::model`] open (CTranslate2, GGML, safetensors).
+//! - [`onnx`]: ONNX Runtime (loaded at run time) on an ONNX export in Hugging Face Optimum's
+//!   layout, with an execution provider: CPU, Vitis AI (Ryzen AI NPUs), OpenVINO, CUDA, ROCm,
+//!   MIGraphX, CoreML, DirectML.
+//! - [`npu`]: the one-dispatch AIE2 encoder for AMD Ryzen AI NPUs (host code over a device trait:
+//!   the simulated device of `npu-sim`, XRT); it replaces the native engine's encoder.
+//!
+//! The transcriber sees an engine as an [`Encoder`] (one 30 s window's log-mel → the encoder's
+//! output) and a [`Decoder`] (a KV-cached decoder over a batch of token sequences); everything
+//! above (mel, seek loop, decoding, fallbacks, word timing, live policy) is the same code for
+//! every engine. A model is loaded once per process per engine configuration
+//! ([`load_shared`]) and shared by every transcriber and element using it.
 
 pub mod cpu;
+pub mod npu;
+pub mod onnx;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use once_cell::sync::Lazy;
+
+use crate::error::{Error, ModelError};
+use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
+
+/// Numeric precision of the engine (`compute-type` property, `--compute-type` flag).
+///
+/// - `f32`: weights exactly as stored (f16 checkpoints are held in f16 for the decoder, which is
+///   lossless); encoder and activations f32.
+/// - `int8`: decoder weights and the tied output projection quantised to int8 with a scale per
+///   row (lossy; activations stay f32); encoder f32.
+/// - `bf16`: the encoder's matrix products (convolutions as im2col, QKV, attention scores and
+///   `P · V`, output projection, MLP) take bf16-rounded inputs (round to nearest even) and
+///   accumulate in f32; LayerNorm, GELU, softmax, bias and residuals stay f32. Runs on Intel AMX
+///   tiles where the CPU has them (several times faster than the f32 encoder); elsewhere the
+///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
+///   order but no speed-up. The decoder is as with `f32`.
+/// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
+///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
+///   elsewhere (emulated bf16 is no faster). bf16 is not bit-faithful: on the 295 s benchmark
+///   audio base gives f32's words (two segment times 0.04 s apart) while tiny.en re-segments
+///   and changes a few words at a WER of 7.00 % against f32's 7.12 %; jfk.wav is identical
+///   for both. `int8` also keeps the WER but is slower than `bf16` (its encoder is f32), so it
+///   stays opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ComputeType {
+    #[default]
+    Auto,
+    F32,
+    Int8,
+    Bf16,
+}
+
+impl ComputeType {
+    pub const NAMES: &'static str = "auto, f32, int8, bf16";
+
+    /// The concrete type `auto` stands for.
+    pub fn resolved(self) -> ComputeType {
+        match self {
+            ComputeType::Auto => {
+                if cpu::amx::Backend::detected() == cpu::amx::Backend::Amx {
+                    ComputeType::Bf16
+                } else {
+                    ComputeType::F32
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeType::Auto => "auto",
+            ComputeType::F32 => "f32",
+            ComputeType::Int8 => "int8",
+            ComputeType::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ComputeType::Auto),
+            "f32" => Ok(ComputeType::F32),
+            "int8" => Ok(ComputeType::Int8),
+            "bf16" => Ok(ComputeType::Bf16),
+            _ => Err(format!(
+                "unknown compute type `{s}` (known: {})",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The encoder of an engine: one 30 s window's log-mel `[n_mels][3000]` → the encoder output
+/// `[n_audio_ctx][d]`, in one call (per window, never per layer or operator from here).
+pub trait Encoder: Send {
+    fn encode(&mut self, mel: &[f32], out: &mut [f32], threads: usize) -> Result<(), Error>;
+    /// Device dispatches so far, for engines that count them (the NPU).
+    fn dispatches(&self) -> u64 {
+        0
+    }
+}
+
+/// The decoder of an engine: a batch of token sequences of equal length over one window's
+/// encoder output, with their self-attention caches.
+pub trait Decoder: Send {
+    /// Takes a window's encoder output `[n_audio_ctx][d]` (the cross-attention K/V are
+    /// computed from it once) and empties the caches.
+    fn set_audio(&mut self, encoder_out: &[f32], threads: usize) -> Result<(), Error>;
+    /// Empties the caches and sets the number of sequences.
+    fn reset(&mut self, batch: usize);
+    /// New sequence `i` continues old sequence `sources[i]`; `sources.len()` becomes the batch.
+    fn reorder(&mut self, sources: &[usize]);
+    /// Feeds `n` new tokens to each sequence (`tokens` is `[batch][n]`) and computes the logits
+    /// of each sequence's last position (rows `0..batch`), then, with `extra`, of that position
+    /// among the new tokens (rows `batch..2 * batch`).
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        extra: Option<usize>,
+        threads: usize,
+    ) -> Result<(), Error>;
+    /// Logits row `i` of the last [`forward`](Self::forward).
+    fn logits_row(&self, i: usize) -> &[f32];
+    /// Tokens held per sequence.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn batch(&self) -> usize;
+    /// Greedy single-sequence steps may compute the logits below `exact_from` approximately
+    /// and [`refine`](Self::refine) the ones that matter (the native engine's int8 vocabulary
+    /// screen); `None` turns that off. Engines without it ignore the call.
+    fn set_screening(&mut self, _exact_from: Option<usize>) {}
+    /// Makes a screened logits row exact where it can decide the choice; returns how many
+    /// entries were recomputed.
+    fn refine(&self, _row: usize, _logits: &mut [f32]) -> usize {
+        0
+    }
+    /// Whether [`forward_capture`](Self::forward_capture) can give cross-attention weights.
+    fn can_capture(&self) -> bool;
+    /// One sequence of `tokens` from empty caches, returning the cross-attention weights of
+    /// `heads` (`(layer, head)` pairs) over the first `frames` encoder positions, renormalised
+    /// to sum to one there: `[heads.len()][tokens.len()][frames]`.
+    fn forward_capture(
+        &mut self,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+        frames: usize,
+        threads: usize,
+    ) -> Result<Vec<f32>, Error>;
+    /// After [`forward_capture`](Self::forward_capture) of `tokens`: for each row `r` in
+    /// `from..tokens.len() - 1`, the probability of `tokens[r + 1]` there, the softmax taken
+    /// over the text tokens `..eot` only.
+    fn next_token_probabilities(
+        &mut self,
+        tokens: &[u32],
+        from: usize,
+        eot: usize,
+        threads: usize,
+    ) -> Result<Vec<f32>, Error>;
+}
+
+/// Which engine runs a model, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum EngineKind {
+    /// The native CPU engine (any format but ONNX).
+    #[default]
+    Native,
+    /// ONNX Runtime on an ONNX export.
+    Onnx(onnx::OnnxOptions),
+}
+
+impl EngineKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineKind::Native => "cpu",
+            EngineKind::Onnx(_) => "onnx",
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct LoadOptions {
+    pub compute_type: ComputeType,
+    pub engine: EngineKind,
+}
+
+/// The weights an engine prepared.
+pub enum ModelWeights {
+    Cpu(cpu::Weights),
+    Onnx(onnx::OnnxModel),
+}
+
+/// A model ready to run: its configuration ([`ModelConfig`], which this dereferences to) and
+/// the weights its engine prepared. Immutable, shared by every transcriber and element using it.
+pub struct WhisperModel {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    /// The concrete compute type of the native engine's weights (never `Auto`).
+    pub compute_type: ComputeType,
+}
+
+impl std::ops::Deref for WhisperModel {
+    type Target = ModelConfig;
+    fn deref(&self) -> &ModelConfig {
+        &self.config
+    }
+}
+
+impl WhisperModel {
+    /// Loads a model (directory or file, any [`ModelFormat`] the native engine reads) for the
+    /// default compute type.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::load_with(path, ComputeType::Auto)
+    }
+
+    /// Loads a model for the native engine, preparing its weights for `compute_type`.
+    pub fn load_with(path: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
+        Self::load_opts(
+            path,
+            &LoadOptions {
+                compute_type,
+                engine: EngineKind::Native,
+            },
+        )
+    }
+
+    /// Opens the model at `path` ([`ModelFile::open`]: headers, dimensions, tensors checked)
+    /// and prepares its weights for the engine of `opts`.
+    pub fn load_opts(path: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
+        crate::fault::point("load");
+        let file = ModelFile::open(path)?;
+        let config = file.config()?;
+        let compute_type = opts.compute_type.resolved();
+        let weights = match &opts.engine {
+            EngineKind::Native => {
+                let source = file.source()?;
+                ModelWeights::Cpu(cpu::Weights::from_source(
+                    &*source,
+                    &file.dims,
+                    compute_type,
+                )?)
+            }
+            EngineKind::Onnx(onnx_opts) => {
+                if file.format != ModelFormat::Onnx {
+                    return Err(ModelError::Unsupported {
+                        path: path.to_path_buf(),
+                        what: format!(
+                            "{} model for ONNX Runtime: backend=onnx needs an ONNX export \
+                             (make one with scripts/export-onnx)",
+                            file.format
+                        ),
+                    });
+                }
+                let layout = file
+                    .onnx_layout()
+                    .unwrap_or(crate::model::OnnxLayout::Merged);
+                ModelWeights::Onnx(onnx::OnnxModel::load(path, layout, &file.dims, onnx_opts)?)
+            }
+        };
+        Ok(Self {
+            config,
+            weights,
+            compute_type,
+        })
+    }
+
+    /// The native engine's weights (`None` for an ONNX model).
+    pub fn cpu_weights(&self) -> Option<&cpu::Weights> {
+        match &self.weights {
+            ModelWeights::Cpu(w) => Some(w),
+            ModelWeights::Onnx(_) => None,
+        }
+    }
+
+    /// What runs this model, for messages: `cpu (f32)`, `onnx (CPUExecutionProvider)`.
+    pub fn engine_description(&self) -> String {
+        match &self.weights {
+            ModelWeights::Cpu(_) => format!("cpu ({})", self.compute_type),
+            ModelWeights::Onnx(o) => format!("onnx ({})", o.description()),
+        }
+    }
+
+    /// A new encoder of this model's engine.
+    pub fn new_encoder(self: &Arc<Self>) -> Box<dyn Encoder> {
+        match &self.weights {
+            ModelWeights::Cpu(_) => Box::new(cpu::CpuEncoder::new(Arc::clone(self))),
+            ModelWeights::Onnx(_) => Box::new(onnx::OnnxEncoder::new(Arc::clone(self))),
+        }
+    }
+
+    /// A new decoder of this model's engine, for batches of up to `max_batch` sequences.
+    pub fn new_decoder(self: &Arc<Self>, max_batch: usize) -> Box<dyn Decoder> {
+        match &self.weights {
+            ModelWeights::Cpu(_) => Box::new(cpu::CpuDecoder::new(Arc::clone(self), max_batch)),
+            ModelWeights::Onnx(_) => Box::new(onnx::OnnxDecoder::new(Arc::clone(self), max_batch)),
+        }
+    }
+}
+
+type SharedKey = (PathBuf, LoadOptions);
+
+static SHARED: Lazy<Mutex<HashMap<SharedKey, Weak<WhisperModel>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// Loads a model by name or path for the native engine and the default compute type, sharing
+/// one copy of the weights per process (see [`load_shared_opts`]).
+pub fn load_shared(name_or_path: &str) -> Result<Arc<WhisperModel>, ModelError> {
+    load_shared_with(name_or_path, ComputeType::Auto)
+}
+
+/// [`load_shared`] for a compute type.
+pub fn load_shared_with(
+    name_or_path: &str,
+    compute_type: ComputeType,
+) -> Result<Arc<WhisperModel>, ModelError> {
+    load_shared_opts(
+        name_or_path,
+        &LoadOptions {
+            compute_type,
+            engine: EngineKind::Native,
+        },
+    )
+}
+
+/// Loads a model by name or path, sharing one copy of the weights per process and load
+/// options: every caller asking for the same model and options while a copy is alive gets the
+/// same `Arc`.
+pub fn load_shared_opts(
+    name_or_path: &str,
+    opts: &LoadOptions,
+) -> Result<Arc<WhisperModel>, ModelError> {
+    let dir = resolve(name_or_path)?;
+    let mut opts = opts.clone();
+    opts.compute_type = opts.compute_type.resolved();
+    let key = (dir.canonicalize().unwrap_or(dir.clone()), opts.clone());
+    // Hold the lock while loading so two elements starting together load once.
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(model) = shared.get(&key).and_then(Weak::upgrade) {
+        return Ok(model);
+    }
+    let model = Arc::new(WhisperModel::load_opts(&dir, &opts)?);
+    shared.insert(key, Arc::downgrade(&model));
+    Ok(model)
+}

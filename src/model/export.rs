@@ -43,7 +43,7 @@ impl ExportModel {
         };
         let dims = file.dims.clone();
         let tokenizer = file.tokenizer()?;
-        let tensors = openai_tensors(&*file.source(), &dims)?;
+        let tensors = openai_tensors(&*file.source()?, &dims)?;
         let (suppress_ids, suppress_ids_begin, alignment_heads) = match format {
             ModelFormat::Ct2 => {
                 let config = ct2::read_config(&dir)?;

@@ -1,5 +1,7 @@
-//! Whisper models: CTranslate2 directories, whisper.cpp GGML files and Hugging Face safetensors
-//! checkpoints; configuration, weights and tokenizer.
+//! Whisper models as files: CTranslate2 directories, whisper.cpp GGML files, Hugging Face
+//! safetensors checkpoints and ONNX exports (Optimum's layout); their configuration, tokenizer
+//! and tensors. Nothing here runs a model: each engine (`crate::engine`) prepares its own
+//! weights from what these readers give.
 
 mod bytes;
 pub mod ct2;
@@ -9,96 +11,13 @@ pub mod safetensors;
 pub mod source;
 pub mod tokenizer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-
-use once_cell::sync::Lazy;
 
 use crate::error::ModelError;
 pub use tokenizer::{SpecialTokens, Tokenizer};
 
 /// Model names `scripts/fetch-model` knows.
 pub const KNOWN_MODELS: &[&str] = &["tiny.en", "base"];
-
-/// Numeric precision of the engine (`compute-type` property, `--compute-type` flag).
-///
-/// - `f32`: weights exactly as stored (f16 checkpoints are held in f16 for the decoder, which is
-///   lossless); encoder and activations f32.
-/// - `int8`: decoder weights and the tied output projection quantised to int8 with a scale per
-///   row (lossy; activations stay f32); encoder f32.
-/// - `bf16`: the encoder's matrix products (convolutions as im2col, QKV, attention scores and
-///   `P · V`, output projection, MLP) take bf16-rounded inputs (round to nearest even) and
-///   accumulate in f32; LayerNorm, GELU, softmax, bias and residuals stay f32. Runs on Intel AMX
-///   tiles where the CPU has them (several times faster than the f32 encoder); elsewhere the
-///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
-///   order but no speed-up. The decoder is as with `f32`.
-/// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
-///   elsewhere (emulated bf16 is no faster). bf16 is not bit-faithful: on the 295 s benchmark
-///   audio base gives f32's words (two segment times 0.04 s apart) while tiny.en re-segments
-///   and changes a few words at a WER of 7.00 % against f32's 7.12 %; jfk.wav is identical
-///   for both. `int8` also keeps the WER but is slower than `bf16` (its encoder is f32), so it
-///   stays opt-in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ComputeType {
-    #[default]
-    Auto,
-    F32,
-    Int8,
-    Bf16,
-}
-
-impl ComputeType {
-    pub const NAMES: &'static str = "auto, f32, int8, bf16";
-
-    /// The concrete type `auto` stands for.
-    pub fn resolved(self) -> ComputeType {
-        match self {
-            ComputeType::Auto => {
-                if crate::engine::cpu::amx::Backend::detected()
-                    == crate::engine::cpu::amx::Backend::Amx
-                {
-                    ComputeType::Bf16
-                } else {
-                    ComputeType::F32
-                }
-            }
-            other => other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ComputeType::Auto => "auto",
-            ComputeType::F32 => "f32",
-            ComputeType::Int8 => "int8",
-            ComputeType::Bf16 => "bf16",
-        }
-    }
-}
-
-impl std::str::FromStr for ComputeType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ComputeType::Auto),
-            "f32" => Ok(ComputeType::F32),
-            "int8" => Ok(ComputeType::Int8),
-            "bf16" => Ok(ComputeType::Bf16),
-            _ => Err(format!(
-                "unknown compute type `{s}` (known: {})",
-                Self::NAMES
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for ComputeType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Model dimensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +59,9 @@ impl Dims {
                     TextLayer => "the decoder has {} layers".into(),
                 },
                 ModelFormat::Ggml => format!("header field {} is {{}}", f.ggml()),
-                ModelFormat::Safetensors => format!("config.json {} is {{}}", f.hf()),
+                ModelFormat::Safetensors | ModelFormat::Onnx => {
+                    format!("config.json {} is {{}}", f.hf())
+                }
             }
         };
         let bad = |f: DimField, value: usize, need: String| ModelError::Corrupt {
@@ -240,9 +161,10 @@ impl DimField {
     }
 }
 
-/// A loaded model: weights converted once, tokenizer and configuration. Immutable, shared by
-/// every transcriber and element instance using it.
-pub struct WhisperModel {
+/// Everything about a model but its weights: where it is, its format and dimensions, the
+/// tokenizer and the decoding configuration. Each engine prepares its weights beside it
+/// (`crate::engine::WhisperModel`).
+pub struct ModelConfig {
     /// The model directory, or the file for a GGML or single safetensors file.
     pub dir: PathBuf,
     /// The format it was read from.
@@ -255,9 +177,12 @@ pub struct WhisperModel {
     pub suppress_ids_begin: Vec<u32>,
     /// `[layer, head]` pairs for word timing.
     pub alignment_heads: Vec<(usize, usize)>,
-    pub weights: crate::engine::cpu::Weights,
-    /// The concrete compute type the weights were prepared for (never `Auto`).
-    pub compute_type: ComputeType,
+}
+
+impl ModelConfig {
+    pub fn is_multilingual(&self) -> bool {
+        self.dims.n_vocab >= 51865
+    }
 }
 
 /// The formats a model can be read from.
@@ -269,6 +194,65 @@ pub enum ModelFormat {
     Ggml,
     /// A Hugging Face checkpoint: `*.safetensors` with `config.json` and `tokenizer.json`.
     Safetensors,
+    /// An ONNX export in Hugging Face Optimum's layout (`encoder_model.onnx` and a decoder, with
+    /// `config.json`, `generation_config.json` and the tokenizer); only ONNX Runtime runs it.
+    Onnx,
+}
+
+/// Which decoder files an ONNX export holds (detected from the files present, in this order of
+/// preference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnnxLayout {
+    /// `decoder_model_merged.onnx`: one decoder, with and without past, switched by
+    /// `use_cache_branch` (Optimum's default).
+    Merged,
+    /// `decoder_model.onnx` + `decoder_with_past_model.onnx`.
+    Split,
+    /// `decoder_model.onnx` alone, no KV cache: the whole sequence is decoded at every step
+    /// (static-shape exports for NPUs pad it to a fixed length).
+    DecoderOnly,
+}
+
+impl OnnxLayout {
+    pub const ENCODER: &'static str = "encoder_model.onnx";
+    pub const DECODER: &'static str = "decoder_model.onnx";
+    pub const DECODER_WITH_PAST: &'static str = "decoder_with_past_model.onnx";
+    pub const DECODER_MERGED: &'static str = "decoder_model_merged.onnx";
+
+    /// The layout of the export in `dir`; an error naming the missing file otherwise.
+    pub fn detect(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.join(Self::ENCODER).is_file() {
+            return Err(ModelError::NotFound {
+                path: dir.join(Self::ENCODER),
+            });
+        }
+        if dir.join(Self::DECODER_MERGED).is_file() {
+            Ok(Self::Merged)
+        } else if dir.join(Self::DECODER).is_file() {
+            Ok(if dir.join(Self::DECODER_WITH_PAST).is_file() {
+                Self::Split
+            } else {
+                Self::DecoderOnly
+            })
+        } else {
+            Err(ModelError::MissingWeight {
+                path: dir.to_path_buf(),
+                name: format!(
+                    "the decoder: no {} or {} (an incomplete ONNX export?)",
+                    Self::DECODER_MERGED,
+                    Self::DECODER
+                ),
+            })
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Merged => "merged",
+            Self::Split => "split",
+            Self::DecoderOnly => "decoder-only",
+        }
+    }
 }
 
 impl ModelFormat {
@@ -277,6 +261,7 @@ impl ModelFormat {
             ModelFormat::Ct2 => "ct2",
             ModelFormat::Ggml => "ggml",
             ModelFormat::Safetensors => "safetensors",
+            ModelFormat::Onnx => "onnx",
         }
     }
 
@@ -287,6 +272,9 @@ impl ModelFormat {
         if path.is_dir() {
             if path.join("model.bin").is_file() {
                 return Ok(ModelFormat::Ct2);
+            }
+            if path.join(OnnxLayout::ENCODER).is_file() {
+                return Ok(ModelFormat::Onnx);
             }
             if !safetensors::shard_paths(path)?.is_empty() {
                 return Ok(ModelFormat::Safetensors);
@@ -320,26 +308,8 @@ impl std::fmt::Display for ModelFormat {
     }
 }
 
-impl WhisperModel {
-    /// Loads a model (directory or file, any [`ModelFormat`]) for the default compute type.
-    pub fn load(path: &Path) -> Result<Self, ModelError> {
-        Self::load_with(path, ComputeType::Auto)
-    }
-
-    /// Loads a model (directory or file, any [`ModelFormat`]), preparing the weights for
-    /// `compute_type`.
-    pub fn load_with(path: &Path, compute_type: ComputeType) -> Result<Self, ModelError> {
-        crate::fault::point("load");
-        ModelFile::open(path)?.load(compute_type)
-    }
-
-    pub fn is_multilingual(&self) -> bool {
-        self.dims.n_vocab >= 51865
-    }
-}
-
 /// What a model needs besides its weights, whatever the format.
-pub(crate) struct ModelParts {
+struct ModelParts {
     pub dir: PathBuf,
     pub format: ModelFormat,
     pub dims: Dims,
@@ -353,11 +323,8 @@ pub(crate) struct ModelParts {
 }
 
 impl ModelParts {
-    pub(crate) fn build(
-        self,
-        source: &dyn source::TensorSource,
-        compute_type: ComputeType,
-    ) -> Result<WhisperModel, ModelError> {
+    /// The configuration, defaults filled in and every token id and head checked.
+    fn into_config(self) -> Result<ModelConfig, ModelError> {
         let tokenizer = self.tokenizer;
         // What Hugging Face's `suppress_tokens` (and so CTranslate2's `suppress_ids`) lists:
         // openai's non-speech tokens and the task and start tokens.
@@ -418,8 +385,7 @@ impl ModelParts {
                 .flat_map(|l| (0..heads).map(move |h| (l, h)))
                 .collect()
         });
-        let weights = crate::engine::cpu::Weights::from_source(source, &self.dims, compute_type)?;
-        Ok(WhisperModel {
+        Ok(ModelConfig {
             dir: self.dir,
             format: self.format,
             dims: self.dims,
@@ -427,8 +393,6 @@ impl ModelParts {
             suppress_ids,
             suppress_ids_begin,
             alignment_heads,
-            weights,
-            compute_type,
         })
     }
 }
@@ -441,7 +405,7 @@ fn token_ids(list: &[i64]) -> Vec<u32> {
 /// A model opened and checked without converting a weight: the file's headers are read, the
 /// dimensions validated ([`Dims::validate`]) and every tensor the engine needs found with its
 /// shape. Cheap (milliseconds), so it can run where a user waits for an answer (the element's
-/// NULL→READY); [`ModelFile::load`] then converts the weights.
+/// NULL→READY); an engine then prepares its weights from it (`crate::engine::WhisperModel`).
 pub struct ModelFile {
     /// The path as given: a directory, or the file of a GGML or single safetensors model.
     pub path: PathBuf,
@@ -455,6 +419,11 @@ enum Opened {
     Ggml(ggml::GgmlFile),
     Safetensors {
         checkpoint: safetensors::SafetensorsCheckpoint,
+        config: Box<safetensors::HfConfig>,
+        generation: Box<safetensors::HfConfig>,
+    },
+    Onnx {
+        layout: OnnxLayout,
         config: Box<safetensors::HfConfig>,
         generation: Box<safetensors::HfConfig>,
     },
@@ -483,7 +452,7 @@ impl ModelFile {
                 let dims = file.header.dims.clone();
                 (Opened::Ggml(file), dims, path.to_path_buf())
             }
-            ModelFormat::Safetensors => {
+            ModelFormat::Safetensors | ModelFormat::Onnx => {
                 let dir = config_dir(path);
                 let config_path = dir.join("config.json");
                 let config = safetensors::read_config(&config_path)?.ok_or_else(|| {
@@ -494,11 +463,19 @@ impl ModelFile {
                 let generation = safetensors::read_config(&dir.join("generation_config.json"))?
                     .unwrap_or_default();
                 let dims = config.dims(&config_path)?;
-                let checkpoint = safetensors::SafetensorsCheckpoint::open(path)?;
-                let opened = Opened::Safetensors {
-                    checkpoint,
-                    config: Box::new(config),
-                    generation: Box::new(generation),
+                let (config, generation) = (Box::new(config), Box::new(generation));
+                let opened = if format == ModelFormat::Onnx {
+                    Opened::Onnx {
+                        layout: OnnxLayout::detect(path)?,
+                        config,
+                        generation,
+                    }
+                } else {
+                    Opened::Safetensors {
+                        checkpoint: safetensors::SafetensorsCheckpoint::open(path)?,
+                        config,
+                        generation,
+                    }
                 };
                 (opened, dims, config_path)
             }
@@ -514,19 +491,40 @@ impl ModelFile {
         Ok(model)
     }
 
-    /// The tensors by CTranslate2 name, as the engine reads them.
-    pub fn source(&self) -> Box<dyn source::TensorSource + '_> {
-        match &self.file {
+    /// The tensors by CTranslate2 name, as the native engine reads them. An ONNX export has
+    /// none to give: its weights live in ONNX graphs only ONNX Runtime runs.
+    pub fn source(&self) -> Result<Box<dyn source::TensorSource + '_>, ModelError> {
+        Ok(match &self.file {
             Opened::Ct2(file) => Box::new(source::Borrowed(file)),
             Opened::Ggml(file) => Box::new(source::OpenaiLayout(file)),
             Opened::Safetensors { checkpoint, .. } => Box::new(source::OpenaiLayout(checkpoint)),
+            Opened::Onnx { .. } => {
+                return Err(ModelError::Unsupported {
+                    path: self.path.clone(),
+                    what: "weights for the native engine: this is an ONNX export, which only \
+                           ONNX Runtime runs (backend=onnx, --backend onnx)"
+                        .into(),
+                });
+            }
+        })
+    }
+
+    /// The decoder files of an ONNX export.
+    pub fn onnx_layout(&self) -> Option<OnnxLayout> {
+        match &self.file {
+            Opened::Onnx { layout, .. } => Some(*layout),
+            _ => None,
         }
     }
 
     /// Every tensor the engine reads is present with the shape the dimensions give (biases of
-    /// linear layers may be absent), checked without reading data.
+    /// linear layers may be absent), checked without reading data. (An ONNX export's graphs
+    /// are checked by ONNX Runtime when the sessions are made.)
     fn check_tensors(&self) -> Result<(), ModelError> {
-        let source = self.source();
+        if self.format == ModelFormat::Onnx {
+            return Ok(());
+        }
+        let source = self.source()?;
         for (name, shape) in source::engine_tensors(&self.dims) {
             let optional = name.ends_with("/bias") && !name.contains("/conv");
             if optional && !source.contains(&name) {
@@ -545,10 +543,9 @@ impl ModelFile {
         }
     }
 
-    /// Converts the weights for `compute_type` (`Auto` resolved for this CPU); every weight is
-    /// checked to hold finite values ([`source::first_non_finite`]).
-    pub fn load(self, compute_type: ComputeType) -> Result<WhisperModel, ModelError> {
-        let compute_type = compute_type.resolved();
+    /// The configuration: tokenizer, suppressed tokens, alignment heads (from the model's
+    /// configuration files, or openai's defaults), each checked against the dimensions.
+    pub fn config(&self) -> Result<ModelConfig, ModelError> {
         let tokenizer = self.tokenizer()?;
         let parts = match &self.file {
             Opened::Ct2(_) => {
@@ -575,6 +572,9 @@ impl ModelFile {
             },
             Opened::Safetensors {
                 config, generation, ..
+            }
+            | Opened::Onnx {
+                config, generation, ..
             } => {
                 let pick = |a: &[i64], b: &[i64]| token_ids(if a.is_empty() { b } else { a });
                 let suppress_ids = pick(&generation.suppress_tokens, &config.suppress_tokens);
@@ -597,7 +597,7 @@ impl ModelFile {
                 }
             }
         };
-        parts.build(&*self.source(), compute_type)
+        parts.into_config()
     }
 }
 
@@ -647,7 +647,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
         });
     }
     for dir in search_dirs(name_or_path) {
-        if dir.join("model.bin").is_file() {
+        if dir.join("model.bin").is_file() || dir.join(OnnxLayout::ENCODER).is_file() {
             return Ok(dir);
         }
     }
@@ -661,36 +661,4 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, ModelError> {
         name: name_or_path.into(),
         known: KNOWN_MODELS.join(", "),
     })
-}
-
-type SharedKey = (PathBuf, ComputeType);
-
-static SHARED: Lazy<Mutex<HashMap<SharedKey, Weak<WhisperModel>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
-
-/// Loads a model by name or path for the default compute type, sharing one copy of the weights
-/// per process (see [`load_shared_with`]).
-pub fn load_shared(name_or_path: &str) -> Result<Arc<WhisperModel>, ModelError> {
-    load_shared_with(name_or_path, ComputeType::Auto)
-}
-
-/// Loads a model by name or path, sharing one copy of the weights per process and compute type:
-/// every caller asking for the same directory and type while a copy is alive gets the same `Arc`.
-pub fn load_shared_with(
-    name_or_path: &str,
-    compute_type: ComputeType,
-) -> Result<Arc<WhisperModel>, ModelError> {
-    let dir = resolve(name_or_path)?;
-    let key = (
-        dir.canonicalize().unwrap_or(dir.clone()),
-        compute_type.resolved(),
-    );
-    // Hold the lock while loading so two elements starting together load once.
-    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(model) = shared.get(&key).and_then(Weak::upgrade) {
-        return Ok(model);
-    }
-    let model = Arc::new(WhisperModel::load_with(&dir, compute_type)?);
-    shared.insert(key, Arc::downgrade(&model));
-    Ok(model)
 }

@@ -407,6 +407,8 @@ impl LiveTranscriber {
             engine.discard_before(frame(self.total.saturating_sub(to_samples(KEEP_BEFORE))));
         }
         out.settled = self.settled();
+        // An engine that failed (ONNX Runtime erring mid-stream) stops the stream with its error.
+        engine.take_failure()?;
         Ok(out)
     }
 
@@ -421,6 +423,7 @@ impl LiveTranscriber {
         }
         out.settled = seconds(self.total);
         self.reset();
+        engine.take_failure()?;
         Ok(out)
     }
 

@@ -11,11 +11,10 @@ use super::{
 use crate::audio::mel::{MelFrontend, MelStream};
 use crate::audio::{FRAME_SECONDS, N_FRAMES, SAMPLE_RATE};
 use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, decode_window};
-use crate::engine::cpu::{DecoderState, EncoderWorkspace, encode};
+use crate::engine::npu::host::NpuEncoder;
+use crate::engine::worker::{EncoderWorker, Guess, NpuStats};
+use crate::engine::{Decoder, Encoder, WhisperModel};
 use crate::error::Error;
-use crate::model::WhisperModel;
-use crate::npu::host::{NpuEncoder, WindowEncoder};
-use crate::npu::worker::{EncoderWorker, Guess, NpuStats};
 use crate::transcribe::{TailPadding, Task};
 
 /// Seconds per timestamp token.
@@ -63,14 +62,20 @@ pub struct Transcriber {
     language_token: Option<u32>,
     /// The last language identification, when the language was not given.
     detection: Option<LanguageDetection>,
-    enc_ws: EncoderWorkspace,
+    /// The model's own encoder (native CPU or ONNX Runtime).
+    encoder: Box<dyn Encoder>,
+    /// The encoder output of the current window, `[n_audio_ctx][d]`.
+    enc_out: Vec<f32>,
     /// The NPU encoder on its worker thread, with `EncoderBackend::{Npu, NpuSim}`.
     npu: Option<EncoderWorker>,
     /// Why the NPU encoder was given up (a run failed or timed out); the CPU encodes since.
     npu_failure: Option<String>,
-    /// The speculative next window's mel (see `crate::npu::worker`).
+    /// The speculative next window's mel (see `crate::engine::npu::worker`).
     spec_window: Vec<f32>,
-    dec: DecoderState,
+    dec: Box<dyn Decoder>,
+    /// The first error of the engine (ONNX Runtime failing mid-stream): decoding stops and the
+    /// next call of the public API returns it.
+    failure: Option<Error>,
     mel_window: Vec<f32>,
     pool: rayon::ThreadPool,
     threads: usize,
@@ -89,7 +94,7 @@ impl Transcriber {
     pub fn with_npu_encoder(
         model: Arc<WhisperModel>,
         opts: TranscribeOptions,
-        encoder: Box<dyn WindowEncoder>,
+        encoder: Box<dyn Encoder>,
     ) -> Result<Self, Error> {
         if !opts.backend.is_npu() {
             return Err(Error::InvalidOption {
@@ -103,7 +108,7 @@ impl Transcriber {
     fn build(
         model: Arc<WhisperModel>,
         opts: TranscribeOptions,
-        encoder: Option<Box<dyn WindowEncoder>>,
+        encoder: Option<Box<dyn Encoder>>,
     ) -> Result<Self, Error> {
         opts.validate()?;
         let threads = if opts.n_threads == 0 {
@@ -132,11 +137,13 @@ impl Transcriber {
             language: None,
             language_token: None,
             detection: None,
-            enc_ws: EncoderWorkspace::new(&dims),
+            encoder: model.new_encoder(),
+            enc_out: vec![0.0; dims.n_audio_ctx * dims.n_audio_state],
             npu: npu_for(&model, &opts, threads, encoder)?,
             npu_failure: None,
             spec_window: vec![0.0; dims.n_mels * N_FRAMES],
-            dec: DecoderState::new(&dims, 16, model.weights.cross_kv),
+            dec: model.new_decoder(16),
+            failure: None,
             mel_window: vec![0.0; dims.n_mels * N_FRAMES],
             pool,
             threads,
@@ -236,9 +243,36 @@ impl Transcriber {
                 break;
             }
             self.decode_window(N_FRAMES, None, Horizon::Complete { ready }, &mut out);
+            if self.failure.is_some() {
+                break;
+            }
         }
         self.mel.trim_before(self.seek);
+        self.check_failure()?;
         Ok(out)
+    }
+
+    /// Records the engine's first error; decoding stops and the public API returns it.
+    fn fail(&mut self, e: Error) {
+        if self.failure.is_none() {
+            self.failure = Some(e);
+        }
+    }
+
+    /// The engine's error, if it failed (the transcriber is then reset).
+    fn check_failure(&mut self) -> Result<(), Error> {
+        match self.failure.take() {
+            Some(e) => {
+                self.reset();
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Live: the engine's error, if it failed since the last call.
+    pub(crate) fn take_failure(&mut self) -> Result<(), Error> {
+        self.check_failure()
     }
 
     /// Decodes all audio buffered so far (as if it ended here) but keeps the stream open and the
@@ -247,6 +281,7 @@ impl Transcriber {
         let content = self.mel.frames_available().min(self.mel.content_frames());
         let out = self.decode_until(content, false);
         self.mel.trim_before(self.seek);
+        self.check_failure()?;
         Ok(out)
     }
 
@@ -258,6 +293,7 @@ impl Transcriber {
         let content = self.mel.content_frames();
         let out = self.decode_until(content, true);
         self.reset();
+        self.check_failure()?;
         Ok(out)
     }
 
@@ -265,7 +301,7 @@ impl Transcriber {
     /// `at_end`: the audio ends there.
     fn decode_until(&mut self, content: usize, at_end: bool) -> Vec<Segment> {
         let mut out = Vec::new();
-        while self.seek < content {
+        while self.seek < content && self.failure.is_none() {
             let size = (content - self.seek).min(N_FRAMES);
             self.decode_window(
                 size,
@@ -443,27 +479,38 @@ impl Transcriber {
         }
         let frames = (content_frames / INPUT_STRIDE).clamp(1, model.dims.n_audio_ctx);
         let heads = &model.alignment_heads;
-        let (dec, threads) = (&mut self.dec, self.threads);
         let t0 = Instant::now();
-        let (weights, probs) = self.pool.install(|| {
-            let weights = dec.forward_capture(&model.weights, &tokens, heads, frames, threads);
-            let probs = if probabilities {
-                // Rows from no_timestamps on predict the text tokens (the last one, EOT, is
-                // not a word's).
-                let mut p = dec.next_token_probabilities(
-                    &model.weights,
-                    &tokens,
-                    sot_len,
-                    specials.eot as usize,
-                    threads,
-                );
-                p.truncate(text.len());
-                p
-            } else {
-                Vec::new()
-            };
-            (weights, probs)
-        });
+        if !self.dec.can_capture() {
+            return None;
+        }
+        let (dec, threads) = (&mut self.dec, self.threads);
+        let result = self
+            .pool
+            .install(|| -> Result<(Vec<f32>, Vec<f32>), Error> {
+                let weights = dec.forward_capture(&tokens, heads, frames, threads)?;
+                let probs = if probabilities {
+                    // Rows from no_timestamps on predict the text tokens (the last one, EOT, is
+                    // not a word's).
+                    let mut p = dec.next_token_probabilities(
+                        &tokens,
+                        sot_len,
+                        specials.eot as usize,
+                        threads,
+                    )?;
+                    p.truncate(text.len());
+                    p
+                } else {
+                    Vec::new()
+                };
+                Ok((weights, probs))
+            });
+        let (weights, probs) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(e);
+                return None;
+            }
+        };
         let times = crate::decode::timing::token_times(
             &weights,
             heads.len(),
@@ -518,7 +565,7 @@ impl Transcriber {
         );
         self.encode_window(self.seek);
         // While the CPU decodes this window, the NPU encodes candidates for the next one (see
-        // `crate::npu::worker`): the window end now when the window's tail is quiet (it then
+        // `crate::engine::npu::worker`): the window end now when the window's tail is quiet (it then
         // likely ends on a single timestamp, or is skipped as silence: openai's loop moves by
         // the whole window), and each consecutive timestamp pair as the decoder emits it
         // (`decode_with_fallback`). With word timestamps or the hallucination threshold the
@@ -751,10 +798,14 @@ impl Transcriber {
         let model = Arc::clone(&self.model);
         let tok = &model.tokenizer;
         let (dec, threads) = (&mut self.dec, self.threads);
-        self.pool.install(|| {
+        let result = self.pool.install(|| {
             dec.reset(1);
-            dec.forward(&model.weights, &[tok.specials.sot], None, threads);
+            dec.forward(&[tok.specials.sot], None, threads)
         });
+        if let Err(e) = result {
+            self.fail(e);
+            return;
+        }
         let logits = self.dec.logits_row(0);
         let range = tok.language_tokens();
         let max = range
@@ -917,10 +968,10 @@ impl Transcriber {
                     npu.speculate(next, spec_window, Guess::Pair);
                 }
             };
-            let (result, calls) = self.pool.install(|| {
+            let decoded = self.pool.install(|| {
                 decode_window(
-                    &model.weights,
-                    dec,
+                    &model.dims,
+                    &mut **dec,
                     &input,
                     &params,
                     rng,
@@ -929,6 +980,22 @@ impl Transcriber {
                     &mut observe,
                 )
             });
+            let (result, calls) = match decoded {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    // No text from a failed engine: the caller stops on the recorded error.
+                    self.fail(e);
+                    return DecodeResult {
+                        tokens: prefix.to_vec(),
+                        text: String::new(),
+                        sum_logprob: 0.0,
+                        avg_logprob: 0.0,
+                        no_speech_prob: 1.0,
+                        temperature,
+                        compression_ratio: 0.0,
+                    };
+                }
+            };
             self.stats.decoder_calls += calls as u64;
             self.stats.decoder_tokens += result.tokens.len() as u64 + 1;
 
@@ -1053,15 +1120,15 @@ fn fill_window(
 }
 
 impl Transcriber {
-    /// Encodes `self.mel_window`, the window starting at mel frame `seek`, into `enc_ws.x`: on
-    /// the NPU encoder when there is one and it has not failed, else on the CPU. A failed or
-    /// timed-out NPU run is never used: the window is encoded on the CPU, and so are the later
-    /// ones (the device's state is unknown after a failure).
+    /// Encodes `self.mel_window`, the window starting at mel frame `seek`, into `enc_out`: on
+    /// the NPU encoder when there is one and it has not failed, else on the model's own engine.
+    /// A failed or timed-out NPU run is never used: the window is encoded by the model's engine,
+    /// and so are the later ones (the device's state is unknown after a failure).
     fn encode_window(&mut self, seek: usize) {
         if self.npu_failure.is_none()
             && let Some(npu) = self.npu.as_mut()
         {
-            match npu.encode(seek, &self.mel_window, &mut self.enc_ws.x) {
+            match npu.encode(seek, &self.mel_window, &mut self.enc_out) {
                 Ok(_) => return,
                 Err(e) => {
                     npu.count_failure();
@@ -1069,22 +1136,27 @@ impl Transcriber {
                 }
             }
         }
-        let (model, enc_ws, mel_window, threads) = (
-            &self.model,
-            &mut self.enc_ws,
+        let (encoder, mel_window, enc_out, threads) = (
+            &mut self.encoder,
             &self.mel_window,
+            &mut self.enc_out,
             self.threads,
         );
-        self.pool
-            .install(|| encode(&model.weights, mel_window, enc_ws, threads));
+        let result = self
+            .pool
+            .install(|| encoder.encode(mel_window, enc_out, threads));
+        if let Err(e) = result {
+            self.fail(e);
+        }
     }
 
-    /// The decoder's cross-attention K/V from the encoder output in `enc_ws.x`.
+    /// The decoder's cross-attention K/V from the encoder output in `enc_out`.
     fn set_audio(&mut self) {
-        let (model, enc_ws, dec, threads) =
-            (&self.model, &self.enc_ws, &mut self.dec, self.threads);
-        self.pool
-            .install(|| dec.set_audio(&model.weights, &enc_ws.x, threads));
+        let (enc_out, dec, threads) = (&self.enc_out, &mut self.dec, self.threads);
+        let result = self.pool.install(|| dec.set_audio(enc_out, threads));
+        if let Err(e) = result {
+            self.fail(e);
+        }
     }
 }
 
@@ -1094,14 +1166,20 @@ fn npu_for(
     model: &WhisperModel,
     opts: &TranscribeOptions,
     threads: usize,
-    given: Option<Box<dyn WindowEncoder>>,
+    given: Option<Box<dyn Encoder>>,
 ) -> Result<Option<EncoderWorker>, Error> {
     let unavailable = |why: String| Error::BackendUnavailable {
         backend: opts.backend.as_str().into(),
         why,
     };
-    let encoder: Box<dyn WindowEncoder> = match (opts.backend, given) {
+    let encoder: Box<dyn Encoder> = match (opts.backend, given) {
         (EncoderBackend::Cpu, _) => return Ok(None),
+        (_, _) if model.cpu_weights().is_none() => {
+            return Err(unavailable(
+                "the NPU encoder runs native models (CTranslate2); this one is an ONNX export"
+                    .into(),
+            ));
+        }
         (_, Some(encoder)) => encoder,
         (EncoderBackend::NpuSim, None) => {
             Box::new(NpuEncoder::sim(model).map_err(|e| unavailable(e.to_string()))?)
@@ -1121,8 +1199,8 @@ fn npu_for(
 
 /// `backend=npu`: the probe first (it names everything missing: amdxdna device, XRT, built
 /// encoder artifact), then the encoder on XRT.
-fn open_npu(model: &WhisperModel) -> Result<Box<dyn WindowEncoder>, String> {
-    use crate::npu::probe;
+fn open_npu(model: &WhisperModel) -> Result<Box<dyn Encoder>, String> {
+    use crate::engine::npu::probe;
     let name = model.dir.file_name().map_or_else(
         || model.dir.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -1134,8 +1212,8 @@ fn open_npu(model: &WhisperModel) -> Result<Box<dyn WindowEncoder>, String> {
     }
     #[cfg(feature = "npu")]
     {
-        crate::npu::xrt::open(model, &name, &config.artifact_dir)
-            .map(|e| Box::new(e) as Box<dyn WindowEncoder>)
+        crate::engine::npu::xrt::open(model, &name, &config.artifact_dir)
+            .map(|e| Box::new(e) as Box<dyn Encoder>)
             .map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "npu"))]

@@ -54,12 +54,12 @@ impl std::str::FromStr for TailPadding {
 /// Which engine runs the encoder (`--backend`).
 ///
 /// - `cpu`: the native CPU encoder (default).
-/// - `npu`: the NPU encoder through XRT ([`crate::npu::host::NpuEncoder`] on
-///   `crate::npu::xrt::XrtDevice`, feature `npu`). [`Transcriber::new`](super::Transcriber::new)
+/// - `npu`: the NPU encoder through XRT ([`crate::engine::npu::host::NpuEncoder`] on
+///   `crate::engine::npu::xrt::XrtDevice`, feature `npu`). [`Transcriber::new`](super::Transcriber::new)
 ///   fails with [`Error::BackendUnavailable`] naming what is missing (amdxdna device, XRT,
 ///   built encoder artifact).
 /// - `npu-sim`: the same host encoder on the simulated device
-///   ([`crate::npu::sim::SimDevice`]), whose runs execute the NPU encoder's golden model: the
+///   ([`crate::engine::npu::sim::SimDevice`]), whose runs execute the NPU encoder's golden model: the
 ///   AIE2 kernels' arithmetic (bf16 operands, fp32 accumulation) and tile schedule run on the
 ///   CPU, one simulated dispatch per window. For checking the NPU design end to end; much slower
 ///   than `cpu`. Needs a model the design supports (80 mel bins, 64-wide heads).
@@ -142,7 +142,7 @@ pub struct TranscribeOptions {
     pub backend: EncoderBackend,
     /// NPU backends, offline windows: encode the likeliest next window (this one's start + its
     /// length) on the NPU while the CPU decodes this one; used when the decode lands there,
-    /// discarded otherwise ([`crate::npu::worker`]). Default on; no effect with `cpu`.
+    /// discarded otherwise ([`crate::engine::npu::worker`]). Default on; no effect with `cpu`.
     pub npu_overlap: bool,
     /// Offline: time each word by cross-attention alignment (openai's `word_timestamps`):
     /// fills [`Segment::words`](super::Segment::words) and moves segment starts and ends to

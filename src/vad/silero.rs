@@ -11,8 +11,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use once_cell::sync::OnceCell;
-use ort::environment::Environment;
 use ort::logging::LogLevel;
 use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
@@ -20,6 +18,10 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, Sess
 use ort::value::Tensor;
 
 use super::{EnergyVad, VAD_FRAME, VAD_SAMPLE_RATE, Vad};
+pub use crate::engine::onnx::runtime::{
+    LIBRARY_ENV, RUNTIME_ROOT_ENV, RuntimeError, library_search_dirs, resolve_library,
+};
+use crate::engine::onnx::runtime::{Runtime, list, runtime};
 
 /// Samples of the previous frame fed again in front of each frame.
 const CONTEXT: usize = 64;
@@ -28,30 +30,17 @@ const WINDOW: usize = CONTEXT + VAD_FRAME;
 /// LSTM width of every Silero v5/v6 model.
 const HIDDEN: usize = 128;
 
-/// Environment variable naming the ONNX Runtime library file (ort's own convention).
-pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
 /// Environment variable naming the Silero model file.
 pub const MODEL_ENV: &str = "WHISPERNPU_VAD_MODEL";
-/// Environment variable naming the directory `scripts/fetch-runtime` installs the library under.
-pub const RUNTIME_ROOT_ENV: &str = "WHISPERNPU_RUNTIME";
-
 const FIX: &str = "run scripts/fetch-runtime";
-const LIBRARY_NAME: &str = "libonnxruntime.so";
 const MODEL_DIR: &str = "silero-vad";
 const MODEL_FILE: &str = "silero_vad.onnx";
 
 /// Why Silero could not be opened. Every message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SileroError {
-    #[error(
-        "ONNX Runtime library not found (looked for {}); {FIX}, or set {LIBRARY_ENV} to a libonnxruntime.so (ONNX Runtime >= 1.17)",
-        list(tried)
-    )]
-    LibraryNotFound { tried: Vec<PathBuf> },
-    #[error("ONNX Runtime library {} (from {origin}) does not exist; {FIX}, or fix {origin}", path.display())]
-    LibraryMissing { path: PathBuf, origin: String },
-    #[error("cannot load the ONNX Runtime library {}: {reason}; {FIX} to install a known-good copy", path.display())]
-    LibraryLoad { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error(
         "Silero VAD model not found (looked for {}); {FIX}, or set {MODEL_ENV} to a silero_vad.onnx",
         list(tried)
@@ -67,37 +56,6 @@ pub enum SileroError {
         library: Box<SileroError>,
         model: Box<SileroError>,
     },
-}
-
-/// The paths, made absolute so that the message does not depend on knowing the working directory.
-fn list(paths: &[PathBuf]) -> String {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| cwd.join(p).display().to_string())
-        .collect();
-    names.join(", ")
-}
-
-/// The process-wide ONNX Runtime: loaded once, never unloaded.
-struct Runtime {
-    environment: Environment,
-    library: PathBuf,
-}
-
-static RUNTIME: OnceCell<Runtime> = OnceCell::new();
-
-/// Roots searched for the runtime library when neither an explicit path nor `ORT_DYLIB_PATH` is
-/// given, in order: `$WHISPERNPU_RUNTIME`, `./runtime`, and this source tree's `runtime`. Each is
-/// looked into as `ROOT/onnxruntime/` and `ROOT/`.
-pub fn library_search_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(root) = std::env::var_os(RUNTIME_ROOT_ENV).filter(|v| !v.is_empty()) {
-        dirs.push(PathBuf::from(root));
-    }
-    dirs.push(PathBuf::from("runtime"));
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime"));
-    dirs
 }
 
 /// Model files searched when neither an explicit path nor `WHISPERNPU_VAD_MODEL` is given, in
@@ -116,47 +74,6 @@ pub fn model_search_paths() -> Vec<PathBuf> {
             .join(MODEL_FILE),
     );
     paths
-}
-
-/// The library file inside a directory, if any.
-fn library_in(dir: &Path) -> Option<PathBuf> {
-    [dir.join("onnxruntime"), dir.to_path_buf()]
-        .into_iter()
-        .flat_map(|d| [d.join(LIBRARY_NAME), d.join(format!("{LIBRARY_NAME}.1"))])
-        .find(|p| p.is_file())
-}
-
-/// Finds the ONNX Runtime library: `explicit` (a file or a directory), else `$ORT_DYLIB_PATH`,
-/// else the first of [`library_search_dirs`] holding one.
-pub fn resolve_library(explicit: Option<&Path>) -> Result<PathBuf, SileroError> {
-    let given = explicit
-        .map(|p| (p.to_path_buf(), "the runtime path given".to_string()))
-        .or_else(|| {
-            std::env::var_os(LIBRARY_ENV)
-                .filter(|v| !v.is_empty())
-                .map(|v| (PathBuf::from(v), LIBRARY_ENV.to_string()))
-        });
-    if let Some((path, origin)) = given {
-        if path.is_file() {
-            return Ok(path);
-        }
-        if path.is_dir() {
-            return library_in(&path).ok_or(SileroError::LibraryMissing {
-                path: path.join("onnxruntime").join(LIBRARY_NAME),
-                origin,
-            });
-        }
-        return Err(SileroError::LibraryMissing { path, origin });
-    }
-    let dirs = library_search_dirs();
-    dirs.iter()
-        .find_map(|d| library_in(d))
-        .ok_or_else(|| SileroError::LibraryNotFound {
-            tried: dirs
-                .iter()
-                .map(|d| d.join("onnxruntime").join(LIBRARY_NAME))
-                .collect(),
-        })
 }
 
 /// Finds the Silero model: `explicit` (a file, or a directory holding `silero_vad.onnx`), else
@@ -189,66 +106,8 @@ pub fn resolve_model(explicit: Option<&Path>) -> Result<PathBuf, SileroError> {
         .ok_or(SileroError::ModelNotFound { tried })
 }
 
-/// Loads ONNX Runtime from `library` the first time; later calls return the loaded runtime and,
-/// when `library` is another file, a note saying it was not used.
-fn runtime(library: &Path) -> Result<(&'static Runtime, Option<String>), SileroError> {
-    let wanted = library
-        .canonicalize()
-        .map_err(|e| SileroError::LibraryLoad {
-            path: library.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let rt = RUNTIME.get_or_try_init(|| load_runtime(&wanted))?;
-    let note = (rt.library != wanted).then(|| {
-        format!(
-            "ONNX Runtime is already loaded from {} in this process; {} was not used",
-            rt.library.display(),
-            wanted.display()
-        )
-    });
-    Ok((rt, note))
-}
-
-fn load_runtime(library: &Path) -> Result<Runtime, SileroError> {
-    let fail = |reason: String| SileroError::LibraryLoad {
-        path: library.to_path_buf(),
-        reason,
-    };
-    // `ort` reports a failed dlopen or a too old library as an error, but asserts on a few things
-    // a foreign library could break: never let that unwind into the caller.
-    let built = catch_unwind(AssertUnwindSafe(|| -> Result<Environment, String> {
-        let builder = ort::init_from(library).map_err(|e| e.to_string())?;
-        builder
-            .with_name("whispernpu-vad")
-            .with_telemetry(false)
-            .build()
-            .map_err(|e| e.to_string())
-    }));
-    match built {
-        Ok(Ok(environment)) => Ok(Runtime {
-            environment,
-            library: library.to_path_buf(),
-        }),
-        Ok(Err(reason)) => Err(fail(reason)),
-        Err(panic) => Err(fail(format!(
-            "ONNX Runtime panicked while loading: {}",
-            panic_message(&*panic)
-        ))),
-    }
-}
-
 fn msg(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
 }
 
 /// How the recurrent state enters and leaves the model.
@@ -302,11 +161,12 @@ impl SileroVad {
             (Ok(library), Ok(model)) => (library, model),
             (Err(library), Err(model)) => {
                 return Err(SileroError::Both {
-                    library: Box::new(library),
+                    library: Box::new(library.into()),
                     model: Box::new(model),
                 });
             }
-            (Err(e), _) | (_, Err(e)) => return Err(e),
+            (Err(e), _) => return Err(e.into()),
+            (_, Err(e)) => return Err(e),
         };
         let (rt, note) = runtime(&library)?;
         let vad = Self::with_runtime(rt, &model)?;
@@ -324,7 +184,7 @@ impl SileroVad {
             Err(panic) => {
                 return Err(fail(format!(
                     "ONNX Runtime panicked: {}",
-                    panic_message(&*panic)
+                    crate::error::panic_message(&*panic)
                 )));
             }
         };

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use super::golden_kernels::{self as k, AttnState};
 use super::tiling::{BoId, Epilogue, Gemm, KB, Matrix, Norm, Plan, QB, Region, Step, TM, TN};
+use crate::engine::WhisperModel;
 use crate::error::ModelError;
-use crate::model::WhisperModel;
 use crate::model::ct2::Ct2File;
 
 /// Errors of the golden encoder.

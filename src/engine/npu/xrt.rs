@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::device::{BoHandle, BoKind, DeviceError, NpuDevice, RunArg, SyncDir};
 use super::host::{self, NpuEncoder, NpuError};
 use super::manifest::{self, Manifest};
-use crate::model::WhisperModel;
+use crate::engine::WhisperModel;
 
 fn xrt_error(what: &'static str) -> impl FnOnce(xrt_sys::XrtError) -> DeviceError {
     move |e| match e {

@@ -14,6 +14,5 @@ pub mod plan;
 pub mod probe;
 pub mod sim;
 pub mod tiling;
-pub mod worker;
 #[cfg(feature = "npu")]
 pub mod xrt;

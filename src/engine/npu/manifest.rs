@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::npu::plan::Hardware;
+use crate::engine::npu::tiling::{self, Plan, Unsupported};
 use crate::model::Dims;
 use crate::model::ct2::Ct2File;
-use crate::npu::plan::Hardware;
-use crate::npu::tiling::{self, Plan, Unsupported};
 
 /// Manifest format this host reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -775,8 +775,12 @@ mod tests {
                 "{} is stale: regenerate it with npu_plan --manifest",
                 path.display()
             );
-            crate::npu::host::check_layout(&manifest.args, &plan, &path.display().to_string())
-                .unwrap();
+            crate::engine::npu::host::check_layout(
+                &manifest.args,
+                &plan,
+                &path.display().to_string(),
+            )
+            .unwrap();
             let bytes = |n: &str| manifest.arg(n).and_then(|a| a.bytes).unwrap() as usize;
             assert_eq!(bytes("weights"), plan.weights_bytes, "{name}");
             assert_eq!(bytes("mel"), plan.input_bytes, "{name}");

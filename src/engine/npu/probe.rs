@@ -14,9 +14,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::engine::npu::manifest::{self, Manifest};
 use crate::error::Error;
 use crate::model::Dims;
-use crate::npu::manifest::{self, Manifest};
 
 /// Where the probe looks. [`ProbeConfig::system`] is the real system; tests point it at a
 /// fake tree.

@@ -24,7 +24,7 @@ use super::manifest::{
 };
 use super::sim::SimDevice;
 use super::tiling::Plan;
-use crate::model::WhisperModel;
+use crate::engine::WhisperModel;
 
 /// How long the host waits for one run (one window). The design's estimate is ~25–55 ms per
 /// window (README "Cost model"); the first run after the device's autosuspend ≈ 136 ms.
@@ -48,11 +48,6 @@ pub enum NpuError {
         #[source]
         source: DeviceError,
     },
-    #[error("the NPU encoder's worker thread stopped")]
-    WorkerGone,
-    /// A run panicked on the worker thread (caught there: the thread goes on).
-    #[error("the NPU encoder panicked: {0}")]
-    Panicked(String),
 }
 
 fn dev(what: &'static str) -> impl FnOnce(DeviceError) -> NpuError {
@@ -377,14 +372,17 @@ impl<D: NpuDevice> NpuEncoder<D> {
 }
 
 /// One window at a time, whatever the device: what the transcriber's worker thread owns.
-pub trait WindowEncoder: Send {
-    fn encode(&mut self, mel: &[f32], out: &mut [f32]) -> Result<(), NpuError>;
-    fn dispatches(&self) -> u64;
-}
-
-impl<D: NpuDevice> WindowEncoder for NpuEncoder<D> {
-    fn encode(&mut self, mel: &[f32], out: &mut [f32]) -> Result<(), NpuError> {
-        NpuEncoder::encode(self, mel, out)
+impl<D: NpuDevice> crate::engine::Encoder for NpuEncoder<D> {
+    fn encode(
+        &mut self,
+        mel: &[f32],
+        out: &mut [f32],
+        _threads: usize,
+    ) -> Result<(), crate::error::Error> {
+        NpuEncoder::encode(self, mel, out).map_err(|e| crate::error::Error::Engine {
+            engine: "NPU encoder".into(),
+            why: e.to_string(),
+        })
     }
     fn dispatches(&self) -> u64 {
         self.dispatches

@@ -1,5 +1,6 @@
-//! The NPU encoder on its own thread, so that the device can encode the next window while the
-//! CPU decodes this one.
+//! An encoder on its own thread, so that an accelerator (the NPU; ONNX Runtime on a GPU or NPU
+//! execution provider) can encode the next window while the CPU decodes this one. Any
+//! [`Encoder`] works; the counters keep the NPU's names.
 //!
 //! The next window's start depends on this window's decode: openai's loop seeks to the last
 //! consecutive timestamp pair, or by the whole window when the window ends on a single
@@ -25,7 +26,15 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::host::{NpuError, WindowEncoder};
+use super::Encoder;
+use crate::error::Error;
+
+fn worker_gone() -> Error {
+    Error::Engine {
+        engine: "encoder worker".into(),
+        why: "the encoder's worker thread stopped".into(),
+    }
+}
 
 /// Counters of the NPU encoder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,7 +83,7 @@ struct Job {
 struct Done {
     id: u64,
     buffers: Buffers,
-    result: Result<(), NpuError>,
+    result: Result<(), Error>,
     dispatches: u64,
     /// How long the run took.
     seconds: f64,
@@ -125,7 +134,7 @@ pub struct EncoderWorker {
     pending: Vec<Pending>,
     finished: Vec<Finished>,
     /// A speculative run failed: reported by the next [`encode`](Self::encode).
-    failed: Option<NpuError>,
+    failed: Option<Error>,
     spare: Vec<Buffers>,
     mel_len: usize,
     out_len: usize,
@@ -143,7 +152,7 @@ impl EncoderWorker {
     /// Starts the worker thread owning `encoder`, which runs its parallel parts on a pool of
     /// `threads` threads. `mel_len` / `out_len`: sizes of a window's mel and encoder output.
     pub fn new(
-        encoder: Box<dyn WindowEncoder>,
+        encoder: Box<dyn Encoder>,
         threads: usize,
         mel_len: usize,
         out_len: usize,
@@ -197,9 +206,9 @@ impl EncoderWorker {
     }
 
     /// Puts a job into the queue slot, which must be empty.
-    fn submit(&mut self, seek: usize, guess: Option<Guess>, mel: &[f32]) -> Result<(), NpuError> {
+    fn submit(&mut self, seek: usize, guess: Option<Guess>, mel: &[f32]) -> Result<(), Error> {
         if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-            return Err(NpuError::WorkerGone);
+            return Err(worker_gone());
         }
         let mut buffers = self.buffers();
         buffers.mel.copy_from_slice(mel);
@@ -271,8 +280,8 @@ impl EncoderWorker {
     }
 
     /// Waits for the next finished job and files it; returns the requested window if it was.
-    fn wait_one(&mut self) -> Result<Option<Done>, NpuError> {
-        let done = self.done.recv().map_err(|_| NpuError::WorkerGone)?;
+    fn wait_one(&mut self) -> Result<Option<Done>, Error> {
+        let done = self.done.recv().map_err(|_| worker_gone())?;
         Ok(self.file(done))
     }
 
@@ -319,7 +328,7 @@ impl EncoderWorker {
     }
 
     /// Discards every speculation: the queued one is dropped, the running one waited for.
-    pub fn cancel(&mut self) -> Result<(), NpuError> {
+    pub fn cancel(&mut self) -> Result<(), Error> {
         self.candidates = [None; 2];
         if self.unqueue().is_some() {
             self.stats.speculative_dropped += 1;
@@ -344,7 +353,7 @@ impl EncoderWorker {
     /// still queued becomes that run). Speculations for other starts that are running are left
     /// to finish; finished ones are discarded. Returns whether it was a hit. On an error `out`
     /// is untouched.
-    pub fn encode(&mut self, seek: usize, mel: &[f32], out: &mut [f32]) -> Result<bool, NpuError> {
+    pub fn encode(&mut self, seek: usize, mel: &[f32], out: &mut [f32]) -> Result<bool, Error> {
         if std::mem::take(&mut self.candidates).contains(&Some(seek)) {
             self.stats.speculative_predicted += 1;
         }
@@ -433,7 +442,7 @@ impl EncoderWorker {
 
 /// The worker thread: runs the slot's job whenever there is one, until the slot is closed.
 fn run_worker(
-    mut encoder: Box<dyn WindowEncoder>,
+    mut encoder: Box<dyn Encoder>,
     pool: rayon::ThreadPool,
     shared: &Shared,
     done_tx: &Sender<Done>,
@@ -455,11 +464,17 @@ fn run_worker(
         let start = std::time::Instant::now();
         // A panic in a run is an error like any failed run: the transcriber stops using the
         // NPU and encodes on the CPU (the thread lives on to answer the queue).
+        let threads = pool.current_num_threads();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::fault::point("npu-encode");
-            pool.install(|| encoder.encode(&buffers.mel, &mut buffers.out))
+            pool.install(|| encoder.encode(&buffers.mel, &mut buffers.out, threads))
         }))
-        .unwrap_or_else(|payload| Err(NpuError::Panicked(crate::error::panic_message(&*payload))));
+        .unwrap_or_else(|payload| {
+            Err(Error::Engine {
+                engine: "encoder".into(),
+                why: format!("panicked: {}", crate::error::panic_message(&*payload)),
+            })
+        });
         let done = Done {
             id,
             buffers,
