@@ -13,6 +13,9 @@ pub mod cross;
 pub mod gemv;
 pub mod ops;
 pub mod sgemm;
+mod session;
+
+pub use session::{CpuDecoder, CpuEncoder};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -1375,122 +1378,5 @@ mod tests {
             total_recomputed < 40 * vocab / 20,
             "recomputed {total_recomputed}"
         );
-    }
-}
-
-/// The native engine's [`Encoder`](super::Encoder): [`encode`] on a preallocated workspace.
-pub struct CpuEncoder {
-    model: std::sync::Arc<super::WhisperModel>,
-    ws: EncoderWorkspace,
-}
-
-impl CpuEncoder {
-    /// An encoder of `model`, whose weights must be the native engine's.
-    pub fn new(model: std::sync::Arc<super::WhisperModel>) -> Self {
-        let ws = EncoderWorkspace::new(&model.dims);
-        Self { model, ws }
-    }
-}
-
-/// The native weights of a model built for this engine ([`super::WhisperModel::new_encoder`]
-/// and `new_decoder` only make native encoders and decoders for native weights).
-fn native(model: &super::WhisperModel) -> &Weights {
-    match &model.weights {
-        super::ModelWeights::Cpu(w) => w,
-        super::ModelWeights::Onnx(_) => unreachable!("a native engine object on an ONNX model"),
-    }
-}
-
-impl super::Encoder for CpuEncoder {
-    fn encode(
-        &mut self,
-        mel: &[f32],
-        out: &mut [f32],
-        threads: usize,
-    ) -> Result<(), crate::error::Error> {
-        encode(native(&self.model), mel, &mut self.ws, threads);
-        out.copy_from_slice(&self.ws.x[..out.len()]);
-        Ok(())
-    }
-}
-
-/// The native engine's [`Decoder`](super::Decoder): a [`DecoderState`] on the model's weights.
-pub struct CpuDecoder {
-    model: std::sync::Arc<super::WhisperModel>,
-    state: DecoderState,
-}
-
-impl CpuDecoder {
-    pub fn new(model: std::sync::Arc<super::WhisperModel>, max_batch: usize) -> Self {
-        let state = DecoderState::new(&model.dims, max_batch, native(&model).cross_kv);
-        Self { model, state }
-    }
-}
-
-impl super::Decoder for CpuDecoder {
-    fn set_audio(
-        &mut self,
-        encoder_out: &[f32],
-        threads: usize,
-    ) -> Result<(), crate::error::Error> {
-        self.state
-            .set_audio(native(&self.model), encoder_out, threads);
-        Ok(())
-    }
-    fn reset(&mut self, batch: usize) {
-        self.state.reset(batch);
-    }
-    fn reorder(&mut self, sources: &[usize]) {
-        self.state.reorder(sources);
-    }
-    fn forward(
-        &mut self,
-        tokens: &[u32],
-        extra: Option<usize>,
-        threads: usize,
-    ) -> Result<(), crate::error::Error> {
-        self.state
-            .forward(native(&self.model), tokens, extra, threads);
-        Ok(())
-    }
-    fn logits_row(&self, i: usize) -> &[f32] {
-        self.state.logits_row(i)
-    }
-    fn len(&self) -> usize {
-        self.state.len()
-    }
-    fn batch(&self) -> usize {
-        self.state.batch()
-    }
-    fn set_screening(&mut self, exact_from: Option<usize>) {
-        self.state.set_screening(exact_from);
-    }
-    fn refine(&self, row: usize, logits: &mut [f32]) -> usize {
-        self.state.refine(native(&self.model), row, logits)
-    }
-    fn can_capture(&self) -> bool {
-        true
-    }
-    fn forward_capture(
-        &mut self,
-        tokens: &[u32],
-        heads: &[(usize, usize)],
-        frames: usize,
-        threads: usize,
-    ) -> Result<Vec<f32>, crate::error::Error> {
-        Ok(self
-            .state
-            .forward_capture(native(&self.model), tokens, heads, frames, threads))
-    }
-    fn next_token_probabilities(
-        &mut self,
-        tokens: &[u32],
-        from: usize,
-        eot: usize,
-        threads: usize,
-    ) -> Result<Vec<f32>, crate::error::Error> {
-        Ok(self
-            .state
-            .next_token_probabilities(native(&self.model), tokens, from, eot, threads))
     }
 }

@@ -306,6 +306,24 @@ impl OnnxModel {
             p if !p.available() => return Err(lacks(p)),
             p => p,
         };
+        // OpenVINO (measured with ONNX Runtime 1.24.1's) gives wrong text from the merged
+        // decoder's `If`: the split files, when the export has them (Optimum's default does).
+        let layout = if layout == OnnxLayout::Merged && provider == Provider::OpenVino {
+            if dir.join(OnnxLayout::DECODER).is_file()
+                && dir.join(OnnxLayout::DECODER_WITH_PAST).is_file()
+            {
+                OnnxLayout::Split
+            } else {
+                return Err(ModelError::Unsupported {
+                    path: dir.join(OnnxLayout::DECODER_MERGED),
+                    what: "decoder for OpenVINO: its output is wrong with the merged decoder; \
+                           export the split layout too (scripts/export-onnx --layout both)"
+                        .into(),
+                });
+            }
+        } else {
+            layout
+        };
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -589,7 +607,6 @@ impl OnnxDecoder {
         m: &'s OnnxModel,
         audio: &Tensor<f32>,
         tokens: &[u32],
-        empty: &DynValue,
         session: &'s mut Session,
     ) -> Result<SessionOutputs<'s>, Error> {
         let n = m.static_len.unwrap_or(tokens.len());
@@ -615,13 +632,21 @@ impl OnnxDecoder {
             ("input_ids".into(), ids.into()),
             ("encoder_hidden_states".into(), audio.into()),
         ];
+        // The merged decoder's first branch ignores the past, but every input must be fed: a
+        // dummy of one position (as Optimum does; OpenVINO gives garbage for zero-length ones).
+        let dummy;
         if m.layout == OnnxLayout::Merged {
+            dummy = Tensor::<f32>::from_array((
+                [1usize, m.heads, 1, m.head_dim],
+                vec![0.0; m.heads * m.head_dim],
+            ))
+            .map_err(|e| run_err("dummy past", e))?;
             for i in 0..m.layers {
                 for side in ["decoder", "encoder"] {
                     for kv in ["key", "value"] {
                         inputs.push((
                             format!("past_key_values.{i}.{side}.{kv}").into(),
-                            empty.view().into(),
+                            (&dummy).into(),
                         ));
                     }
                 }
@@ -686,11 +711,8 @@ impl OnnxDecoder {
         }
         if m.layout == OnnxLayout::DecoderOnly || (start == 0 && self.cross.is_none()) {
             // Whole sequence, no past.
-            let empty = Tensor::<f32>::from_array(([1usize, m.heads, 0, m.head_dim], Vec::new()))
-                .map_err(|e| run_err("empty past", e))?
-                .into_dyn();
             let mut session = m.decoder.lock();
-            let mut outputs = Self::run_full(m, audio, &seq.tokens, &empty, &mut session)?;
+            let mut outputs = Self::run_full(m, audio, &seq.tokens, &mut session)?;
             let n = seq.tokens.len();
             Self::copy_row(
                 &outputs,
@@ -912,13 +934,10 @@ impl Decoder for OnnxDecoder {
             .audio
             .as_ref()
             .ok_or_else(|| run_err("decoder", "no audio set"))?;
-        let empty = Tensor::<f32>::from_array(([1usize, m.heads, 0, m.head_dim], Vec::new()))
-            .map_err(|e| run_err("empty past", e))?
-            .into_dyn();
         let n = tokens.len();
         let vocab = self.model.dims.n_vocab;
         let mut session = m.decoder.lock();
-        let outputs = Self::run_full(m, audio, tokens, &empty, &mut session)?;
+        let outputs = Self::run_full(m, audio, tokens, &mut session)?;
         let frames = frames.clamp(1, self.model.dims.n_audio_ctx);
         let mut out = vec![0.0f32; heads.len() * n * frames];
         for (k, &(l, h)) in heads.iter().enumerate() {
