@@ -229,3 +229,43 @@ pub fn synthesise(name: &str, text: &str, voice: &str) -> PathBuf {
     );
     wav
 }
+
+/// An ONNX export of `model` by `scripts/export-onnx` with `args` (e.g. `--layout split`,
+/// `--static`), written once into `target/onnx-export/NAME` and reused by every test (a stamp
+/// records the arguments and the source's `model.bin` size). Needs python3 with venv and PyPI
+/// for the exporter's private virtualenv; panics saying what failed otherwise.
+pub fn onnx_export(model: &str, name: &str, args: &[&str]) -> PathBuf {
+    use std::sync::Mutex;
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let source = model_dir(model);
+    let out = repo().join("target/onnx-export").join(name);
+    let stamp = out.join(".export-stamp");
+    let size = std::fs::metadata(source.join("model.bin"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let want = format!("{model} {} {size}\n", args.join(" "));
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return out;
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let convert = example_bin("convert");
+    let result = Command::new("bash")
+        .arg(repo().join("scripts/export-onnx"))
+        .arg(&source)
+        .arg(&out)
+        .args(args)
+        .env("CONVERT", &convert)
+        .output()
+        .expect("cannot run scripts/export-onnx");
+    assert!(
+        result.status.success(),
+        "scripts/export-onnx {model} {} failed ({}): {}\nIt needs python3 with venv and PyPI \
+         (onnx, numpy); run it by hand to see why.",
+        args.join(" "),
+        result.status,
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::write(&stamp, want).expect("write the export stamp");
+    out
+}

@@ -12,8 +12,8 @@ pub mod amx;
 pub mod cross;
 pub mod gemv;
 pub mod ops;
-pub mod sgemm;
 mod session;
+pub mod sgemm;
 
 pub use session::{CpuDecoder, CpuEncoder};
 

@@ -22,7 +22,9 @@ impl CpuEncoder {
 fn native(model: &crate::engine::WhisperModel) -> &Weights {
     match &model.weights {
         crate::engine::ModelWeights::Cpu(w) => w,
-        crate::engine::ModelWeights::Onnx(_) => unreachable!("a native engine object on an ONNX model"),
+        crate::engine::ModelWeights::Onnx(_) => {
+            unreachable!("a native engine object on an ONNX model")
+        }
     }
 }
 
