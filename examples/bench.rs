@@ -29,6 +29,8 @@ options:
   --beam-size N         1 = greedy [default: 1]
   --language CODE|auto  fixed language, or auto to detect [default: auto]
   --repeat N            transcribe N times, report the median wall time [default: 1]
+  --backend cpu|onnx|npu|npu-sim, --execution-provider P, --execution-provider-options K=V;...
+                        the engine, as for the transcribe example [default: cpu]
   -h, --help            print this help";
 
 fn main() -> ExitCode {
@@ -51,13 +53,14 @@ fn run() -> Result<(), (u8, String)> {
     let mut options = TranscribeOptions::default();
     let mut model_name = "base".to_string();
     let mut compute_type = ComputeType::Auto;
+    let mut engine = common::EngineArgs::default();
     let mut repeat: usize = 1;
     let mut inputs = Vec::new();
     let takes_value = |name: &str| {
         matches!(
             name,
             "--model" | "--threads" | "--compute-type" | "--beam-size" | "--language" | "--repeat"
-        )
+        ) || common::EngineArgs::FLAGS.contains(&name)
     };
     let mut cli = Cli::from_env();
     while let Some(arg) = cli.next(takes_value) {
@@ -83,6 +86,7 @@ fn run() -> Result<(), (u8, String)> {
                         options.beam_size = common::parse_number(&name, &value).map_err(usage)?
                     }
                     "--language" => options.language = common::parse_language(&value),
+                    flag if engine.take(flag, &value) => {}
                     "--repeat" => {
                         repeat = common::parse_number(&name, &value).map_err(usage)?;
                         if repeat == 0 {
@@ -105,6 +109,10 @@ fn run() -> Result<(), (u8, String)> {
         }
     };
     options.validate().map_err(|e| usage(e.to_string()))?;
+    let (load, encoder) = engine
+        .resolve(compute_type, options.n_threads)
+        .map_err(usage)?;
+    options.backend = encoder;
 
     // 1. The whole audio in memory (not timed).
     let mut reader = AudioReader::open(&input).map_err(|e| runtime(e.to_string()))?;
@@ -117,7 +125,7 @@ fn run() -> Result<(), (u8, String)> {
 
     // 2. The model (timed on its own).
     let t_load = Instant::now();
-    let model = gstwhispernpu::engine::load_shared_with(&model_name, compute_type)
+    let model = gstwhispernpu::engine::load_shared_opts(&model_name, &load)
         .map_err(|e| runtime(common::model_error(&model_name, &e)))?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 
@@ -183,6 +191,7 @@ fn run() -> Result<(), (u8, String)> {
         model.dir.display(),
         model.compute_type
     );
+    println!("engine           {}", model.engine_description());
     println!(
         "settings         threads {threads}, beam size {}, language {}, repeat {repeat}",
         options.beam_size,

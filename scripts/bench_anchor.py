@@ -80,6 +80,11 @@ def worker(args):
 
 
 def command(system, model_dir, audio, args):
+    if system == "whispernpu-onnx":
+        # The ONNX Runtime engine (CPU provider) on the model's export.
+        return [args.cli, "--backend", "onnx", "--execution-provider", "cpu",
+                "--model", args.onnx_dirs[model_dir], "--language", "en", "--beam-size", "1",
+                "--threads", str(args.threads), "--format", "json", "--quiet", audio]
     if ours(system):
         compute_type = system.split("-", 1)[1] if "-" in system else "auto"
         return [args.cli, "--model", model_dir, "--language", "en", "--beam-size", "1",
@@ -179,13 +184,15 @@ def benchmark(args):
                    fw_options=dict(FW_OPTIONS, device="cpu", cpu_threads=args.threads, num_workers=1),
                    models={})
     all_pass = True
+    systems = SYSTEMS + (["whispernpu-onnx"] if args.onnx else [])
     for spec in args.model:
         name, model_dir = spec.split("=", 1)
-        runs = {s: [] for s in SYSTEMS}
-        startups = {s: [] for s in SYSTEMS}
+        args.onnx_dirs = {model_dir: d for m, d in (x.split("=", 1) for x in args.onnx) if m == name}
+        runs = {s: [] for s in systems}
+        startups = {s: [] for s in systems}
         print(f"\n== {name} ({model_dir})")
         for r in range(args.rounds):
-            order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
+            order = systems[r % len(systems):] + systems[:r % len(systems)]
             for system in order:
                 wall, _, stdout = run_child(command(system, model_dir, args.empty, args))
                 startups[system].append(dict(wall_s=wall, **({} if ours(system)
@@ -204,7 +211,7 @@ def benchmark(args):
                       flush=True)
 
         summary = {}
-        for system in SYSTEMS:
+        for system in systems:
             wall = median([x["wall_s"] for x in runs[system]])
             startup = median([x["wall_s"] for x in startups[system]])
             wers = [x["wer"] for x in runs[system]]
@@ -223,14 +230,14 @@ def benchmark(args):
         print(f"\n{name}: median of {args.rounds} round(s), {duration:.1f} s of audio{quick_note}")
         print(f"  {'system':<15} {'wall s':>8} {'x RT':>7} {'startup s':>9} {'net x RT':>8} "
               f"{'peak RSS MiB':>12} {'WER %':>7}")
-        for system in SYSTEMS:
+        for system in systems:
             s = summary[system]
             wer = f"{s['wer']:7.2f}"
             if s["wer_min"] != s["wer_max"]:
                 wer += f" ({s['wer_min']:.2f}..{s['wer_max']:.2f})"
             print(f"  {system:<15} {s['wall_s']:8.2f} {s['x_realtime']:7.2f} {s['startup_s']:9.2f} "
                   f"{s['net_x_realtime']:8.2f} {s['peak_rss_mib']:12.1f} {wer}")
-        for system in (x for x in SYSTEMS if not ours(x)):
+        for system in (x for x in systems if not ours(x)):
             s = summary[system]
             print(f"  {system}: in-process model load {s['load_s']:.2f} s, transcription alone "
                   f"{s['transcribe_s']:.2f} s = {s['transcribe_x_realtime']:.2f}x realtime")
@@ -292,6 +299,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--onnx", action="append", default=[], help="NAME=EXPORT_DIR: also run the ONNX engine")
     ap.add_argument("--espeak-version", default="")
     ap.add_argument("--sox-version", default="")
     args = ap.parse_args()

@@ -297,6 +297,15 @@ impl WhisperModel {
         }
     }
 
+    /// Whether the engine runs on something other than the CPU cores the decoder uses (ONNX
+    /// Runtime with an accelerator execution provider).
+    pub fn runs_on_accelerator(&self) -> bool {
+        match &self.weights {
+            ModelWeights::Cpu(_) => false,
+            ModelWeights::Onnx(o) => o.provider().is_accelerator(),
+        }
+    }
+
     /// A new encoder of this model's engine.
     pub fn new_encoder(self: &Arc<Self>) -> Box<dyn Encoder> {
         match &self.weights {

@@ -66,7 +66,9 @@ pub struct Transcriber {
     encoder: Box<dyn Encoder>,
     /// The encoder output of the current window, `[n_audio_ctx][d]`.
     enc_out: Vec<f32>,
-    /// The NPU encoder on its worker thread, with `EncoderBackend::{Npu, NpuSim}`.
+    /// The encoder on its worker thread (speculating the next window): the NPU's with
+    /// `EncoderBackend::{Npu, NpuSim}`, or the model's own when ONNX Runtime runs it on an
+    /// accelerator.
     npu: Option<EncoderWorker>,
     /// Why the NPU encoder was given up (a run failed or timed out); the CPU encodes since.
     npu_failure: Option<String>,
@@ -1163,7 +1165,7 @@ impl Transcriber {
 /// The NPU encoder (`given`, else a new one) on its worker thread when `opts` ask for `npu` or
 /// `npu-sim`.
 fn npu_for(
-    model: &WhisperModel,
+    model: &Arc<WhisperModel>,
     opts: &TranscribeOptions,
     threads: usize,
     given: Option<Box<dyn Encoder>>,
@@ -1173,6 +1175,11 @@ fn npu_for(
         why,
     };
     let encoder: Box<dyn Encoder> = match (opts.backend, given) {
+        // ONNX Runtime on an accelerator (GPU, NPU) encodes on its own thread too, so that the
+        // next window is encoded while the CPU decodes this one.
+        (EncoderBackend::Cpu, _) if opts.npu_overlap && model.runs_on_accelerator() => {
+            model.new_encoder()
+        }
         (EncoderBackend::Cpu, _) => return Ok(None),
         (_, _) if model.cpu_weights().is_none() => {
             return Err(unavailable(
