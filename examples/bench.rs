@@ -193,6 +193,11 @@ fn run() -> Result<(), (u8, String)> {
     );
     println!("engine           {}", model.engine_description());
     println!(
+        "compute type     {} ({compute_type}: {})",
+        model.compute_type,
+        compute_type.resolution().1
+    );
+    println!(
         "settings         threads {threads}, beam size {}, language {}, repeat {repeat}",
         options.beam_size,
         options.language.as_deref().unwrap_or("auto")

@@ -51,6 +51,10 @@ options:
   --no-npu-overlap        npu, npu-sim: do not encode the next window while decoding this
                           one (on by default)
   --initial-prompt TEXT   text that precedes the audio (names, spelling, style)
+  --condition-on-previous-text true|false
+                          prompt each 30 s window with the text of the previous ones (openai's
+                          and faster-whisper's default); false decodes each window on its own,
+                          which keeps a repetition from carrying over [default: true]
   --tail-padding silence|zero
                           what follows the end of the audio in the last 30 s window:
                           log-mel of silence (whisper.cpp) or zeros (openai) [default: silence]
@@ -158,6 +162,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--tail-padding"
                 | "--format"
                 | "--hallucination-silence-threshold"
+                | "--condition-on-previous-text"
         )
     };
     let mut cli = Cli::from_env();
@@ -174,6 +179,10 @@ fn parse_args() -> Result<Option<Config>, Failure> {
             "-h" | "--help" => return Ok(None),
             "-q" | "--quiet" => quiet = true,
             "--word-timestamps" => options.word_timestamps = true,
+            "--condition-on-previous-text" => {
+                options.condition_on_previous_text =
+                    common::parse_bool(&name, &value).map_err(bad)?
+            }
             "--no-npu-overlap" => options.npu_overlap = false,
             "--hallucination-silence-threshold" => {
                 let seconds: f32 = value.trim().parse().map_err(|_| {
@@ -270,6 +279,13 @@ fn run(config: &Config) -> Result<(), Failure> {
     let mut reader = AudioReader::open(&config.input).map_err(|e| runtime(&e))?;
     let first = reader.next_chunk().map_err(|e| runtime(&e))?;
 
+    if !config.quiet {
+        let (resolved, why) = config.load.compute_type.resolution();
+        eprintln!(
+            "transcribe: compute type {resolved} ({}: {why})",
+            config.load.compute_type
+        );
+    }
     let model = gstwhispernpu::engine::load_shared_opts(&config.model, &config.load)
         .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
     // What the model rules out (a language it lacks, translate with an English-only model) is a

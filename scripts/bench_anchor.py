@@ -35,7 +35,7 @@ SYSTEMS = ["whispernpu", "whispernpu-f32", "whispernpu-int8", "fw-int8", "fw-flo
 def ours(system):
     return system.startswith("whispernpu")
 
-SPEED_FACTOR = 1.5  # whispernpu x realtime >= 1.5 x faster-whisper int8's
+SPEED_FACTOR = 2.0  # whispernpu x realtime >= 2 x faster-whisper int8's
 WER_MARGIN = 0.5  # whispernpu WER <= faster-whisper float32's + 0.5 point
 
 
@@ -62,7 +62,8 @@ def worker(args):
     audio = read_wav(args.audio)
     segs = []
     if len(audio):  # the startup run (empty WAV) stops after the model load
-        segments, _info = model.transcribe(audio, **FW_OPTIONS)
+        options = dict(FW_OPTIONS, condition_on_previous_text=args.condition_on_previous_text == "true")
+        segments, _info = model.transcribe(audio, **options)
         segs = [dict(text=s.text, temperature=s.temperature) for s in segments]  # decodes here
     t3 = time.perf_counter()
     json.dump(dict(
@@ -84,15 +85,18 @@ def command(system, model_dir, audio, args):
         # The ONNX Runtime engine (CPU provider) on the model's export.
         return [args.cli, "--backend", "onnx", "--execution-provider", "cpu",
                 "--model", args.onnx_dirs[model_dir], "--language", "en", "--beam-size", "1",
+                "--condition-on-previous-text", args.condition_on_previous_text,
                 "--threads", str(args.threads), "--format", "json", "--quiet", audio]
     if ours(system):
         compute_type = system.split("-", 1)[1] if "-" in system else "auto"
         return [args.cli, "--model", model_dir, "--language", "en", "--beam-size", "1",
+                "--condition-on-previous-text", args.condition_on_previous_text,
                 "--threads", str(args.threads), "--compute-type", compute_type,
                 "--format", "json", "--quiet", audio]
     compute_type = system.split("-", 1)[1]
     return [sys.executable, os.path.abspath(__file__), "--worker", "--model-dir", model_dir,
-            "--compute-type", compute_type, "--threads", str(args.threads), "--audio", audio]
+            "--compute-type", compute_type, "--threads", str(args.threads), "--audio", audio,
+            "--condition-on-previous-text", args.condition_on_previous_text]
 
 
 def run_child(cmd):
@@ -166,7 +170,8 @@ def benchmark(args):
     print(f"  whispernpu {cli_version(args.cli)} ({args.cli}); {args.espeak_version}; "
           f"{args.sox_version}")
     print(f"  CPU: {cpu_name()}, {os.cpu_count()} logical cores; load average "
-          f"{loadavg():.2f}; threads {args.threads}; {args.rounds} round(s)")
+          f"{loadavg():.2f}; threads {args.threads}; {args.rounds} round(s); "
+          f"condition_on_previous_text {args.condition_on_previous_text} (both engines)")
     busy = loadavg()
     if busy > 0.5:
         print(f"  WARNING: load average {busy:.2f} before the start: the machine is busy, so the "
@@ -181,6 +186,7 @@ def benchmark(args):
                    reference=args.reference, espeak_ng=args.espeak_version, sox=args.sox_version,
                    quick=args.quick), cpu=cpu_name(), cpu_count=os.cpu_count(),
                    threads=args.threads, rounds=args.rounds, whispernpu=cli_version(args.cli),
+                   condition_on_previous_text=args.condition_on_previous_text,
                    fw_options=dict(FW_OPTIONS, device="cpu", cpu_threads=args.threads, num_workers=1),
                    models={})
     all_pass = True
@@ -300,6 +306,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--onnx", action="append", default=[], help="NAME=EXPORT_DIR: also run the ONNX engine")
+    ap.add_argument("--condition-on-previous-text", choices=["true", "false"], default="true")
     ap.add_argument("--espeak-version", default="")
     ap.add_argument("--sox-version", default="")
     args = ap.parse_args()

@@ -349,6 +349,15 @@ pub fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, 
 }
 
 /// The language option: a code, or `auto` for detection.
+/// `true`/`false` (also `1`/`0`, `yes`/`no`) for `flag`.
+pub fn parse_bool(flag: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{flag}: `{value}` is not true or false")),
+    }
+}
+
 pub fn parse_language(value: &str) -> Option<String> {
     match value.trim() {
         "" | "auto" => None,

@@ -522,8 +522,18 @@ impl WhisperNpu {
             .src(&*self.obj())
             .build(),
         );
+        let compute_type: crate::engine::ComputeType = settings.compute_type.into();
+        let (resolved, why) = compute_type.resolution();
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Compute type {} ({}): {}",
+            resolved,
+            compute_type,
+            why
+        );
         let load_options = LoadOptions {
-            compute_type: settings.compute_type.into(),
+            compute_type,
             engine: chosen.engine.clone(),
         };
         *lock(&self.chosen) = chosen;
@@ -1849,7 +1859,7 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecEnum::builder_with_default("compute-type", DEFAULT_COMPUTE_TYPE)
                     .nick("Compute type")
                     .blurb(
-                        "Numeric precision: auto (the fastest type whose accuracy holds: bf16 where Intel AMX runs it, else f32), \
+                        "Numeric precision: auto (the fastest type whose accuracy holds, per CPU: bf16 where Intel AMX runs it, else int8; logged with the reason), \
                          f32 (weights as stored; f16 checkpoints are kept in f16, losslessly), \
                          int8 (decoder weights in int8 with a scale per row; the encoder stays \
                          f32), bf16 (the encoder's matrix products on bf16-rounded inputs with \

@@ -41,12 +41,13 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
 ///   order but no speed-up. The decoder is as with `f32`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles, `f32`
-///   elsewhere (emulated bf16 is no faster). bf16 is not bit-faithful: on the 295 s benchmark
-///   audio base gives f32's words (two segment times 0.04 s apart) while tiny.en re-segments
-///   and changes a few words at a WER of 7.00 % against f32's 7.12 %; jfk.wav is identical
-///   for both. `int8` also keeps the WER but is slower than `bf16` (its encoder is f32), so it
-///   stays opt-in.
+///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles,
+///   `int8` elsewhere (emulated bf16 is no faster; see [`ComputeType::resolution`]). bf16 is
+///   not bit-faithful: on the 295 s benchmark audio base gives f32's words (two segment times
+///   0.04 s apart) while tiny.en re-segments and changes a few words at a WER of 7.00 % against
+///   f32's 7.12 %; jfk.wav is identical for both. `int8` keeps the WER there too (7.12 % and
+///   3.50 %, as `f32`) and is faster than `f32` (its decoder reads half the bytes), but slower
+///   than AMX `bf16` (its encoder is f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
@@ -61,15 +62,32 @@ impl ComputeType {
 
     /// The concrete type `auto` stands for.
     pub fn resolved(self) -> ComputeType {
+        self.resolution().0
+    }
+
+    /// The concrete type and why: `auto` picks, per CPU, the fastest type whose WER stays within
+    /// faster-whisper float32's + 0.5 point on `scripts/bench-anchor` (measured per machine
+    /// class, see the README's Performance section): `bf16` where Intel AMX tiles run the
+    /// encoder, else `int8` (int8 decoder weights: faster than `f32` at the same WER on both
+    /// machine classes measured, and less memory).
+    pub fn resolution(self) -> (ComputeType, &'static str) {
         match self {
             ComputeType::Auto => {
                 if cpu::amx::Backend::detected() == cpu::amx::Backend::Amx {
-                    ComputeType::Bf16
+                    (
+                        ComputeType::Bf16,
+                        "this CPU has Intel AMX: the bf16 encoder runs on its tiles, about 3x the \
+                         f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                    )
                 } else {
-                    ComputeType::F32
+                    (
+                        ComputeType::Int8,
+                        "no Intel AMX on this CPU (bf16 would be emulated, at f32 speed): int8 \
+                         decoder weights are the fastest at the same WER (scripts/bench-anchor)",
+                    )
                 }
             }
-            other => other,
+            other => (other, "as asked"),
         }
     }
 
