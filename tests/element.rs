@@ -719,6 +719,13 @@ fn unavailable_backend_is_an_error() {
             "{err}"
         );
     }
+    // onnx says the model has no export and how to make one.
+    let err = ready_fails(model.to_str().unwrap(), "onnx");
+    assert!(
+        err.message().contains("has no ONNX export")
+            && err.message().contains("scripts/export-onnx"),
+        "{err}"
+    );
     // npu names what the probe did not find (this machine has no NPU).
     if !std::path::Path::new("/dev/accel").exists() {
         let err = ready_fails(model.to_str().unwrap(), "npu");

@@ -625,15 +625,22 @@ impl WhisperNpu {
                 ));
             }
             Backend::Onnx => {
+                let unavailable = |why: String| {
+                    Error::BackendUnavailable {
+                        backend: "onnx".into(),
+                        why,
+                    }
+                    .to_string()
+                };
                 if !has_onnx {
-                    return Err(format!(
-                        "backend=onnx needs an ONNX export of the model (encoder_model.onnx and a \
-                         decoder in {}); make one with scripts/export-onnx",
+                    return Err(unavailable(format!(
+                        "the model has no ONNX export (encoder_model.onnx and a decoder in {}); \
+                         make one with scripts/export-onnx",
                         file.path.display()
-                    ));
+                    )));
                 }
-                let options = onnx_options()?;
-                let provider = onnx::resolve_provider(options.provider)?;
+                let options = onnx_options().map_err(unavailable)?;
+                let provider = onnx::resolve_provider(options.provider).map_err(unavailable)?;
                 return Ok(Chosen {
                     engine: EngineKind::Onnx(options),
                     encoder: EncoderBackend::Cpu,

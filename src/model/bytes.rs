@@ -133,3 +133,22 @@ pub(super) fn bf16s(bytes: &[u8]) -> Vec<f32> {
         .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
         .collect()
 }
+
+/// The index of the first NaN or infinity in `data`. Every reader checks each weight it
+/// converts, so a weight with a NaN or an infinity is refused at load, named, instead of
+/// turning every transcript into silence. Reads the values in blocks with one branch per
+/// block: the pass runs at memory speed.
+pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 256;
+    for (b, block) in data.chunks(BLOCK).enumerate() {
+        // An f32 is NaN or infinite exactly when its exponent bits are all set.
+        let any = block.iter().fold(false, |acc, v| {
+            acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+        });
+        if any {
+            let i = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Some(b * BLOCK + i);
+        }
+    }
+    None
+}

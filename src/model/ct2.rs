@@ -254,7 +254,7 @@ impl Ct2File {
                 });
             }
         };
-        if let Some(at) = super::source::first_non_finite(&out) {
+        if let Some(at) = super::bytes::first_non_finite(&out) {
             let count = out.iter().filter(|x| !x.is_finite()).count();
             return Err(corrupt(
                 &self.path,

@@ -58,25 +58,6 @@ impl TensorSource for Borrowed<'_> {
     }
 }
 
-/// The index of the first NaN or infinity in `data`. Every reader checks each weight it
-/// converts, so a weight with a NaN or an infinity is refused at load, named, instead of
-/// turning every transcript into silence. Reads the values in blocks with one branch per
-/// block: the pass runs at memory speed.
-pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
-    const BLOCK: usize = 256;
-    for (b, block) in data.chunks(BLOCK).enumerate() {
-        // An f32 is NaN or infinite exactly when its exponent bits are all set.
-        let any = block.iter().fold(false, |acc, v| {
-            acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-        });
-        if any {
-            let i = block.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Some(b * BLOCK + i);
-        }
-    }
-    None
-}
-
 /// Tensors by openai name (a GGML file, a safetensors checkpoint after renaming).
 pub trait OpenaiTensors {
     fn path(&self) -> &Path;
@@ -203,7 +184,7 @@ impl<T: OpenaiTensors> TensorSource for OpenaiLayout<'_, T> {
                             expected: vec![part_len],
                         });
                     }
-                    if let Some(at) = first_non_finite(&data) {
+                    if let Some(at) = super::bytes::first_non_finite(&data) {
                         return Err(ModelError::Corrupt {
                             path: self.0.path().to_path_buf(),
                             what: format!(
