@@ -279,15 +279,16 @@ fn run(config: &Config) -> Result<(), Failure> {
     let mut reader = AudioReader::open(&config.input).map_err(|e| runtime(&e))?;
     let first = reader.next_chunk().map_err(|e| runtime(&e))?;
 
+    let model = gstwhispernpu::engine::load_shared_opts(&config.model, &config.load)
+        .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
     if !config.quiet {
         let (resolved, why) = config.load.compute_type.resolution();
         eprintln!(
-            "transcribe: compute type {resolved} ({}: {why})",
+            "transcribe: {}; compute type {resolved} ({}: {why})",
+            model.engine_description(),
             config.load.compute_type
         );
     }
-    let model = gstwhispernpu::engine::load_shared_opts(&config.model, &config.load)
-        .map_err(|e| Failure::Runtime(common::model_error(&config.model, &e)))?;
     // What the model rules out (a language it lacks, translate with an English-only model) is a
     // bad option value, like the checks made while parsing.
     let mut transcriber = Transcriber::new(model, config.options.clone()).map_err(|e| match e {

@@ -113,9 +113,11 @@ fn gst_launch(args: &str, env: &[(&str, &str)], timeout: Duration) -> Run {
     run_with_timeout(cmd, timeout)
 }
 
+/// The CLI in quiet mode (`-q`: no progress or information lines), so that stderr holds only
+/// what went wrong.
 fn transcribe_cli(model: &Path, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(common::example_bin("transcribe"));
-    cmd.arg("--model").arg(model).arg(common::jfk_wav());
+    cmd.arg("-q").arg("--model").arg(model).arg(common::jfk_wav());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -12,8 +12,15 @@ use std::sync::Arc;
 use gstwhispernpu::audio::N_FRAMES;
 use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
 use gstwhispernpu::engine::onnx::{OnnxOptions, Provider};
-use gstwhispernpu::engine::{EngineKind, LoadOptions, WhisperModel, load_shared, load_shared_opts};
+use gstwhispernpu::engine::{
+    ComputeType, EngineKind, LoadOptions, WhisperModel, load_shared_opts, load_shared_with,
+};
 use gstwhispernpu::transcribe::{LiveOptions, LiveTranscriber, TranscribeOptions, Transcriber};
+
+/// The native engine in f32, as the float32 ONNX graphs compute.
+fn native(name: &str) -> Arc<WhisperModel> {
+    load_shared_with(name, ComputeType::F32).expect("native model")
+}
 
 fn onnx_opts(provider: Provider) -> LoadOptions {
     LoadOptions {
@@ -72,7 +79,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn jfk_text_and_encoder_output_equal_the_native_engines_tiny_en_and_base() {
     let audio = jfk();
     for name in ["tiny.en", "base"] {
-        let native = load_shared(name).expect("native model");
+        let native = native(name);
         let onnx = onnx_model(&export(name));
         assert!(
             onnx.engine_description().contains("CPUExecutionProvider"),
@@ -106,7 +113,7 @@ fn jfk_text_and_encoder_output_equal_the_native_engines_tiny_en_and_base() {
 #[test]
 fn every_decoder_layout_gives_the_same_jfk_text() {
     let audio = jfk();
-    let reference = transcribe(load_shared("tiny.en").unwrap(), &audio, en());
+    let reference = transcribe(native("tiny.en"), &audio, en());
     let split = common::onnx_export("tiny.en", "tiny.en-split", &["--layout", "split"]);
     // decoder_model.onnx alone (dynamic shapes, no KV cache).
     let alone = common::repo().join("target/onnx-export/tiny.en-decoder-only");
@@ -155,7 +162,7 @@ fn multiwindow_wer_within_half_a_point_of_native() {
     let (audio, _) = common::read_wav(&wav);
     std::fs::remove_file(&wav).ok();
     for name in ["tiny.en", "base"] {
-        let native = transcribe(load_shared(name).unwrap(), &audio, en());
+        let native = transcribe(native(name), &audio, en());
         let onnx = transcribe(onnx_model(&export(name)), &audio, en());
         let (a, b) = (
             common::wer_percent(&truth, &native),
@@ -172,7 +179,7 @@ fn multiwindow_wer_within_half_a_point_of_native() {
 #[test]
 fn word_timestamps_and_live_mode_run_on_onnx() {
     let audio = jfk();
-    let native = load_shared("tiny.en").unwrap();
+    let native = native("tiny.en");
     let onnx = onnx_model(&export("tiny.en"));
     let words = |model: Arc<WhisperModel>| {
         let mut t = Transcriber::new(
@@ -287,7 +294,7 @@ fn openvino_provider_gives_the_same_text() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let reference = transcribe(load_shared("tiny.en").unwrap(), &jfk(), en());
+    let reference = transcribe(native("tiny.en"), &jfk(), en());
     let (code, stdout, stderr) = cli(
         &dir,
         &[("ORT_DYLIB_PATH", &lib)],

@@ -1866,7 +1866,7 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecEnum::builder_with_default("compute-type", DEFAULT_COMPUTE_TYPE)
                     .nick("Compute type")
                     .blurb(
-                        "Numeric precision: auto (the fastest type whose accuracy holds, per CPU: bf16 where Intel AMX runs it, else int8; logged with the reason), \
+                        "Numeric precision: auto (the fastest type whose accuracy holds, per CPU: bf16 where Intel AMX runs it, else f32; logged with the reason), \
                          f32 (weights as stored; f16 checkpoints are kept in f16, losslessly), \
                          int8 (decoder weights in int8 with a scale per row; the encoder stays \
                          f32), bf16 (the encoder's matrix products on bf16-rounded inputs with \

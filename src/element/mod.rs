@@ -81,7 +81,7 @@ pub enum Backend {
 pub enum ComputeTypeMode {
     #[default]
     #[enum_value(
-        name = "Auto: fastest type whose accuracy holds (bf16 on Intel AMX, else int8)",
+        name = "Auto: fastest type whose accuracy holds (bf16 on Intel AMX, else f32)",
         nick = "auto"
     )]
     Auto,
