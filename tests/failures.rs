@@ -117,7 +117,10 @@ fn gst_launch(args: &str, env: &[(&str, &str)], timeout: Duration) -> Run {
 /// what went wrong.
 fn transcribe_cli(model: &Path, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(common::example_bin("transcribe"));
-    cmd.arg("-q").arg("--model").arg(model).arg(common::jfk_wav());
+    cmd.arg("-q")
+        .arg("--model")
+        .arg(model)
+        .arg(common::jfk_wav());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use gstwhispernpu::engine::WhisperModel;
@@ -318,22 +317,7 @@ fn sentences_after_pauses_are_not_lost() {
 #[test]
 fn synthesised_recording_live_wer_within_two_points_of_offline() {
     let model = model("tiny.en");
-    let wav = std::env::temp_dir().join(format!("whispernpu-live-mw-{}.wav", std::process::id()));
-    let out = Command::new("bash")
-        .arg(common::repo().join("scripts/synth-speech"))
-        .arg(&wav)
-        .output()
-        .expect("cannot run scripts/synth-speech");
-    assert!(
-        out.status.success(),
-        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (audio, rate) = common::read_wav(&wav);
-    std::fs::remove_file(&wav).ok();
-    assert_eq!(rate as usize, RATE);
-    let text = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
-        .expect("tests/fixtures/multiwindow.txt");
+    let (audio, text) = common::multiwindow_recording();
     let run = run_live(&model, silero(), LiveOptions::for_latency(5.0), &audio);
     let offline = offline_text(&model, &audio);
     let live_wer = common::wer_percent(&text, &run.text());

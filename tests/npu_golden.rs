@@ -55,16 +55,6 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
-
 #[test]
 fn golden_kernels_equal_host_cpp_kernels_bit_for_bit() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -469,7 +459,7 @@ fn golden_encoder_matches_cpu_f32_per_layer_on_jfk_tiny_en() {
         &mut ws,
         2,
     );
-    let same = cosine(&ws.x, &cpu_out);
+    let same = common::cosine(&ws.x, &cpu_out);
     assert!(
         same > 0.999_999,
         "test's CPU pipeline vs engine encode: {same}"
@@ -583,21 +573,7 @@ fn npu_sim_backend_transcribes_jfk_as_the_cpu_backend_tiny_en() {
 fn npu_sim_backend_multiwindow_wer_equals_the_cpu_backends_tiny_en() {
     let dir = common::model_dir("tiny.en");
     let model = Arc::new(WhisperModel::load_with(&dir, ComputeType::F32).expect("tiny.en loads"));
-    let wav = std::env::temp_dir().join(format!("whispernpu-npu-mw-{}.wav", std::process::id()));
-    let out = std::process::Command::new("bash")
-        .arg(common::repo().join("scripts/synth-speech"))
-        .arg(&wav)
-        .output()
-        .expect("cannot run scripts/synth-speech");
-    assert!(
-        out.status.success(),
-        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (audio, _) = common::read_wav(&wav);
-    std::fs::remove_file(&wav).ok();
-    let truth = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
-        .expect("tests/fixtures/multiwindow.txt");
+    let (audio, truth) = common::multiwindow_recording();
     let (cpu_text, _, _) = transcribe(&model, &audio, EncoderBackend::Cpu);
     let overlap = transcribe_with(&model, &audio, EncoderBackend::NpuSim, true);
     let serial = transcribe_with(&model, &audio, EncoderBackend::NpuSim, false);
@@ -676,10 +652,10 @@ fn check_layers_against_cpu(
     let mut cos = Vec::new();
     golden
         .encode_probed(mel, &mut out, &mut |layer, x| {
-            cos.push(cosine(x, &cpu_layers[layer]));
+            cos.push(common::cosine(x, &cpu_layers[layer]));
         })
         .expect("golden encode");
-    let final_cos = cosine(&out, cpu_out);
+    let final_cos = common::cosine(&out, cpu_out);
     eprintln!("jfk cosine per layer {cos:?}, output {final_cos}");
     assert_eq!(cos.len(), model.dims.n_audio_layer);
     for (l, c) in cos.iter().enumerate() {

@@ -65,16 +65,6 @@ fn en() -> TranscribeOptions {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
-
 #[test]
 fn jfk_text_and_encoder_output_equal_the_native_engines_tiny_en_and_base() {
     let audio = jfk();
@@ -104,7 +94,7 @@ fn jfk_text_and_encoder_output_equal_the_native_engines_tiny_en_and_base() {
         let (mut x, mut y) = (vec![0.0; size], vec![0.0; size]);
         native.new_encoder().encode(&mel, &mut x, 2).unwrap();
         onnx.new_encoder().encode(&mel, &mut y, 2).unwrap();
-        let c = cosine(&x, &y);
+        let c = common::cosine(&x, &y);
         eprintln!("{name}: encoder output cosine {c:.7}");
         assert!(c >= 0.9999, "{name}: encoder cosine {c}");
     }
@@ -146,21 +136,7 @@ fn every_decoder_layout_gives_the_same_jfk_text() {
 
 #[test]
 fn multiwindow_wer_within_half_a_point_of_native() {
-    let truth = std::fs::read_to_string(common::repo().join("tests/fixtures/multiwindow.txt"))
-        .expect("tests/fixtures/multiwindow.txt");
-    let wav = std::env::temp_dir().join(format!("whispernpu-onnx-mw-{}.wav", std::process::id()));
-    let out = Command::new("bash")
-        .arg(common::repo().join("scripts/synth-speech"))
-        .arg(&wav)
-        .output()
-        .expect("cannot run scripts/synth-speech");
-    assert!(
-        out.status.success(),
-        "scripts/synth-speech failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (audio, _) = common::read_wav(&wav);
-    std::fs::remove_file(&wav).ok();
+    let (audio, truth) = common::multiwindow_recording();
     for name in ["tiny.en", "base"] {
         let native = transcribe(native(name), &audio, en());
         let onnx = transcribe(onnx_model(&export(name)), &audio, en());

@@ -206,25 +206,13 @@ impl Ct2File {
         })
     }
 
-    /// A weight as f32, checked against the expected shape. int8 weights are dequantised with
-    /// their per-row `<name>_scale` (w = q / scale).
+    /// A weight as f32, checked against the expected shape ([`check`](Self::check)). int8
+    /// weights are dequantised with their per-row `<name>_scale` (w = q / scale).
     pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let v = self
-            .vars
-            .get(name)
-            .ok_or_else(|| ModelError::MissingWeight {
-                path: self.path.clone(),
-                name: name.to_string(),
-            })?;
-        // Conv weights may be stored flattened or not; compare element counts per leading dim.
-        if v.shape != expected {
-            return Err(ModelError::BadShape {
-                path: self.path.clone(),
-                name: name.to_string(),
-                found: v.shape.clone(),
-                expected: expected.to_vec(),
-            });
-        }
+        self.check(name, expected)?;
+        let Some(v) = self.vars.get(name) else {
+            unreachable!("`check` found `{name}`")
+        };
         let bytes = &self.map[v.offset..v.offset + v.len];
         let out: Vec<f32> = match v.dtype {
             DType::F32 => f32s(bytes),
@@ -233,26 +221,15 @@ impl Ct2File {
             DType::I8 => {
                 let rows = expected.first().copied().unwrap_or(1).max(1);
                 let row_len = v.len / rows;
-                let scale_name = format!("{name}_scale");
-                let scales = self.tensor(&scale_name, &[rows]).map_err(|e| match e {
-                    ModelError::MissingWeight { .. } => corrupt(
-                        &self.path,
-                        format!("int8 weight `{name}` has no per-row scale `{scale_name}`"),
-                    ),
-                    other => other,
-                })?;
+                let scales = self.tensor(&format!("{name}_scale"), &[rows])?;
                 bytes
                     .chunks_exact(row_len.max(1))
                     .zip(&scales)
                     .flat_map(|(row, &scale)| row.iter().map(move |&q| q as i8 as f32 / scale))
                     .collect()
             }
-            DType::I16 | DType::I32 => {
-                return Err(ModelError::Unsupported {
-                    path: self.path.clone(),
-                    what: format!("integer type {:?} for weight `{name}`", v.dtype),
-                });
-            }
+            // `check` refuses them.
+            DType::I16 | DType::I32 => unreachable!("`check` refuses integer weights"),
         };
         if let Some(at) = super::bytes::first_non_finite(&out) {
             let count = out.iter().filter(|x| !x.is_finite()).count();

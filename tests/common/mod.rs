@@ -269,3 +269,40 @@ pub fn onnx_export(model: &str, name: &str, args: &[&str]) -> PathBuf {
     std::fs::write(&stamp, want).expect("write the export stamp");
     out
 }
+
+/// The 111.9 s multi-window test recording (`scripts/synth-speech`, the text of
+/// `tests/fixtures/multiwindow.txt`), as samples, with that text.
+pub fn multiwindow_recording() -> (Vec<f32>, String) {
+    let wav = std::env::temp_dir().join(format!(
+        "whispernpu-mw-{}-{:?}.wav",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/synth-speech"))
+        .arg(&wav)
+        .output()
+        .expect("cannot run scripts/synth-speech");
+    assert!(
+        out.status.success(),
+        "scripts/synth-speech failed (needs espeak-ng and sox): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (audio, rate) = read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    assert_eq!(rate, 16_000);
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/multiwindow.txt"))
+        .expect("tests/fixtures/multiwindow.txt");
+    (audio, text)
+}
+
+/// Cosine similarity of two vectors, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
