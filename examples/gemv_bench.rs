@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use gemm::Parallelism;
-use gstwhispernpu::engine::cpu::gemv::{MatLow, matmul_low};
+use gstwhispernpu::engine::cpu::gemv::{self, MatLow, matmul_low};
 use half::f16;
 use rayon::prelude::*;
 
@@ -143,6 +143,17 @@ fn main() {
         ("vocab", vocab, d),
     ];
     pool.install(|| {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        println!("cpu              {cpu}");
+        println!("int8 kernel      {}", gemv::int8_kernel_name());
         println!("model dims       d {d}, threads {threads}, runs {runs} (medians)");
         // The read bandwidth over the largest weight matrix's f16 bytes.
         let big: Vec<f32> = (0..vocab * d / 2).map(|i| (i % 7) as f32).collect();
@@ -165,7 +176,11 @@ fn main() {
                 .collect();
             let mats = [
                 ("f16", MatLow::lossless(&w, n, k).expect("f16-exact"), 2.0),
-                ("int8", MatLow::int8(&w, n, k), 1.0),
+                (
+                    "int8",
+                    MatLow::int8(&w, n, k).expect("k fits the int8 kernels"),
+                    1.0,
+                ),
             ];
             for rows in [1usize, 5] {
                 let h: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();

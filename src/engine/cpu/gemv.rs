@@ -1,12 +1,21 @@
 //! Products with reduced-precision weights for the decoder, where few rows (one per beam) meet
 //! large weight matrices and the time goes to streaming the weights: stored as f16 (lossless
 //! when the model file holds f16, as Whisper checkpoints do) the bytes read per token halve; as
-//! int8 with a scale per row (lossy, experimental) they halve again.
+//! int8 with a scale per row (lossy) they halve again.
 //!
 //! `out[r][j] (+)= Σ_p h[r][p] · W[j][p] (+ bias[j])` with `W` row-major `[n][k]`, the `Linear`
-//! layout. The kernel walks four weight rows at a time along `k`, converting 16 (AVX-512) or 8
-//! (AVX2) weights per load to f32 and multiplying them with up to four input rows held
-//! in L1; accumulators are reduced once per output. Threads split the output columns.
+//! layout. The kernels walk four weight rows at a time along `k` against up to four input rows
+//! held in L1; accumulators are reduced once per output. Threads split the output columns.
+//!
+//! - f16 weights: 16 (AVX-512) or 8 (AVX2) weights per load converted to f32, f32 FMAs.
+//! - int8 weights: the input rows are first rounded to int16 with a scale per row (an error of
+//!   at most 1/32 766 of the row's largest value per element, far below the weights' own
+//!   rounding of 1/254), then the products are exact integer multiply-adds: `vpdpwssd` (32
+//!   weights per instruction) with AVX-512 VNNI, `vpmaddwd` + add with AVX-512BW or AVX2 (32 /
+//!   16), the same integer sums in portable Rust elsewhere. Converting each int8 weight to f32
+//!   took three instructions per 16 weights before the one FMA that used it; a decoder token
+//!   is bound by those, not by memory. Every path computes the same integer sums, so the
+//!   results are identical bit for bit whatever the CPU.
 
 use gemm::Parallelism;
 use half::f16;
@@ -24,7 +33,12 @@ pub struct MatLow {
 
 enum Low {
     F16(Vec<f16>),
-    I8 { q: Vec<i8>, scales: Vec<f32> },
+    /// `abs_sum`: the largest `Σ_p |q[j][p]|` of any row (for error bounds).
+    I8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        abs_sum: i64,
+    },
 }
 
 impl MatLow {
@@ -42,9 +56,13 @@ impl MatLow {
             })
     }
 
-    /// `w[n][k]` quantised to int8 per row (lossy: about 0.4 % of the row's largest weight).
-    pub fn int8(w: &[f32], n: usize, k: usize) -> Self {
+    /// `w[n][k]` quantised to int8 per row (lossy: about 0.4 % of the row's largest weight);
+    /// `None` when rows are longer than [`INT8_MAX_K`].
+    pub fn int8(w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k);
+        if k > INT8_MAX_K {
+            return None;
+        }
         let mut q = vec![0i8; n * k];
         let mut scales = vec![0.0f32; n];
         for ((row, qrow), scale) in w
@@ -58,11 +76,16 @@ impl MatLow {
                 *d = (v / *scale).round().clamp(-127.0, 127.0) as i8;
             }
         }
-        Self {
-            data: Low::I8 { q, scales },
+        let abs_sum = q
+            .chunks_exact(k.max(1))
+            .map(|row| row.iter().map(|&v| (v as i64).abs()).sum::<i64>())
+            .max()
+            .unwrap_or(0);
+        Some(Self {
+            data: Low::I8 { q, scales, abs_sum },
             n,
             k,
-        }
+        })
     }
 
     pub fn n(&self) -> usize {
@@ -82,6 +105,17 @@ impl MatLow {
         }
     }
 
+    /// For int8 weights, a bound on how far a product row `h · W[j]` computed here can be from
+    /// the same product with `h` unrounded (the int16 rounding of the input, see the module
+    /// documentation), in units of `scale[j]`: `input_scale(h) · max_j Σ_p |q[j][p]| / 2`.
+    /// 0 for f16.
+    pub fn input_rounding_bound(&self, h: &[f32]) -> f32 {
+        match &self.data {
+            Low::F16(_) => 0.0,
+            Low::I8 { abs_sum, .. } => 0.5 * input_scale(h) * *abs_sum as f32,
+        }
+    }
+
     /// Whether the weights are int8.
     pub fn is_int8(&self) -> bool {
         matches!(self.data, Low::I8 { .. })
@@ -93,7 +127,7 @@ impl MatLow {
         let k = self.k;
         match &self.data {
             Low::F16(d) => d[j * k..(j + 1) * k].convert_to_f32_slice(&mut out[..k]),
-            Low::I8 { q, scales } => {
+            Low::I8 { q, scales, .. } => {
                 for (o, &v) in out[..k].iter_mut().zip(&q[j * k..(j + 1) * k]) {
                     *o = v as f32 * scales[j];
                 }
@@ -155,42 +189,217 @@ pub fn matmul_low_cols(
         assert!(b.len() >= n, "bias too short");
     }
     let isa = super::sgemm::current_isa();
-    let (w, scales) = match &w.data {
-        Low::F16(d) => (Weights::F16(d.as_ptr(), kernel_f16(isa)), std::ptr::null()),
-        Low::I8 { q, scales } => (Weights::I8(q.as_ptr(), kernel_i8(isa)), scales.as_ptr()),
+    let out = out.as_mut_ptr();
+    let run = |w: Weights, scales: *const f32, hq: *const i16, hscale: *const f32| {
+        let job = Job {
+            h: h.as_ptr(),
+            hq,
+            hscale,
+            rows,
+            w,
+            scales,
+            k,
+            out,
+            ldo,
+            accumulate,
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        };
+        let threads = super::sgemm::threads_of(par);
+        let (c0, nc) = (cols.start, cols.len());
+        if threads <= 1 || nc * k * rows < (1 << 17) {
+            job.columns(cols.clone());
+        } else {
+            let per = COLS_PER_TASK.min(nc.div_ceil(threads).next_multiple_of(4));
+            (0..nc.div_ceil(per))
+                .into_par_iter()
+                .for_each(|t| job.columns(c0 + t * per..c0 + nc.min((t + 1) * per)));
+        }
     };
-    let job = Job {
-        h: h.as_ptr(),
-        rows,
-        w,
-        scales,
-        k,
-        out: out.as_mut_ptr(),
-        ldo,
-        accumulate,
-        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-    };
-    let threads = super::sgemm::threads_of(par);
-    let (c0, nc) = (cols.start, cols.len());
-    if threads <= 1 || nc * k * rows < (1 << 17) {
-        job.columns(cols);
-    } else {
-        let per = COLS_PER_TASK.min(nc.div_ceil(threads).next_multiple_of(4));
-        (0..nc.div_ceil(per))
-            .into_par_iter()
-            .for_each(|t| job.columns(c0 + t * per..c0 + nc.min((t + 1) * per)));
+    match &w.data {
+        Low::F16(d) => run(
+            Weights::F16(d.as_ptr(), kernel_f16(isa)),
+            std::ptr::null(),
+            std::ptr::null(),
+            std::ptr::null(),
+        ),
+        Low::I8 { q, scales, .. } => with_quantised(&h[..rows * k], rows, k, |hq, hscale| {
+            run(
+                Weights::I8(q.as_ptr(), kernel_i8(isa)),
+                scales.as_ptr(),
+                hq.as_ptr(),
+                hscale.as_ptr(),
+            )
+        }),
     }
 }
 
-/// A `dots` kernel for weights of type `E` (see [`Job::dots`]).
+/// The largest magnitude of an input rounded to int16 for the int8 kernels: 2^14 − 1, so that
+/// the int32 sums cannot overflow for any `k` below 8 256 (AVX2 lanes add `k / 16` pairs of
+/// products of at most 16 383 · 127 each; Whisper's widest product has `k` = 5 120).
+const ACT_MAX: f32 = 16_383.0;
+
+/// Longest `k` the int8 kernels take (see [`ACT_MAX`]); [`MatLow::int8`] refuses longer rows.
+pub const INT8_MAX_K: usize = 8_192;
+
+/// The scale of one input row rounded to int16: its largest magnitude / [`ACT_MAX`] (1 for a
+/// row of zeros; NaN when the row holds a NaN or an infinity, so that every output of the
+/// product is NaN, as in f32, instead of a finite value computed from a clamped input).
+pub fn input_scale(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    let (max, nonfinite) = if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { abs_max_avx512(row) }
+    } else {
+        abs_max_portable(row)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (max, nonfinite) = abs_max_portable(row);
+    if nonfinite {
+        f32::NAN
+    } else if max == 0.0 {
+        1.0
+    } else {
+        max / ACT_MAX
+    }
+}
+
+/// The largest `|v|` of the finite values of `row`, and whether it holds a NaN or an infinity.
+fn abs_max_portable(row: &[f32]) -> (f32, bool) {
+    let mut max = 0.0f32;
+    let mut nonfinite = false;
+    for &v in row {
+        let a = v.abs();
+        nonfinite |= !(a <= f32::MAX);
+        if a > max && a <= f32::MAX {
+            max = a;
+        }
+    }
+    (max, nonfinite)
+}
+
+/// [`abs_max_portable`] with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn abs_max_avx512(row: &[f32]) -> (f32, bool) {
+    use std::arch::x86_64::*;
+    let main = row.len() / 16 * 16;
+    let fmax = _mm512_set1_ps(f32::MAX);
+    let mut m = _mm512_setzero_ps();
+    let mut bad: __mmask16 = 0;
+    let mut p = 0;
+    while p < main {
+        // SAFETY: p + 16 <= row.len().
+        let a = _mm512_abs_ps(unsafe { _mm512_loadu_ps(row.as_ptr().add(p)) });
+        // Not (a <= MAX), unordered included: NaN or infinity.
+        bad |= _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(a, fmax);
+        // A NaN in `a` leaves `m` unchanged (maxps returns its second operand).
+        m = _mm512_max_ps(a, m);
+        p += 16;
+    }
+    let (tail_max, tail_bad) = abs_max_portable(&row[main..]);
+    let finite_max = _mm512_reduce_max_ps(_mm512_min_ps(m, fmax));
+    (finite_max.max(tail_max), bad != 0 || tail_bad)
+}
+
+/// `q[p] = round_ties_even(row[p] · inv)` clamped to ±[`ACT_MAX`] (0 for NaN), vectorised
+/// where the CPU allows; every path gives the same values.
+fn quantise_row(row: &[f32], inv: f32, q: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { quantise_avx512(row, inv, q) };
+        }
+    }
+    quantise_portable(row, inv, q);
+}
+
+fn quantise_portable(row: &[f32], inv: f32, q: &mut [i16]) {
+    for (d, &v) in q.iter_mut().zip(row) {
+        *d = (v * inv).round_ties_even().clamp(-ACT_MAX, ACT_MAX) as i16;
+    }
+}
+
+/// [`quantise_row`] with AVX-512F: `vcvtps2dq` rounds to nearest even (the default MXCSR
+/// mode), the clamp is done in f32 before it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantise_avx512(row: &[f32], inv: f32, q: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = row.len().min(q.len());
+    let main = n / 16 * 16;
+    let (vi, hi, lo) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(ACT_MAX),
+        _mm512_set1_ps(-ACT_MAX),
+    );
+    let mut p = 0;
+    while p < main {
+        // SAFETY: p + 16 <= n for both slices.
+        unsafe {
+            let y = _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(p)), vi);
+            // max/min return the second operand for NaN: NaN becomes -ACT_MAX here, as
+            // clamp does not (it keeps NaN, cast to 0); NaN rows have a NaN scale anyway.
+            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+            let i = _mm512_cvtps_epi32(y);
+            _mm256_storeu_si256(q.as_mut_ptr().add(p).cast(), _mm512_cvtepi32_epi16(i));
+        }
+        p += 16;
+    }
+    quantise_portable(&row[main..n], inv, &mut q[main..n]);
+}
+
+/// Runs `f` with `h` (`rows` rows of `k`) rounded to int16 per row, `h[r][p] ≈ hq[r][p] ·
+/// hscale[r]`, `|hq| ≤ ACT_MAX`, in a buffer reused by the calling thread (a fresh one when
+/// that is in use, e.g. by a product that called this one's caller on the same thread).
+fn with_quantised<R>(h: &[f32], rows: usize, k: usize, f: impl FnOnce(&[i16], &[f32]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<(Vec<i16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let fill = |buf: &mut (Vec<i16>, Vec<f32>)| {
+        let (hq, hs) = buf;
+        hq.clear();
+        hs.clear();
+        hq.resize(rows * k, 0);
+        hs.resize(rows, 0.0);
+        for ((row, q), s) in h
+            .chunks_exact(k)
+            .zip(hq.chunks_exact_mut(k))
+            .zip(hs.iter_mut())
+        {
+            *s = input_scale(row);
+            quantise_row(row, 1.0 / *s, q);
+        }
+    };
+    BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            fill(&mut buf);
+            f(&buf.0, &buf.1)
+        }
+        Err(_) => {
+            let mut buf = (Vec::new(), Vec::new());
+            fill(&mut buf);
+            f(&buf.0, &buf.1)
+        }
+    })
+}
+
+/// A `dots` kernel for f16 weights (see [`Job::dots`]).
 type Dots<E> =
     unsafe fn(*const f32, usize, usize, usize, *const E, usize, usize, &mut [[f32; 4]; 4]);
+
+/// A `dots` kernel for int8 weights and int16 inputs: `acc[ri][jj] = Σ_p hq[r + ri][p] ·
+/// w[j + jj][p]` exactly (see [`Job::dots`]; each vector lane stays within i32 for `k` up to
+/// [`INT8_MAX_K`], the lanes are added in i64).
+type DotsQ =
+    unsafe fn(*const i16, usize, usize, usize, *const i8, usize, usize, &mut [[i64; 4]; 4]);
 
 /// The weights and the kernel for them, chosen once per product.
 #[derive(Clone, Copy)]
 enum Weights {
     F16(*const f16, Dots<f16>),
-    I8(*const i8, Dots<i8>),
+    I8(*const i8, DotsQ),
 }
 
 /// The fastest f16 kernel `isa` (detected or forced, see `sgemm::with_isa`) allows.
@@ -205,21 +414,43 @@ fn kernel_f16(isa: Isa) -> Dots<f16> {
     dots_portable::<f16>
 }
 
-/// The fastest int8 kernel `isa` allows.
-fn kernel_i8(isa: Isa) -> Dots<i8> {
+/// The fastest int8 kernel `isa` allows, and its name: AVX-512 with VNNI (`vpdpwssd`),
+/// AVX-512BW, AVX2 (both `vpmaddwd`), portable.
+fn select_i8(isa: Isa) -> (DotsQ, &'static str) {
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => return dots_avx512_i8,
-        Isa::Avx2 => return dots_avx2_i8,
-        Isa::Portable => {}
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if isa == Isa::Avx512 && has!("avx512bw") {
+            return if has!("avx512vnni") {
+                (dots_q_avx512_vnni, "avx512-vnni (vpdpwssd)")
+            } else {
+                (dots_q_avx512, "avx512bw (vpmaddwd)")
+            };
+        }
+        if matches!(isa, Isa::Avx512 | Isa::Avx2) && has!("avx2") {
+            return (dots_q_avx2, "avx2 (vpmaddwd)");
+        }
     }
     let _ = isa;
-    dots_portable::<i8>
+    (dots_q_portable, "portable")
+}
+
+fn kernel_i8(isa: Isa) -> DotsQ {
+    select_i8(isa).0
+}
+
+/// The int8 kernel this thread uses, for benchmarks and reports.
+pub fn int8_kernel_name() -> &'static str {
+    select_i8(super::sgemm::current_isa()).1
 }
 
 #[derive(Clone, Copy)]
 struct Job {
     h: *const f32,
+    /// `h` rounded to int16 (int8 weights), row stride `k`, else null.
+    hq: *const i16,
+    /// The scale of each row of `hq`, else null.
+    hscale: *const f32,
     rows: usize,
     w: Weights,
     /// Per-row scales of int8 weights, else null.
@@ -249,12 +480,13 @@ impl Job {
                 unsafe { self.dots(r, nr, j, nj, &mut acc) };
                 for (ri, row) in acc.iter().enumerate().take(nr) {
                     for (jj, &v) in row.iter().enumerate().take(nj) {
-                        // SAFETY: (r + ri, j + jj) is inside `out`, in this task's columns.
+                        // SAFETY: (r + ri, j + jj) is inside `out`, in this task's columns;
+                        // scales exist for every row of h and w when not null.
                         unsafe {
                             let o = self.out.add((r + ri) * self.ldo + j + jj);
                             let mut v = v;
                             if !self.scales.is_null() {
-                                v *= *self.scales.add(j + jj);
+                                v *= *self.hscale.add(r + ri) * *self.scales.add(j + jj);
                             }
                             if !self.bias.is_null() {
                                 v += *self.bias.add(j + jj);
@@ -282,7 +514,15 @@ impl Job {
         unsafe {
             match self.w {
                 Weights::F16(w, kernel) => kernel(h, k, r, nr, w, j, nj, acc),
-                Weights::I8(w, kernel) => kernel(h, k, r, nr, w, j, nj, acc),
+                Weights::I8(w, kernel) => {
+                    let mut sums = [[0i64; 4]; 4];
+                    kernel(self.hq, k, r, nr, w, j, nj, &mut sums);
+                    for (a, s) in acc.iter_mut().zip(&sums) {
+                        for (a, &s) in a.iter_mut().zip(s) {
+                            *a = s as f32;
+                        }
+                    }
+                }
             }
         }
     }
@@ -436,28 +676,154 @@ dots_kernel!(
     |v| hsum256(v)
 );
 
-dots_kernel!(
-    dots_avx512_i8,
-    "avx512f",
-    i8,
-    16,
-    _mm512_setzero_ps(),
-    |p: *const i8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
-    |p: *const f32| _mm512_loadu_ps(p),
-    |a, b, c| _mm512_fmadd_ps(a, b, c),
-    |v| _mm512_reduce_add_ps(v)
+/// The integer sums of [`DotsQ`] in portable Rust.
+///
+/// # Safety
+/// As [`Job::dots`], with `hq` for `h`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_q_portable(
+    hq: *const i16,
+    k: usize,
+    r: usize,
+    nr: usize,
+    w: *const i8,
+    j: usize,
+    nj: usize,
+    acc: &mut [[i64; 4]; 4],
+) {
+    for jj in 0..nj {
+        // SAFETY: row j + jj of w has k weights.
+        let wr = unsafe { std::slice::from_raw_parts(w.add((j + jj) * k), k) };
+        for (ri, a) in acc.iter_mut().enumerate().take(nr) {
+            // SAFETY: row r + ri of hq has k values.
+            let hr = unsafe { std::slice::from_raw_parts(hq.add((r + ri) * k), k) };
+            a[jj] = hr.iter().zip(wr).map(|(&x, &y)| x as i64 * y as i64).sum();
+        }
+    }
+}
+
+/// Defines an x86 [`DotsQ`] kernel: `$lanes` int16 inputs per step, `$loadw` widening
+/// `$lanes` int8 weights to int16, `$loadx` loading `$lanes` inputs, `$madd(a, b, c)` adding
+/// the pairwise products of `a` and `b` to the int32 lanes of `c`, `$sum` adding the lanes
+/// in i64.
+macro_rules! dots_q_kernel {
+    ($name:ident, $features:literal, $lanes:literal, $zero:expr, $loadw:expr, $loadx:expr, $madd:expr, $sum:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            hq: *const i16,
+            k: usize,
+            r: usize,
+            nr: usize,
+            w: *const i8,
+            j: usize,
+            nj: usize,
+            acc: &mut [[i64; 4]; 4],
+        ) {
+            #[allow(unused_imports)]
+            use std::arch::x86_64::*;
+            let mut s = [[$zero; 4]; 4];
+            let main = k / $lanes * $lanes;
+            // SAFETY (whole body): reads stay inside rows r..r+nr of hq and j..j+nj of w
+            // (caller); rows past nj / nr are clamped to the last valid one, their sums unused.
+            unsafe {
+                let wrow = |jj: usize| w.add((j + jj.min(nj - 1)) * k);
+                let xrow = |ri: usize| hq.add((r + ri.min(nr - 1)) * k);
+                let (w0, w1, w2, w3) = (wrow(0), wrow(1), wrow(2), wrow(3));
+                // The next 4 weight rows fetched ahead, one line per row per line consumed
+                // (as in `dots_kernel`).
+                let ahead = 4 * k;
+                let mut p = 0;
+                while p < main {
+                    if p % 64 == 0 {
+                        for jj in 0..4 {
+                            _mm_prefetch::<_MM_HINT_T0>(wrow(jj).wrapping_add(p + ahead).cast());
+                        }
+                    }
+                    let b = [
+                        $loadw(w0.add(p)),
+                        $loadw(w1.add(p)),
+                        $loadw(w2.add(p)),
+                        $loadw(w3.add(p)),
+                    ];
+                    for (ri, srow) in s.iter_mut().enumerate() {
+                        if ri < nr {
+                            let a = $loadx(xrow(ri).add(p));
+                            for jj in 0..4 {
+                                srow[jj] = $madd(a, b[jj], srow[jj]);
+                            }
+                        }
+                    }
+                    p += $lanes;
+                }
+                for ri in 0..nr {
+                    for jj in 0..nj {
+                        let mut v: i64 = $sum(s[ri][jj]);
+                        for q in main..k {
+                            v += *xrow(ri).add(q) as i64 * *wrow(jj).add(q) as i64;
+                        }
+                        acc[ri][jj] = v;
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// The 16 int32 lanes of `v` added in i64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn hsum512_i64(v: std::arch::x86_64::__m512i) -> i64 {
+    use std::arch::x86_64::*;
+    let lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    let hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(v));
+    _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi))
+}
+
+/// The 8 int32 lanes of `v` added in i64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn hsum256_i64(v: std::arch::x86_64::__m256i) -> i64 {
+    use std::arch::x86_64::*;
+    let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v));
+    let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(v));
+    let s = _mm256_add_epi64(lo, hi);
+    let q = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    _mm_cvtsi128_si64(q) + _mm_extract_epi64::<1>(q)
+}
+
+dots_q_kernel!(
+    dots_q_avx512_vnni,
+    "avx512f,avx512bw,avx512vnni",
+    32,
+    _mm512_setzero_si512(),
+    |p: *const i8| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
+    |p: *const i16| _mm512_loadu_si512(p.cast()),
+    |a, b, c| _mm512_dpwssd_epi32(c, a, b),
+    |v| hsum512_i64(v)
 );
 
-dots_kernel!(
-    dots_avx2_i8,
-    "avx2,fma",
-    i8,
-    8,
-    _mm256_setzero_ps(),
-    |p: *const i8| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))),
-    |p: *const f32| _mm256_loadu_ps(p),
-    |a, b, c| _mm256_fmadd_ps(a, b, c),
-    |v| hsum256(v)
+dots_q_kernel!(
+    dots_q_avx512,
+    "avx512f,avx512bw",
+    32,
+    _mm512_setzero_si512(),
+    |p: *const i8| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
+    |p: *const i16| _mm512_loadu_si512(p.cast()),
+    |a, b, c| _mm512_add_epi32(c, _mm512_madd_epi16(a, b)),
+    |v| hsum512_i64(v)
+);
+
+dots_q_kernel!(
+    dots_q_avx2,
+    "avx2",
+    16,
+    _mm256_setzero_si256(),
+    |p: *const i8| _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())),
+    |p: *const i16| _mm256_loadu_si256(p.cast()),
+    |a, b, c| _mm256_add_epi32(c, _mm256_madd_epi16(a, b)),
+    |v| hsum256_i64(v)
 );
 
 #[cfg(test)]
@@ -506,12 +872,19 @@ mod tests {
 
     #[test]
     fn int8_matches_its_dequantised_weights_on_every_path() {
-        for (rows, n, k) in [(1, 70, 45), (5, 33, 512), (2, 9, 7)] {
+        for (rows, n, k) in [
+            (1, 70, 45),
+            (5, 33, 512),
+            (2, 9, 7),
+            (3, 12, 2048),
+            (1, 5, 100),
+        ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5)
                 .collect();
-            let m = MatLow::int8(&w, n, k);
+            let m = MatLow::int8(&w, n, k).expect("k fits");
             assert!(m.is_int8());
+            let scales = m.int8_scales().expect("int8").to_vec();
             let mut deq = vec![0.0f32; n * k];
             for (j, row) in deq.chunks_exact_mut(k).enumerate() {
                 m.row_into(j, row);
@@ -522,22 +895,71 @@ mod tests {
                     assert!((d - o).abs() <= max / 254.0 + 1e-7, "quantisation error");
                 }
             }
-            let h: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            // Inputs with an outlier (as in real activations) in every other row.
+            let h: Vec<f32> = (0..rows * k)
+                .map(|i| {
+                    let v = (i as f32 * 0.37).sin();
+                    if i % k == 3 && (i / k) % 2 == 1 {
+                        40.0
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let mut first: Option<Vec<f32>> = None;
             for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
                 if !isa.supported() {
                     continue;
                 }
-                let mut out = vec![0.0f32; rows * n];
-                with_isa(isa, || {
-                    matmul_low(&h, rows, &m, &mut out, n, false, None, Parallelism::None)
-                });
-                for r in 0..rows {
-                    for j in 0..n {
-                        let want: f32 = (0..k).map(|p| h[r * k + p] * deq[j * k + p]).sum();
-                        assert!((out[r * n + j] - want).abs() < 1e-4, "{isa:?} ({r},{j})");
+                for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                    let mut out = vec![0.0f32; rows * n];
+                    with_isa(isa, || {
+                        matmul_low(&h, rows, &m, &mut out, n, false, None, par)
+                    });
+                    for r in 0..rows {
+                        let hr = &h[r * k..(r + 1) * k];
+                        for j in 0..n {
+                            let want: f64 =
+                                (0..k).map(|p| hr[p] as f64 * deq[j * k + p] as f64).sum();
+                            let bound = scales[j] as f64 * m.input_rounding_bound(hr) as f64;
+                            let got = out[r * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= bound + 1e-5 * (1.0 + want.abs()),
+                                "{isa:?} k {k} ({r},{j}): {got} vs {want}, bound {bound}"
+                            );
+                        }
+                    }
+                    // Integer sums: every path and split gives the same bits.
+                    match &first {
+                        None => first = Some(out),
+                        Some(f) => assert!(
+                            f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{isa:?} {par:?} differs from the first path"
+                        ),
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn int8_keeps_non_finite_inputs_visible_and_refuses_long_rows() {
+        let (n, k) = (8, 64);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.1).cos()).collect();
+        let m = MatLow::int8(&w, n, k).expect("k fits");
+        let mut h = vec![0.5f32; 2 * k];
+        h[k + 7] = f32::NAN;
+        let mut out = vec![0.0f32; 2 * n];
+        matmul_low(&h, 2, &m, &mut out, n, false, None, Parallelism::None);
+        assert!(
+            out[..n].iter().all(|v| v.is_finite()),
+            "finite row stays finite"
+        );
+        assert!(
+            out[n..].iter().all(|v| v.is_nan()),
+            "a NaN input makes its row NaN"
+        );
+        let kk = INT8_MAX_K + 1;
+        assert!(MatLow::int8(&vec![0.0; kk], 1, kk).is_none());
     }
 }

@@ -123,7 +123,8 @@ impl Loader<'_> {
         let low = match (f16, self.int8) {
             (false, _) => None,
             (true, false) => MatLow::lossless(&weight, n_out, n_in),
-            (true, true) => Some(MatLow::int8(&weight, n_out, n_in)),
+            (true, true) => MatLow::int8(&weight, n_out, n_in)
+                .or_else(|| MatLow::lossless(&weight, n_out, n_in)),
         };
         Ok(match low {
             Some(low) => Linear::new_low(low, bias),
@@ -226,13 +227,13 @@ impl Weights {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let (tok_emb, vocab_screen) = {
             let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
-            if int8 {
-                (Embedding::Low(MatLow::int8(&w, dims.n_vocab, dt)), None)
-            } else {
-                let screen = MatLow::int8(&w, dims.n_vocab, dt);
-                let emb = Embedding::new(w, dt);
-                let f16 = matches!(&emb, Embedding::Low(m) if !m.is_int8());
-                (emb, f16.then_some(screen))
+            match (int8, MatLow::int8(&w, dims.n_vocab, dt)) {
+                (true, Some(q)) => (Embedding::Low(q), None),
+                (_, screen) => {
+                    let emb = Embedding::new(w, dt);
+                    let f16 = matches!(&emb, Embedding::Low(m) if !m.is_int8());
+                    (emb, screen.filter(|_| f16))
+                }
             }
         };
         Ok(Weights {
@@ -922,7 +923,7 @@ impl DecoderState {
                 w.tok_emb
                     .logits_cols(h, out_rows, exact_from..vocab, &mut self.logits, p);
                 for (e, row) in self.screen_err.iter_mut().zip(h.chunks_exact(d)) {
-                    *e = screen_error(row);
+                    *e = screen_error(row, screen);
                 }
                 self.screened = true;
             }
@@ -1038,10 +1039,11 @@ impl DecoderState {
 }
 
 /// The error bound factor of screened logits for the row `h`: each weight is within
-/// `scale / 2` of its int8 value, so `|exact − screened| ≤ scale[j] · ‖h‖₁ / 2`; the 5 % margin
-/// covers the f32 rounding of both sums (at most ~1 % of the bound for `d ≤ 1280`).
-fn screen_error(h: &[f32]) -> f32 {
-    0.5 * 1.05 * h.iter().map(|v| v.abs()).sum::<f32>()
+/// `scale / 2` of its int8 value, so the weights add at most `scale[j] · ‖h‖₁ / 2`, and the
+/// int16 rounding of `h` at most `scale[j] · input_rounding_bound(h)`; the 5 % margin covers
+/// the f32 rounding of both sums (at most ~1 % of the bound for `d ≤ 1280`).
+fn screen_error(h: &[f32], screen: &MatLow) -> f32 {
+    1.05 * (0.5 * h.iter().map(|v| v.abs()).sum::<f32>() + screen.input_rounding_bound(h))
 }
 
 /// [`DecoderState::refine`] for one row `h` whose logits below `exact_from` were screened with
@@ -1325,7 +1327,7 @@ mod tests {
             })
             .collect();
         let emb = Embedding::new(data.clone(), d);
-        let screen = MatLow::int8(&data, vocab, d);
+        let screen = MatLow::int8(&data, vocab, d).expect("d fits the int8 kernels");
         let mut total_recomputed = 0;
         for trial in 0..40 {
             let h: Vec<f32> = (0..d)
@@ -1346,7 +1348,7 @@ mod tests {
                 Parallelism::None,
             );
             emb.logits_cols(&h, 1, exact_from..vocab, &mut logits, Parallelism::None);
-            let err = screen_error(&h);
+            let err = screen_error(&h, &screen);
             let scales = screen.int8_scales().expect("int8");
             for j in 0..vocab {
                 let bound = if j < exact_from { scales[j] * err } else { 0.0 };
