@@ -269,7 +269,7 @@ fn abs_max_portable(row: &[f32]) -> (f32, bool) {
     let mut nonfinite = false;
     for &v in row {
         let a = v.abs();
-        nonfinite |= !(a <= f32::MAX);
+        nonfinite |= !a.is_finite();
         if a > max && a <= f32::MAX {
             max = a;
         }
