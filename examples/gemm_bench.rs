@@ -14,7 +14,9 @@
 //!   weights; packed per call for attention),
 //! - `avx2`: the new kernel forced onto its AVX2 path (where the CPU has AVX2),
 //! - `bf16`: the bf16 GEMM of `compute-type=bf16` ([`amx::gemm`]: AMX tiles where the CPU has
-//!   them, shown as `bf16`; else f32 kernels on bf16-rounded operands, shown as `bf16emu`); its
+//!   them, shown as `bf16`; `vdpbf16ps` where the CPU has AVX512_BF16 without AMX, shown as
+//!   `bf16dp`, its 2048³ product also against a `vdpbf16ps` loop's peak; else f32 kernels on
+//!   bf16-rounded operands, shown as `bf16emu`); its
 //!   column shows the speed-up over `sgemm` at the same thread count instead of a percentage,
 //!
 //! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses). The peak
@@ -575,6 +577,16 @@ fn fma_peak(threads: usize) -> f64 {
     })
 }
 
+/// The `vdpbf16ps` loop peak of `threads` threads together (None without AVX512_BF16).
+fn dpbf16_peak(threads: usize) -> Option<f64> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| amx::dpbf16_peak_gflops(Duration::from_millis(600))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
 fn main() {
     let mut models = vec!["base".to_string()];
     let mut runs = 7usize;
@@ -634,6 +646,7 @@ fn main() {
     println!("bf16 backend     {bf16_backend:?}");
     let bf16_name = match bf16_backend {
         amx::Backend::Amx => "bf16",
+        amx::Backend::Avx512Bf16 => "bf16dp",
         amx::Backend::Emulated => "bf16emu",
     };
     impls.push((bf16_name, Impl::Bf16));
@@ -669,10 +682,17 @@ fn main() {
             .map(|&(_, imp)| gflops(imp, &mut big_ops))
             .fold(0.0, f64::max);
         let bf16 = if impls.iter().any(|&(_, imp)| imp == Impl::Bf16) {
-            format!(
-                "   {bf16_name} GEMM 2048³ {:7.1} GFLOP/s",
-                gflops(Impl::Bf16, &mut big_ops)
-            )
+            let g = gflops(Impl::Bf16, &mut big_ops);
+            // The vdpbf16ps kernel against its own peak (twice the FMA loop's flops per
+            // instruction).
+            let own = if bf16_backend == amx::Backend::Avx512Bf16 {
+                dpbf16_peak(t).map_or(String::new(), |p| {
+                    format!(" ({:.0}% of a vdpbf16ps loop, {p:.1})", 100.0 * g / p)
+                })
+            } else {
+                String::new()
+            };
+            format!("   {bf16_name} GEMM 2048³ {g:7.1} GFLOP/s{own}")
         } else {
             String::new()
         };

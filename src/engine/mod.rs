@@ -37,12 +37,14 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 /// - `bf16`: the encoder's matrix products (convolutions as im2col, QKV, attention scores and
 ///   `P · V`, output projection, MLP) take bf16-rounded inputs (round to nearest even) and
 ///   accumulate in f32; LayerNorm, GELU, softmax, bias and residuals stay f32. Runs on Intel AMX
-///   tiles where the CPU has them (several times faster than the f32 encoder); elsewhere the
-///   f32 kernels run on bf16-rounded operands, which gives the same numbers up to summation
-///   order but no speed-up. The decoder is as with `f32`.
+///   tiles where the CPU has them (several times faster than the f32 encoder), else on AVX-512
+///   `vdpbf16ps` where the CPU has AVX512_BF16 (AMD Zen 4 and 5: the encoder's products about
+///   1.9x f32's); elsewhere the f32 kernels run on bf16-rounded operands, which gives the same
+///   numbers up to summation order but no speed-up. The decoder is as with `f32`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles,
-///   `f32` elsewhere (emulated bf16 is no faster; see [`ComputeType::resolution`]). bf16 is
+///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles or
+///   `vdpbf16ps`, `f32` elsewhere (emulated bf16 is no faster; see
+///   [`ComputeType::resolution`]). bf16 is
 ///   not bit-faithful: on the 295 s benchmark audio base gives f32's words (two segment times
 ///   0.04 s apart) while tiny.en re-segments and changes a few words at a WER of 7.00 % against
 ///   f32's 7.12 %; jfk.wav is identical for both. `int8` keeps the WER there too (7.12 % and
@@ -67,28 +69,30 @@ impl ComputeType {
 
     /// The concrete type and why: `auto` picks, per CPU, the fastest type whose WER stays within
     /// faster-whisper float32's + 0.5 point on `scripts/bench-anchor` (measured per machine
-    /// class, see the README's Performance section): `bf16` where Intel AMX tiles run the
-    /// encoder, else `f32` (`int8` is faster offline at the same benchmark WER, but its live WER
-    /// is at the edge of the live target: opt-in).
+    /// class, see the README's Performance section): `bf16` where Intel AMX tiles or AVX-512
+    /// `vdpbf16ps` run the encoder, else `f32` (`int8` is faster offline at the same benchmark
+    /// WER, but its live WER is at the edge of the live target: opt-in).
     pub fn resolution(self) -> (ComputeType, &'static str) {
         match self {
-            ComputeType::Auto => {
-                if cpu::amx::Backend::detected() == cpu::amx::Backend::Amx {
-                    (
-                        ComputeType::Bf16,
-                        "this CPU has Intel AMX: the bf16 encoder runs on its tiles, about 3x the \
+            ComputeType::Auto => match cpu::amx::Backend::detected() {
+                cpu::amx::Backend::Amx => (
+                    ComputeType::Bf16,
+                    "this CPU has Intel AMX: the bf16 encoder runs on its tiles, about 3x the \
                          f32 encoder, at a WER within faster-whisper float32's + 0.5",
-                    )
-                } else {
-                    (
-                        ComputeType::F32,
-                        "no Intel AMX on this CPU (bf16 would be emulated, at f32 speed); int8 is \
-                         faster offline at the same benchmark WER, but live it reads 2.0 points \
-                         above offline on the 111.9 s test recording (f32: 0.3), so it stays opt-in \
-                         (compute-type=int8)",
-                    )
-                }
-            }
+                ),
+                cpu::amx::Backend::Avx512Bf16 => (
+                    ComputeType::Bf16,
+                    "this CPU has AVX512_BF16 (no AMX): the bf16 encoder runs on vdpbf16ps, \
+                         about 1.7x the f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                ),
+                cpu::amx::Backend::Emulated => (
+                    ComputeType::F32,
+                    "neither Intel AMX nor AVX512_BF16 on this CPU (bf16 would be emulated, at \
+                         f32 speed); int8 is faster offline at the same benchmark WER, but live it \
+                         reads 2.0 points above offline on the 111.9 s test recording (f32: 0.3), \
+                         so it stays opt-in (compute-type=int8)",
+                ),
+            },
             other => (other, "as asked"),
         }
     }

@@ -1254,7 +1254,11 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for backend in [amx::Backend::Amx, amx::Backend::Emulated] {
+        for backend in [
+            amx::Backend::Amx,
+            amx::Backend::Avx512Bf16,
+            amx::Backend::Emulated,
+        ] {
             if !backend.supported() {
                 continue;
             }
