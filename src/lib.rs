@@ -13,8 +13,9 @@ pub mod fault;
 pub mod model;
 pub mod transcribe;
 
-#[cfg(test)]
-pub(crate) mod test_support;
+/// Test helpers shared by the unit and integration tests (not a public API).
+#[doc(hidden)]
+pub mod test_support;
 
 pub use error::{Error, ModelError};
 pub use transcribe::{Segment, Task, TranscribeOptions};

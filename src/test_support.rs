@@ -1,10 +1,12 @@
-//! Helpers for the unit tests.
+//! Helpers for the unit and integration tests (`tests/common` calls them).
 
-/// Records that the calling unit test cannot run here and why; the test must `return` right
-/// after. As `tests/common::skip`: `skipped: WHY` on stderr, and `TEST<tab>WHY` appended to the
-/// file `WHISPERNPU_SKIP_LOG` names (scripts/test counts those tests as skipped, not passed).
-/// Only for what a machine cannot provide (a CPU feature it lacks).
-pub(crate) fn skip(why: &str) {
+/// Records that the calling test cannot run here and why; the test must `return` right after.
+/// Prints `skipped: WHY` on stderr (shown with `--nocapture`) and, when `WHISPERNPU_SKIP_LOG`
+/// names a file (scripts/test sets it), appends `TEST<tab>WHY` to it, so that the summary counts
+/// the test as skipped rather than passed (cargo reports a test that returns early as passed).
+/// Only for what a machine cannot provide (a device or CPU feature it lacks, a device it has); a
+/// missing model, runtime or tool is a failure, never a skip.
+pub fn skip(why: &str) {
     eprintln!("skipped: {why}");
     if let Some(log) = std::env::var_os("WHISPERNPU_SKIP_LOG") {
         use std::io::Write;

@@ -100,12 +100,7 @@ fn harness(model: &Path, props: &[(&str, &str)]) -> (Harness, gst::Bus, gst::Ele
 }
 
 fn audio_caps(format: &str) -> gst::Caps {
-    gst::Caps::builder("audio/x-raw")
-        .field("format", format)
-        .field("rate", RATE as i32)
-        .field("channels", 1i32)
-        .field("layout", "interleaved")
-        .build()
+    common::audio_caps(format, RATE as i32)
 }
 
 fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {

@@ -26,14 +26,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstwhispernpu::plugin_register_static().expect("register whispernpu");
-    });
-}
+use common::gst_init as init;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("whispernpu-fail-{name}-{}", std::process::id()));
@@ -137,29 +130,27 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// tiny.en with `model.bin` truncated to 30 000 000 bytes.
-fn truncated_model() -> PathBuf {
-    let dir = temp_dir("truncated");
+/// A copy of tiny.en in a fresh directory `name`, its `model.bin` handed to `edit`.
+fn edited_tiny(name: &str, edit: impl FnOnce(&std::fs::File)) -> PathBuf {
+    let dir = temp_dir(name);
     copy_dir(&common::model_dir("tiny.en"), &dir);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("model.bin"))
         .unwrap();
-    f.set_len(30_000_000).unwrap();
+    edit(&f);
     dir
+}
+
+/// tiny.en with `model.bin` truncated to 30 000 000 bytes.
+fn truncated_model() -> PathBuf {
+    edited_tiny("truncated", |f| f.set_len(30_000_000).unwrap())
 }
 
 /// tiny.en with 8 bytes of 0xff (four f16 NaNs) written into its token embedding.
 fn nan_model() -> PathBuf {
     use std::os::unix::fs::FileExt;
-    let dir = temp_dir("nan");
-    copy_dir(&common::model_dir("tiny.en"), &dir);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("model.bin"))
-        .unwrap();
-    f.write_all_at(&[0xff; 8], 20_000_000).unwrap();
-    dir
+    edited_tiny("nan", |f| f.write_all_at(&[0xff; 8], 20_000_000).unwrap())
 }
 
 /// tiny.en re-written as CTranslate2 with only the first 750 audio positions.

@@ -8,14 +8,7 @@ use std::sync::Arc;
 
 use gst::prelude::*;
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstwhispernpu::plugin_register_static().expect("register whispernpu");
-    });
-}
+use common::gst_init as init;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("whispernpu-{name}-{}", std::process::id()));

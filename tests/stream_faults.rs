@@ -36,14 +36,7 @@ const SENTENCES: [(&str, &str); 10] = [
 /// Spoken, half of it, just before the flush.
 const FLUSHED: &str = "Elephants walked slowly across the dusty plain.";
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstwhispernpu::plugin_register_static().expect("register whispernpu");
-    });
-}
+use common::gst_init as init;
 
 fn speech(name: &str, text: &str) -> Vec<f32> {
     let wav = common::synthesise(name, text, "en-us");
@@ -54,12 +47,7 @@ fn speech(name: &str, text: &str) -> Vec<f32> {
 }
 
 fn caps(format: &str) -> gst::Caps {
-    gst::Caps::builder("audio/x-raw")
-        .field("format", format)
-        .field("rate", RATE as i32)
-        .field("channels", 1i32)
-        .field("layout", "interleaved")
-        .build()
+    common::audio_caps(format, RATE as i32)
 }
 
 fn time_of(samples: usize) -> gst::ClockTime {

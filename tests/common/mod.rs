@@ -9,31 +9,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Records that the calling test cannot run here and why; the test must `return` right after.
-/// Prints `skipped: WHY` on stderr (shown with `--nocapture`) and, when `WHISPERNPU_SKIP_LOG`
-/// names a file (scripts/test sets it), appends `TEST<tab>WHY` to it, so that the summary counts
-/// the test as skipped rather than passed (cargo reports a test that returns early as passed).
-/// Only for what a machine cannot provide (a device it lacks, a device it has); a missing model,
-/// runtime or tool is a failure, never a skip.
+/// Records that the calling test cannot run here and why; the test must `return` right after
+/// (see `gstwhispernpu::test_support::skip`: counted as skipped by scripts/test).
 pub fn skip(why: &str) {
-    eprintln!("skipped: {why}");
-    if let Some(log) = std::env::var_os("WHISPERNPU_SKIP_LOG") {
-        use std::io::Write;
-        let thread = std::thread::current();
-        let test = thread.name().unwrap_or("?");
-        let line = format!("{test}\t{}\n", why.replace(['\n', '\t'], " "));
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            panic!(
-                "cannot record the skip in {}: {e}",
-                Path::new(&log).display()
-            );
-        }
-    }
+    gstwhispernpu::test_support::skip(why);
 }
 
 /// `../shared/testdata/jfk.wav` (or `$WHISPERNPU_TESTDATA/jfk.wav`).
@@ -305,4 +284,24 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         bb += y as f64 * y as f64;
     }
     ab / (aa.sqrt() * bb.sqrt())
+}
+
+/// GStreamer initialised and the plugin registered statically (once per test binary).
+pub fn gst_init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst::init");
+        gstwhispernpu::plugin_register_static().expect("register whispernpu");
+    });
+}
+
+/// Caps of interleaved mono raw audio in `format` (`S16LE`, `F32LE`) at `rate` Hz.
+pub fn audio_caps(format: &str, rate: i32) -> gst::Caps {
+    gst::Caps::builder("audio/x-raw")
+        .field("format", format)
+        .field("rate", rate)
+        .field("channels", 1i32)
+        .field("layout", "interleaved")
+        .build()
 }

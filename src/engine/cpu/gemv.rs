@@ -540,13 +540,6 @@ impl Elem for f16 {
     }
 }
 
-impl Elem for i8 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
-}
-
 /// Portable fallback.
 ///
 /// # Safety
@@ -573,22 +566,26 @@ unsafe fn dots_portable<E: Elem>(
     }
 }
 
-/// Defines an x86 `dots` kernel (see [`Job::dots`]) for one vector width: `$lanes` floats per
-/// vector, `$cvt` converting `$lanes` halves at a pointer, `$sum` reducing a vector.
+/// Defines an x86 `dots` kernel (see [`Job::dots`], [`DotsQ`]): inputs of type `$xty`,
+/// weights of type `$wty`, sums of type `$acc`; `$lanes` products per step, `$cvt` widening
+/// `$lanes` weights at a pointer, `$load` loading `$lanes` inputs, `$fma(a, b, c)` adding the
+/// products of `a` and `b` to `c`, `$sum` reducing a vector to `$acc`, `$tail(x, w)` one product
+/// past the last full step.
 macro_rules! dots_kernel {
-    ($name:ident, $features:literal, $wty:ty, $lanes:literal, $zero:expr, $cvt:expr, $load:expr, $fma:expr, $sum:expr) => {
+    ($name:ident, $features:literal, $xty:ty, $wty:ty, $acc:ty, $lanes:literal, $zero:expr,
+     $cvt:expr, $load:expr, $fma:expr, $sum:expr, $tail:expr) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
-            h: *const f32,
+            h: *const $xty,
             k: usize,
             r: usize,
             nr: usize,
             w: *const $wty,
             j: usize,
             nj: usize,
-            acc: &mut [[f32; 4]; 4],
+            acc: &mut [[$acc; 4]; 4],
         ) {
             #[allow(unused_imports)]
             use std::arch::x86_64::*;
@@ -630,9 +627,9 @@ macro_rules! dots_kernel {
                 }
                 for ri in 0..nr {
                     for jj in 0..nj {
-                        let mut v = $sum(s[ri][jj]);
+                        let mut v: $acc = $sum(s[ri][jj]);
                         for q in main..k {
-                            v += *hrow(ri).add(q) * Elem::to_f32(*wrow(jj).add(q));
+                            v += $tail(*hrow(ri).add(q), *wrow(jj).add(q));
                         }
                         acc[ri][jj] = v;
                     }
@@ -645,13 +642,16 @@ macro_rules! dots_kernel {
 dots_kernel!(
     dots_avx512,
     "avx512f",
+    f32,
     f16,
+    f32,
     16,
     _mm512_setzero_ps(),
     |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
     |p: *const f32| _mm512_loadu_ps(p),
     |a, b, c| _mm512_fmadd_ps(a, b, c),
-    |v| _mm512_reduce_add_ps(v)
+    |v| _mm512_reduce_add_ps(v),
+    |x: f32, w: f16| x * w.to_f32()
 );
 
 /// Sum of the 8 lanes.
@@ -667,13 +667,16 @@ fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
 dots_kernel!(
     dots_avx2,
     "avx2,fma,f16c",
+    f32,
     f16,
+    f32,
     8,
     _mm256_setzero_ps(),
     |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
     |p: *const f32| _mm256_loadu_ps(p),
     |a, b, c| _mm256_fmadd_ps(a, b, c),
-    |v| hsum256(v)
+    |v| hsum256(v),
+    |x: f32, w: f16| x * w.to_f32()
 );
 
 /// The integer sums of [`DotsQ`] in portable Rust.
@@ -702,75 +705,6 @@ unsafe fn dots_q_portable(
     }
 }
 
-/// Defines an x86 [`DotsQ`] kernel: `$lanes` int16 inputs per step, `$loadw` widening
-/// `$lanes` int8 weights to int16, `$loadx` loading `$lanes` inputs, `$madd(a, b, c)` adding
-/// the pairwise products of `a` and `b` to the int32 lanes of `c`, `$sum` adding the lanes
-/// in i64.
-macro_rules! dots_q_kernel {
-    ($name:ident, $features:literal, $lanes:literal, $zero:expr, $loadw:expr, $loadx:expr, $madd:expr, $sum:expr) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name(
-            hq: *const i16,
-            k: usize,
-            r: usize,
-            nr: usize,
-            w: *const i8,
-            j: usize,
-            nj: usize,
-            acc: &mut [[i64; 4]; 4],
-        ) {
-            #[allow(unused_imports)]
-            use std::arch::x86_64::*;
-            let mut s = [[$zero; 4]; 4];
-            let main = k / $lanes * $lanes;
-            // SAFETY (whole body): reads stay inside rows r..r+nr of hq and j..j+nj of w
-            // (caller); rows past nj / nr are clamped to the last valid one, their sums unused.
-            unsafe {
-                let wrow = |jj: usize| w.add((j + jj.min(nj - 1)) * k);
-                let xrow = |ri: usize| hq.add((r + ri.min(nr - 1)) * k);
-                let (w0, w1, w2, w3) = (wrow(0), wrow(1), wrow(2), wrow(3));
-                // The next 4 weight rows fetched ahead, one line per row per line consumed
-                // (as in `dots_kernel`).
-                let ahead = 4 * k;
-                let mut p = 0;
-                while p < main {
-                    if p % 64 == 0 {
-                        for jj in 0..4 {
-                            _mm_prefetch::<_MM_HINT_T0>(wrow(jj).wrapping_add(p + ahead).cast());
-                        }
-                    }
-                    let b = [
-                        $loadw(w0.add(p)),
-                        $loadw(w1.add(p)),
-                        $loadw(w2.add(p)),
-                        $loadw(w3.add(p)),
-                    ];
-                    for (ri, srow) in s.iter_mut().enumerate() {
-                        if ri < nr {
-                            let a = $loadx(xrow(ri).add(p));
-                            for jj in 0..4 {
-                                srow[jj] = $madd(a, b[jj], srow[jj]);
-                            }
-                        }
-                    }
-                    p += $lanes;
-                }
-                for ri in 0..nr {
-                    for jj in 0..nj {
-                        let mut v: i64 = $sum(s[ri][jj]);
-                        for q in main..k {
-                            v += *xrow(ri).add(q) as i64 * *wrow(jj).add(q) as i64;
-                        }
-                        acc[ri][jj] = v;
-                    }
-                }
-            }
-        }
-    };
-}
-
 /// The 16 int32 lanes of `v` added in i64.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -793,37 +727,49 @@ fn hsum256_i64(v: std::arch::x86_64::__m256i) -> i64 {
     _mm_cvtsi128_si64(q) + _mm_extract_epi64::<1>(q)
 }
 
-dots_q_kernel!(
+dots_kernel!(
     dots_q_avx512_vnni,
     "avx512f,avx512bw,avx512vnni",
+    i16,
+    i8,
+    i64,
     32,
     _mm512_setzero_si512(),
     |p: *const i8| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
     |p: *const i16| _mm512_loadu_si512(p.cast()),
     |a, b, c| _mm512_dpwssd_epi32(c, a, b),
-    |v| hsum512_i64(v)
+    |v| hsum512_i64(v),
+    |x: i16, w: i8| x as i64 * w as i64
 );
 
-dots_q_kernel!(
+dots_kernel!(
     dots_q_avx512,
     "avx512f,avx512bw",
+    i16,
+    i8,
+    i64,
     32,
     _mm512_setzero_si512(),
     |p: *const i8| _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
     |p: *const i16| _mm512_loadu_si512(p.cast()),
     |a, b, c| _mm512_add_epi32(c, _mm512_madd_epi16(a, b)),
-    |v| hsum512_i64(v)
+    |v| hsum512_i64(v),
+    |x: i16, w: i8| x as i64 * w as i64
 );
 
-dots_q_kernel!(
+dots_kernel!(
     dots_q_avx2,
     "avx2",
+    i16,
+    i8,
+    i64,
     16,
     _mm256_setzero_si256(),
     |p: *const i8| _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())),
     |p: *const i16| _mm256_loadu_si256(p.cast()),
     |a, b, c| _mm256_add_epi32(c, _mm256_madd_epi16(a, b)),
-    |v| hsum256_i64(v)
+    |v| hsum256_i64(v),
+    |x: i16, w: i8| x as i64 * w as i64
 );
 
 #[cfg(test)]
