@@ -93,7 +93,7 @@ pub enum ComputeTypeMode {
     #[enum_value(name = "Int8: int8 decoder weights, f32 encoder", nick = "int8")]
     Int8,
     #[enum_value(
-        name = "Bf16: bf16 encoder products (Intel AMX where available), decoder as f32",
+        name = "Bf16: bf16 encoder products (Intel AMX, or AVX512_BF16 on AMD, where available), decoder as f32",
         nick = "bf16"
     )]
     Bf16,

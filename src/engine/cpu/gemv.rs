@@ -70,8 +70,14 @@ fn index<E>(j: usize, p: usize, n: usize, k: usize) -> usize {
     g * k + p0 * gr + (j - g) * cl + (p - p0)
 }
 
-/// Row-major `w[n][k]` in the layout of [`index`].
-fn interleave<E: Copy>(w: &[E], n: usize, k: usize) -> Vec<E> {
+/// `f(j, w[j][p])` for every element of the row-major `w[n][k]`, stored in the layout of
+/// [`index`] (built in place: no row-major copy of the result is ever held).
+fn interleave_map<T: Copy, E>(
+    w: &[T],
+    n: usize,
+    k: usize,
+    mut f: impl FnMut(usize, T) -> E,
+) -> Vec<E> {
     let c = chunk::<E>();
     let mut out = Vec::with_capacity(n * k);
     for g in (0..n).step_by(GROUP) {
@@ -79,7 +85,7 @@ fn interleave<E: Copy>(w: &[E], n: usize, k: usize) -> Vec<E> {
         for p0 in (0..k).step_by(c) {
             let cl = c.min(k - p0);
             for r in g..g + gr {
-                out.extend_from_slice(&w[r * k + p0..r * k + p0 + cl]);
+                out.extend(w[r * k + p0..r * k + p0 + cl].iter().map(|&v| f(r, v)));
             }
         }
     }
@@ -90,15 +96,17 @@ impl MatLow {
     /// `w[n][k]` as f16 when every value survives the conversion exactly, else `None`.
     pub fn lossless(w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k);
-        let data: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-        data.iter()
-            .zip(w)
-            .all(|(h, &v)| h.to_f32() == v)
-            .then(|| Self {
-                data: Low::F16(interleave(&data, n, k)),
-                n,
-                k,
-            })
+        let mut exact = true;
+        let data = interleave_map(w, n, k, |_, v| {
+            let h = f16::from_f32(v);
+            exact &= h.to_f32() == v;
+            h
+        });
+        exact.then_some(Self {
+            data: Low::F16(data),
+            n,
+            k,
+        })
     }
 
     /// `w[n][k]` quantised to int8 per row (lossy: about 0.4 % of the row's largest weight);
@@ -108,30 +116,22 @@ impl MatLow {
         if k > INT8_MAX_K {
             return None;
         }
-        let mut q = vec![0i8; n * k];
-        let mut scales = vec![0.0f32; n];
-        for ((row, qrow), scale) in w
-            .chunks_exact(k)
-            .zip(q.chunks_exact_mut(k))
-            .zip(&mut scales)
-        {
-            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            for (d, &v) in qrow.iter_mut().zip(row) {
-                *d = (v / *scale).round().clamp(-127.0, 127.0) as i8;
-            }
-        }
-        let abs_sum = q
-            .chunks_exact(k.max(1))
-            .map(|row| row.iter().map(|&v| (v as i64).abs()).sum::<i64>())
-            .max()
-            .unwrap_or(0);
+        let scales: Vec<f32> = (0..n)
+            .map(|j| {
+                let row = &w[j * k..(j + 1) * k];
+                let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                if max > 0.0 { max / 127.0 } else { 1.0 }
+            })
+            .collect();
+        let mut row_abs = vec![0i64; n];
+        let q = interleave_map(w, n, k, |j, v| {
+            let q = (v / scales[j]).round().clamp(-127.0, 127.0) as i8;
+            row_abs[j] += (q as i64).abs();
+            q
+        });
+        let abs_sum = row_abs.into_iter().max().unwrap_or(0);
         Some(Self {
-            data: Low::I8 {
-                q: interleave(&q, n, k),
-                scales,
-                abs_sum,
-            },
+            data: Low::I8 { q, scales, abs_sum },
             n,
             k,
         })
@@ -615,7 +615,35 @@ impl Elem for f16 {
     }
 }
 
-/// Portable fallback.
+/// The sums of a `dots` kernel in portable Rust, one output at a time: `acc[ri][jj] =
+/// Σ_p mul(h[r + ri][p], W[j][p])` in `p` order.
+///
+/// # Safety
+/// As [`Job::dots`], `h` of `X`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_portable_with<X: Copy, E: Copy, A: std::iter::Sum>(
+    h: *const X,
+    k: usize,
+    r: usize,
+    nr: usize,
+    w: *const E,
+    n: usize,
+    rows: WRows,
+    acc: &mut [[A; 4]; 4],
+    mul: impl Fn(X, E) -> A,
+) {
+    for jj in 0..rows.nj {
+        let j = rows.group + rows.first + jj;
+        for (ri, a) in acc.iter_mut().enumerate().take(nr) {
+            // SAFETY: row r + ri of h has k values; W[j][p] is inside w (caller).
+            a[jj] = (0..k)
+                .map(|p| unsafe { mul(*h.add((r + ri) * k + p), *w.add(index::<E>(j, p, n, k))) })
+                .sum();
+        }
+    }
+}
+
+/// Portable fallback for f16 weights.
 ///
 /// # Safety
 /// As [`Job::dots`].
@@ -630,17 +658,8 @@ unsafe fn dots_portable<E: Elem>(
     rows: WRows,
     acc: &mut [[f32; 4]; 4],
 ) {
-    for jj in 0..rows.nj {
-        let j = rows.group + rows.first + jj;
-        for (ri, a) in acc.iter_mut().enumerate().take(nr) {
-            // SAFETY: row r + ri of h has k floats; W[j][p] is inside w (caller).
-            a[jj] = (0..k)
-                .map(|p| unsafe {
-                    *h.add((r + ri) * k + p) * (*w.add(index::<E>(j, p, n, k))).to_f32()
-                })
-                .sum();
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { dots_portable_with(h, k, r, nr, w, n, rows, acc, |x, y: E| x * y.to_f32()) }
 }
 
 /// Defines an x86 `dots` kernel (see [`Job::dots`], [`DotsQ`]): inputs of type `$xty`,
@@ -780,17 +799,8 @@ unsafe fn dots_q_portable(
     rows: WRows,
     acc: &mut [[i64; 4]; 4],
 ) {
-    for jj in 0..rows.nj {
-        let j = rows.group + rows.first + jj;
-        for (ri, a) in acc.iter_mut().enumerate().take(nr) {
-            // SAFETY: row r + ri of hq has k values; W[j][p] is inside w (caller).
-            a[jj] = (0..k)
-                .map(|p| unsafe {
-                    *hq.add((r + ri) * k + p) as i64 * *w.add(index::<i8>(j, p, n, k)) as i64
-                })
-                .sum();
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { dots_portable_with(hq, k, r, nr, w, n, rows, acc, |x, y| x as i64 * y as i64) }
 }
 
 /// The 16 int32 lanes of `v` added in i64.
