@@ -251,11 +251,7 @@ fn amx_usable() -> bool {
         {
             use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
             let (max_leaf, _) = __get_cpuid_max(0);
-            if max_leaf < 7
-                || !is_x86_feature_detected!("avx512f")
-                || !is_x86_feature_detected!("avx512bw")
-                || !is_x86_feature_detected!("avx512bf16")
-            {
+            if max_leaf < 7 || !avx512bf16_usable() {
                 return false;
             }
             let edx = __cpuid_count(7, 0).edx;

@@ -15,10 +15,10 @@
 //!   at most 1/32 766 of the row's largest value per element, far below the weights' own
 //!   rounding of 1/254), then the products are exact integer multiply-adds: `vpdpwssd` (32
 //!   weights per instruction) with AVX-512 VNNI, `vpmaddwd` + add with AVX-512BW or AVX2 (32 /
-//!   16), the same integer sums in portable Rust elsewhere. Converting each int8 weight to f32
-//!   took three instructions per 16 weights before the one FMA that used it; a decoder token
-//!   is bound by those, not by memory. Every path computes the same integer sums, so the
-//!   results are identical bit for bit whatever the CPU.
+//!   16), the same integer sums in portable Rust elsewhere, instead of three instructions per
+//!   16 weights converting them to f32 before one FMA: faster while the weights are in cache
+//!   (a decoder token streaming them from memory is bound by the memory). Every path computes
+//!   the same integer sums, so the results are identical bit for bit whatever the CPU.
 
 use gemm::Parallelism;
 use half::f16;
@@ -305,8 +305,8 @@ pub const INT8_MAX_K: usize = 8_192;
 /// product is NaN, as in f32, instead of a finite value computed from a clamped input).
 pub fn input_scale(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    let (max, nonfinite) = if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
+    let (max, nonfinite) = if super::sgemm::current_isa() == Isa::Avx512 {
+        // SAFETY: the AVX-512 path is only chosen (or forced) where the CPU has AVX-512F.
         unsafe { abs_max_avx512(row) }
     } else {
         abs_max_portable(row)
@@ -365,8 +365,8 @@ fn abs_max_avx512(row: &[f32]) -> (f32, bool) {
 fn quantise_row(row: &[f32], inv: f32, q: &mut [i16]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
+        if super::sgemm::current_isa() == Isa::Avx512 {
+            // SAFETY: the AVX-512 path is only chosen (or forced) where the CPU has AVX-512F.
             return unsafe { quantise_avx512(row, inv, q) };
         }
     }
