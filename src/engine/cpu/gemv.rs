@@ -431,16 +431,12 @@ fn with_quantised<R>(h: &[f32], rows: usize, k: usize, f: impl FnOnce(&[i16], &[
             quantise_row(row, 1.0 / *s, q);
         }
     };
-    BUF.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            fill(&mut buf);
-            f(&buf.0, &buf.1)
-        }
-        Err(_) => {
-            let mut buf = (Vec::new(), Vec::new());
-            fill(&mut buf);
-            f(&buf.0, &buf.1)
-        }
+    BUF.with(|cell| {
+        let mut own = (Vec::new(), Vec::new());
+        let mut guard = cell.try_borrow_mut();
+        let buf = guard.as_deref_mut().unwrap_or(&mut own);
+        fill(buf);
+        f(&buf.0, &buf.1)
     })
 }
 
