@@ -40,7 +40,7 @@ use std::sync::OnceLock;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::ops::simd_dispatch;
+use super::math::{self, simd_dispatch};
 use super::sgemm::{self, Epilogue, MatRef, PackedB, threads_of};
 
 /// Depth of one tile step: a 64-byte tile row holds 32 bf16.
@@ -107,7 +107,7 @@ fn softmax_round_row_body(row: &mut [f32], scale: f32) -> f32 {
         .chain(tail)
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    let e = |x: f32| round_bf16(super::ops::exp_nonpositive((x - max) * scale));
+    let e = |x: f32| round_bf16(math::exp_nonpositive((x - max) * scale));
     let mut sums = [0.0f32; L];
     let (chunks, tail) = row.as_chunks_mut::<L>();
     for c in chunks {
@@ -511,7 +511,7 @@ thread_local! {
 pub enum Activation {
     #[default]
     None,
-    /// GELU, erf form: [`ops::gelu`](super::ops::gelu) (emulated backend: `ops::gelu_inplace` on
+    /// GELU, erf form: [`math::gelu`] (emulated backend: `math::gelu_inplace` on
     /// the product; AMX: a faster evaluation of the same formula, within a few ulp).
     Gelu,
 }
@@ -564,11 +564,11 @@ pub fn gemm_act(
             gemm_emulated(m, a, &b.f32, c, ldc, ep, par);
             if act == Activation::Gelu {
                 if ldc == n {
-                    super::ops::gelu_inplace(&mut c[..m * n]);
+                    math::gelu_inplace(&mut c[..m * n]);
                 } else {
                     c.chunks_mut(ldc)
                         .take(m)
-                        .for_each(|row| super::ops::gelu_inplace(&mut row[..n]));
+                        .for_each(|row| math::gelu_inplace(&mut row[..n]));
                 }
             }
         }
@@ -914,7 +914,7 @@ unsafe fn softmax_row_to_tiles(
         let c = _mm512_set1_ps(scale * std::f32::consts::LOG2_E);
         let max_c = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(m)), c);
         // y ≥ -125 keeps 2^y normal (a subnormal result costs a microcode assist); as in
-        // `ops::exp_nonpositive`, which clamps at e^-87.
+        // `math::exp_nonpositive`, which clamps at e^-87.
         let floor = _mm512_set1_ps(-125.0);
         let exp = |x: __m512| -> __m512 {
             let y = _mm512_max_ps(_mm512_fmsub_ps(x, c, max_c), floor);
@@ -1145,7 +1145,7 @@ impl Job {
                         *self.bias.add(j)
                     };
                     if self.act == Activation::Gelu {
-                        v = super::ops::gelu(v);
+                        v = math::gelu(v);
                     }
                     if self.accumulate {
                         v += *c;
@@ -1295,9 +1295,9 @@ unsafe fn epilogue(acc: &mut Acc, st: &Store) {
         gelu,
     } = *st;
     if gelu {
-        // `ops::gelu` (erf by Abramowitz–Stegun 7.1.26) with FMAs, a reciprocal estimate refined
+        // `math::gelu` (erf by Abramowitz–Stegun 7.1.26) with FMAs, a reciprocal estimate refined
         // by one Newton step instead of a division, and exp(-a²) as 2^y (degree-6 polynomial
-        // for 2^f, |f| ≤ 1/2, and vscalefps): within a few ulp of `ops::gelu`, twice as fast.
+        // for 2^f, |f| ≤ 1/2, and vscalefps): within a few ulp of `math::gelu`, twice as fast.
         let k = _mm512_set1_ps;
         let sign = _mm512_set1_epi32(i32::MIN);
         let gelu = |x: __m512| -> __m512 {
@@ -1953,7 +1953,7 @@ mod tests {
             let par = Parallelism::Rayon(2);
             let mut want = vec![0.0f32; m * n];
             gemm(m, am, &packed, &mut want, n, ep, par);
-            crate::engine::cpu::ops::gelu_inplace(&mut want);
+            crate::engine::cpu::math::gelu_inplace(&mut want);
             let mut got = vec![0.0f32; m * n];
             gemm_act(m, am, &packed, &mut got, n, ep, Activation::Gelu, par);
             match backend {
@@ -1978,7 +1978,7 @@ mod tests {
                 let ep = Epilogue::default();
                 gemm_act(m, am, &one, &mut got, 1, ep, Activation::Gelu, par);
                 for (&x, &g) in xs.iter().zip(&got) {
-                    let w = crate::engine::cpu::ops::gelu(round_bf16(x));
+                    let w = crate::engine::cpu::math::gelu(round_bf16(x));
                     assert!(
                         (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
                         "gelu({x}): {g} vs {w}"

@@ -11,6 +11,7 @@
 pub mod amx;
 pub mod cross;
 pub mod gemv;
+pub mod math;
 pub mod ops;
 mod session;
 pub mod sgemm;

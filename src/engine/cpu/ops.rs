@@ -6,6 +6,8 @@ use rayon::prelude::*;
 
 use super::amx::{self, PackedBf16};
 use super::gemv::{MatLow, matmul_low};
+use super::math::simd_dispatch;
+pub use super::math::{erf, exp_nonpositive, gelu, gelu_inplace};
 use super::sgemm::{self, Epilogue, MatRef, PackedB};
 
 /// Up to this many rows, a [`Linear`] with reduced-precision weights streams them directly
@@ -387,37 +389,6 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Defines `$name(args)` that runs `$body(args)` compiled for the widest vector ISA the CPU has
-/// (AVX-512, AVX2 + FMA, else the baseline target). `$body` must be `#[inline(always)]` and
-/// written so its loops vectorise (per-lane accumulators, no serial reductions).
-macro_rules! simd_dispatch {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                use $crate::engine::cpu::sgemm::Isa;
-                match Isa::detected() {
-                    // SAFETY: the CPU has the features (detected at run time).
-                    Isa::Avx512 => return unsafe { wide($($arg),*) },
-                    Isa::Avx2 => return unsafe { narrow($($arg),*) },
-                    Isa::Portable => {}
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-pub(crate) use simd_dispatch;
-
 /// Lanes of the per-lane accumulators in the vectorised reductions (one zmm).
 const LANES: usize = 16;
 
@@ -448,62 +419,6 @@ fn layer_norm_row_body(xr: &[f32], gamma: &[f32], beta: &[f32], yr: &mut [f32]) 
     for (((y, &x), &g), &b) in yr[..d].iter_mut().zip(&xr[..d]).zip(gamma).zip(beta) {
         *y = (x - mean) * inv * g + b;
     }
-}
-
-/// `erf(x)` with absolute error below 1e-6 in f32 (A&S 7.1.26: 1.5e-7 exactly), branch-free so loops
-/// over it vectorise; within f32 rounding of libm's `erff` for GELU's purposes.
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp_nonpositive(-a * a);
-    y.copysign(x)
-}
-
-/// GELU in its erf form: `0.5 x (1 + erf(x / sqrt 2))`.
-#[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-pub fn gelu_inplace(x: &mut [f32]) {
-    if x.len() >= 1 << 16 {
-        x.par_chunks_mut(4096).for_each(gelu_slice);
-    } else {
-        gelu_slice(x);
-    }
-}
-
-simd_dispatch! {
-    fn gelu_slice(x: &mut [f32]) => gelu_slice_body
-}
-
-#[inline(always)]
-fn gelu_slice_body(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = gelu(*v));
-}
-
-/// `e^x` for x ≤ 0 (softmax arguments), relative error below 3e-7 (a few ulp), branch-free so loops over it
-/// vectorise. Range reduction `x = n ln2 + r`, |r| ≤ ln2/2, then a degree-6 Taylor polynomial.
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so loops vectorise).
-    const SHIFT: f32 = 12_582_912.0;
-    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
-    let n = shifted - SHIFT;
-    // ln 2 split in two parts for an exact reduction.
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n without a float-to-int conversion (which would not vectorise): `shifted`'s low
-    // mantissa bits hold n (-126 ≤ n ≤ 0), and shifting by 23 drops every bit above them.
-    f32::from_bits(shifted.to_bits().wrapping_add(127) << 23) * p
 }
 
 simd_dispatch! {

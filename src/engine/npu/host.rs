@@ -19,9 +19,7 @@ use std::time::Duration;
 use super::device::{BoHandle, BoKind, DeviceError, NpuDevice, RunArg, SyncDir};
 use super::golden::{self, GoldenError};
 use super::golden_kernels::to_bf16;
-use super::manifest::{
-    Arg, ArgKind, Direction, ManifestError, OPCODE_RUN_INSTRUCTIONS, first_arg_difference,
-};
+use super::manifest::{Arg, ArgKind, Direction, ManifestError, first_arg_difference, kernel_args};
 use super::sim::SimDevice;
 use super::tiling::Plan;
 use crate::engine::WhisperModel;
@@ -52,50 +50,6 @@ pub enum NpuError {
 
 fn dev(what: &'static str) -> impl FnOnce(DeviceError) -> NpuError {
     move |source| NpuError::Device { what, source }
-}
-
-/// The kernel arguments of the design for `plan`, in mlir-aie's order: opcode, instruction BO,
-/// instruction count, then the data BOs `weights`, `mel`, `scratch`, `encoder_out` in the
-/// memory groups of their argument indices, sized by the plan.
-pub fn kernel_args(plan: &Plan) -> Vec<Arg> {
-    let scalar = |index: u64, name: &str, value: Option<u64>| Arg {
-        index,
-        name: name.into(),
-        kind: ArgKind::Scalar,
-        value,
-        group_id: None,
-        dtype: None,
-        bytes: None,
-        direction: None,
-    };
-    let buffer = |index: u64, name: &str, dtype: &str, bytes: usize, direction| Arg {
-        index,
-        name: name.into(),
-        kind: ArgKind::Buffer,
-        value: None,
-        group_id: Some(index),
-        dtype: Some(dtype.into()),
-        bytes: Some(bytes as u64),
-        direction: Some(direction),
-    };
-    vec![
-        scalar(0, "opcode", Some(OPCODE_RUN_INSTRUCTIONS)),
-        Arg {
-            index: 1,
-            name: "instructions".into(),
-            kind: ArgKind::Instructions,
-            value: None,
-            group_id: Some(1),
-            dtype: Some("u32".into()),
-            bytes: None,
-            direction: Some(Direction::In),
-        },
-        scalar(2, "instruction_count", None),
-        buffer(3, "weights", "mixed", plan.weights_bytes, Direction::In),
-        buffer(4, "mel", "bf16", plan.input_bytes, Direction::In),
-        buffer(5, "scratch", "mixed", plan.scratch_bytes, Direction::InOut),
-        buffer(6, "encoder_out", "f32", plan.output_bytes, Direction::Out),
-    ]
 }
 
 /// Checks that `layout` (a manifest's `args`) is the design's for `plan`: same arguments in

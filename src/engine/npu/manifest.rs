@@ -11,7 +11,7 @@
 //! Every size and the packing description come from the design's tile plan
 //! ([`super::tiling::Plan`], the one source the kernels, `kernels/whisper_encoder.py` and the
 //! golden model follow): [`Manifest::expected`] derives the argument layout
-//! ([`super::host::kernel_args`]), the tiles and the weight packing from it, and
+//! ([`kernel_args`]), the tiles and the weight packing from it, and
 //! [`Manifest::validate`] compares a manifest with that, field by field.
 //!
 //! Weight packing (`bf16-tiled-v2`, [`super::golden::pack_weights`]): tensors in the order of
@@ -38,6 +38,50 @@ use crate::model::ct2::Ct2File;
 pub const MANIFEST_VERSION: u32 = 1;
 /// Opcode of mlir-aie kernels for "execute the instruction stream".
 pub const OPCODE_RUN_INSTRUCTIONS: u64 = 3;
+
+/// The kernel arguments of the design for `plan`, in mlir-aie's order: opcode, instruction BO,
+/// instruction count, then the data BOs `weights`, `mel`, `scratch`, `encoder_out` in the
+/// memory groups of their argument indices, sized by the plan.
+pub fn kernel_args(plan: &Plan) -> Vec<Arg> {
+    let scalar = |index: u64, name: &str, value: Option<u64>| Arg {
+        index,
+        name: name.into(),
+        kind: ArgKind::Scalar,
+        value,
+        group_id: None,
+        dtype: None,
+        bytes: None,
+        direction: None,
+    };
+    let buffer = |index: u64, name: &str, dtype: &str, bytes: usize, direction| Arg {
+        index,
+        name: name.into(),
+        kind: ArgKind::Buffer,
+        value: None,
+        group_id: Some(index),
+        dtype: Some(dtype.into()),
+        bytes: Some(bytes as u64),
+        direction: Some(direction),
+    };
+    vec![
+        scalar(0, "opcode", Some(OPCODE_RUN_INSTRUCTIONS)),
+        Arg {
+            index: 1,
+            name: "instructions".into(),
+            kind: ArgKind::Instructions,
+            value: None,
+            group_id: Some(1),
+            dtype: Some("u32".into()),
+            bytes: None,
+            direction: Some(Direction::In),
+        },
+        scalar(2, "instruction_count", None),
+        buffer(3, "weights", "mixed", plan.weights_bytes, Direction::In),
+        buffer(4, "mel", "bf16", plan.input_bytes, Direction::In),
+        buffer(5, "scratch", "mixed", plan.scratch_bytes, Direction::InOut),
+        buffer(6, "encoder_out", "f32", plan.output_bytes, Direction::Out),
+    ]
+}
 /// The weight packing this host writes.
 pub const PACKING: &str = "bf16-tiled-v2";
 
@@ -373,7 +417,7 @@ const ALIGN_BYTES: u64 = 64;
 impl Manifest {
     /// The manifest a build for `model` must carry (versions as given): everything derived from
     /// the design's tile plan ([`ModelDims::plan`]), the argument layout being the host's
-    /// ([`super::host::kernel_args`]). `npu_plan --manifest` prints it; the shipped
+    /// ([`kernel_args`]). `npu_plan --manifest` prints it; the shipped
     /// `xclbin/*.json` are its output (`shipped_manifests_are_generated_from_the_plan`).
     pub fn expected(
         model: ModelDims,
@@ -404,7 +448,7 @@ impl Manifest {
                 columns: hw.columns,
                 compute_rows: hw.compute_rows,
             },
-            args: super::host::kernel_args(plan),
+            args: kernel_args(plan),
             weight_packing: WeightPacking {
                 format: PACKING.into(),
                 matrix_dtype: "bf16".into(),
