@@ -3,8 +3,9 @@
 //! Every decoded token attends, in every layer and head, over all `n_audio_ctx` (1500) encoder
 //! positions, so the cross-attention K/V are the decoder's largest per-token read after its
 //! weights (base: 37 MB per token in f32). They are computed once per window and stored per
-//! head as `Kᵀ [dh][keys]` and `V [keys][dh]`: scores for a query are then a sum of `dh` scaled
-//! rows of `Kᵀ` (vector FMAs along the keys, no horizontal reduction per key) and the output a
+//! head as `Kᵀ [dh][keys]` (in contiguous tiles of 32 keys, [`kt_index`]) and `V [keys][dh]`:
+//! scores for a query are then a sum of `dh` scaled rows of `Kᵀ` (vector FMAs along the keys, no
+//! horizontal reduction per key, both read front to back) and the output a
 //! sum of `keys` scaled rows of `V`. Stored in f32, or in f16 (half the bytes, rounding every
 //! value to 11 significant bits).
 
@@ -27,12 +28,21 @@ const VALUE_GROUP: usize = 4;
 /// Keys per step of the AVX-512 scores kernel (two zmm); `Kᵀ` rows are padded to a multiple.
 const KEY_STEP: usize = 32;
 
+/// Where `Kᵀ[p][j]` (feature `p` of key `j`) sits in a head's `Kᵀ`: blocks of [`KEY_STEP`] keys,
+/// each a contiguous `[dh][KEY_STEP]` tile, so the scores kernel reads every head's `Kᵀ` front
+/// to back (row-major `[dh][keys]` made it read `dh` streams 3 KB apart: base spent 2.5× as
+/// long in it as in the equally large V).
+#[inline(always)]
+fn kt_index(p: usize, j: usize, dh: usize) -> usize {
+    (j / KEY_STEP) * dh * KEY_STEP + p * KEY_STEP + j % KEY_STEP
+}
+
 /// Cross-attention K/V of one layer for the current window.
 pub struct CrossKv {
     heads: usize,
     dh: usize,
     keys: usize,
-    /// Row length of `Kᵀ`: `keys` rounded up to [`KEY_STEP`], zero padded.
+    /// Keys of `Kᵀ`: `keys` rounded up to whole tiles of [`KEY_STEP`], zero padded.
     keys_pad: usize,
     store: Store,
 }
@@ -85,7 +95,7 @@ impl CrossKv {
                     for (j, row) in kv.chunks_exact(2 * d).enumerate() {
                         let k = &row[h * dh..(h + 1) * dh];
                         for (p, &x) in k.iter().enumerate() {
-                            kt[p * keys_pad + j] = E::from_f32(x);
+                            kt[kt_index(p, j, dh)] = E::from_f32(x);
                         }
                         let vr = &row[d + h * dh..d + (h + 1) * dh];
                         for (o, &x) in v[j * dh..(j + 1) * dh].iter_mut().zip(vr) {
@@ -180,7 +190,7 @@ impl CrossKv {
                 continue;
             }
             let _ = isa;
-            scores_portable(kt, keys_pad, keys, dh, qg, q_rs, g, scale, s);
+            scores_portable(kt, keys, dh, qg, q_rs, g, scale, s);
             i += g;
         }
         for row in scores[..n * keys].chunks_exact_mut(keys) {
@@ -255,7 +265,6 @@ impl KvElem for f16 {
 #[allow(clippy::too_many_arguments)]
 fn scores_portable<E: KvElem>(
     kt: &[E],
-    keys_pad: usize,
     keys: usize,
     dh: usize,
     q: &[f32],
@@ -269,8 +278,8 @@ fn scores_portable<E: KvElem>(
         let row = &mut s[i * keys..(i + 1) * keys];
         row.fill(0.0);
         for (p, &qp) in qi.iter().enumerate() {
-            for (o, k) in row.iter_mut().zip(&kt[p * keys_pad..p * keys_pad + keys]) {
-                *o += qp * k.to_f32();
+            for (j, o) in row.iter_mut().enumerate() {
+                *o += qp * kt[kt_index(p, j, dh)].to_f32();
             }
         }
         row.iter_mut().for_each(|x| *x *= scale);
@@ -294,13 +303,14 @@ fn values_portable<E: KvElem>(v: &[E], keys: usize, dh: usize, p: &[f32], g: usi
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{KEY_STEP, KvElem, SCORE_GROUP, VALUE_GROUP};
+    use super::{KEY_STEP, KvElem, SCORE_GROUP, VALUE_GROUP, kt_index};
 
     /// [`super::scores_portable`] with `g ≤ SCORE_GROUP` queries held in registers: per step of
     /// 32 keys, `2g` accumulators gather `dh` broadcast-query × key-row FMAs.
     ///
     /// # Safety
-    /// AVX-512F present; `kt` holds `dh` rows of `keys_pad` (a multiple of [`KEY_STEP`]) values;
+    /// AVX-512F present; `kt` holds `dh × keys_pad` values (`keys_pad` a multiple of
+    /// [`KEY_STEP`]) laid out by [`kt_index`];
     /// `q` rows `0..g` (stride `q_rs`) hold `dh` values; `s` holds `g · keys`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -320,14 +330,14 @@ mod avx512 {
         // SAFETY: forwarded.
         unsafe {
             match g {
-                1 => scores_n::<E, 1>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                2 => scores_n::<E, 2>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                3 => scores_n::<E, 3>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                4 => scores_n::<E, 4>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                5 => scores_n::<E, 5>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                6 => scores_n::<E, 6>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                7 => scores_n::<E, 7>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
-                _ => scores_n::<E, 8>(kt, keys_pad, keys, dh, q, q_rs, scale, s),
+                1 => scores_n::<E, 1>(kt, keys, dh, q, q_rs, scale, s),
+                2 => scores_n::<E, 2>(kt, keys, dh, q, q_rs, scale, s),
+                3 => scores_n::<E, 3>(kt, keys, dh, q, q_rs, scale, s),
+                4 => scores_n::<E, 4>(kt, keys, dh, q, q_rs, scale, s),
+                5 => scores_n::<E, 5>(kt, keys, dh, q, q_rs, scale, s),
+                6 => scores_n::<E, 6>(kt, keys, dh, q, q_rs, scale, s),
+                7 => scores_n::<E, 7>(kt, keys, dh, q, q_rs, scale, s),
+                _ => scores_n::<E, 8>(kt, keys, dh, q, q_rs, scale, s),
             }
         }
     }
@@ -336,7 +346,6 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn scores_n<E: KvElem, const G: usize>(
         kt: &[E],
-        keys_pad: usize,
         keys: usize,
         dh: usize,
         q: &[f32],
@@ -353,7 +362,7 @@ mod avx512 {
             for p in 0..dh {
                 // SAFETY: j + 32 ≤ keys_pad and p < dh: inside `kt`; q[i][p] inside `q`.
                 unsafe {
-                    let row = kt.add(p * keys_pad + j);
+                    let row = kt.add(kt_index(p, j, dh));
                     let (k0, k1) = (E::load16(row), E::load16(row.add(16)));
                     for i in 0..G {
                         let qb = _mm512_set1_ps(*q.add(i * q_rs + p));

@@ -97,6 +97,7 @@ struct Loader<'a> {
     int8: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`).
     enc_bf16: bool,
+    dec_int8: bool,
 }
 
 impl Loader<'_> {
@@ -121,7 +122,7 @@ impl Loader<'_> {
         f16: bool,
     ) -> Result<Linear, ModelError> {
         let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
-        let low = match (f16, self.int8) {
+        let low = match (f16, self.int8 || self.dec_int8) {
             (false, _) => None,
             (true, false) => MatLow::lossless(&weight, n_out, n_in),
             (true, true) => MatLow::int8(&weight, n_out, n_in)
@@ -194,6 +195,7 @@ impl Weights {
             file,
             int8,
             enc_bf16: compute_type == ComputeType::Bf16,
+            dec_int8: std::env::var_os("EXP_DEC_INT8").is_some(),
         };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         let enc_layers = (0..dims.n_audio_layer)
