@@ -220,7 +220,7 @@ impl Weights {
                     self_out: l.linear_dec(&format!("{p}/self_attention/linear_1"), dt, dt)?,
                     cross_ln: l.ln(&format!("{p}/attention/layer_norm"), dt)?,
                     cross_q: l.linear_dec(&format!("{p}/attention/linear_0"), dt, dt)?,
-                    cross_kv: l.linear(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
+                    cross_kv: l.linear_enc(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
                     cross_out: l.linear_dec(&format!("{p}/attention/linear_2"), dt, dt)?,
                     mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), dt)?,
                     fc1: l.linear_dec(&format!("{p}/ffn/linear_0"), 4 * dt, dt)?,
