@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use half::{bf16, f16};
+use memmap2::Mmap;
 
 use crate::error::ModelError;
 
@@ -151,4 +152,24 @@ pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Drops the pages of `map[offset .. offset + len]` from the process's resident set once a
+/// tensor has been converted: a mapped model file would otherwise count in full towards the
+/// peak RSS of loading, on top of the weights made from it (base: 145 MB of file pages). The
+/// pages stay in the page cache, and a later read of the range faults them in again from the
+/// file, so this changes no data. Whole pages inside the range only; errors (another page size,
+/// a platform without `madvise`) are ignored: the pages then simply stay resident.
+pub(super) fn release(map: &Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = offset.next_multiple_of(PAGE);
+    let end = offset.saturating_add(len).min(map.len()) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the mapping is read-only and backed by the file: dropped pages are read
+        // back from it on the next access, with the same contents.
+        #[cfg(unix)]
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }

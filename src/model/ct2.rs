@@ -231,6 +231,7 @@ impl Ct2File {
             // `check` refuses them.
             DType::I16 | DType::I32 => unreachable!("`check` refuses integer weights"),
         };
+        super::bytes::release(&self.map, v.offset, v.len);
         if let Some(at) = super::bytes::first_non_finite(&out) {
             let count = out.iter().filter(|x| !x.is_finite()).count();
             return Err(corrupt(

@@ -362,7 +362,9 @@ impl OpenaiTensors for GgmlFile {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
-        Ok(dequantize(t.ty, &self.map[t.offset..t.offset + t.len]))
+        let out = dequantize(t.ty, &self.map[t.offset..t.offset + t.len]);
+        super::bytes::release(&self.map, t.offset, t.len);
+        Ok(out)
     }
 }
 

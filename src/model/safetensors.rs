@@ -270,12 +270,15 @@ impl OpenaiTensors for SafetensorsCheckpoint {
                 path: self.path.clone(),
                 name: openai_to_hf(name).unwrap_or_else(|| name.to_string()),
             })?;
-        let bytes = &self.files[e.file].1[e.begin..e.end];
-        Ok(match e.dtype {
+        let map = &self.files[e.file].1;
+        let bytes = &map[e.begin..e.end];
+        let out = match e.dtype {
             Dtype::F32 => f32s(bytes),
             Dtype::F16 => f16s(bytes),
             Dtype::Bf16 => bf16s(bytes),
-        })
+        };
+        super::bytes::release(map, e.begin, e.end - e.begin);
+        Ok(out)
     }
 }
 

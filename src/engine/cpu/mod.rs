@@ -97,7 +97,6 @@ struct Loader<'a> {
     int8: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`).
     enc_bf16: bool,
-    dec_int8: bool,
 }
 
 impl Loader<'_> {
@@ -122,7 +121,7 @@ impl Loader<'_> {
         f16: bool,
     ) -> Result<Linear, ModelError> {
         let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
-        let low = match (f16, self.int8 || self.dec_int8) {
+        let low = match (f16, self.int8) {
             (false, _) => None,
             (true, false) => MatLow::lossless(&weight, n_out, n_in),
             (true, true) => MatLow::int8(&weight, n_out, n_in)
@@ -195,9 +194,21 @@ impl Weights {
             file,
             int8,
             enc_bf16: compute_type == ComputeType::Bf16,
-            dec_int8: std::env::var_os("EXP_DEC_INT8").is_some(),
         };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
+        // The token embedding first: its f32 copy (base: 106 MB) is the largest transient of
+        // loading, and is gone before the other weights are made.
+        let (tok_emb, vocab_screen) = {
+            let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
+            match (int8, MatLow::int8(&w, dims.n_vocab, dt)) {
+                (true, Some(q)) => (Embedding::Low(q), None),
+                (_, screen) => {
+                    let emb = Embedding::new(w, dt);
+                    let f16 = matches!(&emb, Embedding::Low(m) if !m.is_int8());
+                    (emb, screen.filter(|_| f16))
+                }
+            }
+        };
         let enc_layers = (0..dims.n_audio_layer)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
@@ -228,17 +239,6 @@ impl Weights {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let (tok_emb, vocab_screen) = {
-            let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
-            match (int8, MatLow::int8(&w, dims.n_vocab, dt)) {
-                (true, Some(q)) => (Embedding::Low(q), None),
-                (_, screen) => {
-                    let emb = Embedding::new(w, dt);
-                    let f16 = matches!(&emb, Embedding::Low(m) if !m.is_int8());
-                    (emb, screen.filter(|_| f16))
-                }
-            }
-        };
         Ok(Weights {
             dims: dims.clone(),
             conv1: l.conv("encoder/conv1", da, dims.n_mels)?,
@@ -677,13 +677,21 @@ impl DecoderState {
         let rows = max_batch.max(1) * ctx;
         let layers = dims.n_text_layer;
         let keys = ctx.max(dims.n_audio_ctx);
+        // Each layer's cache allocated zeroed on its own (`vec![vec![..]; n]` would clone the
+        // first, writing every page of the copies): pages become resident only as sequences
+        // reach them, so greedy decoding never holds the caches of `max_batch` sequences.
+        let cache = || {
+            (0..layers)
+                .map(|_| vec![0.0; max_batch.max(1) * ctx * d])
+                .collect()
+        };
         Self {
             dims: dims.clone(),
             max_batch: max_batch.max(1),
             batch: 1,
             len: 0,
-            k_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
-            v_cache: vec![vec![0.0; max_batch.max(1) * ctx * d]; layers],
+            k_cache: cache(),
+            v_cache: cache(),
             cross_kv: (0..layers)
                 .map(|_| {
                     CrossKv::new(
