@@ -25,7 +25,7 @@ usage: bench --model NAME|DIR [OPTIONS] AUDIO
 options:
   --model NAME|DIR      model name (tiny.en, base) or directory [default: base]
   --threads N           worker threads, 0 = one per core [default: 0]
-  --compute-type T      auto, f32, int8 or bf16 (see the transcribe example) [default: auto]
+  --compute-type T      auto, f32, int8, bf16 or int8-bf16 (see the transcribe example) [default: auto]
   --beam-size N         1 = greedy [default: 1]
   --language CODE|auto  fixed language, or auto to detect [default: auto]
   --repeat N            transcribe N times, report the median wall time [default: 1]
@@ -178,13 +178,21 @@ fn run() -> Result<(), (u8, String)> {
         }
     };
     println!("input            {input}");
-    let backend = if model.compute_type == ComputeType::Bf16 {
-        format!(
+    let backend = match model.compute_type {
+        ComputeType::Bf16 => format!(
             ", {:?}",
             gstwhispernpu::engine::cpu::amx::Backend::detected()
-        )
-    } else {
-        String::new()
+        ),
+        ComputeType::Int8Bf16 => format!(
+            ", {:?}, int8 {}",
+            gstwhispernpu::engine::cpu::amx::Backend::detected(),
+            if gstwhispernpu::engine::cpu::vnni::usable() {
+                "on vpdpbusd"
+            } else {
+                "not on this CPU (bf16)"
+            }
+        ),
+        _ => String::new(),
     };
     println!(
         "model            {model_name} ({}, compute type {}{backend})",

@@ -31,6 +31,7 @@ use gemm::Parallelism;
 use gstwhispernpu::engine::cpu::amx::{self, PackedBf16};
 use gstwhispernpu::engine::cpu::ops;
 use gstwhispernpu::engine::cpu::sgemm::{self, Epilogue, Isa, MatRef, PackedB};
+use gstwhispernpu::engine::cpu::vnni::{self, PackedI8};
 
 const USAGE: &str = "\
 usage: gemm_bench [--model base|tiny|small|all] [--runs N] [--threads LIST] [--only LIST] [--impls LIST] [--no-peak] [--cpu-time]
@@ -201,6 +202,8 @@ enum Impl {
     Sgemm(Isa),
     /// [`amx::gemm`] on the detected backend.
     Bf16,
+    /// The int8 encoder: [`vnni::gemm`] for the linear layers, the bf16 attention products.
+    Int8,
 }
 
 /// Operands of one shape, allocated once.
@@ -213,6 +216,8 @@ struct Operands {
     /// Attention: `V` packed, f32 and bf16.
     packed_v: PackedB,
     packed_v_bf16: PackedBf16,
+    /// Weights for the int8 GEMM (Linear, where the CPU has AVX512-VNNI).
+    packed_i8: Option<PackedI8>,
     bias: Vec<f32>,
     c: Vec<f32>,
 }
@@ -226,6 +231,7 @@ impl Operands {
                     a: fill(s.m * s.k, 1),
                     packed: PackedB::from_rows(&w, s.n, s.k),
                     packed_bf16: PackedBf16::from_rows(&w, s.n, s.k),
+                    packed_i8: vnni::usable().then(|| PackedI8::from_rows(&w, s.n, s.k)),
                     packed_v: PackedB::default(),
                     packed_v_bf16: PackedBf16::default(),
                     w,
@@ -241,6 +247,7 @@ impl Operands {
                 packed_bf16: PackedBf16::default(),
                 packed_v: PackedB::default(),
                 packed_v_bf16: PackedBf16::default(),
+                packed_i8: None,
                 bias: Vec::new(),
                 c: vec![0.0; s.m * s.n],
             },
@@ -251,6 +258,7 @@ impl Operands {
                 packed_bf16: PackedBf16::default(),
                 packed_v: PackedB::default(),
                 packed_v_bf16: PackedBf16::default(),
+                packed_i8: None,
                 bias: Vec::new(),
                 c: vec![0.0; s.m * ld / 3],
             },
@@ -262,6 +270,7 @@ impl Operands {
                 packed_bf16: PackedBf16::default(),
                 packed_v: PackedB::default(),
                 packed_v_bf16: PackedBf16::default(),
+                packed_i8: None,
                 bias: Vec::new(),
                 c: vec![0.0; s.m * s.k],
             },
@@ -373,7 +382,28 @@ impl Operands {
     fn run(&mut self, s: &Shape, imp: Impl, par: Parallelism) {
         let (m, n, k) = (s.m, s.n, s.k);
         match (s.kind, imp) {
+            // The int8 encoder runs its attention in bf16.
+            (Kind::Attention { ld }, Impl::Int8) => self.attention(m, k, ld, Impl::Bf16, par),
             (Kind::Attention { ld }, _) => self.attention(m, k, ld, imp, par),
+            (Kind::Linear, Impl::Int8) => vnni::gemm(
+                m,
+                &self.a,
+                k,
+                self.packed_i8
+                    .as_ref()
+                    .expect("int8 weights where VNNI is usable"),
+                &mut self.c,
+                n,
+                Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: Some(&self.bias),
+                },
+                amx::Activation::None,
+                par,
+            ),
+            // The int8 encoder runs its attention products in bf16.
+            (_, Impl::Int8) => self.run(s, Impl::Bf16, par),
             (Kind::Linear, Impl::GemmCrate) => {
                 ops::gemm_crate_strided(
                     m,
@@ -553,7 +583,7 @@ fn measure(shape: &Shape, ops: &mut Operands, imp: Impl, threads: usize, runs: u
         let mut go = || time(runs, || ops.run(shape, imp, par));
         match imp {
             Impl::Sgemm(isa) => sgemm::with_isa(isa, go),
-            Impl::GemmCrate | Impl::Bf16 => go(),
+            Impl::GemmCrate | Impl::Bf16 | Impl::Int8 => go(),
         }
     })
 }
@@ -562,7 +592,7 @@ fn measure(shape: &Shape, ops: &mut Operands, imp: Impl, threads: usize, runs: u
 /// the speed-up over `sgemm`.
 fn cell(gflops: f64, fma_peak: f64, imp: Impl, speedup: f64) -> String {
     match imp {
-        Impl::Bf16 => format!(" {:>6.1} (×{:>3.1})", gflops, speedup),
+        Impl::Bf16 | Impl::Int8 => format!(" {:>6.1} (×{:>3.1})", gflops, speedup),
         _ => format!(" {:>6.1} ({:>3.0}%)", gflops, 100.0 * gflops / fma_peak),
     }
 }
@@ -582,6 +612,16 @@ fn dpbf16_peak(threads: usize) -> Option<f64> {
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| s.spawn(|| amx::dpbf16_peak_gflops(Duration::from_millis(600))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+/// The `vpdpbusd` loop peak of `threads` threads together, G int8 ops/s (None without VNNI).
+fn dpbusd_peak(threads: usize) -> Option<f64> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| vnni::dpbusd_peak_gops(Duration::from_millis(600))))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     })
@@ -650,6 +690,17 @@ fn main() {
         amx::Backend::Emulated => "bf16emu",
     };
     impls.push((bf16_name, Impl::Bf16));
+    println!(
+        "int8 (VNNI)      {}",
+        if vnni::usable() {
+            "vpdpbusd"
+        } else {
+            "not on this CPU"
+        }
+    );
+    if vnni::usable() {
+        impls.push(("int8", Impl::Int8));
+    }
     if let Some(f) = &impl_filter {
         impls.retain(|(name, _)| f.split(',').any(|x| name.starts_with(x.trim())));
     }
@@ -678,7 +729,7 @@ fn main() {
             |imp, ops: &mut Operands| flops / measure(&big, ops, imp, t, runs.min(5)) / 1e9;
         let best = impls
             .iter()
-            .filter(|&&(_, imp)| imp != Impl::Bf16)
+            .filter(|&&(_, imp)| imp != Impl::Bf16 && imp != Impl::Int8)
             .map(|&(_, imp)| gflops(imp, &mut big_ops))
             .fold(0.0, f64::max);
         let bf16 = if impls.iter().any(|&(_, imp)| imp == Impl::Bf16) {
@@ -696,8 +747,17 @@ fn main() {
         } else {
             String::new()
         };
+        let int8 = if impls.iter().any(|&(_, imp)| imp == Impl::Int8) {
+            let g = gflops(Impl::Int8, &mut big_ops);
+            let own = dpbusd_peak(t).map_or(String::new(), |p| {
+                format!(" ({:.0}% of a vpdpbusd loop, {p:.1})", 100.0 * g / p)
+            });
+            format!("   int8 GEMM 2048³ {g:7.1} GOP/s{own}")
+        } else {
+            String::new()
+        };
         println!(
-            "peak {t} thread{}   FMA loop {f:7.1} GFLOP/s   best GEMM 2048³ {best:7.1} GFLOP/s{bf16}",
+            "peak {t} thread{}   FMA loop {f:7.1} GFLOP/s   best GEMM 2048³ {best:7.1} GFLOP/s{bf16}{int8}",
             if t == 1 { " " } else { "s" }
         );
         fma.push(f);

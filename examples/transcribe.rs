@@ -27,11 +27,13 @@ options:
                           translate = English text from any language [default: transcribe]
   --beam-size N           1 = greedy decoding, N > 1 = beam search [default: 1]
   --threads N             worker threads, 0 = one per core [default: 0]
-  --compute-type auto|f32|int8|bf16
+  --compute-type auto|f32|int8|bf16|int8-bf16
                           numeric precision: f32 = weights as stored, int8 = int8 decoder
-                          weights, bf16 = bf16 encoder products (Intel AMX where available);
-                          auto = the fastest whose accuracy holds: bf16 where Intel AMX runs
-                          it, else f32 [default: auto]
+                          weights, bf16 = bf16 encoder products (Intel AMX or AVX512_BF16
+                          where available), int8-bf16 = encoder linear layers in int8
+                          (AVX512-VNNI), attention bf16; auto = the fastest whose accuracy
+                          holds: bf16 on Intel AMX, int8-bf16 with AVX512_BF16 and VNNI
+                          (AMD Zen 4/5), else f32 [default: auto]
   --backend cpu|onnx|npu|npu-sim
                           engine: cpu = the native engine; onnx = ONNX Runtime on an ONNX
                           export of the model (scripts/export-onnx; Optimum's layout), with

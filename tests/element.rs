@@ -471,6 +471,13 @@ fn compute_type_bf16_transcribes() {
     compute_type_transcribes("bf16");
 }
 
+/// `compute-type=int8-bf16` (encoder linear layers in int8 on VNNI, bf16 where the CPU lacks
+/// it) transcribes jfk.
+#[test]
+fn compute_type_int8_bf16_transcribes() {
+    compute_type_transcribes("int8-bf16");
+}
+
 fn compute_type_transcribes(compute_type: &str) {
     let model = common::model_dir("tiny.en");
     let (mut h, _bus, element) = harness(
@@ -499,7 +506,7 @@ fn compute_type_transcribes(compute_type: &str) {
         .find_property("compute-type")
         .expect("compute-type property");
     let enum_class = glib::EnumClass::with_type(spec.value_type()).unwrap();
-    for known in ["auto", "f32", "int8", "bf16"] {
+    for known in ["auto", "f32", "int8", "bf16", "int8-bf16"] {
         assert!(enum_class.value_by_nick(known).is_some(), "{known} missing");
     }
     assert!(enum_class.value_by_nick("fp8").is_none());

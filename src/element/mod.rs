@@ -81,7 +81,7 @@ pub enum Backend {
 pub enum ComputeTypeMode {
     #[default]
     #[enum_value(
-        name = "Auto: fastest type whose accuracy holds (bf16 on Intel AMX, else f32)",
+        name = "Auto: fastest type whose accuracy holds (bf16 on Intel AMX, int8-bf16 with AVX512_BF16 and VNNI, else f32)",
         nick = "auto"
     )]
     Auto,
@@ -97,6 +97,11 @@ pub enum ComputeTypeMode {
         nick = "bf16"
     )]
     Bf16,
+    #[enum_value(
+        name = "Int8-bf16: encoder linear layers int8 (AVX512-VNNI), attention bf16, decoder as f32",
+        nick = "int8-bf16"
+    )]
+    Int8Bf16,
 }
 
 impl From<ComputeTypeMode> for crate::engine::ComputeType {
@@ -106,6 +111,7 @@ impl From<ComputeTypeMode> for crate::engine::ComputeType {
             ComputeTypeMode::F32 => Self::F32,
             ComputeTypeMode::Int8 => Self::Int8,
             ComputeTypeMode::Bf16 => Self::Bf16,
+            ComputeTypeMode::Int8Bf16 => Self::Int8Bf16,
         }
     }
 }

@@ -41,15 +41,20 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   `vdpbf16ps` where the CPU has AVX512_BF16 (AMD Zen 4 and 5: the encoder's products about
 ///   1.9x f32's); elsewhere the f32 kernels run on bf16-rounded operands, which gives the same
 ///   numbers up to summation order but no speed-up. The decoder is as with `f32`.
+/// - `int8-bf16`: the encoder's linear layers (QKV, output projection, MLP) in int8 on
+///   AVX512-VNNI `vpdpbusd` (weights quantised once per output, inputs per row on the fly,
+///   exact integer sums, as CTranslate2's int8), its attention and convolutions and the
+///   decoder's cross-attention K/V projection as with `bf16`; the decoder as with `f32` (f16
+///   weights, exact logits). Without VNNI the linear layers run as with `bf16`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   plus 0.5 point on `scripts/bench-anchor`): `bf16` where the encoder runs on AMX tiles or
-///   `vdpbf16ps`, `f32` elsewhere (emulated bf16 is no faster; see
-///   [`ComputeType::resolution`]). bf16 is
-///   not bit-faithful: on the 295 s benchmark audio base gives f32's words (two segment times
-///   0.04 s apart) while tiny.en re-segments and changes a few words at a WER of 7.00 % against
-///   f32's 7.12 %; jfk.wav is identical for both. `int8` keeps the WER there too (7.12 % and
-///   3.50 %, as `f32`) and is faster than `f32` (its decoder reads half the bytes), but slower
-///   than AMX `bf16` (its encoder is f32).
+///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `bf16` where the
+///   encoder runs on AMX tiles; `int8-bf16` where the CPU has AVX512_BF16 and AVX512-VNNI but no
+///   AMX (AMD Zen 4 and 5); `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8
+///   is bit-faithful: on the 295 s benchmark audio (AMD EPYC Zen 4) base reads 3.50 % with `f32`
+///   and `bf16`, 3.75 % with `int8-bf16` (faster-whisper float32: 3.38 %, int8: 3.62 %); tiny.en
+///   7.12 % with `f32`, 7.00 % with `bf16`, 7.12 % with `int8-bf16` (faster-whisper float32:
+///   7.00 %). `int8` keeps the WER there too (7.12 % and 3.50 %) and is faster than `f32` (its
+///   decoder reads half the bytes) but slower than `bf16` (its encoder is f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
@@ -57,10 +62,11 @@ pub enum ComputeType {
     F32,
     Int8,
     Bf16,
+    Int8Bf16,
 }
 
 impl ComputeType {
-    pub const NAMES: &'static str = "auto, f32, int8, bf16";
+    pub const NAMES: &'static str = "auto, f32, int8, bf16, int8-bf16";
 
     /// The concrete type `auto` stands for.
     pub fn resolved(self) -> ComputeType {
@@ -69,9 +75,10 @@ impl ComputeType {
 
     /// The concrete type and why: `auto` picks, per CPU, the fastest type whose WER stays within
     /// faster-whisper float32's + 0.5 point on `scripts/bench-anchor` (measured per machine
-    /// class, see the README's Performance section): `bf16` where Intel AMX tiles or AVX-512
-    /// `vdpbf16ps` run the encoder, else `f32` (`int8` is faster offline at the same benchmark
-    /// WER, but its live WER is at the edge of the live target: opt-in).
+    /// class, see the README's Performance section): `bf16` where Intel AMX tiles run the
+    /// encoder; `int8-bf16` where AVX-512 `vdpbf16ps` and `vpdpbusd` do (no AMX); `bf16` with
+    /// `vdpbf16ps` alone; else `f32` (`int8` is faster offline at the same benchmark WER, but
+    /// its live WER is at the edge of the live target: opt-in).
     pub fn resolution(self) -> (ComputeType, &'static str) {
         match self {
             ComputeType::Auto => match cpu::amx::Backend::detected() {
@@ -79,6 +86,12 @@ impl ComputeType {
                     ComputeType::Bf16,
                     "this CPU has Intel AMX: the bf16 encoder runs on its tiles, about 3x the \
                          f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                ),
+                cpu::amx::Backend::Avx512Bf16 if cpu::vnni::usable() => (
+                    ComputeType::Int8Bf16,
+                    "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX): the encoder's linear layers \
+                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
+                         the f32 encoder, at a WER within faster-whisper float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 => (
                     ComputeType::Bf16,
@@ -103,6 +116,7 @@ impl ComputeType {
             ComputeType::F32 => "f32",
             ComputeType::Int8 => "int8",
             ComputeType::Bf16 => "bf16",
+            ComputeType::Int8Bf16 => "int8-bf16",
         }
     }
 }
@@ -115,6 +129,7 @@ impl std::str::FromStr for ComputeType {
             "f32" => Ok(ComputeType::F32),
             "int8" => Ok(ComputeType::Int8),
             "bf16" => Ok(ComputeType::Bf16),
+            "int8-bf16" => Ok(ComputeType::Int8Bf16),
             _ => Err(format!(
                 "unknown compute type `{s}` (known: {})",
                 Self::NAMES

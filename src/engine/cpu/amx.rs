@@ -46,7 +46,7 @@ use super::sgemm::{self, Epilogue, MatRef, PackedB, threads_of};
 /// Depth of one tile step: a 64-byte tile row holds 32 bf16.
 const KB: usize = 32;
 /// Rows (and columns) of the microkernel's C block: two 16-row tiles by two 16-column tiles.
-const MB: usize = 32;
+pub(super) const MB: usize = 32;
 /// bf16 values per tile (16 rows × 32).
 const TILE: usize = 16 * KB;
 /// Bytes of `A` tiles a task converts at once (kept in L2).
@@ -1209,7 +1209,7 @@ unsafe fn pack_a_tiles(
 /// The microkernel's 32 × 32 f32 accumulators, row-major, as stored from the tiles.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Acc([f32; MB * MB]);
+pub(super) struct Acc(pub(super) [f32; MB * MB]);
 
 /// Loads the tile configuration of the microkernel on this thread: palette 1, all eight tiles
 /// 16 rows × 64 bytes.
@@ -1262,18 +1262,18 @@ unsafe fn kernel_32x32(
 
 /// Where and how a 32 × 32 block of products is stored.
 #[derive(Clone, Copy)]
-struct Store {
+pub(super) struct Store {
     /// Valid rows and columns of the block.
-    rows: usize,
-    cols: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
     /// The block's first element in C, and C's row stride.
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
+    pub(super) c: *mut f32,
+    pub(super) ldc: usize,
+    pub(super) alpha: f32,
     /// Null, or the block's `cols` bias values.
-    bias: *const f32,
-    accumulate: bool,
-    gelu: bool,
+    pub(super) bias: *const f32,
+    pub(super) accumulate: bool,
+    pub(super) gelu: bool,
 }
 
 /// `C[rows][cols] = act(alpha · acc + bias) (+ C)`, for the valid part of a 32 × 32 block.
@@ -1282,7 +1282,7 @@ struct Store {
 /// AVX-512F; the pointers of `st` valid as documented there.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn epilogue(acc: &mut Acc, st: &Store) {
+pub(super) unsafe fn epilogue(acc: &mut Acc, st: &Store) {
     use std::arch::x86_64::*;
     let Store {
         rows,
@@ -1585,7 +1585,7 @@ unsafe fn convert_row(src: *const f32, len: usize, dst: &mut TileRow) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn epilogue(_: &mut Acc, _: &Store) {
+pub(super) unsafe fn epilogue(_: &mut Acc, _: &Store) {
     unreachable!("AMX backend on a non-x86_64 target")
 }
 

@@ -90,3 +90,37 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // mantissa bits hold n (-126 ≤ n ≤ 0), and shifting by 23 drops every bit above them.
     f32::from_bits(shifted.to_bits().wrapping_add(127) << 23) * p
 }
+
+simd_dispatch! {
+    /// The largest `|x|` of `x` (0 when empty), per lane so it vectorises.
+    pub fn abs_max(x: &[f32]) -> f32 => abs_max_body
+}
+
+#[inline(always)]
+fn abs_max_body(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    let mut lanes = [0.0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = lanes[i].max(c[i].abs());
+        }
+    }
+    lanes
+        .into_iter()
+        .chain(tail.iter().map(|v| v.abs()))
+        .fold(0.0, f32::max)
+}
+
+simd_dispatch! {
+    /// `dst[i] = round(src[i] · inv) + 128` (nearest, ties to even; clamped to ±127 first): an
+    /// int8 quantisation stored unsigned, as `vpdpbusd` reads it.
+    pub fn quantise_u8(src: &[f32], inv: f32, dst: &mut [u8]) => quantise_u8_body
+}
+
+#[inline(always)]
+fn quantise_u8_body(src: &[f32], inv: f32, dst: &mut [u8]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = ((x * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+    }
+}

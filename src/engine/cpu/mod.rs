@@ -15,6 +15,7 @@ pub mod math;
 pub mod ops;
 mod session;
 pub mod sgemm;
+pub mod vnni;
 
 pub use session::{CpuDecoder, CpuEncoder};
 
@@ -95,8 +96,10 @@ struct Loader<'a> {
     file: &'a dyn TensorSource,
     /// Decoder weights in int8 (`ComputeType::Int8`).
     int8: bool,
-    /// Encoder products in bf16 (`ComputeType::Bf16`).
+    /// Encoder products in bf16 (`ComputeType::Bf16`, `ComputeType::Int8Bf16`).
     enc_bf16: bool,
+    /// Encoder linear layers in int8 (`ComputeType::Int8Bf16` on a CPU with VNNI).
+    enc_int8: bool,
 }
 
 impl Loader<'_> {
@@ -132,8 +135,17 @@ impl Loader<'_> {
             None => Linear::new(weight, bias, n_in, n_out),
         })
     }
-    /// An encoder layer: f32, or bf16 with `ComputeType::Bf16`.
+    /// An encoder linear layer: f32; bf16 with `ComputeType::Bf16`; int8 with
+    /// `ComputeType::Int8Bf16` where the CPU has VNNI (else bf16).
     fn linear_enc(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
+        if self.enc_int8 {
+            let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
+            return Ok(Linear::new_int8(weight, bias, n_in, n_out));
+        }
+        self.linear_bf16(prefix, n_out, n_in)
+    }
+    /// A layer over the encoder's output: bf16 with `ComputeType::Bf16` or `Int8Bf16`, else f32.
+    fn linear_bf16(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
         if !self.enc_bf16 {
             return self.linear(prefix, n_out, n_in);
         }
@@ -193,7 +205,8 @@ impl Weights {
         let l = Loader {
             file,
             int8,
-            enc_bf16: compute_type == ComputeType::Bf16,
+            enc_bf16: matches!(compute_type, ComputeType::Bf16 | ComputeType::Int8Bf16),
+            enc_int8: compute_type == ComputeType::Int8Bf16 && vnni::usable(),
         };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         // The token embedding first: its f32 copy (base: 106 MB) is the largest transient of
@@ -231,7 +244,7 @@ impl Weights {
                     self_out: l.linear_dec(&format!("{p}/self_attention/linear_1"), dt, dt)?,
                     cross_ln: l.ln(&format!("{p}/attention/layer_norm"), dt)?,
                     cross_q: l.linear_dec(&format!("{p}/attention/linear_0"), dt, dt)?,
-                    cross_kv: l.linear_enc(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
+                    cross_kv: l.linear_bf16(&format!("{p}/attention/linear_1"), 2 * dt, da)?,
                     cross_out: l.linear_dec(&format!("{p}/attention/linear_2"), dt, dt)?,
                     mlp_ln: l.ln(&format!("{p}/ffn/layer_norm"), dt)?,
                     fc1: l.linear_dec(&format!("{p}/ffn/linear_0"), 4 * dt, dt)?,
@@ -450,7 +463,10 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 
     layer.attn_ln.forward(&ws.x, &mut ws.h);
     layer.qkv.forward(&ws.h, t, &mut ws.qkv, p);
-    if layer.qkv.is_bf16() {
+    // Attention in bf16 with bf16 layers, and with int8 ones where bf16 runs natively.
+    let bf16_attention = layer.qkv.is_bf16()
+        || (layer.qkv.is_int8() && amx::Backend::detected() != amx::Backend::Emulated);
+    if bf16_attention {
         if ws.k_bf16.len() != heads {
             ws.k_bf16 = (0..heads).map(|_| PackedBf16::default()).collect();
             ws.v_bf16 = (0..heads).map(|_| PackedBf16::default()).collect();

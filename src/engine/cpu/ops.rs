@@ -9,6 +9,7 @@ use super::gemv::{MatLow, matmul_low};
 use super::math::simd_dispatch;
 pub use super::math::{erf, exp_nonpositive, gelu, gelu_inplace};
 use super::sgemm::{self, Epilogue, MatRef, PackedB};
+use super::vnni::{self, PackedI8};
 
 /// Up to this many rows, a [`Linear`] with reduced-precision weights streams them directly
 /// ([`matmul_low`]); more rows unpack them and run the packed GEMM.
@@ -34,6 +35,7 @@ enum LinearWeights {
     Packed(PackedB),
     Low(MatLow),
     Bf16(PackedBf16),
+    Int8(PackedI8),
 }
 
 thread_local! {
@@ -60,6 +62,19 @@ impl Linear {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
         Self::with(
             LinearWeights::Bf16(PackedBf16::from_rows(&weight, n_out, n_in)),
+            bias,
+            n_in,
+            n_out,
+        )
+    }
+
+    /// A layer whose products run in int8 on AVX512-VNNI ([`vnni::gemm`]): weights
+    /// `[n_out][n_in]` quantised per output once, inputs per row on the fly, products summed
+    /// exactly in int32, scaled and biased in f32. Needs [`vnni::usable`].
+    pub fn new_int8(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
+        assert_eq!(weight.len(), n_out * n_in, "weight shape");
+        Self::with(
+            LinearWeights::Int8(PackedI8::from_rows(&weight, n_out, n_in)),
             bias,
             n_in,
             n_out,
@@ -94,6 +109,11 @@ impl Linear {
         matches!(self.weights, LinearWeights::Bf16(_))
     }
 
+    /// Whether the products run in int8.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.weights, LinearWeights::Int8(_))
+    }
+
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
         self.apply(x, rows, out, false, par);
@@ -121,6 +141,16 @@ impl Linear {
                     bias: self.bias.as_deref(),
                 };
                 amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
+            }
+            LinearWeights::Int8(w) => {
+                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: self.bias.as_deref(),
+                };
+                let gelu = amx::Activation::Gelu;
+                vnni::gemm(rows, x, self.n_in, w, out, self.n_out, ep, gelu, par);
             }
             _ => {
                 self.forward(x, rows, out, par);
@@ -154,6 +184,15 @@ impl Linear {
                 },
                 par,
             ),
+            LinearWeights::Int8(w) => {
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate,
+                    bias,
+                };
+                let act = amx::Activation::None;
+                vnni::gemm(rows, x, n_in, w, out, n_out, ep, act, par)
+            }
             LinearWeights::Low(w) if rows <= LOW_MAX_ROWS => {
                 matmul_low(x, rows, w, out, n_out, accumulate, bias, par)
             }
