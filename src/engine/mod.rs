@@ -148,6 +148,12 @@ impl std::fmt::Display for ComputeType {
 /// `[n_audio_ctx][d]`, in one call (per window, never per layer or operator from here).
 pub trait Encoder: Send {
     fn encode(&mut self, mel: &[f32], out: &mut [f32], threads: usize) -> Result<(), Error>;
+    /// Live captioning (short buffers decoded again and again, padded to the window) is more
+    /// sensitive to the encoder's rounding than whole windows: an engine with a faster, less
+    /// precise choice for offline work (the native engine's int8 linear layers with
+    /// `compute-type=int8-bf16`) takes its more precise one for every window encoded after
+    /// `set_live(true)`.
+    fn set_live(&mut self, _live: bool) {}
     /// Device dispatches so far, for engines that count them (the NPU).
     fn dispatches(&self) -> u64 {
         0

@@ -420,6 +420,7 @@ impl Transcriber {
             TailPadding::Zero => 0.0,
         };
         self.mel.window(start, columns, pad, &mut self.mel_window);
+        self.encoder.set_live(true);
         self.encode_window(start);
         self.set_audio();
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();

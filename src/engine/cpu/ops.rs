@@ -35,7 +35,16 @@ enum LinearWeights {
     Packed(PackedB),
     Low(MatLow),
     Bf16(PackedBf16),
-    Int8(PackedI8),
+    /// int8 for offline work, and a bf16 copy for live captioning (`*_as(.., false)`).
+    Int8(PackedI8, PackedBf16),
+}
+
+/// The products one call runs ([`Linear::path`]).
+enum Path<'a> {
+    Packed(&'a PackedB),
+    Low(&'a MatLow),
+    Bf16(&'a PackedBf16),
+    Int8(&'a PackedI8),
 }
 
 thread_local! {
@@ -70,11 +79,15 @@ impl Linear {
 
     /// A layer whose products run in int8 on AVX512-VNNI ([`vnni::gemm`]): weights
     /// `[n_out][n_in]` quantised per output once, inputs per row on the fly, products summed
-    /// exactly in int32, scaled and biased in f32. Needs [`vnni::usable`].
+    /// exactly in int32, scaled and biased in f32. Needs [`vnni::usable`]. Also holds the
+    /// weights in bf16, for the `*_as(.., int8 = false)` products.
     pub fn new_int8(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
         Self::with(
-            LinearWeights::Int8(PackedI8::from_rows(&weight, n_out, n_in)),
+            LinearWeights::Int8(
+                PackedI8::from_rows(&weight, n_out, n_in),
+                PackedBf16::from_rows(&weight, n_out, n_in),
+            ),
             bias,
             n_in,
             n_out,
@@ -99,6 +112,17 @@ impl Linear {
         }
     }
 
+    /// The products of a call: a layer held in int8 runs its bf16 copy unless `int8`.
+    fn path(&self, int8: bool) -> Path<'_> {
+        match &self.weights {
+            LinearWeights::Packed(w) => Path::Packed(w),
+            LinearWeights::Low(w) => Path::Low(w),
+            LinearWeights::Bf16(w) => Path::Bf16(w),
+            LinearWeights::Int8(q, _) if int8 => Path::Int8(q),
+            LinearWeights::Int8(_, w) => Path::Bf16(w),
+        }
+    }
+
     /// Whether the weights are held in reduced precision.
     pub fn is_low(&self) -> bool {
         matches!(self.weights, LinearWeights::Low(_))
@@ -111,24 +135,61 @@ impl Linear {
 
     /// Whether the products run in int8.
     pub fn is_int8(&self) -> bool {
-        matches!(self.weights, LinearWeights::Int8(_))
+        matches!(self.weights, LinearWeights::Int8(..))
     }
 
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.apply(x, rows, out, false, par);
+        self.apply(x, rows, out, false, true, par);
+    }
+
+    /// [`forward`](Self::forward); a layer held in int8 runs its bf16 copy unless `int8`.
+    pub fn forward_as(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        par: Parallelism,
+        int8: bool,
+    ) {
+        self.apply(x, rows, out, false, int8, par);
     }
 
     /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
     pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.apply(x, rows, out, true, par);
+        self.apply(x, rows, out, true, true, par);
+    }
+
+    /// [`forward_accumulate`](Self::forward_accumulate), the int8 choice as in
+    /// [`forward_as`](Self::forward_as).
+    pub fn forward_accumulate_as(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        par: Parallelism,
+        int8: bool,
+    ) {
+        self.apply(x, rows, out, true, int8, par);
     }
 
     /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
     /// product, then [`gelu_inplace`] (the same values either way).
     pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        match &self.weights {
-            LinearWeights::Bf16(w) => {
+        self.forward_gelu_as(x, rows, out, par, true);
+    }
+
+    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`forward_as`](Self::forward_as).
+    pub fn forward_gelu_as(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        par: Parallelism,
+        int8: bool,
+    ) {
+        match self.path(int8) {
+            Path::Bf16(w) => {
                 assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
                 let a = MatRef {
                     data: x,
@@ -142,7 +203,7 @@ impl Linear {
                 };
                 amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
             }
-            LinearWeights::Int8(w) => {
+            Path::Int8(w) => {
                 assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
                 let ep = Epilogue {
                     alpha: 1.0,
@@ -159,15 +220,21 @@ impl Linear {
         }
     }
 
-    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool, par: Parallelism) {
+    fn apply(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        accumulate: bool,
+        int8: bool,
+        par: Parallelism,
+    ) {
         let (n_in, n_out) = (self.n_in, self.n_out);
         assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
         let bias = self.bias.as_deref();
-        match &self.weights {
-            LinearWeights::Packed(w) => {
-                matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par)
-            }
-            LinearWeights::Bf16(w) => amx::gemm(
+        match self.path(int8) {
+            Path::Packed(w) => matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par),
+            Path::Bf16(w) => amx::gemm(
                 rows,
                 MatRef {
                     data: x,
@@ -184,7 +251,7 @@ impl Linear {
                 },
                 par,
             ),
-            LinearWeights::Int8(w) => {
+            Path::Int8(w) => {
                 let ep = Epilogue {
                     alpha: 1.0,
                     accumulate,
@@ -193,10 +260,10 @@ impl Linear {
                 let act = amx::Activation::None;
                 vnni::gemm(rows, x, n_in, w, out, n_out, ep, act, par)
             }
-            LinearWeights::Low(w) if rows <= LOW_MAX_ROWS => {
+            Path::Low(w) if rows <= LOW_MAX_ROWS => {
                 matmul_low(x, rows, w, out, n_out, accumulate, bias, par)
             }
-            LinearWeights::Low(w) => UNPACKED.with(|buf| {
+            Path::Low(w) => UNPACKED.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 buf.resize(n_out * n_in, 0.0);
                 for (j, row) in buf.chunks_exact_mut(n_in).enumerate() {

@@ -39,6 +39,10 @@ impl crate::engine::Encoder for CpuEncoder {
         out.copy_from_slice(&self.ws.x[..out.len()]);
         Ok(())
     }
+
+    fn set_live(&mut self, live: bool) {
+        self.ws.int8 = !live;
+    }
 }
 
 /// The native engine's [`Decoder`](crate::engine::Decoder): a [`DecoderState`] on the model's weights.
