@@ -209,17 +209,11 @@ pub fn dpbf16_peak_gflops(duration: std::time::Duration) -> Option<f64> {
             }
             acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
         }
-        let start = std::time::Instant::now();
-        let mut flops = 0u64;
-        let mut sink = 0.0f32;
-        while start.elapsed() < duration {
-            let iters = 1 << 18;
-            // SAFETY: AVX-512F and AVX512-BF16 checked above.
-            sink += unsafe { burst(iters) };
-            flops += iters * 12 * 64;
-        }
-        std::hint::black_box(sink);
-        Some(flops as f64 / start.elapsed().as_secs_f64() / 1e9)
+        let iters = 1 << 18;
+        // SAFETY: AVX-512F and AVX512-BF16 checked above.
+        Some(sgemm::peak_rate(duration, || {
+            (iters * 12 * 64, unsafe { burst(iters) })
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

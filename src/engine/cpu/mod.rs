@@ -469,7 +469,7 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 
     layer.attn_ln.forward(&ws.x, &mut ws.h);
     let int8 = ws.int8;
-    layer.qkv.forward_as(&ws.h, t, &mut ws.qkv, p, int8);
+    layer.qkv.product(&ws.h, t, &mut ws.qkv, false, int8, p);
     // Attention in bf16 with bf16 layers, and with int8 ones where bf16 runs natively.
     let bf16_attention = layer.qkv.is_bf16()
         || (layer.qkv.is_int8() && amx::Backend::detected() != amx::Backend::Emulated);
@@ -506,13 +506,11 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
     scatter_heads(&ws.heads_out, t, heads, dh, &mut ws.attn);
     layer
         .attn_out
-        .forward_accumulate_as(&ws.attn, t, &mut ws.x, p, int8);
+        .product(&ws.attn, t, &mut ws.x, true, int8, p);
 
     layer.mlp_ln.forward(&ws.x, &mut ws.h);
     layer.fc1.forward_gelu_as(&ws.h, t, &mut ws.hidden, p, int8);
-    layer
-        .fc2
-        .forward_accumulate_as(&ws.hidden, t, &mut ws.x, p, int8);
+    layer.fc2.product(&ws.hidden, t, &mut ws.x, true, int8, p);
 }
 
 /// Query rows per attention task: a `ROWS × n_ctx` block of scores (500 KiB for 1500 keys)

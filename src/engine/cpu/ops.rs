@@ -35,7 +35,7 @@ enum LinearWeights {
     Packed(PackedB),
     Low(MatLow),
     Bf16(PackedBf16),
-    /// int8 for offline work, and a bf16 copy for live captioning (`*_as(.., false)`).
+    /// int8 for offline work, and a bf16 copy for live captioning ([`Linear::product`] and [`Linear::forward_gelu_as`] with `int8` false).
     Int8(PackedI8, PackedBf16),
 }
 
@@ -80,7 +80,7 @@ impl Linear {
     /// A layer whose products run in int8 on AVX512-VNNI ([`vnni::gemm`]): weights
     /// `[n_out][n_in]` quantised per output once, inputs per row on the fly, products summed
     /// exactly in int32, scaled and biased in f32. Needs [`vnni::usable`]. Also holds the
-    /// weights in bf16, for the `*_as(.., int8 = false)` products.
+    /// weights in bf16, for the products asked with `int8` false.
     pub fn new_int8(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
         Self::with(
@@ -143,34 +143,24 @@ impl Linear {
         self.apply(x, rows, out, false, true, par);
     }
 
-    /// [`forward`](Self::forward); a layer held in int8 runs its bf16 copy unless `int8`.
-    pub fn forward_as(
+    /// `out (+)= x W^T + b` (`accumulate`: residual connection fused into the GEMM's store); a
+    /// layer held in int8 runs its bf16 copy unless `int8` ([`forward`](Self::forward) and
+    /// [`forward_accumulate`](Self::forward_accumulate) run int8).
+    pub fn product(
         &self,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
-        par: Parallelism,
+        accumulate: bool,
         int8: bool,
+        par: Parallelism,
     ) {
-        self.apply(x, rows, out, false, int8, par);
+        self.apply(x, rows, out, accumulate, int8, par);
     }
 
     /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
     pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
         self.apply(x, rows, out, true, true, par);
-    }
-
-    /// [`forward_accumulate`](Self::forward_accumulate), the int8 choice as in
-    /// [`forward_as`](Self::forward_as).
-    pub fn forward_accumulate_as(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        par: Parallelism,
-        int8: bool,
-    ) {
-        self.apply(x, rows, out, true, int8, par);
     }
 
     /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
@@ -179,7 +169,7 @@ impl Linear {
         self.forward_gelu_as(x, rows, out, par, true);
     }
 
-    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`forward_as`](Self::forward_as).
+    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`product`](Self::product).
     pub fn forward_gelu_as(
         &self,
         x: &[f32],

@@ -867,16 +867,26 @@ unsafe fn kernel_portable<const R: usize>(
 /// Peak fp32 FMA throughput of one thread, in GFLOP/s, from a register-only loop of
 /// independent FMAs with the widest vectors this CPU has (for benchmarks).
 pub fn fma_peak_gflops(duration: std::time::Duration) -> f64 {
+    peak_rate(duration, || fma_burst(1 << 20))
+}
+
+/// Runs `burst` (which returns the operations it did and a value to keep alive) for about
+/// `duration`, and returns its rate in G operations per second: the shared timing of the
+/// instruction-loop peaks (FMA here, `vdpbf16ps` and `vpdpbusd` in the bf16 and int8 GEMMs).
+pub(crate) fn peak_rate(
+    duration: std::time::Duration,
+    mut burst: impl FnMut() -> (u64, f32),
+) -> f64 {
     let start = std::time::Instant::now();
-    let mut flops = 0u64;
+    let mut ops = 0u64;
     let mut sink = 0.0f32;
     while start.elapsed() < duration {
-        let (f, s) = fma_burst(1 << 20);
-        flops += f;
+        let (n, s) = burst();
+        ops += n;
         sink += s;
     }
     std::hint::black_box(sink);
-    flops as f64 / start.elapsed().as_secs_f64() / 1e9
+    ops as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Runs `iters` rounds of 12 independent vector FMAs; returns (flops, a value to keep).

@@ -71,17 +71,11 @@ pub fn dpbusd_peak_gops(duration: std::time::Duration) -> Option<f64> {
             }
             acc.iter().map(|&x| _mm512_reduce_add_epi32(x)).sum()
         }
-        let start = std::time::Instant::now();
-        let mut ops = 0u64;
-        let mut sink = 0i32;
-        while start.elapsed() < duration {
-            let iters = 1 << 18;
-            // SAFETY: AVX-512F and AVX512-VNNI checked by `usable`.
-            sink = sink.wrapping_add(unsafe { burst(iters) });
-            ops += iters * 12 * 128;
-        }
-        std::hint::black_box(sink);
-        Some(ops as f64 / start.elapsed().as_secs_f64() / 1e9)
+        let iters = 1 << 18;
+        // SAFETY: AVX-512F and AVX512-VNNI checked by `usable`.
+        Some(super::sgemm::peak_rate(duration, || {
+            (iters * 12 * 128, unsafe { burst(iters) } as f32)
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
