@@ -375,3 +375,74 @@ fn missing_provider_and_bad_onnx_files_are_named() {
     assert!(stderr.contains("--backend onnx"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `backend=auto` (the default) chooses the NPU, then ONNX Runtime with an accelerator when the
+/// model directory holds an export, then the native engine, and posts what it chose and why
+/// (`whispernpu-backend`). One `gst-launch-1.0 -m` per case: ONNX Runtime is loaded once per
+/// process, so each library needs its own. No NPU here: the note says so in every case.
+#[test]
+fn backend_auto_chooses_in_order_and_posts_why() {
+    let export = export("tiny.en");
+    common::fetch_runtime();
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/fetch-openvino"))
+        .output()
+        .expect("scripts/fetch-openvino");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-openvino failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let openvino = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let chosen = |model: &Path, ort: Option<&Path>| -> String {
+        let mut cmd = Command::new("gst-launch-1.0");
+        cmd.arg("-m")
+            .args(
+                format!(
+                    "filesrc location={} ! decodebin ! audioconvert ! audioresample ! \
+                     whispernpu model={} language-code=en ! fakesink",
+                    common::jfk_wav().display(),
+                    model.display()
+                )
+                .split_whitespace(),
+            )
+            .env("GST_PLUGIN_PATH", common::repo().join("target/release"));
+        if let Some(lib) = ort {
+            cmd.env("ORT_DYLIB_PATH", lib);
+        }
+        let out = cmd.output().expect("gst-launch-1.0");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // gst-launch-1.0 escapes the structure's spaces and punctuation with backslashes.
+        stdout
+            .lines()
+            .find(|l| l.contains("whispernpu-backend"))
+            .unwrap_or_else(|| panic!("no whispernpu-backend message:\n{stdout}"))
+            .replace('\\', "")
+    };
+    // A CTranslate2 model: the native engine.
+    let native = chosen(&common::model_dir("tiny.en"), None);
+    eprintln!("{native}");
+    assert!(native.contains("backend=(string)cpu"), "{native}");
+    assert!(native.contains("amdxdna"), "the NPU probe's note: {native}");
+    // An export and a CPU-only ONNX Runtime: the export is all the model has.
+    let cpu_only = chosen(&export, None);
+    eprintln!("{cpu_only}");
+    assert!(cpu_only.contains("backend=(string)onnx"), "{cpu_only}");
+    assert!(cpu_only.contains("no accelerator"), "{cpu_only}");
+    // An export and ONNX Runtime with OpenVINO (an accelerator provider): ONNX Runtime on it.
+    let accelerated = chosen(&export, Some(&openvino));
+    eprintln!("{accelerated}");
+    assert!(
+        accelerated.contains("backend=(string)onnx"),
+        "{accelerated}"
+    );
+    assert!(
+        accelerated.contains("OpenVINOExecutionProvider"),
+        "{accelerated}"
+    );
+}

@@ -13,8 +13,9 @@ use super::Dims;
 use super::ct2::Ct2File;
 use crate::error::ModelError;
 
-/// Tensors by CTranslate2 name, converted to f32 (what [`crate::engine::cpu::Weights`] reads).
-pub trait TensorSource {
+/// Tensors by CTranslate2 name, converted to f32 (what [`crate::engine::cpu::Weights`] reads);
+/// read from several threads at once while a model loads.
+pub trait TensorSource: Sync {
     /// The file reported in errors.
     fn path(&self) -> &Path;
     fn contains(&self, name: &str) -> bool;
@@ -153,7 +154,7 @@ fn same_shape(a: &[usize], b: &[usize]) -> bool {
 /// A [`TensorSource`] over openai-named tensors.
 pub struct OpenaiLayout<'a, T: OpenaiTensors>(pub &'a T);
 
-impl<T: OpenaiTensors> TensorSource for OpenaiLayout<'_, T> {
+impl<T: OpenaiTensors + Sync> TensorSource for OpenaiLayout<'_, T> {
     fn path(&self) -> &Path {
         self.0.path()
     }

@@ -222,7 +222,10 @@ impl Weights {
                 }
             }
         };
+        // Layers are prepared in parallel (conversion, quantisation and packing are CPU-bound:
+        // the model load is part of every run's wall time).
         let enc_layers = (0..dims.n_audio_layer)
+            .into_par_iter()
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
                 Ok(EncoderLayer {
@@ -236,6 +239,7 @@ impl Weights {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let dec_layers = (0..dims.n_text_layer)
+            .into_par_iter()
             .map(|i| {
                 let p = format!("decoder/layer_{i}");
                 Ok(DecoderLayer {
