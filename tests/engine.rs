@@ -302,7 +302,7 @@ fn synthesise(dir: &Path, reference: &serde_json::Value) -> PathBuf {
 
 /// How far above faster-whisper float32's WER on the 111.9 s recording each model and compute
 /// type may be, in points: the README's figure for this test (measured: tiny.en 9.03 % with f32
-/// and bf16, 8.36 % with int8, 8.03 % with int8-bf16, against 8.03 %; base 4.01 % with all
+/// and bf16, 8.36 % with int8 and with int8-bf16, against 8.03 %; base 4.01 % with all
 /// four, as faster-whisper).
 const MULTIWINDOW_WER_MARGIN: f64 = 1.5;
 
