@@ -36,7 +36,7 @@ enum LinearWeights {
     Low(MatLow),
     Bf16(PackedBf16),
     /// int8 for offline work, and a bf16 copy for live captioning ([`Linear::product`] and [`Linear::forward_gelu_as`] with `int8` false).
-    Int8(PackedI8, PackedBf16),
+    Int8(Box<(PackedI8, PackedBf16)>),
 }
 
 /// The products one call runs ([`Linear::path`]).
@@ -84,10 +84,10 @@ impl Linear {
     pub fn new_int8(weight: Vec<f32>, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         assert_eq!(weight.len(), n_out * n_in, "weight shape");
         Self::with(
-            LinearWeights::Int8(
+            LinearWeights::Int8(Box::new((
                 PackedI8::from_rows(&weight, n_out, n_in),
                 PackedBf16::from_rows(&weight, n_out, n_in),
-            ),
+            ))),
             bias,
             n_in,
             n_out,
@@ -118,8 +118,8 @@ impl Linear {
             LinearWeights::Packed(w) => Path::Packed(w),
             LinearWeights::Low(w) => Path::Low(w),
             LinearWeights::Bf16(w) => Path::Bf16(w),
-            LinearWeights::Int8(q, _) if int8 => Path::Int8(q),
-            LinearWeights::Int8(_, w) => Path::Bf16(w),
+            LinearWeights::Int8(both) if int8 => Path::Int8(&both.0),
+            LinearWeights::Int8(both) => Path::Bf16(&both.1),
         }
     }
 
