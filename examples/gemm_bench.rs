@@ -18,6 +18,9 @@
 //!   `bf16dp`, its 2048³ product also against a `vdpbf16ps` loop's peak; else f32 kernels on
 //!   bf16-rounded operands, shown as `bf16emu`); its
 //!   column shows the speed-up over `sgemm` at the same thread count instead of a percentage,
+//! - `int8` (where the CPU has AVX512-VNNI): the encoder of `compute-type=int8-bf16` ([`vnni::gemm`]
+//!   for the linear layers, the bf16 products for attention), also as a speed-up over `sgemm`;
+//!   its 2048³ product also against a `vpdpbusd` loop's peak,
 //!
 //! each on 1 thread and on N threads (a rayon pool of that size, as the engine uses). The peak
 //! lines also give the best bf16 GEMM on the large square product. The `attention/head (fused)`
@@ -41,7 +44,7 @@ options:
   --runs N         timed runs per measurement, the median is reported [default: 7]
   --threads LIST   comma-separated thread counts [default: 1,<cores>]
   --only LIST      only the shapes whose name contains one of these (e.g. fc1,scores)
-  --impls LIST     comma-separated subset of gemm,sgemm,avx2,bf16 [default: all]
+  --impls LIST     comma-separated subset of gemm,sgemm,avx2,bf16,int8 [default: all]
   --no-peak        skip the peak measurements
   --cpu-time       time by process CPU time / threads instead of wall time (Linux; for a
                    machine shared with other work: ignores time other processes hold the cores)";
@@ -597,34 +600,30 @@ fn cell(gflops: f64, fma_peak: f64, imp: Impl, speedup: f64) -> String {
     }
 }
 
-/// FMA-loop peak of `threads` threads running at once, GFLOP/s.
-fn fma_peak(threads: usize) -> f64 {
+/// An instruction loop's peak (`loop_peak`, one thread's rate over 600 ms) of `threads` threads
+/// running at once: their sum (None where the CPU lacks the instruction).
+fn together(threads: usize, loop_peak: fn(Duration) -> Option<f64>) -> Option<f64> {
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| sgemm::fma_peak_gflops(Duration::from_millis(600))))
+            .map(|_| s.spawn(|| loop_peak(Duration::from_millis(600))))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     })
+}
+
+/// FMA-loop peak of `threads` threads running at once, GFLOP/s.
+fn fma_peak(threads: usize) -> f64 {
+    together(threads, |d| Some(sgemm::fma_peak_gflops(d))).unwrap_or(f64::NAN)
 }
 
 /// The `vdpbf16ps` loop peak of `threads` threads together (None without AVX512_BF16).
 fn dpbf16_peak(threads: usize) -> Option<f64> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| amx::dpbf16_peak_gflops(Duration::from_millis(600))))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    })
+    together(threads, amx::dpbf16_peak_gflops)
 }
 
 /// The `vpdpbusd` loop peak of `threads` threads together, G int8 ops/s (None without VNNI).
 fn dpbusd_peak(threads: usize) -> Option<f64> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| vnni::dpbusd_peak_gops(Duration::from_millis(600))))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    })
+    together(threads, vnni::dpbusd_peak_gops)
 }
 
 fn main() {
@@ -777,7 +776,8 @@ fn main() {
         };
         println!(
             "\n{model} (d {d}, {heads} heads, T 1500): GFLOP/s, median of {runs}; (%) of the FMA-loop peak, \
-             (×) {bf16_name} over sgemm"
+             (×) {bf16_name}{} over sgemm",
+            if vnni::usable() { " and int8" } else { "" }
         );
         let mut header = format!("{:<22} {:>16}", "shape", "m×n×k");
         for &t in &thread_counts {

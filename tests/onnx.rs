@@ -257,9 +257,9 @@ fn cli(dir: &Path, env: &[(&str, &Path)], flags: &[&str]) -> (Option<i32>, Strin
     )
 }
 
-#[test]
-fn openvino_provider_gives_the_same_text() {
-    let dir = export("tiny.en");
+/// The ONNX Runtime library with the OpenVINO provider (`scripts/fetch-openvino`: the
+/// `onnxruntime-openvino` wheel's, fetched once).
+fn openvino_library() -> PathBuf {
     let out = Command::new("bash")
         .arg(common::repo().join("scripts/fetch-openvino"))
         .output()
@@ -269,7 +269,13 @@ fn openvino_provider_gives_the_same_text() {
         "scripts/fetch-openvino failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn openvino_provider_gives_the_same_text() {
+    let dir = export("tiny.en");
+    let lib = openvino_library();
     let reference = transcribe(native("tiny.en"), &jfk(), en());
     let (code, stdout, stderr) = cli(
         &dir,
@@ -384,16 +390,7 @@ fn missing_provider_and_bad_onnx_files_are_named() {
 fn backend_auto_chooses_in_order_and_posts_why() {
     let export = export("tiny.en");
     common::fetch_runtime();
-    let out = Command::new("bash")
-        .arg(common::repo().join("scripts/fetch-openvino"))
-        .output()
-        .expect("scripts/fetch-openvino");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-openvino failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let openvino = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let openvino = openvino_library();
     let chosen = |model: &Path, ort: Option<&Path>| -> String {
         let mut cmd = Command::new("gst-launch-1.0");
         cmd.arg("-m")

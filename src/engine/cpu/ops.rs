@@ -140,77 +140,13 @@ impl Linear {
 
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.apply(x, rows, out, false, true, par);
+        self.product(x, rows, out, false, true, par);
     }
 
     /// `out (+)= x W^T + b` (`accumulate`: residual connection fused into the GEMM's store); a
     /// layer held in int8 runs its bf16 copy unless `int8` ([`forward`](Self::forward) and
     /// [`forward_accumulate`](Self::forward_accumulate) run int8).
     pub fn product(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        accumulate: bool,
-        int8: bool,
-        par: Parallelism,
-    ) {
-        self.apply(x, rows, out, accumulate, int8, par);
-    }
-
-    /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
-    pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.apply(x, rows, out, true, true, par);
-    }
-
-    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
-    /// product, then [`gelu_inplace`] (the same values either way).
-    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.forward_gelu_as(x, rows, out, par, true);
-    }
-
-    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`product`](Self::product).
-    pub fn forward_gelu_as(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        par: Parallelism,
-        int8: bool,
-    ) {
-        match self.path(int8) {
-            Path::Bf16(w) => {
-                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-                let a = MatRef {
-                    data: x,
-                    rs: self.n_in,
-                    cs: 1,
-                };
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    accumulate: false,
-                    bias: self.bias.as_deref(),
-                };
-                amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
-            }
-            Path::Int8(w) => {
-                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    accumulate: false,
-                    bias: self.bias.as_deref(),
-                };
-                let gelu = amx::Activation::Gelu;
-                vnni::gemm(rows, x, self.n_in, w, out, self.n_out, ep, gelu, par);
-            }
-            _ => {
-                self.forward(x, rows, out, par);
-                gelu_inplace(&mut out[..rows * self.n_out]);
-            }
-        }
-    }
-
-    fn apply(
         &self,
         x: &[f32],
         rows: usize,
@@ -274,6 +210,58 @@ impl Linear {
                     add_bias(&mut out[..rows * n_out], bias);
                 }
             }),
+        }
+    }
+
+    /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
+    pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        self.product(x, rows, out, true, true, par);
+    }
+
+    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
+    /// product, then [`gelu_inplace`] (the same values either way).
+    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        self.forward_gelu_as(x, rows, out, par, true);
+    }
+
+    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`product`](Self::product).
+    pub fn forward_gelu_as(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        par: Parallelism,
+        int8: bool,
+    ) {
+        match self.path(int8) {
+            Path::Bf16(w) => {
+                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+                let a = MatRef {
+                    data: x,
+                    rs: self.n_in,
+                    cs: 1,
+                };
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: self.bias.as_deref(),
+                };
+                amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
+            }
+            Path::Int8(w) => {
+                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    accumulate: false,
+                    bias: self.bias.as_deref(),
+                };
+                let gelu = amx::Activation::Gelu;
+                vnni::gemm(rows, x, self.n_in, w, out, self.n_out, ep, gelu, par);
+            }
+            _ => {
+                self.forward(x, rows, out, par);
+                gelu_inplace(&mut out[..rows * self.n_out]);
+            }
         }
     }
 }
