@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use gstwhispernpu::audio::N_FRAMES;
 use gstwhispernpu::audio::mel::{MelFrontend, MelStream};
-use gstwhispernpu::engine::cpu::{EncoderWorkspace, encode, encoder_layer, ops};
+use gstwhispernpu::engine::cpu::{EncoderWorkspace, encode, encoder_layer, math, ops};
 use gstwhispernpu::engine::npu::device::{DeviceError, NpuDevice, RunArg};
 use gstwhispernpu::engine::npu::golden::GoldenError;
 use gstwhispernpu::engine::npu::golden_kernels as gk;
@@ -170,7 +170,7 @@ fn gelu_kernel_max_error_against_exact_erf() {
     let worst_cpu = (-12_000..=12_000)
         .map(|i| {
             let x = i as f32 * 1e-3;
-            (gk::gelu(x) - ops::gelu(x)).abs()
+            (gk::gelu(x) - math::gelu(x)).abs()
         })
         .fold(0.0f32, f32::max);
     assert!(worst_cpu < 1e-6, "kernel vs CPU GELU {worst_cpu}");

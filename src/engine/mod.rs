@@ -43,16 +43,17 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   numbers up to summation order but no speed-up. The decoder is as with `f32`.
 /// - `int8-bf16`: the encoder's linear layers (QKV, output projection, MLP) in int8 on
 ///   AVX512-VNNI `vpdpbusd` (weights quantised once per output, inputs per row on the fly,
-///   exact integer sums, as CTranslate2's int8), its attention and convolutions and the
-///   decoder's cross-attention K/V projection as with `bf16`; the decoder as with `f32` (f16
-///   weights, exact logits). Without VNNI the linear layers run as with `bf16`.
+///   exact integer sums, as CTranslate2's int8), its attention and convolutions as with
+///   `bf16`; the decoder as with `f32` (f16 weights, exact logits). Live captioning encodes with
+///   the layers' bf16 copy ([`Encoder::set_live`]). Without VNNI the linear layers run as with
+///   `bf16`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
 ///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `bf16` where the
 ///   encoder runs on AMX tiles; `int8-bf16` where the CPU has AVX512_BF16 and AVX512-VNNI but no
 ///   AMX (AMD Zen 4 and 5); `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8
 ///   is bit-faithful: on the 295 s benchmark audio (AMD EPYC Zen 4) base reads 3.50 % with `f32`
 ///   and `bf16`, 3.75 % with `int8-bf16` (faster-whisper float32: 3.38 %, int8: 3.62 %); tiny.en
-///   7.12 % with `f32`, 7.00 % with `bf16`, 7.12 % with `int8-bf16` (faster-whisper float32:
+///   7.12 % with `f32`, 7.00 % with `bf16`, 7.25 % with `int8-bf16` (faster-whisper float32:
 ///   7.00 %). `int8` keeps the WER there too (7.12 % and 3.50 %) and is faster than `f32` (its
 ///   decoder reads half the bytes) but slower than `bf16` (its encoder is f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -576,12 +576,7 @@ pub fn gemm_act(
                 a_rs: a.rs,
                 a_cs: a.cs,
                 b: b.tiles.rows.as_ptr().cast(),
-                c: c.as_mut_ptr(),
-                ldc,
-                alpha: ep.alpha,
-                accumulate: ep.accumulate,
-                bias: ep.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-                act,
+                out: Out::new(c, ldc, ep, act),
             };
             job.run(threads_of(par));
         }
@@ -599,16 +594,7 @@ fn gemm_emulated(
     par: Parallelism,
 ) {
     let k = b.k();
-    A_ROUNDED.with(|buf| {
-        let mut own;
-        let mut guard = buf.try_borrow_mut();
-        let buf: &mut Vec<f32> = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => {
-                own = Vec::new();
-                &mut own
-            }
-        };
+    sgemm::with_scratch(&A_ROUNDED, Vec::new, |buf| {
         if buf.len() < m * k {
             buf.resize(m * k, 0.0);
         }
@@ -966,12 +952,7 @@ struct Job {
     a_cs: usize,
     /// Tile layout of [`PackedBf16`].
     b: *const u16,
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    accumulate: bool,
-    bias: *const f32,
-    act: Activation,
+    out: Out,
 }
 
 // SAFETY: tasks write disjoint blocks of C and only read A, B and bias, which outlive the call.
@@ -980,25 +961,12 @@ unsafe impl Sync for Job {}
 
 impl Job {
     fn run(&self, threads: usize) {
-        let row_panels = self.m.div_ceil(MB);
-        let col_panels = self.n.div_ceil(MB);
         // Too little work to be worth a fork.
         let small = self.m * self.n * self.k < (1 << 20);
-        if threads <= 1 || small {
-            self.task(0..self.m, 0..col_panels);
-        } else if row_panels >= 2 * threads {
-            let per = row_panels.div_ceil(threads) * MB;
-            let tasks = self.m.div_ceil(per);
-            (0..tasks).into_par_iter().for_each(|t| {
-                self.task(t * per..self.m.min((t + 1) * per), 0..col_panels);
-            });
-        } else {
-            let per = col_panels.div_ceil(threads);
-            let tasks = col_panels.div_ceil(per);
-            (0..tasks).into_par_iter().for_each(|t| {
-                self.task(0..self.m, t * per..col_panels.min((t + 1) * per));
-            });
-        }
+        let col_panels = self.n.div_ceil(MB);
+        sgemm::split_tasks(self.m, MB, col_panels, threads, small, |rows, panels| {
+            self.task(rows, panels)
+        });
     }
 
     /// Rows `rows` × column panels `panels` of C.
@@ -1010,16 +978,7 @@ impl Job {
         let kb = self.k.div_ceil(KB);
         // Rows of A converted at once: a multiple of 32 holding at most A_BLOCK_BYTES.
         let mc_max = (A_BLOCK_BYTES / (kb * KB * 2) / MB * MB).max(MB);
-        A_TILES.with(|buf| {
-            let mut own;
-            let mut guard = buf.try_borrow_mut();
-            let buf: &mut TileBuf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => {
-                    own = TileBuf::new();
-                    &mut own
-                }
-            };
+        sgemm::with_scratch(&A_TILES, TileBuf::new, |buf| {
             let a_tiles = buf.reserve(mc_max.min(rows.len().next_multiple_of(MB)) * kb);
             // SAFETY: the backend is usable (the operand was packed for it) and so is AVX-512F.
             unsafe {
@@ -1074,42 +1033,13 @@ impl Job {
                         let c = acc.0.as_mut_ptr();
                         kernel_32x32_from(self.backend, a0, a1, b, steps, c, MB * 4, s0 > 0);
                         if last {
-                            self.store(acc, i0 + ip, MB.min(mc - ip), jp, cols);
+                            self.out.store(acc, i0 + ip, MB.min(mc - ip), jp, cols);
                         }
                     }
                 }
             }
         }
         ACC.with(|a| a.replace(acc));
-    }
-
-    /// Stores the finished block `acc` to C rows `i .. i + rows`, panel `jp` (`cols` columns).
-    ///
-    /// # Safety
-    /// As for [`block`](Self::block).
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn store(&self, acc: &mut Acc, i: usize, rows: usize, jp: usize, cols: usize) {
-        // SAFETY: C rows/columns in range (see `gemm`'s asserts), the bias has n values.
-        let (c, bias) = unsafe {
-            let bias = if self.bias.is_null() {
-                self.bias
-            } else {
-                self.bias.add(jp * MB)
-            };
-            (self.c.add(i * self.ldc + jp * MB), bias)
-        };
-        let store = Store {
-            rows,
-            cols,
-            c,
-            ldc: self.ldc,
-            alpha: self.alpha,
-            bias,
-            accumulate: self.accumulate,
-            gelu: self.act == Activation::Gelu,
-        };
-        // SAFETY: AVX-512F (AMX backend); `store` describes C as its contract asks.
-        unsafe { epilogue(acc, &store) };
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -1132,16 +1062,17 @@ impl Job {
             for j in panels.start * MB..self.n.min(panels.end * MB) {
                 // SAFETY: inside C, owned by this task.
                 unsafe {
-                    let c = self.c.add(i * self.ldc + j);
-                    let mut v = if self.bias.is_null() {
+                    let out = &self.out;
+                    let c = out.c.add(i * out.ldc + j);
+                    let mut v = if out.bias.is_null() {
                         0.0
                     } else {
-                        *self.bias.add(j)
+                        *out.bias.add(j)
                     };
-                    if self.act == Activation::Gelu {
+                    if out.act == Activation::Gelu {
                         v = math::gelu(v);
                     }
-                    if self.accumulate {
+                    if out.accumulate {
                         v += *c;
                     }
                     *c = v;
@@ -1254,20 +1185,83 @@ unsafe fn kernel_32x32(
     unsafe { kernel_32x32_from(backend, a0, a1, b, kb, c, ldc, false) }
 }
 
+/// Where a GEMM's products go and how they are stored, `C = act(alpha · A · B + bias) (+ C)`:
+/// the part of a call its tasks share, in the bf16 GEMM and the int8 one
+/// ([`super::vnni::gemm`]).
+#[derive(Clone, Copy)]
+pub(super) struct Out {
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+    /// Null, or `n` values.
+    bias: *const f32,
+    act: Activation,
+}
+
+impl Out {
+    pub(super) fn new(c: &mut [f32], ldc: usize, ep: Epilogue<'_>, act: Activation) -> Self {
+        Self {
+            c: c.as_mut_ptr(),
+            ldc,
+            alpha: ep.alpha,
+            accumulate: ep.accumulate,
+            bias: ep.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            act,
+        }
+    }
+
+    /// Stores the finished block `acc` to C rows `i .. i + rows`, panel `jp` (`cols` columns).
+    ///
+    /// # Safety
+    /// AVX-512F; those rows and columns inside C (the GEMM's asserts), owned by the caller's
+    /// task.
+    pub(super) unsafe fn store(
+        &self,
+        acc: &mut Acc,
+        i: usize,
+        rows: usize,
+        jp: usize,
+        cols: usize,
+    ) {
+        // SAFETY: C rows/columns in range, the bias has n values (caller).
+        let (c, bias) = unsafe {
+            let bias = if self.bias.is_null() {
+                self.bias
+            } else {
+                self.bias.add(jp * MB)
+            };
+            (self.c.add(i * self.ldc + jp * MB), bias)
+        };
+        let store = Store {
+            rows,
+            cols,
+            c,
+            ldc: self.ldc,
+            alpha: self.alpha,
+            bias,
+            accumulate: self.accumulate,
+            gelu: self.act == Activation::Gelu,
+        };
+        // SAFETY: AVX-512F (caller); `store` describes C as its contract asks.
+        unsafe { epilogue(acc, &store) };
+    }
+}
+
 /// Where and how a 32 × 32 block of products is stored.
 #[derive(Clone, Copy)]
-pub(super) struct Store {
+struct Store {
     /// Valid rows and columns of the block.
-    pub(super) rows: usize,
-    pub(super) cols: usize,
+    rows: usize,
+    cols: usize,
     /// The block's first element in C, and C's row stride.
-    pub(super) c: *mut f32,
-    pub(super) ldc: usize,
-    pub(super) alpha: f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
     /// Null, or the block's `cols` bias values.
-    pub(super) bias: *const f32,
-    pub(super) accumulate: bool,
-    pub(super) gelu: bool,
+    bias: *const f32,
+    accumulate: bool,
+    gelu: bool,
 }
 
 /// `C[rows][cols] = act(alpha · acc + bias) (+ C)`, for the valid part of a 32 × 32 block.
@@ -1276,7 +1270,7 @@ pub(super) struct Store {
 /// AVX-512F; the pointers of `st` valid as documented there.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn epilogue(acc: &mut Acc, st: &Store) {
+unsafe fn epilogue(acc: &mut Acc, st: &Store) {
     use std::arch::x86_64::*;
     let Store {
         rows,
@@ -1579,7 +1573,7 @@ unsafe fn convert_row(src: *const f32, len: usize, dst: &mut TileRow) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn epilogue(_: &mut Acc, _: &Store) {
+unsafe fn epilogue(_: &mut Acc, _: &Store) {
     unreachable!("AMX backend on a non-x86_64 target")
 }
 

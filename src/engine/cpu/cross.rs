@@ -3,7 +3,7 @@
 //! Every decoded token attends, in every layer and head, over all `n_audio_ctx` (1500) encoder
 //! positions, so the cross-attention K/V are the decoder's largest per-token read after its
 //! weights (base: 37 MB per token in f32). They are computed once per window and stored per
-//! head as `Kᵀ [dh][keys]` (in contiguous tiles of 32 keys, [`kt_index`]) and `V [keys][dh]`:
+//! head as `Kᵀ [dh][keys]` (in contiguous tiles of 32 keys, `kt_index`) and `V [keys][dh]`:
 //! scores for a query are then a sum of `dh` scaled rows of `Kᵀ` (vector FMAs along the keys, no
 //! horizontal reduction per key, both read front to back) and the output a
 //! sum of `keys` scaled rows of `V`. Stored in f32, or in f16 (half the bytes, rounding every

@@ -28,7 +28,7 @@ use super::sgemm::Isa;
 
 /// A `[n][k]` weight matrix in reduced precision: f16 (lossless for f16 checkpoints) or int8
 /// with one f32 scale per row (symmetric, `w ≈ q · scale`, `|q| ≤ 127`), stored in the
-/// kernels' group-interleaved layout (see [`index`]): the four rows a kernel call reads
+/// kernels' group-interleaved layout (see `index`): the four rows a kernel call reads
 /// together lie in one contiguous run, one 64-byte line of each in turn, so a product reads
 /// its weights as one sequential stream. (Read as four row-major streams, the same bytes came
 /// from memory at half the speed: 8.5 against 17.5 GB/s on one AMD EPYC Zen 4 core.)
@@ -304,15 +304,7 @@ pub const INT8_MAX_K: usize = 8_192;
 /// row of zeros; NaN when the row holds a NaN or an infinity, so that every output of the
 /// product is NaN, as in f32, instead of a finite value computed from a clamped input).
 pub fn input_scale(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    let (max, nonfinite) = if super::sgemm::current_isa() == Isa::Avx512 {
-        // SAFETY: the AVX-512 path is only chosen (or forced) where the CPU has AVX-512F.
-        unsafe { abs_max_avx512(row) }
-    } else {
-        abs_max_portable(row)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let (max, nonfinite) = abs_max_portable(row);
+    let (max, nonfinite) = abs_max(row);
     if nonfinite {
         f32::NAN
     } else if max == 0.0 {
@@ -322,7 +314,18 @@ pub fn input_scale(row: &[f32]) -> f32 {
     }
 }
 
-/// The largest `|v|` of the finite values of `row`, and whether it holds a NaN or an infinity.
+/// The largest `|v|` of the finite values of `row`, and whether it holds a NaN or an infinity
+/// (vectorised where the CPU allows; the int8 inputs' scales here and in [`super::vnni`]).
+pub(super) fn abs_max(row: &[f32]) -> (f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::current_isa() == Isa::Avx512 {
+        // SAFETY: the AVX-512 path is only chosen (or forced) where the CPU has AVX-512F.
+        return unsafe { abs_max_avx512(row) };
+    }
+    abs_max_portable(row)
+}
+
+/// [`abs_max`] in portable Rust.
 fn abs_max_portable(row: &[f32]) -> (f32, bool) {
     let mut max = 0.0f32;
     let mut nonfinite = false;
@@ -431,10 +434,7 @@ fn with_quantised<R>(h: &[f32], rows: usize, k: usize, f: impl FnOnce(&[i16], &[
             quantise_row(row, 1.0 / *s, q);
         }
     };
-    BUF.with(|cell| {
-        let mut own = (Vec::new(), Vec::new());
-        let mut guard = cell.try_borrow_mut();
-        let buf = guard.as_deref_mut().unwrap_or(&mut own);
+    super::sgemm::with_scratch(&BUF, Default::default, |buf| {
         fill(buf);
         f(&buf.0, &buf.1)
     })
@@ -475,7 +475,7 @@ fn kernel_f16(isa: Isa) -> Dots<f16> {
         _ => {}
     }
     let _ = isa;
-    dots_portable::<f16>
+    dots_portable
 }
 
 /// The fastest int8 kernel `isa` allows, and its name: AVX-512 with VNNI (`vpdpwssd`),
@@ -599,18 +599,6 @@ impl Job {
     }
 }
 
-/// A weight element the kernels read.
-trait Elem: Copy {
-    fn to_f32(self) -> f32;
-}
-
-impl Elem for f16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-}
-
 /// The sums of a `dots` kernel in portable Rust, one output at a time: `acc[ri][jj] =
 /// Σ_p mul(h[r + ri][p], W[j][p])` in `p` order.
 ///
@@ -644,18 +632,18 @@ unsafe fn dots_portable_with<X: Copy, E: Copy, A: std::iter::Sum>(
 /// # Safety
 /// As [`Job::dots`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn dots_portable<E: Elem>(
+unsafe fn dots_portable(
     h: *const f32,
     k: usize,
     r: usize,
     nr: usize,
-    w: *const E,
+    w: *const f16,
     n: usize,
     rows: WRows,
     acc: &mut [[f32; 4]; 4],
 ) {
     // SAFETY: forwarded.
-    unsafe { dots_portable_with(h, k, r, nr, w, n, rows, acc, |x, y: E| x * y.to_f32()) }
+    unsafe { dots_portable_with(h, k, r, nr, w, n, rows, acc, |x, y: f16| x * y.to_f32()) }
 }
 
 /// Defines an x86 `dots` kernel (see [`Job::dots`], [`DotsQ`]): inputs of type `$xty`,

@@ -91,36 +91,34 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     f32::from_bits(shifted.to_bits().wrapping_add(127) << 23) * p
 }
 
-simd_dispatch! {
-    /// The largest `|x|` of `x` (0 when empty), per lane so it vectorises.
-    pub fn abs_max(x: &[f32]) -> f32 => abs_max_body
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[inline(always)]
-fn abs_max_body(x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let (chunks, tail) = x.as_chunks::<LANES>();
-    let mut lanes = [0.0f32; LANES];
-    for c in chunks {
-        for i in 0..LANES {
-            lanes[i] = lanes[i].max(c[i].abs());
+    #[test]
+    fn exp_nonpositive_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 0.0004; // 0 .. -80
+            let exact = (x as f64).exp();
+            let rel = ((exp_nonpositive(x) as f64 - exact) / exact).abs();
+            worst = worst.max(rel);
         }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
-    lanes
-        .into_iter()
-        .chain(tail.iter().map(|v| v.abs()))
-        .fold(0.0, f32::max)
-}
 
-simd_dispatch! {
-    /// `dst[i] = round(src[i] · inv) + 128` (nearest, ties to even; clamped to ±127 first): an
-    /// int8 quantisation stored unsigned, as `vpdpbusd` reads it.
-    pub fn quantise_u8(src: &[f32], inv: f32, dst: &mut [u8]) => quantise_u8_body
-}
-
-#[inline(always)]
-fn quantise_u8_body(src: &[f32], inv: f32, dst: &mut [u8]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = ((x * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+    #[test]
+    fn erf_and_gelu_match_libm() {
+        let mut worst = 0.0f32;
+        for i in -100_000..=100_000 {
+            let x = i as f32 * 1e-4; // -10 .. 10
+            worst = worst.max((erf(x) - libm::erff(x)).abs());
+        }
+        assert!(worst < 1e-6, "erf absolute error {worst}");
+        for x in [-3.0f32, -0.5, 0.0, 0.7, 2.0] {
+            let exact = 0.5 * x * (1.0 + libm::erff(x / 2f32.sqrt()));
+            assert!((gelu(x) - exact).abs() < 1e-6, "gelu({x})");
+        }
     }
 }

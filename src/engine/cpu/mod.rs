@@ -30,7 +30,8 @@ use crate::model::source::TensorSource;
 use amx::PackedBf16;
 use cross::{CrossKv, KvPrecision};
 use gemv::{MatLow, matmul_low, matmul_low_cols};
-use ops::{AttendArgs, Linear, gelu_inplace, layer_norm, matmul_bt, matmul_strided, softmax_row};
+use math::gelu_inplace;
+use ops::{AttendArgs, Linear, Output, layer_norm, matmul_bt, matmul_strided, softmax_row};
 use sgemm::{Epilogue, MatRef, PackedB};
 
 pub struct LayerNorm {
@@ -473,11 +474,12 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 
     layer.attn_ln.forward(&ws.x, &mut ws.h);
     let int8 = ws.int8;
-    layer.qkv.product(&ws.h, t, &mut ws.qkv, false, int8, p);
+    layer
+        .qkv
+        .product(&ws.h, t, &mut ws.qkv, Output::Set, int8, p);
     // Attention in bf16 with bf16 layers, and with int8 ones where bf16 runs natively.
     let bf16_attention = layer.qkv.is_bf16()
         || (layer.qkv.is_int8() && amx::Backend::detected() != amx::Backend::Emulated);
-    let ws = &mut *ws;
     if bf16_attention {
         if ws.k_bf16.len() != heads {
             ws.k_bf16 = (0..heads).map(|_| PackedBf16::default()).collect();
@@ -508,13 +510,14 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
         );
     }
     scatter_heads(&ws.heads_out, t, heads, dh, &mut ws.attn);
-    layer
-        .attn_out
-        .product(&ws.attn, t, &mut ws.x, true, int8, p);
+    let add = Output::Accumulate;
+    layer.attn_out.product(&ws.attn, t, &mut ws.x, add, int8, p);
 
     layer.mlp_ln.forward(&ws.x, &mut ws.h);
-    layer.fc1.forward_gelu_as(&ws.h, t, &mut ws.hidden, p, int8);
-    layer.fc2.product(&ws.hidden, t, &mut ws.x, true, int8, p);
+    layer
+        .fc1
+        .product(&ws.h, t, &mut ws.hidden, Output::Gelu, int8, p);
+    layer.fc2.product(&ws.hidden, t, &mut ws.x, add, int8, p);
 }
 
 /// Query rows per attention task: a `ROWS × n_ctx` block of scores (500 KiB for 1500 keys)

@@ -6,8 +6,7 @@ use rayon::prelude::*;
 
 use super::amx::{self, PackedBf16};
 use super::gemv::{MatLow, matmul_low};
-use super::math::simd_dispatch;
-pub use super::math::{erf, exp_nonpositive, gelu, gelu_inplace};
+use super::math::{exp_nonpositive, gelu_inplace, simd_dispatch};
 use super::sgemm::{self, Epilogue, MatRef, PackedB};
 use super::vnni::{self, PackedI8};
 
@@ -35,7 +34,8 @@ enum LinearWeights {
     Packed(PackedB),
     Low(MatLow),
     Bf16(PackedBf16),
-    /// int8 for offline work, and a bf16 copy for live captioning ([`Linear::product`] and [`Linear::forward_gelu_as`] with `int8` false).
+    /// int8 for offline work, and a bf16 copy for live captioning ([`Linear::product`] with
+    /// `int8` false).
     Int8(Box<(PackedI8, PackedBf16)>),
 }
 
@@ -140,130 +140,106 @@ impl Linear {
 
     /// `out[rows][n_out] = x[rows][n_in] W^T + b`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.product(x, rows, out, false, true, par);
+        self.product(x, rows, out, Output::Set, true, par);
     }
 
-    /// `out (+)= x W^T + b` (`accumulate`: residual connection fused into the GEMM's store); a
-    /// layer held in int8 runs its bf16 copy unless `int8` ([`forward`](Self::forward) and
-    /// [`forward_accumulate`](Self::forward_accumulate) run int8).
+    /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
+    pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        self.product(x, rows, out, Output::Accumulate, true, par);
+    }
+
+    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 and int8 GEMMs; otherwise
+    /// the product, then [`gelu_inplace`] (the same values either way).
+    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
+        self.product(x, rows, out, Output::Gelu, true, par);
+    }
+
+    /// The product `x W^T + b` stored into `out` as `output` says; a layer held in int8 runs
+    /// its bf16 copy unless `int8` (the `forward*` methods run int8).
     pub fn product(
         &self,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
-        accumulate: bool,
+        output: Output,
         int8: bool,
         par: Parallelism,
     ) {
         let (n_in, n_out) = (self.n_in, self.n_out);
         assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
         let bias = self.bias.as_deref();
-        match self.path(int8) {
-            Path::Packed(w) => matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par),
-            Path::Bf16(w) => amx::gemm(
-                rows,
-                MatRef {
+        let accumulate = output == Output::Accumulate;
+        let act = match output {
+            Output::Gelu => amx::Activation::Gelu,
+            Output::Set | Output::Accumulate => amx::Activation::None,
+        };
+        let ep = Epilogue {
+            alpha: 1.0,
+            accumulate,
+            bias,
+        };
+        let fused = match self.path(int8) {
+            Path::Packed(w) => {
+                matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par);
+                false
+            }
+            Path::Bf16(w) => {
+                let a = MatRef {
                     data: x,
                     rs: n_in,
                     cs: 1,
-                },
-                w,
-                out,
-                n_out,
-                Epilogue {
-                    alpha: 1.0,
-                    accumulate,
-                    bias,
-                },
-                par,
-            ),
-            Path::Int8(w) => {
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    accumulate,
-                    bias,
                 };
-                let act = amx::Activation::None;
-                vnni::gemm(rows, x, n_in, w, out, n_out, ep, act, par)
+                amx::gemm_act(rows, a, w, out, n_out, ep, act, par);
+                true
+            }
+            Path::Int8(w) => {
+                vnni::gemm(rows, x, n_in, w, out, n_out, ep, act, par);
+                true
             }
             Path::Low(w) if rows <= LOW_MAX_ROWS => {
-                matmul_low(x, rows, w, out, n_out, accumulate, bias, par)
+                matmul_low(x, rows, w, out, n_out, accumulate, bias, par);
+                false
             }
-            Path::Low(w) => UNPACKED.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.resize(n_out * n_in, 0.0);
-                for (j, row) in buf.chunks_exact_mut(n_in).enumerate() {
-                    w.row_into(j, row);
-                }
-                let a = MatRef {
-                    data: x,
-                    rs: n_in,
-                    cs: 1,
-                };
-                let b = MatRef {
-                    data: &buf,
-                    rs: 1,
-                    cs: n_in,
-                };
-                sgemm::sgemm_strided(rows, n_out, n_in, out, n_out, a, b, 1.0, accumulate, par);
-                if let Some(bias) = bias {
-                    add_bias(&mut out[..rows * n_out], bias);
-                }
-            }),
+            Path::Low(w) => {
+                UNPACKED.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    buf.resize(n_out * n_in, 0.0);
+                    for (j, row) in buf.chunks_exact_mut(n_in).enumerate() {
+                        w.row_into(j, row);
+                    }
+                    let a = MatRef {
+                        data: x,
+                        rs: n_in,
+                        cs: 1,
+                    };
+                    let b = MatRef {
+                        data: &buf,
+                        rs: 1,
+                        cs: n_in,
+                    };
+                    sgemm::sgemm_strided(rows, n_out, n_in, out, n_out, a, b, 1.0, accumulate, par);
+                    if let Some(bias) = bias {
+                        add_bias(&mut out[..rows * n_out], bias);
+                    }
+                });
+                false
+            }
+        };
+        if output == Output::Gelu && !fused {
+            gelu_inplace(&mut out[..rows * n_out]);
         }
     }
+}
 
-    /// `out += x W^T + b` (residual connection fused into the GEMM's accumulate).
-    pub fn forward_accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.product(x, rows, out, true, true, par);
-    }
-
-    /// `out = gelu(x W^T + b)`: GELU fused into the store of the bf16 GEMM; otherwise the
-    /// product, then [`gelu_inplace`] (the same values either way).
-    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism) {
-        self.forward_gelu_as(x, rows, out, par, true);
-    }
-
-    /// [`forward_gelu`](Self::forward_gelu), the int8 choice as in [`product`](Self::product).
-    pub fn forward_gelu_as(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        par: Parallelism,
-        int8: bool,
-    ) {
-        match self.path(int8) {
-            Path::Bf16(w) => {
-                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-                let a = MatRef {
-                    data: x,
-                    rs: self.n_in,
-                    cs: 1,
-                };
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    accumulate: false,
-                    bias: self.bias.as_deref(),
-                };
-                amx::gemm_act(rows, a, w, out, self.n_out, ep, amx::Activation::Gelu, par);
-            }
-            Path::Int8(w) => {
-                assert!(x.len() >= rows * self.n_in && out.len() >= rows * self.n_out);
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    accumulate: false,
-                    bias: self.bias.as_deref(),
-                };
-                let gelu = amx::Activation::Gelu;
-                vnni::gemm(rows, x, self.n_in, w, out, self.n_out, ep, gelu, par);
-            }
-            _ => {
-                self.forward(x, rows, out, par);
-                gelu_inplace(&mut out[..rows * self.n_out]);
-            }
-        }
-    }
+/// What [`Linear::product`] does with its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `out = x W^T + b`.
+    Set,
+    /// `out += x W^T + b` (a residual connection).
+    Accumulate,
+    /// `out = gelu(x W^T + b)`.
+    Gelu,
 }
 
 /// `c[m][n] (+)= a[m][k] · B + bias` for B packed once ([`PackedB`], e.g. `Wᵀ` of a weight
@@ -783,33 +759,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    #[test]
-    fn exp_nonpositive_is_accurate() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -(i as f32) * 0.0004; // 0 .. -80
-            let exact = (x as f64).exp();
-            let rel = ((exp_nonpositive(x) as f64 - exact) / exact).abs();
-            worst = worst.max(rel);
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
-
-    #[test]
-    fn erf_and_gelu_match_libm() {
-        let mut worst = 0.0f32;
-        for i in -100_000..=100_000 {
-            let x = i as f32 * 1e-4; // -10 .. 10
-            worst = worst.max((erf(x) - libm::erff(x)).abs());
-        }
-        assert!(worst < 1e-6, "erf absolute error {worst}");
-        for x in [-3.0f32, -0.5, 0.0, 0.7, 2.0] {
-            let exact = 0.5 * x * (1.0 + libm::erff(x / 2f32.sqrt()));
-            assert!((gelu(x) - exact).abs() < 1e-6, "gelu({x})");
         }
     }
 

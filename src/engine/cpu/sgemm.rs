@@ -360,17 +360,7 @@ pub fn sgemm_strided(
         k == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs,
         "B too small"
     );
-    PACK_B.with(|packed| {
-        // A GEMM called from inside another one's task would find the buffer borrowed.
-        let mut own;
-        let mut guard = packed.try_borrow_mut();
-        let pb: &mut PackedB = match guard.as_deref_mut() {
-            Ok(pb) => pb,
-            Err(_) => {
-                own = PackedB::empty();
-                &mut own
-            }
-        };
+    with_scratch(&PACK_B, PackedB::empty, |pb| {
         pb.pack(b.data, k, n, b.rs, b.cs);
         let ep = Epilogue {
             alpha,
@@ -379,6 +369,48 @@ pub fn sgemm_strided(
         };
         sgemm(m, a, pb, c, ldc, ep, par);
     });
+}
+
+/// Runs `f` on this thread's scratch buffer `key`, or on a fresh one (`fresh()`) when it is
+/// already borrowed: a product called from inside another product's task on the same thread.
+pub(crate) fn with_scratch<T: 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    fresh: impl FnOnce() -> T,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut fresh()),
+    })
+}
+
+/// Runs a product of `m` rows and `col_panels` column panels as `task(rows, panels)` calls on
+/// `threads` threads: split by rows, in whole blocks of `mr`, when there are at least two
+/// blocks per thread (every task streams all of B and prepares its own A), else by column
+/// panels (few rows, e.g. the decoder; each task prepares the small A); one call when `small`
+/// or on one thread. Shared by the f32, bf16 and int8 GEMMs.
+pub(crate) fn split_tasks(
+    m: usize,
+    mr: usize,
+    col_panels: usize,
+    threads: usize,
+    small: bool,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    let row_blocks = m.div_ceil(mr);
+    if threads <= 1 || small {
+        task(0..m, 0..col_panels);
+    } else if row_blocks >= 2 * threads {
+        let per = row_blocks.div_ceil(threads) * mr;
+        (0..m.div_ceil(per))
+            .into_par_iter()
+            .for_each(|t| task(t * per..m.min((t + 1) * per), 0..col_panels));
+    } else {
+        let per = col_panels.div_ceil(threads);
+        (0..col_panels.div_ceil(per))
+            .into_par_iter()
+            .for_each(|t| task(0..m, t * per..col_panels.min((t + 1) * per)));
+    }
 }
 
 /// One GEMM call, as raw parts shared by its tasks.
@@ -405,28 +437,17 @@ unsafe impl Sync for Job {}
 
 impl Job {
     fn run(&self, threads: usize) {
-        let mr = self.isa.mr();
-        let row_panels = self.m.div_ceil(mr);
-        let col_panels = self.n.div_ceil(NR);
         // Too little work to be worth a fork (m·n·k below 2¹⁷: about 2.6 · 10⁵ flops).
         let small = self.m * self.n * self.k < (1 << 17);
-        if threads <= 1 || small {
-            self.task(0..self.m, 0..col_panels);
-        } else if row_panels >= 2 * threads {
-            // Split rows (in whole micro-panels): every task streams all of B, packs its own A.
-            let per = row_panels.div_ceil(threads) * mr;
-            let tasks = self.m.div_ceil(per);
-            (0..tasks).into_par_iter().for_each(|t| {
-                self.task(t * per..self.m.min((t + 1) * per), 0..col_panels);
-            });
-        } else {
-            // Few rows (the decoder): split column panels; each task packs the (small) A.
-            let per = col_panels.div_ceil(threads);
-            let tasks = col_panels.div_ceil(per);
-            (0..tasks).into_par_iter().for_each(|t| {
-                self.task(0..self.m, t * per..col_panels.min((t + 1) * per));
-            });
-        }
+        let col_panels = self.n.div_ceil(NR);
+        split_tasks(
+            self.m,
+            self.isa.mr(),
+            col_panels,
+            threads,
+            small,
+            |rows, panels| self.task(rows, panels),
+        );
     }
 
     /// Rows `rows` × column panels `panels` of C.
@@ -440,16 +461,7 @@ impl Job {
         let k_blocks = k.div_ceil(KC);
         let kc_max = k.div_ceil(k_blocks);
         let mc_max = MC.div_ceil(mr) * mr;
-        PACK_A.with(|buf| {
-            let mut own;
-            let mut guard = buf.try_borrow_mut();
-            let buf: &mut AlignedBuf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => {
-                    own = AlignedBuf::new();
-                    &mut own
-                }
-            };
+        with_scratch(&PACK_A, AlignedBuf::new, |buf| {
             let direct = self.direct();
             let packed = if direct {
                 &mut [][..]

@@ -18,10 +18,10 @@
 use std::cell::RefCell;
 
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use super::amx::{self, Activation};
-use super::sgemm::{Epilogue, threads_of};
+use super::math::simd_dispatch;
+use super::sgemm::{Epilogue, split_tasks, threads_of, with_scratch};
 
 /// Columns per panel.
 const NB: usize = 32;
@@ -50,7 +50,7 @@ pub fn usable() -> bool {
 }
 
 /// The `vpdpbusd` peak of one thread in G int8 ops/s (a loop of 12 independent `vpdpbusd`,
-/// 64 multiply-adds = 128 ops each, for about `duration`), the yardstick of [`gemm`]; `None`
+/// 64 multiply-adds = 128 ops each, for about `duration`), the yardstick of [`gemm()`]; `None`
 /// without AVX512-VNNI.
 pub fn dpbusd_peak_gops(duration: std::time::Duration) -> Option<f64> {
     if !usable() {
@@ -84,7 +84,7 @@ pub fn dpbusd_peak_gops(duration: std::time::Duration) -> Option<f64> {
     }
 }
 
-/// A layer's weights `[n][k]` quantised to int8 per column and packed for [`gemm`].
+/// A layer's weights `[n][k]` quantised to int8 per column and packed for [`gemm()`].
 pub struct PackedI8 {
     n: usize,
     k: usize,
@@ -129,19 +129,6 @@ impl PackedI8 {
             offset,
         }
     }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Bytes held (weights, scales, offsets).
-    pub fn bytes(&self) -> usize {
-        self.data.len() + 4 * (self.scale.len() + self.offset.len())
-    }
 }
 
 thread_local! {
@@ -179,29 +166,17 @@ pub fn gemm(
         a: a.as_ptr(),
         lda,
         w,
-        c: c.as_mut_ptr(),
-        ldc,
-        alpha: ep.alpha,
-        accumulate: ep.accumulate,
-        bias: ep.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        gelu: act == Activation::Gelu,
+        out: amx::Out::new(c, ldc, ep, act),
     };
-    let threads = threads_of(par);
-    let row_blocks = m.div_ceil(NB);
-    let panels = n.div_ceil(NB);
-    if threads <= 1 || m * n * k < (1 << 20) {
-        job.task(0..m, 0..panels);
-    } else if row_blocks >= 2 * threads {
-        let per = row_blocks.div_ceil(threads) * NB;
-        (0..m.div_ceil(per))
-            .into_par_iter()
-            .for_each(|t| job.task(t * per..m.min((t + 1) * per), 0..panels));
-    } else {
-        let per = panels.div_ceil(threads);
-        (0..panels.div_ceil(per))
-            .into_par_iter()
-            .for_each(|t| job.task(0..m, t * per..panels.min((t + 1) * per)));
-    }
+    let small = m * n * k < (1 << 20);
+    split_tasks(
+        m,
+        NB,
+        n.div_ceil(NB),
+        threads_of(par),
+        small,
+        |rows, panels| job.task(rows, panels),
+    );
 }
 
 /// One call's operands as raw parts shared by its tasks.
@@ -209,12 +184,7 @@ struct Job<'w> {
     a: *const f32,
     lda: usize,
     w: &'w PackedI8,
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    accumulate: bool,
-    bias: *const f32,
-    gelu: bool,
+    out: amx::Out,
 }
 
 // SAFETY: tasks write disjoint blocks of C and only read A, W and the bias, which outlive the
@@ -226,13 +196,7 @@ impl Job<'_> {
     /// Rows `rows` × column panels `panels` of C.
     fn task(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
         let kp = self.w.steps * KS;
-        A_Q.with(|buf| {
-            let mut own = (Vec::new(), Vec::new());
-            let mut guard = buf.try_borrow_mut();
-            let (qa, sa) = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
+        with_scratch(&A_Q, Default::default, |(qa, sa)| {
             let mut i0 = rows.start;
             while i0 < rows.end {
                 let mc = MC.min(rows.end - i0);
@@ -306,25 +270,9 @@ impl Job<'_> {
                 )
             };
         }
-        // SAFETY: rows and columns in range (asserted by `gemm`), the bias has n values.
-        unsafe {
-            let bias = if self.bias.is_null() {
-                self.bias
-            } else {
-                self.bias.add(jp * NB)
-            };
-            let st = amx::Store {
-                rows,
-                cols,
-                c: self.c.add((i0 + ib) * self.ldc + jp * NB),
-                ldc: self.ldc,
-                alpha: self.alpha,
-                bias,
-                accumulate: self.accumulate,
-                gelu: self.gelu,
-            };
-            amx::epilogue(&mut acc, &st);
-        }
+        // SAFETY: AVX-512F (caller); rows and columns in range (asserted by `gemm`), owned by
+        // this task.
+        unsafe { self.out.store(&mut acc, i0 + ib, rows, jp, cols) };
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -337,11 +285,25 @@ impl Job<'_> {
 /// Quantises one row `src` into `dst` (`qa + 128`, the tail past `src` filled with 128) and
 /// returns its scale (`a ≈ scale · qa`; 0 for a zero row).
 fn quantise_row(src: &[f32], dst: &mut [u8]) -> f32 {
-    let amax = super::math::abs_max(src);
+    let (amax, nonfinite) = super::gemv::abs_max(src);
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    super::math::quantise_u8(src, inv, &mut dst[..src.len()]);
+    quantise_u8(src, inv, &mut dst[..src.len()]);
     dst[src.len()..].fill(128);
-    amax / 127.0
+    // A NaN or an infinity makes the row's every product NaN, as in f32.
+    if nonfinite { f32::NAN } else { amax / 127.0 }
+}
+
+simd_dispatch! {
+    /// `dst[i] = round(src[i] · inv) + 128` (nearest, ties to even; clamped to ±127 first): an
+    /// int8 quantisation stored unsigned, as `vpdpbusd` reads it.
+    fn quantise_u8(src: &[f32], inv: f32, dst: &mut [u8]) => quantise_u8_body
+}
+
+#[inline(always)]
+fn quantise_u8_body(src: &[f32], inv: f32, dst: &mut [u8]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = ((x * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+    }
 }
 
 /// `C[g][c] = sa[g] · scale[c] · (Σ_p A[g][p] · B[p][c] − offset[c])` for `G` rows × 32
