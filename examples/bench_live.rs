@@ -26,6 +26,8 @@
 //! (`--plugin path`: `GST_PLUGIN_PATH`, which `scripts/bench-live` points at the release dir).
 
 mod common;
+#[path = "bench_live/streams.rs"]
+mod streams;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,6 +70,17 @@ options:
                           (no text, GAP or EOS) for this long: a hang [default: 120]
   --eos-timeout SECONDS   after the last buffer, fail when EOS has not come within this long even
                           though output continues [default: 300 + 4 x played seconds / speed]
+  --streams N             run N live elements at once in one process (one shared model), each
+                          fed in real time by its own live source, started --stagger seconds
+                          apart; report per stream latency against the true end of the speech,
+                          WER, and CPU cores per stream [default audio: target/bench-live/
+                          sentences.wav with --times target/bench-live/sentences.tsv, made by
+                          scripts/bench-live --streams N]
+  --stagger SECONDS       between the starts of two streams [default: 1.7]
+  --times FILE            with --streams: start, end and text of each sentence of the audio
+                          (scripts/synth-speech with SYNTH_TIMES): latency per sentence = arrival
+                          of its last word - end of its speech; without it, a text buffer's end
+                          is pulled back to the end of the speech when it falls in a pause
   --json                  one JSON summary line per run on stdout (the report goes to stderr)
   --table FILE...         print the summary table of JSON lines written by --json, and exit
   -v, --verbose           print every text buffer and partial as it arrives
@@ -107,6 +120,8 @@ enum Program {
 }
 
 struct Config {
+    /// `--streams N`: N elements at once (see `streams`).
+    streams: Option<streams::StreamsConfig>,
     models: Vec<String>,
     latency_ms: u32,
     audio: Option<String>,
@@ -202,6 +217,9 @@ fn parse_args() -> Result<Parsed, Failure> {
     let mut json = false;
     let mut verbose = false;
     let mut table = false;
+    let mut streams = None;
+    let mut stagger = 1.7;
+    let mut times = None;
     let mut positionals = Vec::new();
     let takes_value = |name: &str| {
         matches!(
@@ -219,6 +237,9 @@ fn parse_args() -> Result<Parsed, Failure> {
                 | "--plugin"
                 | "--eos-timeout"
                 | "--idle-timeout"
+                | "--streams"
+                | "--stagger"
+                | "--times"
         )
     };
     let mut cli = Cli::from_env();
@@ -251,6 +272,15 @@ fn parse_args() -> Result<Parsed, Failure> {
             "--soak" => soak = Some(parse_seconds(&name, &value, 1.0, 7.0 * 86_400.0)?),
             "--eos-timeout" => eos_timeout = Some(parse_seconds(&name, &value, 1.0, 86_400.0)?),
             "--idle-timeout" => idle_timeout = parse_seconds(&name, &value, 1.0, 86_400.0)?,
+            "--streams" => {
+                let n: usize = common::parse_number(&name, &value).map_err(usage)?;
+                if !(1..=64).contains(&n) {
+                    return Err(usage(format!("--streams {n}: between 1 and 64")));
+                }
+                streams = Some(n);
+            }
+            "--stagger" => stagger = parse_seconds(&name, &value, 0.0, 60.0)?,
+            "--times" => times = Some(value),
             "--set" => {
                 let Some((prop, val)) = value.split_once('=') else {
                     return Err(usage(format!("--set: `{value}` is not PROP=VALUE")));
@@ -306,7 +336,23 @@ fn parse_args() -> Result<Parsed, Failure> {
     if models.is_empty() {
         models = vec!["tiny.en".into(), "base".into()];
     }
+    if streams.is_some() && (soak.is_some() || matches!(program, Program::Noise(_))) {
+        return Err(usage(
+            "--streams plays a speech file once: no --soak or --noise",
+        ));
+    }
+    if streams.is_some() && speed != 1.0 {
+        return Err(usage("--streams plays in real time: no --speed"));
+    }
+    if times.is_some() && streams.is_none() {
+        return Err(usage("--times goes with --streams"));
+    }
     Ok(Parsed::Run(Config {
+        streams: streams.map(|streams| streams::StreamsConfig {
+            streams,
+            stagger,
+            times,
+        }),
         models,
         latency_ms,
         audio,
@@ -734,6 +780,16 @@ fn load_source(config: &Config) -> Result<Source, Failure> {
     }
     let (path, default_reference) = match &config.audio {
         Some(p) => (p.clone(), None),
+        None if config.streams.is_some() => {
+            let wav = repo().join("target/bench-live/sentences.wav");
+            if !wav.is_file() {
+                return Err(runtime(format!(
+                    "{} is missing: scripts/bench-live --streams N makes it",
+                    wav.display()
+                )));
+            }
+            (wav.display().to_string(), None)
+        }
         None => (
             default_audio()?,
             Some(repo().join("tests/fixtures/multiwindow.txt")),
@@ -839,7 +895,11 @@ fn run(config: &Config) -> Result<(), Failure> {
     let source = load_source(config)?;
     let mut failed = Vec::new();
     for model in &config.models {
-        match run_model(config, &source, &plugin, model) {
+        let result = match &config.streams {
+            Some(sc) => streams::run_streams(config, sc, &source, model),
+            None => run_model(config, &source, &plugin, model),
+        };
+        match result {
             Ok(summary) => {
                 if config.json {
                     println!("{summary}");

@@ -423,3 +423,53 @@ fn output_words_one_buffer_per_word() {
     // Segment buffers span several words: the word buffers are finer.
     assert!(words.len() > 2 * segments.len(), "{segments:?}");
 }
+
+/// `bench_live --streams 2`: two live elements in one process (one model, one worker pool)
+/// both caption jfk.wav fed in real time; latency per sentence is measured against the end of
+/// the speech (a one-sentence times file), and the report holds every field the README's
+/// multi-stream table is made from.
+#[test]
+fn two_live_streams_share_the_model_and_caption_both() {
+    let dir = temp_dir("streams");
+    let jfk = common::jfk_wav();
+    let times = dir.join("jfk.tsv");
+    std::fs::write(
+        &times,
+        "0\t11.0\tAnd so my fellow Americans, ask not what your country can do for you, ask what \
+         you can do for your country.\n",
+    )
+    .unwrap();
+    let model = common::model_dir("tiny.en");
+    let out = std::process::Command::new(common::example_bin("bench_live"))
+        .args(["--streams", "2", "--stagger", "0.5", "--json", "--model"])
+        .arg(&model)
+        .arg("--audio")
+        .arg(&jfk)
+        .arg("--times")
+        .arg(&times)
+        .output()
+        .expect("bench_live runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench_live failed: {stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(v["kind"], "streams");
+    assert_eq!(v["latency_kind"], "sentence");
+    let streams = v["per_stream"].as_array().expect("per_stream");
+    assert_eq!(streams.len(), 2, "{v}");
+    for s in streams {
+        assert_eq!(s["missed_sentences"], 0, "{s}");
+        let wer = s["wer"].as_f64().expect("wer");
+        assert!(wer <= 15.0, "stream WER {wer} %: {stderr}");
+        // The sentence's last word cannot arrive before it is spoken, and comes well within the
+        // latency property (5 s) + lateness.
+        let p95 = s["p95"].as_f64().expect("p95");
+        assert!(
+            (0.0..8.0).contains(&p95),
+            "sentence latency {p95} s: {stderr}"
+        );
+        assert!(s["own_pts_p95"].as_f64().is_some() && s["pulled_back_p95"].as_f64().is_some());
+    }
+    let cores = v["cores_per_stream"].as_f64().expect("cores per stream");
+    assert!(cores > 0.0 && cores <= 1.0, "{cores} cores per stream");
+}

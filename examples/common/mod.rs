@@ -542,3 +542,22 @@ impl EngineArgs {
         ))
     }
 }
+
+/// The CPU, as figures are reported with: `/proc/cpuinfo`'s model name, family and model
+/// numbers, and the CPUs this process may use.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} (family {} model {}, {cpus} CPUs)",
+        field("model name").unwrap_or_else(|| "unknown CPU".into()),
+        field("cpu family").unwrap_or_else(|| "?".into()),
+        field("model").unwrap_or_else(|| "?".into()),
+    )
+}

@@ -1940,8 +1940,10 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecUInt::builder("n-threads")
                     .nick("Threads")
                     .blurb(
-                        "Engine worker threads per element; 0 = one per core. Range 0–256, \
-                         default 0. Read when the engine starts (first audio after READY→PAUSED)",
+                        "Engine worker threads; 0 = one per core. Elements of one process asking \
+                         for the same number share one pool of that many threads, on which live \
+                         elements decode in turn, nearest deadline first. Range 0–256, default 0. \
+                         Read when the engine starts (first audio after READY→PAUSED)",
                     )
                     .minimum(0)
                     .maximum(256)

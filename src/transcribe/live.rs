@@ -27,13 +27,17 @@
 //! Word times come from the hypothesis' timestamp tokens, interpolated within a segment by
 //! character count, and clamped to the utterance's speech end.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::schedule::Turn;
 use super::{Segment, Transcriber, Word};
 use crate::audio::{HOP_LENGTH, SAMPLE_RATE};
 use crate::decode::DecodeResult;
 use crate::error::Error;
 use crate::model::tokenizer::Tokenizer;
+
+/// Decodes that end an utterance go this far ahead of every other waiting decode.
+const URGENT_AHEAD: Duration = Duration::from_secs(60);
 
 /// Onset and end of speech, in samples since the stream start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +181,9 @@ pub struct LiveStats {
     pub no_speech: u64,
     pub loops_cut: u64,
     pub trims: u64,
+    /// Re-decodes left out because other live transcribers sharing the workers were decoding
+    /// and this one's words were not yet due (see [`super::schedule`]).
+    pub deferred: u64,
 }
 
 /// A word (or, for scripts without spaces, a token) of a hypothesis.
@@ -501,7 +508,21 @@ impl LiveTranscriber {
         let Some(mut utt) = self.utt.take() else {
             return;
         };
-        let hyp = self.decode(engine, &utt, self.total);
+        // Sharing the workers with other live streams: a re-decode whose words are not yet due
+        // is left out while another stream decodes (it comes again with the next audio); one
+        // that is due, or ends the utterance, waits for its turn.
+        let turn = match self.slack(&utt) {
+            Some(slack) if slack > 0.0 => match engine.try_decode_turn() {
+                Some(turn) => turn,
+                None => {
+                    self.stats.deferred += 1;
+                    self.utt = Some(utt);
+                    return;
+                }
+            },
+            _ => self.wait_turn(engine, &utt),
+        };
+        let hyp = self.decode(engine, &utt, self.total, Some(turn));
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
         let keys: Vec<String> = hyp.units.iter().map(|u| u.key.clone()).collect();
@@ -705,7 +726,7 @@ impl LiveTranscriber {
                 self.stats.reused_finals += 1;
                 h
             }
-            None => self.decode(engine, &utt, end),
+            None => self.decode(engine, &utt, end, None),
         };
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
@@ -824,9 +845,45 @@ impl LiveTranscriber {
     }
 
     /// Decodes the utterance's buffer up to sample `end`.
-    fn decode(&mut self, engine: &mut Transcriber, utt: &Utterance, end: u64) -> Hypothesis {
+    /// How soon `utt` must be decoded: `None` when its text waits on the decode (the end of
+    /// the utterance), else the seconds left before its oldest word not yet final would miss
+    /// the latency budget (0 when already late).
+    fn slack(&self, utt: &Utterance) -> Option<f64> {
+        let finishing =
+            utt.paused_at.is_some() || self.gate.trailing_silence() >= self.opts.early_final;
+        if finishing {
+            return None;
+        }
+        let oldest = utt.committed_end.max(seconds(utt.start));
+        Some((oldest + self.opts.latency - seconds(self.total) - self.decode_seconds).max(0.0))
+    }
+
+    /// Waits for this stream's turn to decode among the live transcribers sharing the workers:
+    /// utterance ends first, then by deadline (see [`super::schedule`]).
+    fn wait_turn(&self, engine: &Transcriber, utt: &Utterance) -> Turn {
+        let now = Instant::now();
+        let deadline = match self.slack(utt) {
+            None => now.checked_sub(URGENT_AHEAD).unwrap_or(now),
+            Some(slack) => now + Duration::from_secs_f64(slack),
+        };
+        engine.decode_turn(deadline)
+    }
+
+    /// Decodes `utt`'s audio up to `end` (on `turn`, else after waiting for one). The wait counts
+    /// as decode time, so under load the step grows and words are forced final on time.
+    fn decode(
+        &mut self,
+        engine: &mut Transcriber,
+        utt: &Utterance,
+        end: u64,
+        turn: Option<Turn>,
+    ) -> Hypothesis {
         let t0 = Instant::now();
         let opts = engine.options().clone();
+        let turn = match turn {
+            Some(t) => t,
+            None => self.wait_turn(engine, utt),
+        };
         let context: &[u32] = if opts.condition_on_previous_text {
             &self.context
         } else {
@@ -869,6 +926,7 @@ impl LiveTranscriber {
             frame(end) - frame(utt.start),
             span,
         );
+        drop(turn);
         let prefix = utt.committed_tokens.len();
         let c = units.iter().take_while(|u| u.from < prefix).count();
         let mut valid = units.len();

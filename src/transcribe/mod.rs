@@ -5,6 +5,7 @@ mod gate;
 mod live;
 mod offline;
 mod options;
+pub mod schedule;
 mod words;
 
 pub use gate::{LIVE_MIN_SILENCE_MS, VadGate};

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::schedule::{Turn, Workers, shared_workers};
 use super::words::{self, get_end, is_segment_anomaly};
 use super::{
     EncoderBackend, LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment,
@@ -79,7 +80,10 @@ pub struct Transcriber {
     /// next call of the public API returns it.
     failure: Option<Error>,
     mel_window: Vec<f32>,
-    pool: rayon::ThreadPool,
+    /// The process-wide workers of this thread count, shared by every transcriber (and element)
+    /// of the process that asks for as many threads, with their live-decode scheduler
+    /// ([`shared_workers`]).
+    pool: Arc<Workers>,
     threads: usize,
     rng: Rng,
     stats: Stats,
@@ -120,14 +124,7 @@ impl Transcriber {
         } else {
             opts.n_threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("whispernpu-{i}"))
-            .build()
-            .map_err(|e| Error::InvalidOption {
-                option: "n-threads",
-                why: e.to_string(),
-            })?;
+        let pool = shared_workers(threads)?;
         let dims = model.dims.clone();
         let frontend = Arc::new(MelFrontend::new(dims.n_mels));
         let mut me = Self {
@@ -441,6 +438,17 @@ impl Transcriber {
         let result = self.decode_with_fallback(previous, prefix, temperatures, go_on, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
+    }
+
+    /// Live: waits for this transcriber's turn to decode among the live transcribers sharing its
+    /// workers, earliest `deadline` first (see [`super::schedule`]).
+    pub(crate) fn decode_turn(&self, deadline: Instant) -> Turn {
+        self.pool.scheduler().turn(deadline)
+    }
+
+    /// Live: a turn now if no other live decode runs or waits on these workers.
+    pub(crate) fn try_decode_turn(&self) -> Option<Turn> {
+        self.pool.scheduler().try_turn()
     }
 
     /// Live: times (seconds from the window start) of `text` tokens in the window whose
