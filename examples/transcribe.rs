@@ -69,6 +69,20 @@ options:
                           skip segments that look invented (improbable, very short or
                           long words) between silences longer than SECONDS, and resume
                           after the silence (uses word timing) [default: off]
+  --compression-ratio-threshold X|none
+                          decode a window again at the next temperature when its text
+                          compresses (gzip) better than X: repetitive [default: 2.4]
+  --logprob-threshold X|none
+                          ... or when its average token log-probability is below X
+                          [default: -1]
+  --temperature-increment X
+                          fallback temperatures 0, X, 2X, ... up to 1 (openai's
+                          temperature_increment_on_fallback); 0 = greedy only [default: 0.2]
+  --suppress-tokens LIST  comma-separated token ids never emitted; -1 = the model's list of
+                          symbols, empty = none [default: -1]
+  --suppress-blank true|false
+                          the first token of a window's text may not be a blank
+                          [default: true]
   -q, --quiet             no progress lines on stderr
   -h, --help              print this help
 
@@ -165,6 +179,11 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--format"
                 | "--hallucination-silence-threshold"
                 | "--condition-on-previous-text"
+                | "--compression-ratio-threshold"
+                | "--logprob-threshold"
+                | "--temperature-increment"
+                | "--suppress-tokens"
+                | "--suppress-blank"
         )
     };
     let mut cli = Cli::from_env();
@@ -186,6 +205,39 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                     common::parse_bool(&name, &value).map_err(bad)?
             }
             "--no-npu-overlap" => options.npu_overlap = false,
+            "--compression-ratio-threshold" | "--logprob-threshold" => {
+                let v = match value.trim() {
+                    "none" => None,
+                    v => Some(v.parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(
+                        || bad(format!("{name}: `{value}` is not a number (or none)")),
+                    )?),
+                };
+                if name == "--logprob-threshold" {
+                    options.log_prob_threshold = v;
+                } else {
+                    options.compression_ratio_threshold = v;
+                }
+            }
+            "--temperature-increment" => {
+                let inc = value
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|x| (0.0..=1.0).contains(x))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "--temperature-increment: `{value}` is not a number in 0..=1"
+                        ))
+                    })?;
+                options.temperatures = gstwhispernpu::transcribe::temperature_schedule(inc);
+            }
+            "--suppress-tokens" => {
+                options.suppress_tokens = gstwhispernpu::transcribe::parse_suppress_tokens(&value)
+                    .map_err(|why| bad(format!("--suppress-tokens: {why}")))?;
+            }
+            "--suppress-blank" => {
+                options.suppress_blank = common::parse_bool(&name, &value).map_err(bad)?
+            }
             "--hallucination-silence-threshold" => {
                 let seconds: f32 = value.trim().parse().map_err(|_| {
                     bad(format!(

@@ -1133,3 +1133,44 @@ fn live_stalled_source_is_finalised_on_the_clock() {
     );
     assert_silero_gate(&element, &bus);
 }
+
+/// `suppress-tokens` reaches the decoder: with "," (its token id from the model's tokenizer)
+/// suppressed, base writes jfk.wav without the two commas it writes by default; a list that
+/// is not token ids is an element error naming the property, not a silent default.
+#[test]
+fn suppress_tokens_reach_the_decoder() {
+    let model = common::model_dir("base");
+    let text = |props: &[(&str, &str)]| {
+        let mut all = vec![("mode", "offline")];
+        all.extend_from_slice(props);
+        let (mut h, _bus, _element) = harness(&model, &all);
+        h.set_src_caps(audio_caps("F32LE"));
+        push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+        h.push_event(gst::event::Eos::new());
+        all_text(&collect_until_eos(&mut h).0)
+    };
+    let plain = text(&[]);
+    assert_eq!(plain.matches(',').count(), 2, "{plain}");
+    let loaded = gstwhispernpu::engine::load_shared(model.to_str().unwrap()).unwrap();
+    let comma = loaded.tokenizer.encode(",");
+    assert_eq!(comma.len(), 1, "{comma:?}");
+    let list = format!("-1,{}", comma[0]);
+    let without = text(&[("suppress-tokens", list.as_str())]);
+    assert!(!without.contains(','), "{without}");
+    assert!(
+        common::wer_percent(&plain, &without) <= 10.0,
+        "{plain} / {without}"
+    );
+
+    let (mut h, bus, _element) = harness(&model, &[("suppress-tokens", "-1,comma")]);
+    h.set_src_caps(audio_caps("F32LE"));
+    // The engine starts on the worker thread: the error comes on the bus.
+    let _ = h.push(f32_buffer(&jfk()[..16_000], gst::ClockTime::ZERO));
+    let _ = h.push_event(gst::event::Eos::new());
+    let err = error_message(&bus);
+    assert!(
+        err.message().contains("suppress-tokens") && err.message().contains("comma"),
+        "{}",
+        err.message()
+    );
+}

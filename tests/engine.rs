@@ -454,3 +454,51 @@ fn translate_rejected_on_english_only() {
         "error does not mention translate: {msg}"
     );
 }
+
+/// The fallback knobs reach the decoder: a compression-ratio threshold no text can meet makes
+/// every window try each temperature of the schedule (openai's `temperature_increment_on_fallback`
+/// 0.5: 0, 0.5, 1), none with a schedule of temperature 0 alone; a log-probability threshold
+/// no text can meet falls back the same way; and with both checks off nothing falls back.
+#[test]
+fn fallback_thresholds_and_temperature_schedule_reach_the_decoder() {
+    use gstwhispernpu::transcribe::temperature_schedule;
+    let model = model("tiny.en");
+    let audio = jfk();
+    let fallbacks = |opts: TranscribeOptions| {
+        let mut t = Transcriber::new(Arc::clone(&model), opts).unwrap();
+        t.push(&audio).unwrap();
+        t.finish().unwrap();
+        (t.stats().fallbacks, t.stats().windows)
+    };
+    let base = TranscribeOptions {
+        language: Some("en".into()),
+        ..TranscribeOptions::default()
+    };
+    assert_eq!(fallbacks(base.clone()), (0, 1));
+    let repetitive = TranscribeOptions {
+        compression_ratio_threshold: Some(0.1),
+        temperatures: temperature_schedule(0.5),
+        ..base.clone()
+    };
+    assert_eq!(temperature_schedule(0.5), [0.0, 0.5, 1.0]);
+    let (f, w) = fallbacks(repetitive.clone());
+    assert_eq!(f, 2 * w, "every window retried at 0.5 and 1.0");
+    let greedy_only = TranscribeOptions {
+        temperatures: temperature_schedule(0.0),
+        ..repetitive
+    };
+    assert_eq!(fallbacks(greedy_only).0, 0);
+    let improbable = TranscribeOptions {
+        log_prob_threshold: Some(-0.0001),
+        temperatures: temperature_schedule(0.5),
+        ..base.clone()
+    };
+    let (f, w) = fallbacks(improbable);
+    assert_eq!(f, 2 * w);
+    let off = TranscribeOptions {
+        compression_ratio_threshold: None,
+        log_prob_threshold: None,
+        ..base
+    };
+    assert_eq!(fallbacks(off).0, 0);
+}

@@ -509,3 +509,55 @@ fn cli_bad_input_is_one_line_naming_the_cause() {
         );
     }
 }
+
+/// The CLI's decoding knobs: `--suppress-tokens` reaches the decoder (base writes jfk.wav
+/// without its two commas when "," is suppressed); values that are not what a flag takes exit
+/// with status 2 and name the flag.
+#[test]
+fn cli_decoding_knobs_reach_the_decoder_and_bad_values_are_named() {
+    let model = common::model_dir("base");
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(common::example_bin("transcribe"));
+        cmd.arg("-q")
+            .arg("--model")
+            .arg(&model)
+            .args(args)
+            .arg(common::jfk_wav());
+        run_with_timeout(cmd, Duration::from_secs(120))
+    };
+    let plain = cli(&[]);
+    assert!(
+        plain.status.is_some_and(|s| s.success()),
+        "{}",
+        plain.stderr
+    );
+    assert_eq!(plain.stdout.matches(',').count(), 2, "{}", plain.stdout);
+    let comma = gstwhispernpu::engine::load_shared(model.to_str().unwrap())
+        .unwrap()
+        .tokenizer
+        .encode(",");
+    let list = format!("-1,{}", comma[0]);
+    let without = cli(&["--suppress-tokens", &list, "--suppress-blank", "true"]);
+    assert!(
+        without.status.is_some_and(|s| s.success()),
+        "{}",
+        without.stderr
+    );
+    assert!(!without.stdout.contains(','), "{}", without.stdout);
+    for (flag, value) in [
+        ("--suppress-tokens", "-1,comma"),
+        ("--compression-ratio-threshold", "high"),
+        ("--logprob-threshold", "nan"),
+        ("--temperature-increment", "2"),
+        ("--suppress-blank", "maybe"),
+    ] {
+        let run = cli(&[flag, value]);
+        assert_eq!(
+            run.status.and_then(|s| s.code()),
+            Some(2),
+            "{flag} {value}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(flag), "{flag} {value}: {}", run.stderr);
+    }
+}

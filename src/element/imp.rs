@@ -67,6 +67,11 @@ const DEFAULT_VAD: bool = true;
 const DEFAULT_PARTIAL_RESULTS: bool = false;
 const DEFAULT_OUTPUT: OutputMode = OutputMode::Segments;
 const DEFAULT_HALLUCINATION_SILENCE_THRESHOLD: f32 = 0.0;
+const DEFAULT_COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
+const DEFAULT_LOGPROB_THRESHOLD: f32 = -1.0;
+const DEFAULT_TEMPERATURE_INCREMENT: f32 = 0.2;
+const DEFAULT_SUPPRESS_TOKENS: &str = "-1";
+const DEFAULT_SUPPRESS_BLANK: bool = true;
 
 /// Non-live: audio queued ahead of the worker before the streaming thread waits.
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
@@ -101,6 +106,14 @@ struct Settings {
     output: OutputMode,
     /// Seconds; 0 = off.
     hallucination_silence_threshold: f32,
+    /// 0 = off.
+    compression_ratio_threshold: f32,
+    logprob_threshold: f32,
+    /// 0 = temperature 0 only (no fallback).
+    temperature_increment: f32,
+    /// Comma-separated token ids; -1 = the model's list.
+    suppress_tokens: String,
+    suppress_blank: bool,
 }
 
 impl Default for Settings {
@@ -125,14 +138,26 @@ impl Default for Settings {
             partial_results: DEFAULT_PARTIAL_RESULTS,
             output: DEFAULT_OUTPUT,
             hallucination_silence_threshold: DEFAULT_HALLUCINATION_SILENCE_THRESHOLD,
+            compression_ratio_threshold: DEFAULT_COMPRESSION_RATIO_THRESHOLD,
+            logprob_threshold: DEFAULT_LOGPROB_THRESHOLD,
+            temperature_increment: DEFAULT_TEMPERATURE_INCREMENT,
+            suppress_tokens: DEFAULT_SUPPRESS_TOKENS.into(),
+            suppress_blank: DEFAULT_SUPPRESS_BLANK,
         }
     }
 }
 
 impl Settings {
-    fn options(&self) -> TranscribeOptions {
+    /// The engine options these settings ask for; an unreadable `suppress-tokens` is an error
+    /// naming it.
+    fn options(&self) -> Result<TranscribeOptions, Error> {
         let prompt = self.initial_prompt.trim();
-        TranscribeOptions {
+        let suppress_tokens = crate::transcribe::parse_suppress_tokens(&self.suppress_tokens)
+            .map_err(|why| Error::InvalidOption {
+                option: "suppress-tokens",
+                why,
+            })?;
+        Ok(TranscribeOptions {
             language: language_from_code(&self.language_code),
             task: match self.task {
                 TaskMode::Transcribe => Task::Transcribe,
@@ -150,8 +175,14 @@ impl Settings {
             word_timestamps: self.output == OutputMode::Words,
             hallucination_silence_threshold: (self.hallucination_silence_threshold > 0.0)
                 .then_some(self.hallucination_silence_threshold),
+            compression_ratio_threshold: (self.compression_ratio_threshold > 0.0)
+                .then_some(self.compression_ratio_threshold),
+            log_prob_threshold: Some(self.logprob_threshold),
+            temperatures: crate::transcribe::temperature_schedule(self.temperature_increment),
+            suppress_tokens,
+            suppress_blank: self.suppress_blank,
             ..TranscribeOptions::default()
-        }
+        })
     }
 
     fn latency(&self) -> Duration {
@@ -1350,7 +1381,21 @@ impl WhisperNpu {
         let settings = lock(&self.settings).clone();
         work.settings_generation = generation;
         work.policy.set_latency(settings.latency());
-        let mut opts = settings.options();
+        let mut opts = match settings.options() {
+            Ok(opts) => opts,
+            Err(e) if work.engine.is_some() => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Property change ignored: {}", e)
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                gst::element_imp_error!(self, gst::LibraryError::Settings, ("{}", e));
+                return Err(gst::FlowError::Error);
+            }
+        };
         opts.backend = lock(&self.chosen).encoder;
         if let Some(engine) = work.engine.as_mut() {
             if let Err(e) = engine.set_options(opts) {
@@ -2029,6 +2074,63 @@ impl ObjectImpl for WhisperNpu {
                     .default_value(DEFAULT_HALLUCINATION_SILENCE_THRESHOLD)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecFloat::builder("compression-ratio-threshold")
+                    .nick("Compression-ratio threshold")
+                    .blurb(
+                        "A window whose text compresses (gzip) better than this is repetitive: it \
+                         is decoded again at the next temperature. 0 = off. Range 0–100, default \
+                         2.4 (openai's). Applies from the next window",
+                    )
+                    .minimum(0.0)
+                    .maximum(100.0)
+                    .default_value(DEFAULT_COMPRESSION_RATIO_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("logprob-threshold")
+                    .nick("Log-probability threshold")
+                    .blurb(
+                        "A window whose average token log-probability is below this is decoded \
+                         again at the next temperature (a very negative value, e.g. -1e9, turns \
+                         it off). Default −1 (openai's). Applies from the next window",
+                    )
+                    .minimum(f32::MIN)
+                    .maximum(0.0)
+                    .default_value(DEFAULT_LOGPROB_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("temperature-increment")
+                    .nick("Temperature increment")
+                    .blurb(
+                        "Fallback temperatures 0, x, 2x, … up to 1 for windows that fail the \
+                         compression-ratio or log-probability check (openai's \
+                         temperature_increment_on_fallback); 0 = greedy only, no fallback. \
+                         Range 0–1, default 0.2. Applies from the next window",
+                    )
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_TEMPERATURE_INCREMENT)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("suppress-tokens")
+                    .nick("Suppressed tokens")
+                    .blurb(
+                        "Comma-separated token ids the decoder never emits; -1 = the model's \
+                         list of symbols (openai's default), empty = none. Default \"-1\". A \
+                         list that is not integers ≥ -1 is an error naming this property. \
+                         Applies from the next window",
+                    )
+                    .default_value(Some(DEFAULT_SUPPRESS_TOKENS))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("suppress-blank")
+                    .nick("Suppress blank")
+                    .blurb(
+                        "The first token of a window's text may not be a blank or end of text \
+                         (openai's suppress_blank). Default true. Applies from the next window",
+                    )
+                    .default_value(DEFAULT_SUPPRESS_BLANK)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("partial-results")
                     .nick("Partial results")
                     .blurb(
@@ -2102,6 +2204,22 @@ impl ObjectImpl for WhisperNpu {
             "hallucination-silence-threshold" => {
                 s.hallucination_silence_threshold = value.get().expect("type checked upstream");
             }
+            "compression-ratio-threshold" => {
+                s.compression_ratio_threshold = value.get().expect("type checked upstream");
+            }
+            "logprob-threshold" => {
+                s.logprob_threshold = value.get().expect("type checked upstream");
+            }
+            "temperature-increment" => {
+                s.temperature_increment = value.get().expect("type checked upstream");
+            }
+            "suppress-tokens" => {
+                s.suppress_tokens = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
+            "suppress-blank" => s.suppress_blank = value.get().expect("type checked upstream"),
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
@@ -2136,6 +2254,11 @@ impl ObjectImpl for WhisperNpu {
             "partial-results" => s.partial_results.to_value(),
             "output" => s.output.to_value(),
             "hallucination-silence-threshold" => s.hallucination_silence_threshold.to_value(),
+            "compression-ratio-threshold" => s.compression_ratio_threshold.to_value(),
+            "logprob-threshold" => s.logprob_threshold.to_value(),
+            "temperature-increment" => s.temperature_increment.to_value(),
+            "suppress-tokens" => s.suppress_tokens.to_value(),
+            "suppress-blank" => s.suppress_blank.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -2246,6 +2369,36 @@ mod tests {
         assert_eq!(language_from_code("en"), Some("en".into()));
         assert_eq!(language_from_code("en-US"), Some("en".into()));
         assert_eq!(language_from_code("DE_at"), Some("de".into()));
+    }
+
+    #[test]
+    fn decoding_knobs_reach_the_options() {
+        let mut s = Settings::default();
+        let o = s.options().unwrap();
+        assert_eq!(o.compression_ratio_threshold, Some(2.4));
+        assert_eq!(o.log_prob_threshold, Some(-1.0));
+        assert_eq!(o.temperatures, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        assert_eq!(o.suppress_tokens, [-1]);
+        assert!(o.suppress_blank);
+        s.compression_ratio_threshold = 0.0;
+        s.logprob_threshold = -0.5;
+        s.temperature_increment = 0.5;
+        s.suppress_tokens = " -1, 11 ,13".into();
+        s.suppress_blank = false;
+        let o = s.options().unwrap();
+        assert_eq!(o.compression_ratio_threshold, None);
+        assert_eq!(o.log_prob_threshold, Some(-0.5));
+        assert_eq!(o.temperatures, [0.0, 0.5, 1.0]);
+        assert_eq!(o.suppress_tokens, [-1, 11, 13]);
+        assert!(!o.suppress_blank);
+        s.temperature_increment = 0.0;
+        s.suppress_tokens = String::new();
+        let o = s.options().unwrap();
+        assert_eq!(o.temperatures, [0.0]);
+        assert!(o.suppress_tokens.is_empty());
+        s.suppress_tokens = "-2".into();
+        let e = s.options().unwrap_err().to_string();
+        assert!(e.contains("suppress-tokens"), "{e}");
     }
 
     #[test]

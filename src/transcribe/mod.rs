@@ -14,7 +14,10 @@ pub use live::{
     SpeechGate,
 };
 pub use offline::{Stats, Transcriber};
-pub use options::{EncoderBackend, TailPadding, Task, TranscribeOptions};
+pub use options::{
+    EncoderBackend, TailPadding, Task, TranscribeOptions, parse_suppress_tokens,
+    temperature_schedule,
+};
 
 /// The outcome of language identification on one window (openai's `detect_language`: the
 /// decoder's first-step distribution over the language tokens).

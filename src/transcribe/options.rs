@@ -216,6 +216,26 @@ impl TranscribeOptions {
                 why: format!("{t} is outside 0..=1"),
             });
         }
+        if let Some(t) = self.compression_ratio_threshold
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(Error::InvalidOption {
+                option: "compression-ratio-threshold",
+                why: format!("{t} must be > 0 (or none)"),
+            });
+        }
+        if self.log_prob_threshold.is_some_and(f32::is_nan) {
+            return Err(Error::InvalidOption {
+                option: "logprob-threshold",
+                why: "must be a number (or none)".into(),
+            });
+        }
+        if let Some(&t) = self.suppress_tokens.iter().find(|&&t| t < -1) {
+            return Err(Error::InvalidOption {
+                option: "suppress-tokens",
+                why: format!("{t} is not a token id (>= 0, or -1 for the model's list)"),
+            });
+        }
         if let Some(t) = self.hallucination_silence_threshold
             && !(t.is_finite() && t > 0.0)
         {
@@ -226,4 +246,33 @@ impl TranscribeOptions {
         }
         Ok(())
     }
+}
+
+/// openai's fallback temperatures for `increment` (`temperature_increment_on_fallback`):
+/// 0, increment, 2 × increment, … up to 1; only 0 when `increment` is 0 (no fallback).
+pub fn temperature_schedule(increment: f32) -> Vec<f32> {
+    if increment.is_nan() || increment <= 0.0 {
+        return vec![0.0];
+    }
+    (0..)
+        .map(|i| i as f32 * increment)
+        .take_while(|t| *t <= 1.0 + 1e-6)
+        .map(|t| (t * 1e6).round() / 1e6)
+        .collect()
+}
+
+/// A `suppress-tokens` list: comma-separated token ids, `-1` for the model's list of symbols,
+/// empty for none.
+pub fn parse_suppress_tokens(list: &str) -> Result<Vec<i64>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.parse::<i64>() {
+            Ok(id) if id >= -1 => Ok(id),
+            _ => Err(format!(
+                "`{t}` is not a token id (comma-separated integers >= 0, or -1 for the model's \
+                 list)"
+            )),
+        })
+        .collect()
 }
