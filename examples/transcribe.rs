@@ -69,6 +69,9 @@ options:
                           skip segments that look invented (improbable, very short or
                           long words) between silences longer than SECONDS, and resume
                           after the silence (uses word timing) [default: off]
+  --hotwords TEXT         names and terms to spell as given (faster-whisper's hotwords): put at
+                          the front of every window's prompt
+  --prefix TEXT           text the transcript starts with (forced start of the first window)
   --compression-ratio-threshold X|none
                           decode a window again at the next temperature when its text
                           compresses (gzip) better than X: repetitive [default: 2.4]
@@ -184,6 +187,8 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--temperature-increment"
                 | "--suppress-tokens"
                 | "--suppress-blank"
+                | "--hotwords"
+                | "--prefix"
         )
     };
     let mut cli = Cli::from_env();
@@ -235,6 +240,8 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 options.suppress_tokens = gstwhispernpu::transcribe::parse_suppress_tokens(&value)
                     .map_err(|why| bad(format!("--suppress-tokens: {why}")))?;
             }
+            "--hotwords" => options.hotwords = Some(value).filter(|v| !v.trim().is_empty()),
+            "--prefix" => options.prefix = Some(value).filter(|v| !v.trim().is_empty()),
             "--suppress-blank" => {
                 options.suppress_blank = common::parse_bool(&name, &value).map_err(bad)?
             }

@@ -1174,3 +1174,28 @@ fn suppress_tokens_reach_the_decoder() {
         err.message()
     );
 }
+
+/// The `hotwords` property reaches the decoder: base spells a name it writes by ear without it
+/// ("Tadmak Jalalat") as given with it, through the element.
+#[test]
+fn hotwords_property_spells_the_name() {
+    let model = common::model_dir("base");
+    let sentence = "Yesterday I had lunch with Tadhg Mac Giolla at the harbor cafe.";
+    let wav = common::synthesise("element-hotwords", sentence, "en-us");
+    let (audio, rate) = common::read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    assert_eq!(rate, 16_000);
+    let text = |props: &[(&str, &str)]| {
+        let mut all = vec![("mode", "offline"), ("language-code", "en")];
+        all.extend_from_slice(props);
+        let (mut h, _bus, _element) = harness(&model, &all);
+        h.set_src_caps(audio_caps("F32LE"));
+        push_audio(&mut h, &audio, gst::ClockTime::ZERO, false);
+        h.push_event(gst::event::Eos::new());
+        all_text(&collect_until_eos(&mut h).0)
+    };
+    let plain = text(&[]);
+    assert!(!plain.contains("Tadhg Mac Giolla"), "{plain}");
+    let hot = text(&[("hotwords", "Tadhg Mac Giolla")]);
+    assert!(hot.contains("Tadhg Mac Giolla"), "{hot}");
+}

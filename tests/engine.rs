@@ -502,3 +502,45 @@ fn fallback_thresholds_and_temperature_schedule_reach_the_decoder() {
     };
     assert_eq!(fallbacks(off).0, 0);
 }
+
+/// `hotwords` and `prefix` reach the decoder. Synthesised speech says an Irish name the models
+/// spell by ear ("Ted Mack, J'otland", "Tadmak Jalalat"); with the name as hotwords both write it
+/// as given, the rest of the sentence intact; with a prefix the text starts with it.
+#[test]
+fn hotwords_spell_a_name_and_prefix_starts_the_text() {
+    let sentence = "Yesterday I had lunch with Tadhg Mac Giolla at the harbor cafe.";
+    let wav = common::synthesise("hotwords", sentence, "en-us");
+    let (audio, rate) = common::read_wav(&wav);
+    std::fs::remove_file(&wav).ok();
+    assert_eq!(rate, 16_000);
+    for name in ["tiny.en", "base"] {
+        let model = model(name);
+        let text = |opts: TranscribeOptions| {
+            text_of(&run(
+                Arc::clone(&model),
+                TranscribeOptions {
+                    language: Some("en".into()),
+                    ..opts
+                },
+                &audio,
+                0,
+            ))
+        };
+        let plain = text(TranscribeOptions::default());
+        assert!(!plain.contains("Tadhg Mac Giolla"), "{name}: {plain}");
+        let hot = text(TranscribeOptions {
+            hotwords: Some("Tadhg Mac Giolla".into()),
+            ..TranscribeOptions::default()
+        });
+        assert!(hot.contains("Tadhg Mac Giolla"), "{name}: {hot}");
+        let wer = common::wer_percent(sentence, &hot);
+        assert!(wer <= 20.0, "{name}: WER {wer:.1} % with hotwords: {hot}");
+        let prefix = "Yesterday I had lunch with Tadhg";
+        let started = text(TranscribeOptions {
+            prefix: Some(prefix.into()),
+            ..TranscribeOptions::default()
+        });
+        assert!(started.starts_with(prefix), "{name}: {started}");
+        assert!(started.len() > prefix.len() + 10, "{name}: {started}");
+    }
+}

@@ -72,6 +72,8 @@ const DEFAULT_LOGPROB_THRESHOLD: f32 = -1.0;
 const DEFAULT_TEMPERATURE_INCREMENT: f32 = 0.2;
 const DEFAULT_SUPPRESS_TOKENS: &str = "-1";
 const DEFAULT_SUPPRESS_BLANK: bool = true;
+const DEFAULT_HOTWORDS: &str = "";
+const DEFAULT_PREFIX: &str = "";
 
 /// Non-live: audio queued ahead of the worker before the streaming thread waits.
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
@@ -114,6 +116,8 @@ struct Settings {
     /// Comma-separated token ids; -1 = the model's list.
     suppress_tokens: String,
     suppress_blank: bool,
+    hotwords: String,
+    prefix: String,
 }
 
 impl Default for Settings {
@@ -143,6 +147,8 @@ impl Default for Settings {
             temperature_increment: DEFAULT_TEMPERATURE_INCREMENT,
             suppress_tokens: DEFAULT_SUPPRESS_TOKENS.into(),
             suppress_blank: DEFAULT_SUPPRESS_BLANK,
+            hotwords: DEFAULT_HOTWORDS.into(),
+            prefix: DEFAULT_PREFIX.into(),
         }
     }
 }
@@ -181,6 +187,8 @@ impl Settings {
             temperatures: crate::transcribe::temperature_schedule(self.temperature_increment),
             suppress_tokens,
             suppress_blank: self.suppress_blank,
+            hotwords: Some(self.hotwords.trim().to_string()).filter(|h| !h.is_empty()),
+            prefix: Some(self.prefix.trim().to_string()).filter(|p| !p.is_empty()),
             ..TranscribeOptions::default()
         })
     }
@@ -2131,6 +2139,27 @@ impl ObjectImpl for WhisperNpu {
                     .default_value(DEFAULT_SUPPRESS_BLANK)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder("hotwords")
+                    .nick("Hotwords")
+                    .blurb(
+                        "Names and terms to spell as given (faster-whisper's hotwords): put at the \
+                         front of every window's prompt, before the previous text, live and \
+                         offline; empty = none. Default: \"\". Applies from the next window",
+                    )
+                    .default_value(Some(DEFAULT_HOTWORDS))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("prefix")
+                    .nick("Prefix")
+                    .blurb(
+                        "Offline: text the transcript starts with (openai's and faster-whisper's \
+                         prefix): forced as the start of the first window's text, and kept in \
+                         the output; empty = none. Default: \"\". A change takes effect after \
+                         the next flush, discontinuity or EOS",
+                    )
+                    .default_value(Some(DEFAULT_PREFIX))
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("partial-results")
                     .nick("Partial results")
                     .blurb(
@@ -2220,6 +2249,18 @@ impl ObjectImpl for WhisperNpu {
                     .unwrap_or_default();
             }
             "suppress-blank" => s.suppress_blank = value.get().expect("type checked upstream"),
+            "hotwords" => {
+                s.hotwords = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
+            "prefix" => {
+                s.prefix = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
@@ -2259,6 +2300,8 @@ impl ObjectImpl for WhisperNpu {
             "temperature-increment" => s.temperature_increment.to_value(),
             "suppress-tokens" => s.suppress_tokens.to_value(),
             "suppress-blank" => s.suppress_blank.to_value(),
+            "hotwords" => s.hotwords.to_value(),
+            "prefix" => s.prefix.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -2396,6 +2439,12 @@ mod tests {
         let o = s.options().unwrap();
         assert_eq!(o.temperatures, [0.0]);
         assert!(o.suppress_tokens.is_empty());
+        assert_eq!((o.hotwords, o.prefix), (None, None));
+        s.hotwords = " Tadhg Mac Giolla ".into();
+        s.prefix = "Yesterday".into();
+        let o = s.options().unwrap();
+        assert_eq!(o.hotwords.as_deref(), Some("Tadhg Mac Giolla"));
+        assert_eq!(o.prefix.as_deref(), Some("Yesterday"));
         s.suppress_tokens = "-2".into();
         let e = s.options().unwrap_err().to_string();
         assert!(e.contains("suppress-tokens"), "{e}");

@@ -54,6 +54,8 @@ pub struct Transcriber {
     mel: MelStream,
     /// Next window start, in mel frames since the stream start.
     seek: usize,
+    /// Windows decoded since the last reset (the first one takes the `prefix`).
+    windows_since_reset: usize,
     /// Text tokens (with timestamps) of the stream so far, for conditioning.
     all_tokens: Vec<u32>,
     prompt_reset_since: usize,
@@ -130,6 +132,7 @@ impl Transcriber {
         let mut me = Self {
             mel: MelStream::new(frontend),
             seek: 0,
+            windows_since_reset: 0,
             all_tokens: Vec::new(),
             prompt_reset_since: 0,
             last_speech_timestamp: 0.0,
@@ -322,6 +325,7 @@ impl Transcriber {
         }
         self.mel.reset();
         self.seek = 0;
+        self.windows_since_reset = 0;
         self.all_tokens.clear();
         self.prompt_reset_since = 0;
         self.last_speech_timestamp = 0.0;
@@ -434,8 +438,8 @@ impl Transcriber {
         let t1 = Instant::now();
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
-        let previous = &previous[previous.len().saturating_sub(keep)..];
-        let result = self.decode_with_fallback(previous, prefix, temperatures, go_on, None);
+        let previous = self.with_hotwords(previous, keep);
+        let result = self.decode_with_fallback(&previous, prefix, temperatures, go_on, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -618,9 +622,23 @@ impl Transcriber {
         }
 
         let t1 = Instant::now();
-        let previous = self.previous_context();
+        // The first window starts with the prefix, if any (its prompt then holds no hotwords,
+        // as in faster-whisper).
+        let prefix = if self.windows_since_reset == 0 {
+            self.prefix_tokens()
+        } else {
+            Vec::new()
+        };
+        let previous = if prefix.is_empty() {
+            self.previous_context()
+        } else {
+            let previous = &self.all_tokens[self.prompt_reset_since..];
+            let keep = self.model.dims.n_text_ctx / 2 - 1;
+            previous[previous.len().saturating_sub(keep)..].to_vec()
+        };
+        self.windows_since_reset += 1;
         let temperatures = self.opts.temperatures.clone();
-        let result = self.decode_with_fallback(&previous, &[], &temperatures, false, watch);
+        let result = self.decode_with_fallback(&previous, &prefix, &temperatures, false, watch);
         let decode_seconds = t1.elapsed().as_secs_f64();
         self.stats.decoder_seconds += decode_seconds;
         if let Some(npu) = self.npu.as_mut() {
@@ -852,9 +870,42 @@ impl Transcriber {
     /// The text since the last prompt reset that conditions the next window (at most half the
     /// text context).
     fn previous_context(&self) -> Vec<u32> {
-        let previous = &self.all_tokens[self.prompt_reset_since..];
         let keep = self.model.dims.n_text_ctx / 2 - 1;
-        previous[previous.len().saturating_sub(keep)..].to_vec()
+        self.with_hotwords(&self.all_tokens[self.prompt_reset_since..], keep)
+    }
+
+    /// The prompt of a window: the `hotwords` (when set), then as much of `previous` as fits
+    /// in `keep` tokens (faster-whisper's order).
+    fn with_hotwords(&self, previous: &[u32], keep: usize) -> Vec<u32> {
+        let mut prompt = match self.opts.hotwords.as_deref().map(str::trim) {
+            Some(h) if !h.is_empty() => {
+                let mut t = self.model.tokenizer.encode(&format!(" {h}"));
+                t.truncate(keep);
+                t
+            }
+            _ => Vec::new(),
+        };
+        let room = keep - prompt.len();
+        prompt.extend_from_slice(&previous[previous.len().saturating_sub(room)..]);
+        prompt
+    }
+
+    /// The forced start of the first window's text (`prefix`), after its first timestamp.
+    fn prefix_tokens(&self) -> Vec<u32> {
+        match self.opts.prefix.as_deref().map(str::trim) {
+            Some(p) if !p.is_empty() => {
+                let specials = &self.model.tokenizer.specials;
+                let mut t = Vec::new();
+                if !self.opts.without_timestamps {
+                    t.push(specials.timestamp_begin);
+                }
+                let mut text = self.model.tokenizer.encode(&format!(" {p}"));
+                text.truncate(self.model.dims.n_text_ctx / 2 - 1);
+                t.extend(text);
+                t
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Decodes the window whose encoder output is set, conditioned on `previous` text and

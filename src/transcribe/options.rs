@@ -126,6 +126,13 @@ pub struct TranscribeOptions {
     /// Stop conditioning when a window needed a temperature at or above this.
     pub prompt_reset_on_temperature: f32,
     pub initial_prompt: Option<String>,
+    /// Names and terms the model should spell as given (faster-whisper's `hotwords`): put at
+    /// the front of every window's prompt, before the previous text, except in a window that
+    /// has a [`prefix`](Self::prefix).
+    pub hotwords: Option<String>,
+    /// Text the transcript of the first window starts with (openai's and faster-whisper's
+    /// `prefix`): forced as the start of its text, and kept in the output.
+    pub prefix: Option<String>,
     pub suppress_blank: bool,
     /// Token ids to suppress; -1 expands to the model's `suppress_ids`.
     pub suppress_tokens: Vec<i64>,
@@ -170,6 +177,8 @@ impl Default for TranscribeOptions {
             condition_on_previous_text: true,
             prompt_reset_on_temperature: 0.5,
             initial_prompt: None,
+            hotwords: None,
+            prefix: None,
             suppress_blank: true,
             suppress_tokens: vec![-1],
             without_timestamps: false,
