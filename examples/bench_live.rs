@@ -923,6 +923,23 @@ fn run(config: &Config) -> Result<(), Failure> {
     }
 }
 
+/// The offline transcript of `samples` by `model` with default options (the live WER's
+/// reference).
+fn offline_transcript(
+    model: &Arc<gstwhispernpu::engine::WhisperModel>,
+    samples: &[f32],
+) -> Result<String, Failure> {
+    let fail = |e: gstwhispernpu::error::Error| runtime(format!("offline transcription: {e}"));
+    let mut transcriber =
+        Transcriber::new(Arc::clone(model), TranscribeOptions::default()).map_err(fail)?;
+    let mut segments = Vec::new();
+    for chunk in samples.chunks(SAMPLE_RATE as usize) {
+        segments.extend(transcriber.push(chunk).map_err(fail)?);
+    }
+    segments.extend(transcriber.finish().map_err(fail)?);
+    Ok(join_texts(segments.iter().map(|s| s.text.as_str())))
+}
+
 /// Text of segments joined like `examples/transcribe`.
 fn join_texts<'a>(texts: impl Iterator<Item = &'a str>) -> String {
     texts
@@ -1007,24 +1024,9 @@ fn run_model(
     let mut offline_text = None;
     let mut offline_seconds = None;
     if let Some(samples) = &source.samples {
-        let mut transcriber = Transcriber::new(model.clone(), TranscribeOptions::default())
-            .map_err(|e| runtime(format!("offline transcriber: {e}")))?;
         let t = Instant::now();
-        let mut segments = Vec::new();
-        for chunk in samples.chunks(SAMPLE_RATE as usize) {
-            segments.extend(
-                transcriber
-                    .push(chunk)
-                    .map_err(|e| runtime(format!("offline transcription: {e}")))?,
-            );
-        }
-        segments.extend(
-            transcriber
-                .finish()
-                .map_err(|e| runtime(format!("offline transcription: {e}")))?,
-        );
+        offline_text = Some(offline_transcript(&model, samples)?);
         offline_seconds = Some(t.elapsed().as_secs_f64());
-        offline_text = Some(join_texts(segments.iter().map(|s| s.text.as_str())));
     }
 
     // What to play.
@@ -1094,36 +1096,7 @@ fn run_model(
             .find_property("lateness")
             .map_or(0.0, |_| element.property::<u32>("lateness") as f64 / 1000.0);
 
-    let appsrc = gst_app::AppSrc::builder()
-        .caps(
-            &gst_audio::AudioCapsBuilder::new_interleaved()
-                .format(gst_audio::AudioFormat::F32le)
-                .rate(SAMPLE_RATE as i32)
-                .channels(1)
-                .build(),
-        )
-        .is_live(true)
-        .format(gst::Format::Time)
-        .do_timestamp(false)
-        .min_latency(20_000_000)
-        .max_latency(20_000_000)
-        .build();
-    let appsink = gst_app::AppSink::builder()
-        .caps(
-            &gst::Caps::builder("text/x-raw")
-                .field("format", "utf8")
-                .build(),
-        )
-        .sync(false)
-        .build();
-    // No preroll: a text sink may wait long for its first buffer, and PLAYING must not wait on it.
-    appsink.set_property("async", false);
-    let pipeline = gst::Pipeline::new();
-    pipeline
-        .add_many([appsrc.upcast_ref(), &element, appsink.upcast_ref()])
-        .map_err(|e| runtime(format!("pipeline: {e}")))?;
-    gst::Element::link_many([appsrc.upcast_ref(), &element, appsink.upcast_ref()])
-        .map_err(|e| runtime(format!("cannot link appsrc ! whispernpu ! appsink: {e}")))?;
+    let (pipeline, appsrc, appsink) = live_pipeline(&element)?;
 
     let shared = Arc::new(Shared::default());
     let speed = config.speed;
@@ -1135,30 +1108,10 @@ fn run_model(
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let arrival = running_time(sink.upcast_ref()).unwrap_or(f64::NAN);
-                    let Some(buffer) = sample.buffer() else {
+                    let Some(tb) = pull_text(sink)? else {
                         return Ok(gst::FlowSuccess::Ok);
                     };
-                    let segment = sample
-                        .segment()
-                        .and_then(|s| s.downcast_ref::<ClockTime>().cloned());
-                    let raw_pts = buffer.pts();
-                    let pts = raw_pts.and_then(|p| match &segment {
-                        Some(seg) => seg.to_running_time(p),
-                        None => Some(p),
-                    });
-                    let text = buffer
-                        .map_readable()
-                        .map(|m| String::from_utf8_lossy(&m).into_owned())
-                        .unwrap_or_default();
-                    let tb = TextBuf {
-                        arrival,
-                        pts: pts.map(seconds),
-                        duration: buffer.duration().map(seconds),
-                        raw_pts: raw_pts.map(seconds),
-                        text,
-                    };
+                    let arrival = tb.arrival;
                     if verbose {
                         let t0 = lock(&shared.t0).map(|t| t as f64 / 1e9);
                         let latency = match (t0, tb.pts, tb.duration) {
@@ -1486,6 +1439,84 @@ fn run_model(
         passes,
         &result,
     ))
+}
+
+/// `appsrc (live) ! element ! appsink (text)` in a new pipeline.
+fn live_pipeline(
+    element: &gst::Element,
+) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::AppSink), Failure> {
+    let appsrc = live_appsrc();
+    let appsink = text_appsink();
+    let pipeline = gst::Pipeline::new();
+    pipeline
+        .add_many([appsrc.upcast_ref(), element, appsink.upcast_ref()])
+        .map_err(|e| runtime(format!("pipeline: {e}")))?;
+    gst::Element::link_many([appsrc.upcast_ref(), element, appsink.upcast_ref()])
+        .map_err(|e| runtime(format!("cannot link appsrc ! whispernpu ! appsink: {e}")))?;
+    Ok((pipeline, appsrc, appsink))
+}
+
+/// The live F32LE 16 kHz mono source the feeder pushes into (20 ms of latency, as a capture
+/// source).
+fn live_appsrc() -> gst_app::AppSrc {
+    gst_app::AppSrc::builder()
+        .caps(
+            &gst_audio::AudioCapsBuilder::new_interleaved()
+                .format(gst_audio::AudioFormat::F32le)
+                .rate(SAMPLE_RATE as i32)
+                .channels(1)
+                .build(),
+        )
+        .is_live(true)
+        .format(gst::Format::Time)
+        .do_timestamp(false)
+        .min_latency(20_000_000)
+        .max_latency(20_000_000)
+        .build()
+}
+
+/// The `text/x-raw, format=utf8` sink, unsynchronised.
+fn text_appsink() -> gst_app::AppSink {
+    let appsink = gst_app::AppSink::builder()
+        .caps(
+            &gst::Caps::builder("text/x-raw")
+                .field("format", "utf8")
+                .build(),
+        )
+        .sync(false)
+        .build();
+    // No preroll: a text sink may wait long for its first buffer, and PLAYING must not wait on it.
+    appsink.set_property("async", false);
+    appsink
+}
+
+/// The next text buffer at `sink`, with its arrival (running time) and its PTS in running time;
+/// `None` for a sample without a buffer.
+fn pull_text(sink: &gst_app::AppSink) -> Result<Option<TextBuf>, gst::FlowError> {
+    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+    let arrival = running_time(sink.upcast_ref()).unwrap_or(f64::NAN);
+    let Some(buffer) = sample.buffer() else {
+        return Ok(None);
+    };
+    let segment = sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<ClockTime>().cloned());
+    let raw_pts = buffer.pts();
+    let pts = raw_pts.and_then(|p| match &segment {
+        Some(seg) => seg.to_running_time(p),
+        None => Some(p),
+    });
+    let text = buffer
+        .map_readable()
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
+        .unwrap_or_default();
+    Ok(Some(TextBuf {
+        arrival,
+        pts: pts.map(seconds),
+        duration: buffer.duration().map(seconds),
+        raw_pts: raw_pts.map(seconds),
+        text,
+    }))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -219,73 +219,26 @@ fn build_stream(
     for (name, value) in &config.sets {
         set(name, value)?;
     }
-    let appsrc = gst_app::AppSrc::builder()
-        .caps(
-            &gst_audio::AudioCapsBuilder::new_interleaved()
-                .format(gst_audio::AudioFormat::F32le)
-                .rate(SAMPLE_RATE as i32)
-                .channels(1)
-                .build(),
-        )
-        .is_live(true)
-        .format(gst::Format::Time)
-        .do_timestamp(false)
-        .min_latency(20_000_000)
-        .max_latency(20_000_000)
-        .build();
-    let appsink = gst_app::AppSink::builder()
-        .caps(
-            &gst::Caps::builder("text/x-raw")
-                .field("format", "utf8")
-                .build(),
-        )
-        .sync(false)
-        .build();
-    appsink.set_property("async", false);
-    let pipeline = gst::Pipeline::new();
-    pipeline
-        .add_many([appsrc.upcast_ref(), &element, appsink.upcast_ref()])
-        .map_err(|e| runtime(format!("pipeline: {e}")))?;
-    gst::Element::link_many([appsrc.upcast_ref(), &element, appsink.upcast_ref()])
-        .map_err(|e| runtime(format!("cannot link appsrc ! whispernpu ! appsink: {e}")))?;
+    let (pipeline, appsrc, appsink) = live_pipeline(&element)?;
     let shared = Arc::new(Shared::default());
     {
         let shared = Arc::clone(&shared);
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let arrival = running_time(sink.upcast_ref()).unwrap_or(f64::NAN);
-                    let Some(buffer) = sample.buffer() else {
+                    let Some(tb) = pull_text(sink)? else {
                         return Ok(gst::FlowSuccess::Ok);
                     };
-                    let segment = sample
-                        .segment()
-                        .and_then(|s| s.downcast_ref::<ClockTime>().cloned());
-                    let raw_pts = buffer.pts();
-                    let pts = raw_pts.and_then(|p| match &segment {
-                        Some(seg) => seg.to_running_time(p),
-                        None => Some(p),
-                    });
-                    let text = buffer
-                        .map_readable()
-                        .map(|m| String::from_utf8_lossy(&m).into_owned())
-                        .unwrap_or_default();
                     if let Some(prefix) = &verbose_prefix {
                         let _ = writeln!(
                             std::io::stderr(),
-                            "{prefix} arrival {arrival:8.3}  pts {:>8}  {}",
-                            fmt_opt(pts.map(seconds), 3),
-                            text.trim()
+                            "{prefix} arrival {:8.3}  pts {:>8}  {}",
+                            tb.arrival,
+                            fmt_opt(tb.pts, 3),
+                            tb.text.trim()
                         );
                     }
-                    lock(&shared.texts).push(TextBuf {
-                        arrival,
-                        pts: pts.map(seconds),
-                        duration: buffer.duration().map(seconds),
-                        raw_pts: raw_pts.map(seconds),
-                        text,
-                    });
+                    lock(&shared.texts).push(tb);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -336,23 +289,7 @@ pub(super) fn run_streams(
         .map_err(|e| runtime(common::model_error(model_name, &e)))?;
 
     // Offline reference: the same model and audio, default options.
-    let mut transcriber = Transcriber::new(model.clone(), TranscribeOptions::default())
-        .map_err(|e| runtime(format!("offline transcriber: {e}")))?;
-    let mut segments = Vec::new();
-    for chunk in samples.chunks(SAMPLE_RATE as usize) {
-        segments.extend(
-            transcriber
-                .push(chunk)
-                .map_err(|e| runtime(format!("offline transcription: {e}")))?,
-        );
-    }
-    segments.extend(
-        transcriber
-            .finish()
-            .map_err(|e| runtime(format!("offline transcription: {e}")))?,
-    );
-    drop(transcriber);
-    let offline = join_texts(segments.iter().map(|s| s.text.as_str()));
+    let offline = offline_transcript(&model, &samples)?;
 
     let mut streams = Vec::new();
     for k in 0..sc.streams {
