@@ -89,7 +89,7 @@ fn read_times(path: &str, samples: &[f32]) -> Result<(Vec<Sentence>, String), Fa
 }
 
 /// Pauses (start, end) in seconds: runs of at least [`PAUSE_BLOCKS`] quiet 20 ms blocks.
-fn pauses(samples: &[f32]) -> Vec<(f64, f64)> {
+pub(super) fn pauses(samples: &[f32]) -> Vec<(f64, f64)> {
     let block_s = BLOCK as f64 / SAMPLE_RATE as f64;
     let mut out = Vec::new();
     let mut quiet_from: Option<usize> = None;
@@ -113,7 +113,7 @@ fn pauses(samples: &[f32]) -> Vec<(f64, f64)> {
 }
 
 /// The claimed end `end` (audio seconds), pulled back to the start of the pause it falls in.
-fn pulled_back(end: f64, pauses: &[(f64, f64)]) -> f64 {
+pub(super) fn pulled_back(end: f64, pauses: &[(f64, f64)]) -> f64 {
     pauses
         .iter()
         .find(|&&(a, b)| end > a && end <= b + 0.02)
