@@ -689,6 +689,16 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// `p50 / p95 / max` of sorted values, two decimals.
+fn p50_95_max(sorted: &[f64]) -> String {
+    format!(
+        "{} / {} / {}",
+        fmt_opt(percentile(sorted, 50.0), 2),
+        fmt_opt(percentile(sorted, 95.0), 2),
+        fmt_opt(sorted.last().copied(), 2)
+    )
+}
+
 fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.decimals$}"))
 }
@@ -1011,9 +1021,6 @@ fn run_model(
     plugin: &str,
     model_name: &str,
 ) -> Result<String, Failure> {
-    let log = |line: String| {
-        let _ = writeln!(std::io::stderr(), "{line}");
-    };
     // The model, through the library (shared with the element when it is linked in statically).
     let t_load = Instant::now();
     let model = gstwhispernpu::engine::load_shared(model_name)
@@ -1519,6 +1526,11 @@ fn pull_text(sink: &gst_app::AppSink) -> Result<Option<TextBuf>, gst::FlowError>
     }))
 }
 
+/// One line of the report or progress on stderr.
+fn log(line: String) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -1714,8 +1726,11 @@ fn report(
         let end = pts + dur;
         let latency = t.arrival - wall(end);
         latencies.push(latency);
-        if let Some(pl) = &pause_list {
-            pulled.push(t.arrival - wall(t0 + streams::pulled_back(end - t0, pl)));
+        if let Some(e) = pause_list
+            .as_ref()
+            .and_then(|pl| streams::pulled_end(t, t0, pl))
+        {
+            pulled.push(t.arrival - wall(e));
         }
         if latency < -0.025 {
             ahead += 1;
@@ -1953,20 +1968,16 @@ fn report(
     line(
         "latency p50/p95/max",
         format!(
-            "{} / {} / {} s  (over {latency_budget:.1} s: {over_budget})",
-            fmt_opt(p50, 2),
-            fmt_opt(p95, 2),
-            fmt_opt(max, 2)
+            "{} s  (over {latency_budget:.1} s: {over_budget})",
+            p50_95_max(&lat_sorted)
         ),
     );
     if !pulled.is_empty() {
         line(
             "pulled p50/p95/max",
             format!(
-                "{} / {} / {} s  (a claimed end in a pause moved to the end of the speech)",
-                fmt_opt(percentile(&pulled, 50.0), 2),
-                fmt_opt(percentile(&pulled, 95.0), 2),
-                fmt_opt(pulled.last().copied(), 2)
+                "{} s  (a claimed end in a pause moved to the end of the speech)",
+                p50_95_max(&pulled)
             ),
         );
     }

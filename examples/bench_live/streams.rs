@@ -38,12 +38,6 @@ struct Sentence {
     words: usize,
 }
 
-/// What one stream's element sent.
-struct StreamRun {
-    shared: Arc<Shared>,
-    warnings: Vec<String>,
-}
-
 /// The sentences of a times file (`start<TAB>end<TAB>text` per line); each sentence's speech end
 /// is found in `samples` within its span.
 fn read_times(path: &str, samples: &[f32]) -> Result<(Vec<Sentence>, String), Failure> {
@@ -113,7 +107,7 @@ pub(super) fn pauses(samples: &[f32]) -> Vec<(f64, f64)> {
 }
 
 /// The claimed end `end` (audio seconds), pulled back to the start of the pause it falls in.
-pub(super) fn pulled_back(end: f64, pauses: &[(f64, f64)]) -> f64 {
+fn pulled_back(end: f64, pauses: &[(f64, f64)]) -> f64 {
     pauses
         .iter()
         .find(|&&(a, b)| end > a && end <= b + 0.02)
@@ -176,25 +170,32 @@ fn sentence_arrivals(
 
 /// CPU seconds (user + system) of this process so far.
 fn cpu_seconds() -> Option<f64> {
+    unsafe extern "C" {
+        fn sysconf(name: i32) -> i64;
+    }
+    const SC_CLK_TCK: i32 = 2;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc_sysconf_clk_tck() };
-    Some(ticks / hz)
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { sysconf(SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
-unsafe extern "C" {
-    fn sysconf(name: i32) -> i64;
+/// The larger of two optional values (either when the other is missing).
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
-/// `sysconf(_SC_CLK_TCK)` (100 on Linux when unknown).
-unsafe fn libc_sysconf_clk_tck() -> f64 {
-    const SC_CLK_TCK: i32 = 2;
-    // SAFETY: a plain libc query.
-    let v = unsafe { sysconf(SC_CLK_TCK) };
-    if v > 0 { v as f64 } else { 100.0 }
+/// The running time at which the speech a text buffer covers ends: its claimed end (PTS +
+/// duration), pulled back to the start of the pause it falls in; `t0` is the running time of
+/// the first sample. `None` for a buffer without PTS or duration.
+pub(super) fn pulled_end(t: &TextBuf, t0: f64, pauses: &[(f64, f64)]) -> Option<f64> {
+    Some(t0 + pulled_back(t.pts? + t.duration? - t0, pauses))
 }
 
 /// Builds `appsrc ! whispernpu ! appsink` for one stream, READY (model loaded).
@@ -263,9 +264,6 @@ pub(super) fn run_streams(
     source: &Source,
     model_name: &str,
 ) -> Result<String, Failure> {
-    let log = |line: String| {
-        let _ = writeln!(std::io::stderr(), "{line}");
-    };
     let samples = source
         .samples
         .clone()
@@ -351,13 +349,7 @@ pub(super) fn run_streams(
                 + sc.stagger * sc.streams as f64,
         );
     let mut done = vec![false; sc.streams];
-    let mut runs: Vec<StreamRun> = streams
-        .iter()
-        .map(|(_, _, s)| StreamRun {
-            shared: Arc::clone(s),
-            warnings: Vec::new(),
-        })
-        .collect();
+    let mut warnings = vec![Vec::<String>::new(); sc.streams];
     let mut failure = None;
     while done.iter().any(|d| !d) {
         if Instant::now() > deadline {
@@ -389,7 +381,7 @@ pub(super) fn run_streams(
                     }
                     gst::MessageView::Warning(w) => {
                         log(format!("warning: stream {k}: {}", w.error()));
-                        runs[k].warnings.push(w.error().to_string());
+                        warnings[k].push(w.error().to_string());
                     }
                     _ => {}
                 }
@@ -425,9 +417,9 @@ pub(super) fn run_streams(
     let mut json_streams = Vec::new();
     let mut all_sentence = Vec::new();
     let (mut worst_p95, mut worst_wer) = (None::<f64>, None::<f64>);
-    for (k, run) in runs.iter().enumerate() {
-        let texts = lock(&run.shared.texts).clone();
-        let t0 = lock(&run.shared.t0).map_or(0.0, |t| t as f64 / 1e9);
+    for (k, ((_, _, shared), warnings)) in streams.iter().zip(&warnings).enumerate() {
+        let texts = lock(&shared.texts).clone();
+        let t0 = lock(&shared.t0).map_or(0.0, |t| t as f64 / 1e9);
         let text = join_texts(texts.iter().map(|t| t.text.as_str()));
         let wer = reference.as_deref().map(|r| common::wer_percent(r, &text));
         let own: Vec<f64> = texts
@@ -436,10 +428,7 @@ pub(super) fn run_streams(
             .collect();
         let pulled: Vec<f64> = texts
             .iter()
-            .filter_map(|t| {
-                let end = t.pts? + t.duration? - t0;
-                Some(t.arrival - (t0 + pulled_back(end, &pause_list)))
-            })
+            .filter_map(|t| Some(t.arrival - pulled_end(t, t0, &pause_list)?))
             .collect();
         let (sentence, missed, in_order) = match (&sentences, &reference) {
             (Some(s), Some(r)) => {
@@ -464,14 +453,8 @@ pub(super) fn run_streams(
         let p = |v: &[f64], q: f64| percentile(v, q);
         let (own, pulled) = (sorted(own), sorted(pulled));
         let p95 = p(&head, 95.0);
-        worst_p95 = match (worst_p95, p95) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        worst_wer = match (worst_wer, wer) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        worst_p95 = max_opt(worst_p95, p95);
+        worst_wer = max_opt(worst_wer, wer);
         rows.push(format!(
             "{k:>6}  {:>6} {:>6} {:>6}  {:>8}  {:>8}  {:>6}  {:>6}  {}",
             fmt_opt(p(&head, 50.0), 2),
@@ -499,7 +482,7 @@ pub(super) fn run_streams(
             "missed_sentences": if sentence.is_some() { Some(missed) } else { None },
             "sentence_latencies": in_order,
             "text_buffers": texts.len(),
-            "warnings": run.warnings,
+            "warnings": warnings,
         }));
     }
     let cores = cpu.map(|c| c / wall);

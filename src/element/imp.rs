@@ -479,6 +479,14 @@ pub struct WhisperNpu {
     model: Mutex<ModelSlot>,
 }
 
+/// A string property's value (`None` = empty).
+fn text_value(value: &glib::Value) -> String {
+    value
+        .get::<Option<String>>()
+        .expect("type checked upstream")
+        .unwrap_or_default()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -2190,19 +2198,9 @@ impl ObjectImpl for WhisperNpu {
             "execution-provider" => {
                 s.execution_provider = value.get().expect("type checked upstream")
             }
-            "execution-provider-options" => {
-                s.execution_provider_options = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default()
-            }
+            "execution-provider-options" => s.execution_provider_options = text_value(value),
             "compute-type" => s.compute_type = value.get().expect("type checked upstream"),
-            "language-code" => {
-                s.language_code = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
+            "language-code" => s.language_code = text_value(value),
             "task" => s.task = value.get().expect("type checked upstream"),
             "latency" => {
                 s.latency_ms = value.get().expect("type checked upstream");
@@ -2214,12 +2212,7 @@ impl ObjectImpl for WhisperNpu {
             }
             "beam-size" => s.beam_size = value.get().expect("type checked upstream"),
             "n-threads" => s.n_threads = value.get().expect("type checked upstream"),
-            "initial-prompt" => {
-                s.initial_prompt = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
+            "initial-prompt" => s.initial_prompt = text_value(value),
             "no-speech-threshold" => {
                 s.no_speech_threshold = value.get().expect("type checked upstream");
             }
@@ -2242,25 +2235,10 @@ impl ObjectImpl for WhisperNpu {
             "temperature-increment" => {
                 s.temperature_increment = value.get().expect("type checked upstream");
             }
-            "suppress-tokens" => {
-                s.suppress_tokens = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
+            "suppress-tokens" => s.suppress_tokens = text_value(value),
             "suppress-blank" => s.suppress_blank = value.get().expect("type checked upstream"),
-            "hotwords" => {
-                s.hotwords = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
-            "prefix" => {
-                s.prefix = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
+            "hotwords" => s.hotwords = text_value(value),
+            "prefix" => s.prefix = text_value(value),
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);

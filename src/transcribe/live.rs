@@ -844,7 +844,6 @@ impl LiveTranscriber {
         });
     }
 
-    /// Decodes the utterance's buffer up to sample `end`.
     /// How soon `utt` must be decoded: `None` when its text waits on the decode (the end of
     /// the utterance), else the seconds left before its oldest word not yet final would miss
     /// the latency budget (0 when already late).
@@ -869,8 +868,8 @@ impl LiveTranscriber {
         engine.decode_turn(deadline)
     }
 
-    /// Decodes `utt`'s audio up to `end` (on `turn`, else after waiting for one). The wait counts
-    /// as decode time, so under load the step grows and words are forced final on time.
+    /// Decodes the utterance's buffer up to sample `end`, on `turn` (taken by `step`), else
+    /// after waiting for one here (an utterance end): that wait counts as decode time.
     fn decode(
         &mut self,
         engine: &mut Transcriber,

@@ -438,7 +438,7 @@ impl Transcriber {
         let t1 = Instant::now();
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
-        let previous = self.with_hotwords(previous, keep);
+        let previous = self.prompt(previous, keep, true);
         let result = self.decode_with_fallback(&previous, prefix, temperatures, go_on, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
@@ -629,13 +629,7 @@ impl Transcriber {
         } else {
             Vec::new()
         };
-        let previous = if prefix.is_empty() {
-            self.previous_context()
-        } else {
-            let previous = &self.all_tokens[self.prompt_reset_since..];
-            let keep = self.model.dims.n_text_ctx / 2 - 1;
-            previous[previous.len().saturating_sub(keep)..].to_vec()
-        };
+        let previous = self.previous_context(prefix.is_empty());
         self.windows_since_reset += 1;
         let temperatures = self.opts.temperatures.clone();
         let result = self.decode_with_fallback(&previous, &prefix, &temperatures, false, watch);
@@ -868,17 +862,17 @@ impl Transcriber {
     }
 
     /// The text since the last prompt reset that conditions the next window (at most half the
-    /// text context).
-    fn previous_context(&self) -> Vec<u32> {
+    /// text context), after the `hotwords` when `hotwords`.
+    fn previous_context(&self, hotwords: bool) -> Vec<u32> {
         let keep = self.model.dims.n_text_ctx / 2 - 1;
-        self.with_hotwords(&self.all_tokens[self.prompt_reset_since..], keep)
+        self.prompt(&self.all_tokens[self.prompt_reset_since..], keep, hotwords)
     }
 
-    /// The prompt of a window: the `hotwords` (when set), then as much of `previous` as fits
-    /// in `keep` tokens (faster-whisper's order).
-    fn with_hotwords(&self, previous: &[u32], keep: usize) -> Vec<u32> {
+    /// The prompt of a window: the option's `hotwords` (when set and `hotwords`), then as much
+    /// of `previous` as fits in `keep` tokens (faster-whisper's order).
+    fn prompt(&self, previous: &[u32], keep: usize, hotwords: bool) -> Vec<u32> {
         let mut prompt = match self.opts.hotwords.as_deref().map(str::trim) {
-            Some(h) if !h.is_empty() => {
+            Some(h) if hotwords && !h.is_empty() => {
                 let mut t = self.model.tokenizer.encode(&format!(" {h}"));
                 t.truncate(keep);
                 t

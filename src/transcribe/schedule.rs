@@ -161,12 +161,20 @@ mod tests {
                 let _turn = s2.turn(now + Duration::from_millis(ms));
                 tx.send(i).unwrap();
             }));
+            // Bounded waits: a thread that died (a panic) fails the test instead of hanging it.
+            let queued = Instant::now();
             while s.waiting() < i as usize + 1 {
+                assert!(
+                    queued.elapsed() < Duration::from_secs(10),
+                    "thread {i} never queued"
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         drop(first);
-        let order: Vec<u32> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        let order: Vec<u32> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a turn"))
+            .collect();
         for h in handles {
             h.join().unwrap();
         }
