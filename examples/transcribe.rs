@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use common::{Arg, AudioReader, Cli, SAMPLE_RATE};
 use gstwhispernpu::engine::ComputeType;
-use gstwhispernpu::transcribe::{Segment, TailPadding, Task, TranscribeOptions, Transcriber};
+use gstwhispernpu::transcribe::{
+    CaptionLayout, Segment, TailPadding, Task, TranscribeOptions, Transcriber, shape_captions,
+};
 
 const USAGE: &str = "\
 usage: transcribe [OPTIONS] AUDIO
@@ -65,6 +67,21 @@ options:
   --word-timestamps       time each word (cross-attention alignment): json gets
                           \"words\", srt one cue per word, vtt a cue per segment
                           with an inline <hh:mm:ss.mmm> timestamp before each word
+  --vad                   decode only the speech Silero VAD finds (faster-whisper's vad_filter):
+                          pauses of --min-silence-duration or more, music and noise are left
+                          out, times stay those of the file [default: off]
+  --vad-threshold P       speech probability at or above which a 32 ms frame is speech
+                          [default: 0.5]
+  --min-silence-duration MS
+                          a pause this long is left out [default: 2000]
+  --speech-pad MS         audio kept before and after each stretch of speech [default: 400]
+  --max-line-width N      srt, vtt: split each segment at word boundaries into cues whose
+                          lines hold at most N characters (openai-whisper's meaning; turns
+                          word timing on; each cue timed by its words) [default: off]
+  --max-line-count N      ... at most N lines per cue [default: no limit]
+  --max-words-per-line N  ... at most N words per line [default: no limit]
+  --caption-preset NAME   cea608-roll-up-2 (32 columns, 2 lines), cea608-roll-up-3 (32, 3),
+                          none; the three limits above, set at once (later flags override)
   --hallucination-silence-threshold SECONDS
                           skip segments that look invented (improbable, very short or
                           long words) between silences longer than SECONDS, and resume
@@ -102,6 +119,7 @@ enum Format {
 
 struct Config {
     model: String,
+    captions: CaptionLayout,
     load: gstwhispernpu::engine::LoadOptions,
     format: Format,
     quiet: bool,
@@ -163,6 +181,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
     let mut compute_type = ComputeType::Auto;
     let mut engine = common::EngineArgs::default();
     let mut format = Format::Txt;
+    let mut captions = CaptionLayout::default();
     let mut quiet = false;
     let mut inputs = Vec::new();
     let takes_value = |name: &str| {
@@ -189,6 +208,13 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 | "--suppress-blank"
                 | "--hotwords"
                 | "--prefix"
+                | "--max-line-width"
+                | "--max-line-count"
+                | "--max-words-per-line"
+                | "--caption-preset"
+                | "--vad-threshold"
+                | "--min-silence-duration"
+                | "--speech-pad"
         )
     };
     let mut cli = Cli::from_env();
@@ -205,6 +231,37 @@ fn parse_args() -> Result<Option<Config>, Failure> {
             "-h" | "--help" => return Ok(None),
             "-q" | "--quiet" => quiet = true,
             "--word-timestamps" => options.word_timestamps = true,
+            "--vad" => {
+                options.vad_filter.get_or_insert_with(Default::default);
+            }
+            "--vad-threshold" => {
+                let p = value
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|p| *p > 0.0 && *p <= 1.0)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "--vad-threshold: `{value}` is not a probability in (0, 1]"
+                        ))
+                    })?;
+                options
+                    .vad_filter
+                    .get_or_insert_with(Default::default)
+                    .threshold = p;
+            }
+            "--min-silence-duration" => {
+                options
+                    .vad_filter
+                    .get_or_insert_with(Default::default)
+                    .min_silence_ms = common::parse_number(&name, &value).map_err(bad)?
+            }
+            "--speech-pad" => {
+                options
+                    .vad_filter
+                    .get_or_insert_with(Default::default)
+                    .speech_pad_ms = common::parse_number(&name, &value).map_err(bad)?
+            }
             "--condition-on-previous-text" => {
                 options.condition_on_previous_text =
                     common::parse_bool(&name, &value).map_err(bad)?
@@ -239,6 +296,27 @@ fn parse_args() -> Result<Option<Config>, Failure> {
             "--suppress-tokens" => {
                 options.suppress_tokens = gstwhispernpu::transcribe::parse_suppress_tokens(&value)
                     .map_err(|why| bad(format!("--suppress-tokens: {why}")))?;
+            }
+            "--max-line-width" => {
+                captions.max_line_length = common::parse_number(&name, &value).map_err(bad)?
+            }
+            "--max-line-count" => {
+                captions.max_lines = common::parse_number(&name, &value).map_err(bad)?
+            }
+            "--max-words-per-line" => {
+                captions.max_words_per_line = common::parse_number(&name, &value).map_err(bad)?
+            }
+            "--caption-preset" => {
+                captions = CaptionLayout::preset(&value).ok_or_else(|| {
+                    let names: Vec<&str> = gstwhispernpu::transcribe::CAPTION_PRESETS
+                        .iter()
+                        .map(|p| p.0)
+                        .collect();
+                    bad(format!(
+                        "--caption-preset: `{value}` is not one of {}",
+                        names.join(", ")
+                    ))
+                })?
             }
             "--hotwords" => options.hotwords = Some(value).filter(|v| !v.trim().is_empty()),
             "--prefix" => options.prefix = Some(value).filter(|v| !v.trim().is_empty()),
@@ -323,8 +401,20 @@ fn parse_args() -> Result<Option<Config>, Failure> {
         .resolve(compute_type, options.n_threads)
         .map_err(Failure::BadValue)?;
     options.backend = encoder;
+    if !captions.is_off() {
+        if !matches!(format, Format::Srt | Format::Vtt) {
+            return Err(Failure::BadValue(
+                "--max-line-width, --max-line-count, --max-words-per-line and --caption-preset \
+                 shape srt and vtt cues: add --format srt or --format vtt"
+                    .into(),
+            ));
+        }
+        // Cues are timed by their words.
+        options.word_timestamps = true;
+    }
     Ok(Some(Config {
         model,
+        captions,
         load,
         format,
         quiet,
@@ -394,6 +484,18 @@ fn run(config: &Config) -> Result<(), Failure> {
             others.join(", ")
         );
     }
+    if let Some(why) = transcriber.take_warning() {
+        eprintln!("transcribe: warning: {why}");
+    }
+    if config.options.vad_filter.is_some() && !config.quiet {
+        let stats = transcriber.stats();
+        eprintln!(
+            "transcribe: VAD ({}): {:.1} s of speech decoded, {:.1} s left out",
+            transcriber.vad_detector().unwrap_or("none"),
+            stats.vad_speech_seconds,
+            stats.vad_skipped_seconds
+        );
+    }
     if let Some(why) = transcriber.npu_failure() {
         eprintln!("transcribe: warning: NPU encoder given up, the CPU encoded from then on: {why}");
     }
@@ -416,6 +518,8 @@ fn run(config: &Config) -> Result<(), Failure> {
     let duration = samples as f64 / SAMPLE_RATE as f64;
     let text = match config.format {
         Format::Txt => to_txt(&segments),
+        Format::Srt if !config.captions.is_off() => to_srt_cues(&segments, &config.captions),
+        Format::Vtt if !config.captions.is_off() => to_vtt_cues(&segments, &config.captions),
         Format::Srt => to_srt(&segments),
         Format::Vtt => to_vtt(&segments),
         Format::Json => to_json(&config.model, &segments, &language, duration),
@@ -507,6 +611,46 @@ fn to_srt(segments: &[Segment]) -> String {
             common::timestamp(start, ','),
             common::timestamp(end, ','),
             cue_text(text)
+        );
+    }
+    out
+}
+
+/// The segments shaped into caption cues: `(start, end, lines)`.
+fn shaped(segments: &[Segment], layout: &CaptionLayout) -> Vec<(f64, f64, Vec<String>)> {
+    segments
+        .iter()
+        .flat_map(|s| shape_captions(s, layout, s.end))
+        .map(|c| (c.start, c.end, c.lines))
+        .collect()
+}
+
+/// SubRip with shaped cues: one cue per caption, its lines as the cue's lines.
+fn to_srt_cues(segments: &[Segment], layout: &CaptionLayout) -> String {
+    let mut out = String::new();
+    for (i, (start, end, lines)) in shaped(segments, layout).into_iter().enumerate() {
+        let lines: Vec<String> = lines.iter().map(|l| cue_text(l)).collect();
+        out += &format!(
+            "{}\n{} --> {}\n{}\n\n",
+            i + 1,
+            common::timestamp(start, ','),
+            common::timestamp(end, ','),
+            lines.join("\n")
+        );
+    }
+    out
+}
+
+/// WebVTT with shaped cues.
+fn to_vtt_cues(segments: &[Segment], layout: &CaptionLayout) -> String {
+    let mut out = String::from("WEBVTT\n\n");
+    for (start, end, lines) in shaped(segments, layout) {
+        let lines: Vec<String> = lines.iter().map(|l| vtt_escape(l)).collect();
+        out += &format!(
+            "{} --> {}\n{}\n\n",
+            common::timestamp(start, '.'),
+            common::timestamp(end, '.'),
+            lines.join("\n")
         );
     }
     out

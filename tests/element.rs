@@ -735,14 +735,21 @@ fn unavailable_backend_is_an_error() {
     }
 }
 
-/// The offline text equals the engine's on the same audio (what `examples/transcribe` prints).
+/// The offline text equals the engine's on the same audio (what `examples/transcribe --vad`
+/// prints: the element's `vad` is on by default).
 #[test]
 fn offline_text_matches_engine() {
     use gstwhispernpu::transcribe::{TranscribeOptions, Transcriber};
     let model_dir = common::model_dir("base");
     let audio = jfk();
     let model = gstwhispernpu::engine::load_shared(model_dir.to_str().unwrap()).unwrap();
-    let mut t = Transcriber::new(model, TranscribeOptions::default()).unwrap();
+    // The element's default `vad=true` is the engine's `vad_filter` with its defaults.
+    common::fetch_runtime();
+    let options = TranscribeOptions {
+        vad_filter: Some(Default::default()),
+        ..TranscribeOptions::default()
+    };
+    let mut t = Transcriber::new(model, options).unwrap();
     let mut expected = t.push(&audio).unwrap();
     expected.extend(t.finish().unwrap());
 
@@ -940,6 +947,40 @@ fn live_output_words() {
     assert_monotonic(&cues);
     assert!(cues.iter().all(|c| c.end <= 11.5), "{cues:?}");
     let text = all_text(&cues).to_lowercase();
+    assert!(text.contains("ask what you can do"), "{text}");
+    assert!(text.contains("your country"), "{text}");
+    assert_silero_gate(&element, &bus);
+}
+
+/// Live mode with caption shaping: committed text comes out as buffers of at most `max-lines`
+/// lines of at most `max-line-length` characters, in running time, never overlapping, and the
+/// words still say what the speech says.
+#[test]
+fn live_captions_shaped() {
+    common::fetch_runtime();
+    let model = common::model_dir("tiny.en");
+    let (mut h, bus, element) = harness(
+        &model,
+        &[
+            ("mode", "live"),
+            ("latency", "5000"),
+            ("max-line-length", "16"),
+            ("max-lines", "2"),
+        ],
+    );
+    h.set_src_caps(audio_caps("F32LE"));
+    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
+    h.push_event(gst::event::Eos::new());
+    let (cues, _events) = collect_until_eos(&mut h);
+    eprintln!("{cues:#?}");
+    assert!(cues.len() >= 4, "about 110 characters in 2 x 16: {cues:?}");
+    for c in &cues {
+        let lines: Vec<&str> = c.text.lines().collect();
+        assert!(lines.len() <= 2, "{c:?}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 16), "{c:?}");
+    }
+    assert_monotonic(&cues);
+    let text = all_text(&cues).replace('\n', " ").to_lowercase();
     assert!(text.contains("ask what you can do"), "{text}");
     assert!(text.contains("your country"), "{text}");
     assert_silero_gate(&element, &bus);

@@ -424,6 +424,73 @@ fn output_words_one_buffer_per_word() {
     assert!(words.len() > 2 * segments.len(), "{segments:?}");
 }
 
+/// Caption shaping through `srtenc` (offline, the CEA-608 roll-up preset and a narrower layout):
+/// every SubRip cue has at most `max-lines` lines of at most `max-line-length` characters, the
+/// cues are in order and never overlap, each cue's times are those of its words (the same
+/// element with `output=words`), and together they hold every word of the unshaped transcript
+/// exactly once, in order.
+#[test]
+fn srtenc_captions_shaped_by_line_length_and_count() {
+    let dir = temp_dir("captions");
+    let plain = jfk_buffers("");
+    let words = jfk_buffers("output=words");
+    let transcript: Vec<String> = plain
+        .iter()
+        .flat_map(|s| {
+            s.2.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        words.iter().map(|w| w.2.clone()).collect::<Vec<_>>(),
+        transcript
+    );
+    for (props, width, lines) in [
+        ("caption-preset=cea608-roll-up-2", 32, 2),
+        ("max-line-length=14 max-lines=3", 14, 3),
+        ("caption-preset=cea608-roll-up-3 max-line-length=20", 20, 3),
+    ] {
+        let srt = dir.join("jfk.srt");
+        let pipeline = gst::parse::launch(&format!(
+            "{} ! whispernpu model=\"{}\" mode=offline {props} ! srtenc ! filesink location=\"{}\"",
+            source(&common::jfk_wav()),
+            common::model_dir("tiny.en").display(),
+            srt.display()
+        ))
+        .unwrap();
+        run(&pipeline);
+        let content = std::fs::read_to_string(&srt).unwrap();
+        eprintln!("{props}:\n{content}");
+        let cues = parse_srt(&content);
+        assert!(cues.len() >= 2, "{props}: {cues:?}");
+        let mut next = 0;
+        for (i, cue) in cues.iter().enumerate() {
+            let cue_lines: Vec<&str> = cue.text.lines().collect();
+            assert!(cue_lines.len() <= lines, "{props}: {cue:?}");
+            assert!(
+                cue_lines.iter().all(|l| l.chars().count() <= width),
+                "{props}: {cue:?}"
+            );
+            let n = cue.text.split_whitespace().count();
+            let cue_words: Vec<&str> = cue.text.split_whitespace().collect();
+            assert_eq!(cue_words, transcript[next..next + n], "{props}: cue {i}");
+            // Timed by its words (SubRip keeps milliseconds; a word buffer is at least 0.1 s).
+            assert!((cue.start - words[next].0).abs() < 0.11, "{props}: {cue:?}");
+            assert!(
+                (cue.end - words[next + n - 1].1).abs() < 0.11,
+                "{props}: {cue:?}"
+            );
+            if i > 0 {
+                assert!(cues[i - 1].end <= cue.start, "{props}: cues overlap at {i}");
+            }
+            next += n;
+        }
+        assert_eq!(next, transcript.len(), "{props}: every word once");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `bench_live --streams 2`: two live elements in one process (one model, one worker pool)
 /// both caption jfk.wav fed in real time; latency per sentence is measured against the end of
 /// the speech (a one-sentence times file), and the report holds every field the README's

@@ -507,3 +507,246 @@ fn non_finite_samples_do_not_poison_the_detectors() {
         );
     }
 }
+
+/// A file with long non-speech between speech: jfk.wav, 20 s of pink noise, a sentence, 20 s of
+/// music (a synthesised piano-like melody over chords), a sentence, 15 s of room tone. Returns
+/// the samples, the spoken stretches in seconds and the words said.
+fn speech_between_noise_and_music(scratch: &Scratch) -> (Vec<f32>, Vec<(f64, f64)>, String) {
+    const SENTENCE_A: &str =
+        "The quick brown fox jumps over the lazy dog near the bank of the river.";
+    const SENTENCE_B: &str =
+        "Please remember to bring your umbrella, because it will rain tomorrow afternoon.";
+    let (jfk, _) = common::read_wav(&common::jfk_wav());
+    let mut audio = Vec::new();
+    let mut spans = Vec::new();
+    let mut add_speech = |audio: &mut Vec<f32>, speech: &[f32]| {
+        let (first, last) = audible(speech);
+        let at = audio.len() as f64 / RATE;
+        spans.push((at + first, at + last));
+        audio.extend_from_slice(speech);
+    };
+    add_speech(&mut audio, &jfk);
+    audio.extend(synth(scratch, "pink", &["pinknoise"], 20.0, 0.05));
+    add_speech(&mut audio, &speak(scratch, "a", SENTENCE_A));
+    // Music: an arpeggio of plucked notes (decaying harmonics) over a held chord.
+    let notes = [
+        261.63f32, 329.63, 392.0, 523.25, 392.0, 329.63, 293.66, 349.23,
+    ];
+    let n = 20 * 16_000;
+    for i in 0..n {
+        let t = i as f32 / 16_000.0;
+        let beat = (t / 0.25) as usize;
+        let since = t - beat as f32 * 0.25;
+        let f = notes[beat % notes.len()];
+        let tau = std::f32::consts::TAU;
+        let pluck: f32 = (1..5)
+            .map(|h| (tau * f * h as f32 * since).sin() / h as f32)
+            .sum::<f32>()
+            * (-since * 8.0).exp();
+        let chord_root = if ((t / 2.0) as usize).is_multiple_of(2) {
+            130.81
+        } else {
+            110.0
+        };
+        let chord: f32 = [1.0f32, 1.25, 1.5]
+            .iter()
+            .map(|r| (tau * chord_root * r * t).sin())
+            .sum();
+        audio.push(0.12 * pluck + 0.04 * chord);
+    }
+    add_speech(&mut audio, &speak(scratch, "b", SENTENCE_B));
+    audio.extend(synth(scratch, "room", &["whitenoise"], 15.0, 0.002));
+    let words = format!(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can \
+         do for your country. {SENTENCE_A} {SENTENCE_B}"
+    );
+    (audio, spans, words)
+}
+
+/// Offline VAD (`vad_filter`, faster-whisper's `vad_filter`): on speech separated by long noise,
+/// music and room tone, the non-speech is not decoded (fewer windows, most of it left out),
+/// every segment lies on speech in stream time (the times are mapped back across the cuts), and
+/// the WER on the speech is no worse than decoding everything (but for one word).
+#[test]
+fn offline_vad_decodes_only_the_speech_in_stream_time() {
+    common::fetch_runtime();
+    let scratch = Scratch::new("offline");
+    let (audio, spans, words) = speech_between_noise_and_music(&scratch);
+    let total = audio.len() as f64 / RATE;
+    let model = gstwhispernpu::engine::load_shared(common::model_dir("base").to_str().unwrap())
+        .expect("base");
+    let run = |vad: bool| {
+        let options = gstwhispernpu::transcribe::TranscribeOptions {
+            language: Some("en".into()),
+            n_threads: 2,
+            vad_filter: vad.then(Default::default),
+            ..Default::default()
+        };
+        let mut t = gstwhispernpu::transcribe::Transcriber::new(model.clone(), options).unwrap();
+        let mut segments = Vec::new();
+        for chunk in audio.chunks(16_000) {
+            segments.extend(t.push(chunk).unwrap());
+        }
+        segments.extend(t.finish().unwrap());
+        assert_eq!(t.take_warning(), None, "Silero must load");
+        (segments, t.stats().clone(), t.vad_detector())
+    };
+    let (plain, plain_stats, _) = run(false);
+    let (filtered, stats, detector) = run(true);
+    let text = |s: &[gstwhispernpu::transcribe::Segment]| {
+        s.iter()
+            .map(|s| s.text.trim())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let timeline = |s: &[gstwhispernpu::transcribe::Segment]| {
+        s.iter()
+            .map(|s| format!("{:.2}-{:.2} {}", s.start, s.end, s.text.trim()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!("speech at {spans:.2?} of {total:.1} s");
+    eprintln!(
+        "without VAD ({} windows):\n{}",
+        plain_stats.windows,
+        timeline(&plain)
+    );
+    eprintln!(
+        "with VAD ({} windows, {:.1} s decoded, {:.1} s left out):\n{}",
+        stats.windows,
+        stats.vad_speech_seconds,
+        stats.vad_skipped_seconds,
+        timeline(&filtered)
+    );
+    assert_eq!(detector, Some("silero"));
+    let speech: f64 = spans.iter().map(|s| s.1 - s.0).sum();
+    assert!(
+        stats.vad_skipped_seconds >= total - speech - 6.0,
+        "{:.1} s left out of {:.1} s without speech",
+        stats.vad_skipped_seconds,
+        total - speech
+    );
+    assert!((stats.vad_speech_seconds + stats.vad_skipped_seconds - total).abs() < 0.05);
+    assert!(stats.windows < plain_stats.windows, "{stats:?}");
+    // Every segment, and its middle, is on the speech (in the file's time).
+    for s in &filtered {
+        let mid = (s.start + s.end) / 2.0;
+        assert!(
+            spans
+                .iter()
+                .any(|&(a, b)| s.start < b + 0.5 && s.end > a - 0.5),
+            "segment off the speech: {:.2}-{:.2} {}",
+            s.start,
+            s.end,
+            s.text
+        );
+        assert!(
+            spans.iter().any(|&(a, b)| mid > a - 1.0 && mid < b + 1.0),
+            "segment's middle off the speech: {:.2}-{:.2} {}",
+            s.start,
+            s.end,
+            s.text
+        );
+    }
+    for w in filtered.windows(2) {
+        assert!(
+            w[0].end <= w[1].start + 0.01,
+            "segments out of order: {w:?}"
+        );
+    }
+    let (wer_plain, wer_vad) = (
+        common::wer_percent(&words, &text(&plain)),
+        common::wer_percent(&words, &text(&filtered)),
+    );
+    eprintln!("WER without VAD {wer_plain:.1} %, with {wer_vad:.1} %");
+    // One word either way is the model's choice between two decodes of the same speech (base:
+    // "jumps"/"jump"); the README's measurement on 5 minutes of speech compares the WER.
+    let one_word = 100.0 / words.split_whitespace().count() as f64;
+    assert!(
+        wer_vad <= wer_plain + one_word + 1e-9,
+        "WER {wer_vad:.1} % with VAD, {wer_plain:.1} % without"
+    );
+    assert!(wer_vad <= 15.0, "WER {wer_vad:.1} %");
+}
+
+/// The element's offline decoding behind its default `vad=true` (and the file-mode VAD
+/// properties): on the same speech between noise, music and room tone in a real pipeline, every
+/// text buffer lies on the speech in stream time and the three passages are all there; with
+/// `vad=false` everything is decoded (the buffers printed for comparison).
+#[test]
+fn element_offline_vad_keeps_text_on_the_speech() {
+    use gst::prelude::*;
+    common::fetch_runtime();
+    let scratch = Scratch::new("element");
+    let (audio, spans, _words) = speech_between_noise_and_music(&scratch);
+    let wav = scratch.path("mixed.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(&wav, spec).expect("write the WAV");
+    for &x in &audio {
+        writer
+            .write_sample((x.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .unwrap();
+    }
+    writer.finalize().unwrap();
+    common::gst_init();
+    let run = |props: &str| -> (Vec<(f64, f64, String)>, Vec<String>) {
+        let pipeline = gst::parse::launch(&format!(
+            "filesrc location=\"{wav}\" ! decodebin ! audioconvert ! audioresample ! \
+             whispernpu model=\"{}\" mode=offline language-code=en {props} ! \
+             appsink name=sink sync=false",
+            common::model_dir("base").display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let mut buffers = Vec::new();
+        while let Ok(sample) = sink.pull_sample() {
+            let b = sample.buffer().unwrap();
+            let start = b.pts().unwrap().seconds_f64();
+            let end = start + b.duration().unwrap().seconds_f64();
+            let text = String::from_utf8(b.map_readable().unwrap().to_vec()).unwrap();
+            buffers.push((start, end, text));
+        }
+        let bus = pipeline.bus().unwrap();
+        let warnings: Vec<String> = std::iter::from_fn(|| bus.pop())
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
+                _ => None,
+            })
+            .collect();
+        pipeline.set_state(gst::State::Null).unwrap();
+        (buffers, warnings)
+    };
+    let (all, _) = run("vad=false");
+    let (speech, warnings) = run("vad-threshold=0.5 min-silence-duration=2000 speech-pad=400");
+    eprintln!("speech at {spans:.2?}\nvad=false: {all:#?}\nvad=true: {speech:#?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let text = speech
+        .iter()
+        .map(|b| b.2.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    for words in ["fellow americans", "lazy dog", "umbrella"] {
+        assert!(text.contains(words), "`{words}` missing: {text}");
+    }
+    for (start, end, text) in &speech {
+        let mid = (start + end) / 2.0;
+        assert!(
+            spans.iter().any(|&(a, b)| mid > a - 1.0 && mid < b + 1.0),
+            "text off the speech: {start:.2}-{end:.2} {text}"
+        );
+    }
+}

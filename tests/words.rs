@@ -342,3 +342,112 @@ fn cli_word_timestamp_formats() {
         words.len()
     );
 }
+
+/// Caption shaping from the CLI (openai-whisper's `--max_line_width`, `--max_line_count`,
+/// `--max_words_per_line`): on jfk.wav with tiny.en, every SubRip/WebVTT cue keeps its lines
+/// within the limits, the cues hold every word of the word-timed transcript exactly once and in
+/// order, each cue runs from its first word's start to its last word's end, and cues never
+/// overlap. Shaping without a cue format, or an unknown preset, is a usage error naming the flag.
+#[test]
+fn cli_caption_shaping_keeps_lines_within_the_limits() {
+    let bin = common::example_bin("transcribe");
+    let model = common::model_dir("tiny.en");
+    let run = |args: &[&str]| -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(&bin)
+            .arg("-q")
+            .args(args)
+            .arg("--model")
+            .arg(&model)
+            .arg(common::jfk_wav())
+            .output()
+            .expect("run examples/transcribe");
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).expect("utf-8 output"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, json, err) = run(&["--word-timestamps", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let words: Vec<(f64, f64, String)> = json["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .flat_map(|s| s["words"].as_array().expect("words").clone())
+        .map(|w| {
+            (
+                w["start"].as_f64().unwrap(),
+                w["end"].as_f64().unwrap(),
+                w["word"].as_str().unwrap().trim().to_string(),
+            )
+        })
+        .collect();
+    assert!(words.len() >= 20, "{words:?}");
+
+    let cases: &[(&[&str], usize, usize, usize)] = &[
+        // (flags, max chars per line, max lines per cue, max words per line)
+        (
+            &["--max-line-width", "16", "--max-line-count", "2"],
+            16,
+            2,
+            usize::MAX,
+        ),
+        (&["--caption-preset", "cea608-roll-up-2"], 32, 2, usize::MAX),
+        (
+            &["--max-words-per-line", "3", "--max-line-count", "1"],
+            usize::MAX,
+            1,
+            3,
+        ),
+    ];
+    for (flags, width, lines, per_line) in cases {
+        for format in ["srt", "vtt"] {
+            let mut args = flags.to_vec();
+            args.extend(["--format", format]);
+            let (code, out, err) = run(&args);
+            assert_eq!(code, Some(0), "{args:?}: {err}");
+            let cues = cue_blocks(&out);
+            assert!(cues.len() >= 2, "{args:?}: {out}");
+            let mut next = 0;
+            for (i, (start, end, text)) in cues.iter().enumerate() {
+                let cue_lines: Vec<&str> = text.lines().collect();
+                assert!(cue_lines.len() <= *lines, "{args:?}: cue `{text}`");
+                for l in &cue_lines {
+                    assert!(l.chars().count() <= *width, "{args:?}: line `{l}`");
+                    assert!(l.split(' ').count() <= *per_line, "{args:?}: line `{l}`");
+                }
+                let cue_words: Vec<&str> = text.split_whitespace().collect();
+                let expected: Vec<&str> = words[next..next + cue_words.len()]
+                    .iter()
+                    .map(|w| w.2.as_str())
+                    .collect();
+                assert_eq!(cue_words, expected, "{args:?}: cue {i}");
+                let (first, last) = (&words[next], &words[next + cue_words.len() - 1]);
+                assert!(
+                    (start - first.0).abs() < 2e-3,
+                    "{args:?}: cue {i} starts {start}"
+                );
+                assert!((end - last.1).abs() < 2e-3, "{args:?}: cue {i} ends {end}");
+                if i > 0 {
+                    assert!(cues[i - 1].1 <= *start + 1e-3, "{args:?}: cues {i} overlap");
+                }
+                next += cue_words.len();
+            }
+            assert_eq!(next, words.len(), "{args:?}: every word once");
+        }
+    }
+
+    let (code, _, err) = run(&["--max-line-width", "20"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--format srt"), "{err}");
+    let (code, _, err) = run(&["--caption-preset", "teletext", "--format", "srt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--caption-preset") && err.contains("cea608-roll-up-2"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["--max-line-width", "wide", "--format", "srt"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--max-line-width"), "{err}");
+}

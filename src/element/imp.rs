@@ -33,13 +33,17 @@ use once_cell::sync::Lazy;
 
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
-use super::{Backend, ComputeTypeMode, ExecutionProvider, Mode, OutputMode, TaskMode};
+use super::{
+    Backend, CaptionPreset, ComputeTypeMode, ExecutionProvider, Mode, OutputMode, TaskMode,
+};
 use crate::engine::{EngineKind, LoadOptions, WhisperModel, onnx};
 use crate::error::{Error, ModelError, panic_message};
 use crate::model;
 use crate::transcribe::{
-    EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions, Transcriber,
+    CaptionLayout, EncoderBackend, Partial, Segment, SpeechGate, Task, TranscribeOptions,
+    Transcriber, VadFilterOptions, shape_captions,
 };
+use crate::vad::SegmenterOptions;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -74,6 +78,10 @@ const DEFAULT_SUPPRESS_TOKENS: &str = "-1";
 const DEFAULT_SUPPRESS_BLANK: bool = true;
 const DEFAULT_HOTWORDS: &str = "";
 const DEFAULT_PREFIX: &str = "";
+const DEFAULT_CAPTION_PRESET: CaptionPreset = CaptionPreset::None;
+const DEFAULT_VAD_THRESHOLD: f32 = 0.5;
+/// `min-silence-duration` and `speech-pad`: -1 = the mode's default.
+const DEFAULT_VAD_MS: i32 = -1;
 
 /// Non-live: audio queued ahead of the worker before the streaming thread waits.
 const MAX_QUEUED_OFFLINE: u64 = 10 * SAMPLE_RATE;
@@ -104,6 +112,11 @@ struct Settings {
     condition_on_previous_text: bool,
     mode: Mode,
     vad: bool,
+    vad_threshold: f32,
+    /// ms; -1 = the mode's default (live 400, files 2000).
+    min_silence_ms: i32,
+    /// ms; -1 = the mode's default (live 100, files 400).
+    speech_pad_ms: i32,
     partial_results: bool,
     output: OutputMode,
     /// Seconds; 0 = off.
@@ -118,6 +131,10 @@ struct Settings {
     suppress_blank: bool,
     hotwords: String,
     prefix: String,
+    /// Caption shaping (`max-line-length`, `max-lines`, `max-words-per-line`); off by default.
+    captions: CaptionLayout,
+    /// The last preset set (`caption-preset`).
+    caption_preset: CaptionPreset,
 }
 
 impl Default for Settings {
@@ -139,6 +156,9 @@ impl Default for Settings {
             condition_on_previous_text: DEFAULT_CONDITION_ON_PREVIOUS_TEXT,
             mode: DEFAULT_MODE,
             vad: DEFAULT_VAD,
+            vad_threshold: DEFAULT_VAD_THRESHOLD,
+            min_silence_ms: DEFAULT_VAD_MS,
+            speech_pad_ms: DEFAULT_VAD_MS,
             partial_results: DEFAULT_PARTIAL_RESULTS,
             output: DEFAULT_OUTPUT,
             hallucination_silence_threshold: DEFAULT_HALLUCINATION_SILENCE_THRESHOLD,
@@ -149,6 +169,8 @@ impl Default for Settings {
             suppress_blank: DEFAULT_SUPPRESS_BLANK,
             hotwords: DEFAULT_HOTWORDS.into(),
             prefix: DEFAULT_PREFIX.into(),
+            captions: DEFAULT_CAPTION_PRESET.layout(),
+            caption_preset: DEFAULT_CAPTION_PRESET,
         }
     }
 }
@@ -176,9 +198,9 @@ impl Settings {
             condition_on_previous_text: self.condition_on_previous_text,
             // Replaced by the backend chosen at NULL→READY (`Chosen::encoder`).
             backend: EncoderBackend::Cpu,
-            // Offline windows are aligned only when words are wanted (live mode always times
-            // its words).
-            word_timestamps: self.output == OutputMode::Words,
+            // Offline windows are aligned only when words are wanted, as buffers or to shape
+            // captions (live mode always times its words).
+            word_timestamps: self.output == OutputMode::Words || !self.captions.is_off(),
             hallucination_silence_threshold: (self.hallucination_silence_threshold > 0.0)
                 .then_some(self.hallucination_silence_threshold),
             compression_ratio_threshold: (self.compression_ratio_threshold > 0.0)
@@ -189,6 +211,15 @@ impl Settings {
             suppress_blank: self.suppress_blank,
             hotwords: Some(self.hotwords.trim().to_string()).filter(|h| !h.is_empty()),
             prefix: Some(self.prefix.trim().to_string()).filter(|p| !p.is_empty()),
+            vad_filter: self.vad.then(|| {
+                let files = VadFilterOptions::default();
+                VadFilterOptions {
+                    threshold: self.vad_threshold,
+                    min_silence_ms: ms_or(self.min_silence_ms, files.min_silence_ms),
+                    speech_pad_ms: ms_or(self.speech_pad_ms, files.speech_pad_ms),
+                    ..files
+                }
+            }),
             ..TranscribeOptions::default()
         })
     }
@@ -196,6 +227,22 @@ impl Settings {
     fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms.into())
     }
+
+    /// The live speech gate's segmenter options.
+    fn live_gate(&self) -> SegmenterOptions {
+        let live = crate::transcribe::VadGate::live_options();
+        SegmenterOptions {
+            threshold: self.vad_threshold,
+            min_silence_ms: ms_or(self.min_silence_ms, live.min_silence_ms),
+            speech_pad_ms: ms_or(self.speech_pad_ms, live.speech_pad_ms),
+            ..live
+        }
+    }
+}
+
+/// A millisecond property: `value`, or `default` when it is -1.
+fn ms_or(value: i32, default: u32) -> u32 {
+    u32::try_from(value).unwrap_or(default)
 }
 
 /// "en", "en-US", "EN_gb" → "en"; "" or "auto" → detect.
@@ -1520,7 +1567,11 @@ impl WhisperNpu {
         }
         self.send_detection(work);
         self.send_language(work, language.as_deref());
-        if let Some(warning) = work.policy.take_warning() {
+        if let Some(warning) = work
+            .policy
+            .take_warning()
+            .or_else(|| work.engine.as_mut().and_then(Transcriber::take_warning))
+        {
             gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", warning));
         }
         let PolicyOutput {
@@ -1543,7 +1594,7 @@ impl WhisperNpu {
         }
         let (vad, latency) = {
             let s = lock(&self.settings);
-            (s.vad, s.latency())
+            (s.vad.then(|| s.live_gate()), s.latency())
         };
         let (gate, warning) = open_gate(vad);
         if let Some(warning) = warning {
@@ -1677,7 +1728,8 @@ impl WhisperNpu {
         Ok(gst::FlowSuccess::Ok)
     }
 
-    /// Pushes segments (as text buffers, one per segment or per word with `output=words`; bus
+    /// Pushes segments (as text buffers, one per segment, per word with `output=words`, or per
+    /// caption cue with `max-line-length`, `max-words-per-line`; bus
     /// messages) and a GAP up to `decoded` seconds.
     fn output(
         &self,
@@ -1685,7 +1737,10 @@ impl WhisperNpu {
         segments: Vec<Segment>,
         decoded: f64,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let words = lock(&self.settings).output == OutputMode::Words;
+        let (words, layout) = {
+            let s = lock(&self.settings);
+            (s.output == OutputMode::Words, s.captions)
+        };
         for seg in segments {
             self.send_language(work, Some(&seg.language));
             // Timestamps past the audio received come from the padding of a partial window.
@@ -1725,15 +1780,20 @@ impl WhisperNpu {
                     .src(&*self.obj())
                     .build(),
             );
-            // One buffer for the segment, or one per word.
-            let pieces: Vec<(f64, f64, &str)> = if words && !seg.words.is_empty() {
+            // One buffer for the segment, one per word, or one per caption cue.
+            let pieces: Vec<(f64, f64, String)> = if words && !seg.words.is_empty() {
                 seg.words
                     .iter()
-                    .map(|w| (w.start, w.end.min(seg_end), w.text.trim()))
+                    .map(|w| (w.start, w.end.min(seg_end), w.text.trim().to_string()))
                     .filter(|w| !w.2.is_empty())
                     .collect()
+            } else if layout.is_off() {
+                vec![(seg.start, seg_end, seg.text.clone())]
             } else {
-                vec![(seg.start, seg_end, seg.text.as_str())]
+                shape_captions(&seg, &layout, seg_end)
+                    .into_iter()
+                    .map(|cue| (cue.start, cue.end, cue.text()))
+                    .collect()
             };
             for (piece_start, piece_end, piece_text) in pieces {
                 let (Some(start), Some(end)) = (
@@ -1754,8 +1814,8 @@ impl WhisperNpu {
                 let end = end.max(start.saturating_add(MIN_TEXT_DURATION));
                 gst::debug!(CAT, imp = self, "Text {} – {}: {}", start, end, piece_text);
                 let text = match work.format {
-                    Some(TextFormat::Pango) => glib::markup_escape_text(piece_text).to_string(),
-                    _ => piece_text.to_string(),
+                    Some(TextFormat::Pango) => glib::markup_escape_text(&piece_text).to_string(),
+                    _ => piece_text,
                 };
                 let mut buffer = gst::Buffer::from_mut_slice(text.into_bytes());
                 {
@@ -2057,13 +2117,51 @@ impl ObjectImpl for WhisperNpu {
                 glib::ParamSpecBoolean::builder("vad")
                     .nick("Voice activity detection")
                     .blurb(
-                        "Live: decode only speech, found by Silero VAD (ONNX Runtime, installed \
-                         by scripts/fetch-runtime; an energy detector with a warning if it cannot \
-                         be loaded). Off: everything is decoded and the model's no-speech \
-                         probability is the only guard. Default: true. Read when live decoding \
-                         starts (caps, flush)",
+                        "Decode only speech, found by Silero VAD (ONNX Runtime, installed by \
+                         scripts/fetch-runtime; an energy detector with a warning if it cannot \
+                         be loaded). Live: utterances are gated; files (offline): music, noise \
+                         and pauses of min-silence-duration or more are left out and times stay \
+                         the stream's (faster-whisper's vad_filter). Off: everything is decoded \
+                         and the model's no-speech probability is the only guard. Default: true. \
+                         Read when decoding starts (caps, flush)",
                     )
                     .default_value(DEFAULT_VAD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFloat::builder("vad-threshold")
+                    .nick("VAD threshold")
+                    .blurb(
+                        "Speech probability (Silero) at or above which a 32 ms frame is speech; \
+                         speech ends below this minus 0.15. Range 0.01–1, default 0.5. Read when \
+                         decoding starts",
+                    )
+                    .minimum(0.01)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_VAD_THRESHOLD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("min-silence-duration")
+                    .nick("Minimum silence duration")
+                    .blurb(
+                        "ms of non-speech that end a stretch of speech: live, an utterance ends \
+                         (default 400); files, a pause this long is left out (default 2000, \
+                         faster-whisper's). -1 = the mode's default. Read when decoding starts",
+                    )
+                    .minimum(-1)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_VAD_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("speech-pad")
+                    .nick("Speech padding")
+                    .blurb(
+                        "ms of audio kept before and after each stretch of speech (live default \
+                         100, files 400, faster-whisper's). -1 = the mode's default. Read when \
+                         decoding starts",
+                    )
+                    .minimum(-1)
+                    .maximum(10_000)
+                    .default_value(DEFAULT_VAD_MS)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("output", DEFAULT_OUTPUT)
@@ -2168,6 +2266,50 @@ impl ObjectImpl for WhisperNpu {
                     .default_value(Some(DEFAULT_PREFIX))
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("max-line-length")
+                    .nick("Maximum line length")
+                    .blurb(
+                        "Caption shaping: characters per line (openai-whisper's max_line_width); a \
+                         segment's text is split at word boundaries into buffers of at most \
+                         max-lines lines joined with \\n, each timed by its own words (word \
+                         timing turns on offline). A word longer than this gets a line of its \
+                         own. 0 = off (default). Applies from the next segment, live too",
+                    )
+                    .maximum(10_000)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-lines")
+                    .nick("Maximum lines")
+                    .blurb(
+                        "Caption shaping: lines per text buffer (openai-whisper's \
+                         max_line_count); 0 = no limit (one buffer per segment, split into \
+                         lines). Default 0. Applies from the next segment",
+                    )
+                    .maximum(100)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-words-per-line")
+                    .nick("Maximum words per line")
+                    .blurb(
+                        "Caption shaping: words per line (openai-whisper's max_words_per_line); \
+                         0 = no limit (default). Applies from the next segment",
+                    )
+                    .maximum(1_000)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("caption-preset", DEFAULT_CAPTION_PRESET)
+                    .nick("Caption preset")
+                    .blurb(
+                        "Sets max-line-length, max-lines and max-words-per-line at once: \
+                         cea608-roll-up-2 = 32 columns, 2 lines (CEA-608 roll-up, e.g. for \
+                         tttocea608 mode=roll-up2); cea608-roll-up-3 = 32 columns, 3 lines; \
+                         none = no shaping. Properties set after it override it. Default: none",
+                    )
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("partial-results")
                     .nick("Partial results")
                     .blurb(
@@ -2221,6 +2363,11 @@ impl ObjectImpl for WhisperNpu {
             }
             "mode" => s.mode = value.get().expect("type checked upstream"),
             "vad" => s.vad = value.get().expect("type checked upstream"),
+            "vad-threshold" => s.vad_threshold = value.get().expect("type checked upstream"),
+            "min-silence-duration" => {
+                s.min_silence_ms = value.get().expect("type checked upstream")
+            }
+            "speech-pad" => s.speech_pad_ms = value.get().expect("type checked upstream"),
             "partial-results" => s.partial_results = value.get().expect("type checked upstream"),
             "output" => s.output = value.get().expect("type checked upstream"),
             "hallucination-silence-threshold" => {
@@ -2239,6 +2386,21 @@ impl ObjectImpl for WhisperNpu {
             "suppress-blank" => s.suppress_blank = value.get().expect("type checked upstream"),
             "hotwords" => s.hotwords = text_value(value),
             "prefix" => s.prefix = text_value(value),
+            "max-line-length" => {
+                s.captions.max_line_length =
+                    value.get::<u32>().expect("type checked upstream") as usize
+            }
+            "max-lines" => {
+                s.captions.max_lines = value.get::<u32>().expect("type checked upstream") as usize
+            }
+            "max-words-per-line" => {
+                s.captions.max_words_per_line =
+                    value.get::<u32>().expect("type checked upstream") as usize
+            }
+            "caption-preset" => {
+                s.caption_preset = value.get().expect("type checked upstream");
+                s.captions = s.caption_preset.layout();
+            }
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} = {:?}", pspec.name(), value);
@@ -2270,6 +2432,9 @@ impl ObjectImpl for WhisperNpu {
             "condition-on-previous-text" => s.condition_on_previous_text.to_value(),
             "mode" => s.mode.to_value(),
             "vad" => s.vad.to_value(),
+            "vad-threshold" => s.vad_threshold.to_value(),
+            "min-silence-duration" => s.min_silence_ms.to_value(),
+            "speech-pad" => s.speech_pad_ms.to_value(),
             "partial-results" => s.partial_results.to_value(),
             "output" => s.output.to_value(),
             "hallucination-silence-threshold" => s.hallucination_silence_threshold.to_value(),
@@ -2280,6 +2445,10 @@ impl ObjectImpl for WhisperNpu {
             "suppress-blank" => s.suppress_blank.to_value(),
             "hotwords" => s.hotwords.to_value(),
             "prefix" => s.prefix.to_value(),
+            "max-line-length" => (s.captions.max_line_length as u32).to_value(),
+            "max-lines" => (s.captions.max_lines as u32).to_value(),
+            "max-words-per-line" => (s.captions.max_words_per_line as u32).to_value(),
+            "caption-preset" => s.caption_preset.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -2371,11 +2540,12 @@ impl ElementImpl for WhisperNpu {
 
 /// The speech gate for live decoding: Silero VAD when `vad` is set (an energy detector, with the
 /// reason, when it cannot be loaded), or none.
-fn open_gate(vad: bool) -> (Box<dyn SpeechGate>, Option<String>) {
-    if !vad {
+fn open_gate(vad: Option<SegmenterOptions>) -> (Box<dyn SpeechGate>, Option<String>) {
+    let Some(options) = vad else {
         return (Box::new(crate::transcribe::AlwaysSpeech::default()), None);
-    }
-    let (gate, warning) = crate::transcribe::VadGate::open(crate::vad::VadKind::Silero);
+    };
+    let (gate, warning) =
+        crate::transcribe::VadGate::open_with(crate::vad::VadKind::Silero, options);
     (Box::new(gate), warning)
 }
 
@@ -2426,6 +2596,37 @@ mod tests {
         s.suppress_tokens = "-2".into();
         let e = s.options().unwrap_err().to_string();
         assert!(e.contains("suppress-tokens"), "{e}");
+    }
+
+    /// `vad` and its three properties reach the offline VAD (files' defaults: faster-whisper's
+    /// 2000 ms / 400 ms) and the live gate (400 ms / 100 ms); shaping turns word timing on.
+    #[test]
+    fn vad_and_caption_settings_reach_the_options() {
+        let mut s = Settings::default();
+        let o = s.options().unwrap();
+        let files = o.vad_filter.expect("vad is on by default, for files too");
+        assert_eq!((files.min_silence_ms, files.speech_pad_ms), (2000, 400));
+        let live = s.live_gate();
+        assert_eq!((live.min_silence_ms, live.speech_pad_ms), (400, 100));
+        assert!(!o.word_timestamps);
+        s.vad_threshold = 0.7;
+        s.min_silence_ms = 1000;
+        s.speech_pad_ms = 50;
+        let files = s.options().unwrap().vad_filter.unwrap();
+        assert_eq!(
+            (files.threshold, files.min_silence_ms, files.speech_pad_ms),
+            (0.7, 1000, 50)
+        );
+        let live = s.live_gate();
+        assert_eq!(
+            (live.threshold, live.min_silence_ms, live.speech_pad_ms),
+            (0.7, 1000, 50)
+        );
+        s.vad = false;
+        assert_eq!(s.options().unwrap().vad_filter, None);
+        s.captions = CaptionPreset::Cea608RollUp3.layout();
+        assert!(s.options().unwrap().word_timestamps);
+        assert_eq!((s.captions.max_line_length, s.captions.max_lines), (32, 3));
     }
 
     #[test]

@@ -217,6 +217,39 @@ pub enum OutputMode {
     Words,
 }
 
+/// A caption layout by name (`caption-preset` property): setting it sets `max-line-length`,
+/// `max-lines` and `max-words-per-line` (see [`crate::transcribe::CAPTION_PRESETS`]).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperNpuCaptionPreset")]
+pub enum CaptionPreset {
+    #[default]
+    #[enum_value(name = "None: no shaping, one buffer per segment", nick = "none")]
+    None,
+    #[enum_value(
+        name = "Cea608RollUp2: CEA-608 roll-up, 2 rows of 32 columns (max-line-length=32 max-lines=2)",
+        nick = "cea608-roll-up-2"
+    )]
+    Cea608RollUp2,
+    #[enum_value(
+        name = "Cea608RollUp3: CEA-608 roll-up, 3 rows of 32 columns (max-line-length=32 max-lines=3)",
+        nick = "cea608-roll-up-3"
+    )]
+    Cea608RollUp3,
+}
+
+impl CaptionPreset {
+    /// The layout this preset stands for.
+    pub fn layout(self) -> crate::transcribe::CaptionLayout {
+        let name = match self {
+            CaptionPreset::None => "none",
+            CaptionPreset::Cea608RollUp2 => "cea608-roll-up-2",
+            CaptionPreset::Cea608RollUp3 => "cea608-roll-up-3",
+        };
+        crate::transcribe::CaptionLayout::preset(name).expect("every preset is in the table")
+    }
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),

@@ -32,12 +32,21 @@ impl VadGate {
 
     /// Silero VAD (or, with a warning saying why, the energy detector) with the live defaults.
     pub fn open(kind: VadKind) -> (Self, Option<String>) {
+        Self::open_with(kind, Self::live_options())
+    }
+
+    /// [`open`](Self::open) with other segmenter options.
+    pub fn open_with(kind: VadKind, options: SegmenterOptions) -> (Self, Option<String>) {
         let (vad, warning) = vad::open(kind, None, None);
-        let options = SegmenterOptions {
+        (Self::new(vad, options), warning)
+    }
+
+    /// The live defaults: Silero's, but utterances end after [`LIVE_MIN_SILENCE_MS`].
+    pub fn live_options() -> SegmenterOptions {
+        SegmenterOptions {
             min_silence_ms: LIVE_MIN_SILENCE_MS,
             ..SegmenterOptions::default()
-        };
-        (Self::new(vad, options), warning)
+        }
     }
 
     /// The detector in use: `silero` or `energy`.

@@ -1,13 +1,16 @@
 //! Transcription drivers: the long-form (offline) seek loop over 30 s windows, the live policy,
 //! and word timing.
 
+mod captions;
 mod gate;
 mod live;
 mod offline;
 mod options;
 pub mod schedule;
+mod speech;
 mod words;
 
+pub use captions::{CAPTION_PRESETS, CaptionLayout, Cue, shape as shape_captions};
 pub use gate::{LIVE_MIN_SILENCE_MS, VadGate};
 pub use live::{
     AlwaysSpeech, GateEvent, LiveOptions, LiveOutput, LiveStats, LiveTranscriber, Partial,
@@ -18,6 +21,7 @@ pub use options::{
     EncoderBackend, TailPadding, Task, TranscribeOptions, parse_suppress_tokens,
     temperature_schedule,
 };
+pub use speech::{SpeechFilter, VadFilterOptions};
 
 /// The outcome of language identification on one window (openai's `detect_language`: the
 /// decoder's first-step distribution over the language tokens).

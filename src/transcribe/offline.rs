@@ -7,10 +7,10 @@ use super::schedule::{Turn, Workers, shared_workers};
 use super::words::{self, get_end, is_segment_anomaly};
 use super::{
     EncoderBackend, LIVE_LANGUAGE_LOCK, LIVE_LANGUAGE_MIN_SECONDS, LanguageDetection, Segment,
-    TranscribeOptions,
+    SpeechFilter, TranscribeOptions,
 };
 use crate::audio::mel::{MelFrontend, MelStream};
-use crate::audio::{FRAME_SECONDS, N_FRAMES, SAMPLE_RATE};
+use crate::audio::{FRAME_SECONDS, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
 use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, decode_window};
 use crate::engine::npu::host::NpuEncoder;
 use crate::engine::worker::{EncoderWorker, Guess, NpuStats};
@@ -38,6 +38,10 @@ pub struct Stats {
     pub fallbacks: u64,
     /// Segments skipped as hallucinations between silences (`hallucination_silence_threshold`).
     pub hallucinations_skipped: u64,
+    /// Offline VAD (`vad_filter`): seconds of audio passed to the decoder, and seconds left out
+    /// as not speech.
+    pub vad_speech_seconds: f64,
+    pub vad_skipped_seconds: f64,
 }
 
 /// Incremental transcriber. Push 16 kHz mono f32 samples; every complete 30 s window is decoded
@@ -89,6 +93,13 @@ pub struct Transcriber {
     threads: usize,
     rng: Rng,
     stats: Stats,
+    /// Offline VAD (`vad_filter`): opened by the first [`push`](Self::push) (live decoding,
+    /// which has its own gate, never opens it).
+    speech: Option<SpeechFilter>,
+    /// Speech passed on by `speech`, reused between pushes.
+    speech_buf: Vec<f32>,
+    /// A problem to report once (the VAD fell back to another detector).
+    warning: Option<String>,
 }
 
 impl Transcriber {
@@ -151,6 +162,9 @@ impl Transcriber {
             threads,
             rng: Rng::new(0),
             stats: Stats::default(),
+            speech: None,
+            speech_buf: Vec::new(),
+            warning: None,
             model,
             opts,
         };
@@ -233,8 +247,60 @@ impl Transcriber {
         Ok(())
     }
 
-    /// Appends samples and decodes every complete window. Returns the new segments.
+    /// Appends samples and decodes every complete window. Returns the new segments. With
+    /// `vad_filter`, only the speech among the samples reaches the decoder and the segments'
+    /// times are the stream's.
     pub fn push(&mut self, samples: &[f32]) -> Result<Vec<Segment>, Error> {
+        let Some(vad) = self.opts.vad_filter.clone() else {
+            return self.push_engine(samples);
+        };
+        let filter = match &mut self.speech {
+            Some(f) if f.options() == &vad => f,
+            slot => {
+                let mut f = SpeechFilter::new(vad);
+                if let Some(w) = f.take_warning() {
+                    self.warning = Some(w);
+                }
+                slot.insert(f)
+            }
+        };
+        let mut speech = std::mem::take(&mut self.speech_buf);
+        speech.clear();
+        filter.push(samples, &mut speech);
+        let out = self.push_engine(&speech);
+        self.speech_buf = speech;
+        self.mapped(out)
+    }
+
+    /// Stream times for segments decoded from the VAD's speech.
+    fn mapped(&mut self, out: Result<Vec<Segment>, Error>) -> Result<Vec<Segment>, Error> {
+        let mut out = out?;
+        if let Some(f) = &mut self.speech {
+            if let Some(w) = f.take_warning() {
+                self.warning.get_or_insert(w);
+            }
+            for seg in &mut out {
+                f.map_segment(seg);
+            }
+            self.stats.vad_speech_seconds = f.passed() as f64 / SAMPLE_RATE as f64;
+            self.stats.vad_skipped_seconds = f.dropped() as f64 / SAMPLE_RATE as f64;
+        }
+        Ok(out)
+    }
+
+    /// A problem met while running, reported once: the offline VAD could not load Silero and
+    /// uses the energy detector.
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
+    }
+
+    /// The offline VAD's detector (`silero` or `energy`), once opened.
+    pub fn vad_detector(&self) -> Option<&'static str> {
+        self.speech.as_ref().map(SpeechFilter::detector)
+    }
+
+    /// [`push`](Self::push) without the VAD.
+    fn push_engine(&mut self, samples: &[f32]) -> Result<Vec<Segment>, Error> {
         let t0 = Instant::now();
         self.mel.push(samples);
         self.stats.mel_seconds += t0.elapsed().as_secs_f64();
@@ -284,18 +350,29 @@ impl Transcriber {
         let out = self.decode_until(content, false);
         self.mel.trim_before(self.seek);
         self.check_failure()?;
-        Ok(out)
+        self.mapped(Ok(out))
     }
 
     /// End of stream: decodes everything left. The transcriber is then reset.
     pub fn finish(&mut self) -> Result<Vec<Segment>, Error> {
+        let mut out = Vec::new();
+        if let Some(f) = &mut self.speech {
+            let mut speech = std::mem::take(&mut self.speech_buf);
+            speech.clear();
+            f.finish(&mut speech);
+            let tail = self.push_engine(&speech);
+            self.speech_buf = speech;
+            out = self.mapped(tail)?;
+        }
         let t0 = Instant::now();
         self.mel.finish();
         self.stats.mel_seconds += t0.elapsed().as_secs_f64();
         let content = self.mel.content_frames();
-        let out = self.decode_until(content, true);
+        let rest = self.decode_until(content, true);
+        let rest = self.mapped(Ok(rest));
         self.reset();
         self.check_failure()?;
+        out.extend(rest?);
         Ok(out)
     }
 
@@ -324,6 +401,9 @@ impl Transcriber {
             self.npu_failure = Some(e.to_string());
         }
         self.mel.reset();
+        if let Some(f) = &mut self.speech {
+            f.reset();
+        }
         self.seek = 0;
         self.windows_since_reset = 0;
         self.all_tokens.clear();
@@ -349,15 +429,28 @@ impl Transcriber {
         self.rng = Rng::new(0);
     }
 
-    /// Samples pushed since creation or reset.
+    /// Samples pushed since creation or reset (with `vad_filter`, before the VAD).
     pub fn samples_received(&self) -> u64 {
-        self.mel.samples_pushed()
+        match &self.speech {
+            Some(f) => f.received(),
+            None => self.mel.samples_pushed(),
+        }
     }
 
-    /// Seconds of audio pushed but not yet decoded.
+    /// Seconds of audio pushed but not yet decoded (with `vad_filter`: of stream time, the
+    /// stretches the VAD left out counting as decoded).
     pub fn pending_seconds(&self) -> f64 {
         let pushed = self.mel.samples_pushed() as f64 / SAMPLE_RATE as f64;
-        (pushed - self.seek as f64 * FRAME_SECONDS).max(0.0)
+        let engine = (pushed - self.seek as f64 * FRAME_SECONDS).max(0.0);
+        match &self.speech {
+            Some(f) => {
+                let consumed =
+                    (self.seek as u64 * HOP_LENGTH as u64).min(self.mel.samples_pushed());
+                let received = f.received() as f64 / SAMPLE_RATE as f64;
+                (received - f.settled_seconds(consumed)).max(0.0)
+            }
+            None => engine,
+        }
     }
 
     /// Language detected (or fixed by the options), once known.
@@ -663,6 +756,25 @@ impl Transcriber {
         let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= tb).collect();
         let n = tokens.len();
         let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
+        // A window whose text ends with a timestamp says no speech follows it, so openai skips
+        // the rest of the window. Behind the offline VAD, where the rest holds the start of
+        // another stretch of speech, decoding resumes at that timestamp instead: the model does
+        // skip a sentence that follows another without a pause.
+        let last_ts = tokens
+            .iter()
+            .rev()
+            .find(|&&t| t >= tb)
+            .map(|&t| (t - tb) as usize);
+        let hop = HOP_LENGTH as u64;
+        let resume_at = last_ts.map(|t| t * INPUT_STRIDE).filter(|&at| {
+            at > 0
+                && self.speech.as_ref().is_some_and(|f| {
+                    let from = (self.seek + at) as u64 * hop;
+                    let to = (self.seek + segment_size) as u64 * hop;
+                    f.piece_starts_between(from, to.saturating_sub(SAMPLE_RATE as u64 / 2))
+                })
+        });
+        let resume_at_last = single_timestamp_ending && resume_at.is_some();
         let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
 
         let mut current: Vec<(f64, f64, Vec<u32>)> = Vec::new();
@@ -683,7 +795,7 @@ impl Transcriber {
                 ));
                 last_slice = cur;
             }
-            if single_timestamp_ending {
+            if single_timestamp_ending && !resume_at_last {
                 self.seek += segment_size;
             } else {
                 let last_timestamp_pos = (tokens[last_slice - 1].saturating_sub(tb)) as usize;
@@ -697,7 +809,7 @@ impl Transcriber {
                 duration = (last - tb) as f64 * TIME_PRECISION;
             }
             current.push((time_offset, time_offset + duration, tokens.clone()));
-            self.seek += segment_size;
+            self.seek += resume_at.unwrap_or(segment_size);
         }
 
         let mut segments = Vec::with_capacity(current.len());
@@ -728,7 +840,7 @@ impl Transcriber {
             // openai's word-timestamp branch of `transcribe()`.
             let seek_at = |t: f64| (t / FRAME_SECONDS).round_ties_even().max(0.0) as usize;
             self.add_words(&mut segments, time_offset, segment_size);
-            if !single_timestamp_ending
+            if (!single_timestamp_ending || resume_at_last)
                 && let Some(end) = get_end(&segments)
                 && end > time_offset
             {
@@ -799,7 +911,36 @@ impl Transcriber {
             }
         }
 
-        for (segment, seg_tokens) in segments.into_iter().zip(segment_tokens) {
+        // Behind the offline VAD, a segment whose text runs from one stretch of speech into the
+        // next is split at the cut by its words (aligned for that, when they are not already),
+        // so that no text is timed over the audio left out.
+        let straddles = self.speech.as_ref().is_some_and(|f| {
+            segments
+                .iter()
+                .any(|s| f.piece_index(s.start, false) != f.piece_index(s.end, true))
+        });
+        if straddles && !self.opts.word_timestamps && threshold.is_none() {
+            self.add_words(&mut segments, time_offset, segment_size);
+        }
+        let mut pairs: Vec<(Segment, Vec<u32>)> =
+            segments.into_iter().zip(segment_tokens).collect();
+        if straddles && let Some(f) = &self.speech {
+            // The window's tokens stay whole for the next prompt: with the first part.
+            pairs = pairs
+                .into_iter()
+                .flat_map(|(s, tokens)| {
+                    let mut tokens = Some(tokens);
+                    split_at_cuts(s, f, &model.tokenizer)
+                        .into_iter()
+                        .map(move |p| (p, tokens.take().unwrap_or_default()))
+                })
+                .collect();
+            if !self.opts.word_timestamps {
+                pairs.iter_mut().for_each(|(s, _)| s.words.clear());
+            }
+        }
+
+        for (segment, seg_tokens) in pairs {
             // Instantaneous or empty segments are dropped (openai clears them).
             if segment.start == segment.end || segment.text.is_empty() {
                 continue;
@@ -1283,4 +1424,43 @@ fn open_npu(model: &WhisperModel) -> Result<Box<dyn Encoder>, String> {
             "{report}, but this build has no XRT support (rebuild with --features npu)"
         ))
     }
+}
+
+/// Splits `segment` (engine time) where its words pass from one piece of the VAD's speech to the
+/// next; each part keeps its words, its text is theirs. A segment without words is kept whole.
+fn split_at_cuts(
+    segment: Segment,
+    filter: &SpeechFilter,
+    tokenizer: &crate::model::tokenizer::Tokenizer,
+) -> Vec<Segment> {
+    let piece = |w: &super::Word| filter.piece_index(w.start, false);
+    if segment.words.len() < 2
+        || segment
+            .words
+            .iter()
+            .all(|w| piece(w) == piece(&segment.words[0]))
+    {
+        return vec![segment];
+    }
+    let mut parts: Vec<Segment> = Vec::new();
+    for w in &segment.words {
+        match parts.last_mut() {
+            Some(p) if piece(&p.words[0]) == piece(w) => {
+                p.end = w.end;
+                p.words.push(w.clone());
+            }
+            _ => parts.push(Segment {
+                start: w.start,
+                end: w.end,
+                words: vec![w.clone()],
+                ..segment.clone()
+            }),
+        }
+    }
+    for p in &mut parts {
+        let text: String = p.words.iter().map(|w| w.text.as_str()).collect();
+        p.text = text.trim().to_string();
+        p.tokens = tokenizer.encode(&format!(" {}", p.text));
+    }
+    parts
 }

@@ -1,5 +1,6 @@
 //! Options of a transcription, with faster-whisper's defaults unless noted.
 
+use super::VadFilterOptions;
 use crate::error::Error;
 
 /// What the decoder produces.
@@ -160,6 +161,10 @@ pub struct TranscribeOptions {
     /// silence (openai's `hallucination_silence_threshold`). Needs word timing, so it also
     /// moves segment times to their words (as `word_timestamps` does). `None` = off.
     pub hallucination_silence_threshold: Option<f32>,
+    /// Offline: decode only the speech a VAD finds (faster-whisper's `vad_filter`); segment
+    /// and word times stay in stream time. `None` = everything is decoded. Live decoding has
+    /// its own speech gate and ignores this.
+    pub vad_filter: Option<VadFilterOptions>,
 }
 
 impl Default for TranscribeOptions {
@@ -190,6 +195,7 @@ impl Default for TranscribeOptions {
             npu_overlap: true,
             word_timestamps: false,
             hallucination_silence_threshold: None,
+            vad_filter: None,
         }
     }
 }
@@ -251,6 +257,14 @@ impl TranscribeOptions {
             return Err(Error::InvalidOption {
                 option: "hallucination-silence-threshold",
                 why: format!("{t} must be a number of seconds > 0"),
+            });
+        }
+        if let Some(v) = &self.vad_filter
+            && !(v.threshold > 0.0 && v.threshold <= 1.0)
+        {
+            return Err(Error::InvalidOption {
+                option: "vad-threshold",
+                why: format!("{} is outside (0, 1]", v.threshold),
             });
         }
         Ok(())

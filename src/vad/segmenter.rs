@@ -124,6 +124,22 @@ impl Segmenter {
         self.confirmed
     }
 
+    /// Samples before this index are settled by the events emitted so far: each lies inside a
+    /// segment whose `Start` was emitted (still open while [`in_speech`](Self::in_speech)), or
+    /// outside every segment for good. A later `Start` or `End` never falls before it.
+    pub fn decided(&self) -> u64 {
+        let position = self.position();
+        let at = match (self.speech_start, self.confirmed) {
+            // New speech starts at a frame not seen yet; its padding reaches back `pad`.
+            (None, _) => position.saturating_sub(self.pad).max(self.last_end),
+            // This speech may still be confirmed: its padded start is not settled.
+            (Some(start), false) => start.saturating_sub(self.pad).max(self.last_end),
+            // Speech at least until a pending silence (plus padding) would end it.
+            (Some(_), true) => self.silence_start.map_or(position, |s| s + self.pad),
+        };
+        at.min(position)
+    }
+
     /// Processes one probability per frame, in order; returns the boundaries they settle.
     pub fn push(&mut self, probs: &[f32]) -> Vec<VadEvent> {
         let mut events = Vec::new();
@@ -224,6 +240,35 @@ mod tests {
     use super::*;
 
     const F: u64 = VAD_FRAME as u64;
+
+    /// `decided` only moves forward and no event falls before it.
+    #[test]
+    fn decided_never_passes_a_later_event() {
+        let probs = frames(&[
+            (0.0, 20),
+            (0.9, 4),
+            (0.0, 3),
+            (0.9, 30),
+            (0.4, 5),
+            (0.0, 40),
+            (0.9, 3),
+            (0.0, 60),
+            (0.9, 50),
+        ]);
+        let mut s = Segmenter::new(SegmenterOptions::default());
+        let mut decided = 0;
+        for p in &probs {
+            for e in s.push(&[*p]) {
+                assert!(e.sample() >= decided, "{e:?} before {decided}");
+            }
+            let d = s.decided();
+            assert!(d >= decided && d <= s.position());
+            decided = d;
+        }
+        if let Some(e) = s.flush() {
+            assert!(e.sample() >= decided, "{e:?} before {decided}");
+        }
+    }
 
     fn run(probs: &[f32], options: SegmenterOptions) -> Vec<VadEvent> {
         let mut s = Segmenter::new(options);
