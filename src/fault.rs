@@ -6,9 +6,13 @@
 //! Points: `load` (model loading: the element's loader thread, the CLI's main thread),
 //! `decode` (decoding a window: the element's worker thread), `npu-encode` (a run on the NPU
 //! encoder's worker thread).
+//!
+//! A slow engine, for overload tests: with `WHISPERNPU_TEST_DECODE_SECONDS=S` (read once per
+//! process) or [`set_decode_seconds`], every live decode lasts at least `S` seconds
+//! ([`slow_decode`]).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 struct Faults {
@@ -68,5 +72,38 @@ pub fn point(point: &str) {
     };
     if hit {
         panic!("fault injected at `{point}` (WHISPERNPU_TEST_FAULT)");
+    }
+}
+
+/// Microseconds every live decode lasts at least; `u64::MAX` until the environment is read.
+static DECODE_MICROS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Makes every live decode last at least `seconds` (`None`: as long as it takes).
+pub fn set_decode_seconds(seconds: Option<f64>) {
+    let micros = seconds.map_or(0, |s| (s.max(0.0) * 1e6) as u64);
+    DECODE_MICROS.store(micros, Ordering::Release);
+}
+
+/// The minimum duration of a live decode, if a slow engine is requested.
+pub fn decode_seconds() -> Option<f64> {
+    let mut micros = DECODE_MICROS.load(Ordering::Acquire);
+    if micros == u64::MAX {
+        let seconds = std::env::var("WHISPERNPU_TEST_DECODE_SECONDS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0);
+        set_decode_seconds(seconds);
+        micros = DECODE_MICROS.load(Ordering::Acquire);
+    }
+    (micros > 0).then(|| micros as f64 / 1e6)
+}
+
+/// Sleeps until a decode that started at `started` has lasted [`decode_seconds`].
+pub fn slow_decode(started: Instant) {
+    if let Some(seconds) = decode_seconds() {
+        let wanted = std::time::Duration::from_secs_f64(seconds);
+        if let Some(rest) = wanted.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
 }

@@ -540,3 +540,166 @@ fn two_live_streams_share_the_model_and_caption_both() {
     let cores = v["cores_per_stream"].as_f64().expect("cores per stream");
     assert!(cores > 0.0 && cores <= 1.0, "{cores} cores per stream");
 }
+
+/// Overload is graceful, with a slow engine (the test hook of `gstwhispernpu::fault`: every
+/// live decode lasts at least 1.5 s, about 1.5 × the decode's audio): jfk.wav four times, fed in
+/// real time by a live `appsrc` into `latency=2000`. While the first two copies play, decodes
+/// cannot keep up: the element makes its text final and leaves out the audio past its deadline
+/// (`whispernpu-skipped` messages; the queue never holds much more than the budget), posts
+/// one warning naming the wait, and every text buffer still leaves within latency + one decode
+/// of its start (a decode longer than the budget cannot do better: a word that arrives while one
+/// runs waits for it, then for its own). Once the engine is fast again (last two copies), nothing more is left out,
+/// a `whispernpu-caught-up` message comes, and the speech is transcribed.
+#[test]
+fn live_overload_leaves_out_late_audio_and_recovers() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src is-live=true do-timestamp=true format=time \
+         caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved \
+         ! whispernpu name=w model=\"{}\" mode=live latency=2000 \
+         ! appsink name=sink sync=false",
+        model.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = app_sink(pipeline.upcast_ref());
+    let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (t, p) = (Arc::clone(&texts), pipeline.downgrade());
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let b = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let pts = b.pts().ok_or(gst::FlowError::Error)?.seconds_f64();
+                let end = pts + b.duration().ok_or(gst::FlowError::Error)?.seconds_f64();
+                let text = String::from_utf8_lossy(&b.map_readable().unwrap()).into_owned();
+                let now = p
+                    .upgrade()
+                    .and_then(|p| p.current_running_time())
+                    .map_or(f64::NAN, |t| t.seconds_f64());
+                t.lock().unwrap().push((pts, end, now, text));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let (jfk, _) = common::read_wav(&common::jfk_wav());
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let start = std::time::Instant::now();
+    let mut fed = 0usize;
+    let mut recovery = 0.0;
+    // The slow engine ends with the test, even a failing one.
+    struct SlowEngine;
+    impl Drop for SlowEngine {
+        fn drop(&mut self) {
+            gstwhispernpu::fault::set_decode_seconds(None);
+        }
+    }
+    let _slow = SlowEngine;
+    for copy in 0..4 {
+        if copy == 0 {
+            gstwhispernpu::fault::set_decode_seconds(Some(1.5));
+        } else if copy == 2 {
+            gstwhispernpu::fault::set_decode_seconds(None);
+            recovery = fed as f64 / 16_000.0;
+        }
+        for chunk in jfk.chunks(1600) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            src.push_buffer(gst::Buffer::from_mut_slice(bytes)).unwrap();
+            fed += chunk.len();
+            let due = std::time::Duration::from_secs_f64(fed as f64 / 16_000.0);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    src.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut messages = Vec::new();
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(60))
+            .expect("EOS within 60 s");
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
+            _ => messages.push(msg),
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let warnings: Vec<String> = messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect();
+    let element = |name: &str| -> Vec<gst::Structure> {
+        messages
+            .iter()
+            .filter_map(|m| m.structure())
+            .filter(|s| s.name() == name)
+            .map(|s| s.to_owned())
+            .collect()
+    };
+    let skipped: Vec<(f64, f64, f64)> = element("whispernpu-skipped")
+        .iter()
+        .map(|s| {
+            let start = s.get::<gst::ClockTime>("start").unwrap().seconds_f64();
+            let duration = s.get::<gst::ClockTime>("duration").unwrap().seconds_f64();
+            (start, start + duration, s.get::<f64>("queued").unwrap())
+        })
+        .collect();
+    let texts = texts.lock().unwrap().clone();
+    eprintln!("recovery from {recovery:.1} s\nwarnings {warnings:#?}\nskipped {skipped:.2?}");
+    for (pts, end, at, text) in &texts {
+        eprintln!(
+            "{pts:6.2}-{end:6.2} at {at:6.2} (+{:.2} s): {text}",
+            at - pts
+        );
+    }
+    assert_eq!(warnings.len(), 1, "one warning: {warnings:?}");
+    assert!(warnings[0].contains("behind"), "{warnings:?}");
+    assert!(!skipped.is_empty(), "no audio left out under overload");
+    let budget = 2.0;
+    for &(start, end, queued) in &skipped {
+        assert!(
+            start < recovery + budget + 1.5,
+            "left out after the load dropped: {start:.2}-{end:.2}"
+        );
+        assert!(queued <= budget + 1.5 + 0.5, "{queued:.2} s queued");
+    }
+    assert_eq!(element("whispernpu-caught-up").len(), 1, "caught up once");
+    for (pts, end, at, text) in &texts {
+        // Text leaves within the budget plus the decode in flight when its deadline passed.
+        assert!(
+            at - pts <= budget + 1.5 + 0.5,
+            "{pts:.2}-{end:.2} left at {at:.2}: {text}"
+        );
+        for &(s, e, _) in &skipped {
+            assert!(
+                *end <= s + 0.01 || *pts >= e - 0.01,
+                "text over audio left out: {text}"
+            );
+        }
+    }
+    let recovered = texts
+        .iter()
+        .filter(|t| t.0 >= recovery)
+        .map(|t| t.3.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+        .replace(|c: char| !c.is_alphanumeric() && c != ' ', "");
+    assert!(
+        recovered.contains("ask not") && recovered.contains("your country"),
+        "after the load dropped: {recovered}"
+    );
+}

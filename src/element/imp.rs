@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::ClockTime;
 use gst::glib;
@@ -90,6 +90,9 @@ const MIN_TEXT_DURATION: ClockTime = ClockTime::from_mseconds(100);
 /// Segments over audio whose peak stays below this (−60 dBFS) are dropped: Whisper invents text
 /// ("you", "Thank you.") over digital silence.
 const SILENCE_PEAK: f32 = 0.001;
+/// Live overload: seconds without audio left out, at least, before the element counts as caught
+/// up (see `shed`).
+const CALM_SECONDS: f64 = 10.0;
 /// Offline mode reports one window as its latency when upstream is live anyway.
 const WINDOW: ClockTime = ClockTime::from_seconds(30);
 
@@ -314,10 +317,12 @@ fn to_f32(format: gst_audio::AudioFormat, bytes: &[u8]) -> Vec<f32> {
 
 /// What the streaming thread hands the worker, in stream order.
 enum Item {
-    /// Audio; `time` is the output time of its first sample.
+    /// Audio; `time` is the output time of its first sample, `arrived` when the streaming
+    /// thread queued it.
     Audio {
         samples: Vec<f32>,
         time: Option<ClockTime>,
+        arrived: Instant,
     },
     /// An upstream GAP: silence, in output time.
     Gap {
@@ -475,6 +480,10 @@ struct Work {
     settings_generation: u64,
     /// A falling-behind warning was posted and the backlog has not recovered yet.
     behind: bool,
+    /// Live overload: audio left out since the last catch-up, and the end of the last stretch
+    /// left out (see `shed`).
+    skipped: ClockTime,
+    last_shed: Option<ClockTime>,
     /// The warning that the NPU encoder was given up was posted.
     npu_failure_sent: bool,
 }
@@ -494,6 +503,8 @@ impl Work {
             detection_sent: None,
             settings_generation: 0,
             behind: false,
+            skipped: ClockTime::ZERO,
+            last_shed: None,
             npu_failure_sent: false,
         }
     }
@@ -1031,7 +1042,11 @@ impl WhisperNpu {
             q = self.queue_cond.wait(q).unwrap_or_else(|e| e.into_inner());
         }
         q.queued_samples += n;
-        q.items.push_back(Item::Audio { samples, time });
+        q.items.push_back(Item::Audio {
+            samples,
+            time,
+            arrived: Instant::now(),
+        });
         self.release_queue(q);
         Ok(gst::FlowSuccess::Ok)
     }
@@ -1324,11 +1339,18 @@ impl WhisperNpu {
 
     fn handle_item(&self, work: &mut Work, item: Item) -> Result<gst::FlowSuccess, gst::FlowError> {
         match item {
-            Item::Audio { samples, time } => {
+            Item::Audio {
+                samples,
+                time,
+                arrived,
+            } => {
                 if self.failed() {
                     return Ok(gst::FlowSuccess::Ok);
                 }
                 self.prepare_engine(work)?;
+                if self.shed(work, time, samples.len(), arrived)? {
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 self.place(work, time)?;
                 self.feed(work, &samples)?;
                 self.check_backlog(work);
@@ -1416,6 +1438,8 @@ impl WhisperNpu {
                 work.language_sent = None;
                 work.detection_sent = None;
                 work.behind = false;
+                work.skipped = ClockTime::ZERO;
+                work.last_shed = None;
                 self.set_live(work, work.live);
                 Ok(gst::FlowSuccess::Ok)
             }
@@ -1834,6 +1858,100 @@ impl WhisperNpu {
         Ok(gst::FlowSuccess::Ok)
     }
 
+    /// Live overload: audio that has waited in the element's queue so long that its text could
+    /// no longer leave within `latency` + `lateness` of its arrival (the wait plus the recent
+    /// decode time exceed them) is not decoded. The open utterance is made final first (its
+    /// text goes out), then this buffer and every queued one as late are left out: a GAP covers
+    /// them, an element message `whispernpu-skipped` (`start`, `duration`: output time;
+    /// `queued`: seconds of audio still waiting) names them, and the first of an overload
+    /// posts one warning. The queue thus never holds more than the budget plus a decode's
+    /// worth of audio. Returns whether the buffer (`n` samples at `time`) was left out.
+    fn shed(
+        &self,
+        work: &mut Work,
+        time: Option<ClockTime>,
+        n: usize,
+        arrived: Instant,
+    ) -> Result<bool, gst::FlowError> {
+        if !work.live {
+            return Ok(false);
+        }
+        let budget = {
+            let s = lock(&self.settings);
+            Duration::from_millis(u64::from(s.latency_ms) + u64::from(s.lateness_ms))
+        };
+        // At most half the budget: fresh audio is always decoded, so a decode time measured
+        // under load is measured again once the load drops.
+        let decode = Duration::from_secs_f64(work.policy.decode_seconds()).min(budget / 2);
+        let late = |arrived: &Instant| arrived.elapsed() + decode > budget;
+        if !late(&arrived) {
+            return Ok(false);
+        }
+        let waited = arrived.elapsed();
+        // What the live buffer holds becomes final now, before its deadline passes too.
+        self.drain(work)?;
+        let start = time
+            .or(work.covered_until)
+            .unwrap_or_else(|| work.default_base());
+        let mut end = start + samples_to_time(n as u64);
+        let queued = {
+            let mut q = lock(&self.queue);
+            while let Some(Item::Audio {
+                samples,
+                time,
+                arrived,
+            }) = q.items.front()
+            {
+                if !late(arrived) {
+                    break;
+                }
+                let from = time.unwrap_or(end);
+                end = end.max(from + samples_to_time(samples.len() as u64));
+                q.queued_samples -= samples.len() as u64;
+                q.items.pop_front();
+            }
+            q.queued_samples as f64 / SAMPLE_RATE as f64
+        };
+        let from = work.covered_until.map_or(start, |c| c.max(start));
+        self.cover_to(work, from, end)?;
+        work.skipped += end - start;
+        work.last_shed = Some(end);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Overload: {} of audio from {} left out ({:.1} s still waiting)",
+            end - start,
+            start,
+            queued
+        );
+        let structure = gst::Structure::builder("whispernpu-skipped")
+            .field("start", start)
+            .field("duration", end - start)
+            .field("queued", queued)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(structure)
+                .src(&*self.obj())
+                .build(),
+        );
+        if !work.behind {
+            work.behind = true;
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Busy,
+                (
+                    "Falling behind realtime: audio waited {:.1} s for the engine, latency + \
+                     lateness is {:.1} s; audio that waits too long is left out \
+                     (whispernpu-skipped messages) until the element catches up",
+                    waited.as_secs_f64(),
+                    budget.as_secs_f64()
+                ),
+                ["Use a smaller model, beam-size=1, or raise latency/lateness"]
+            );
+        }
+        Ok(true)
+    }
+
     /// Live: warns once when the audio waiting for the engine exceeds latency + lateness.
     fn check_backlog(&self, work: &mut Work) {
         if !work.live {
@@ -1861,9 +1979,33 @@ impl WhisperNpu {
                 ),
                 ["Use a smaller model, beam-size=1, or raise latency/lateness"]
             );
-        } else if work.behind && backlog < allowed / 2.0 {
+        } else if work.behind
+            && backlog < allowed / 2.0
+            && work.last_shed.is_none_or(|shed| {
+                // Caught up: nothing left out for a while (twice the budget, 10 s at least).
+                let calm = ClockTime::from_seconds_f64((2.0 * allowed).max(CALM_SECONDS));
+                work.timeline.end().is_some_and(|end| end >= shed + calm)
+            })
+        {
             work.behind = false;
-            gst::info!(CAT, imp = self, "Caught up with realtime");
+            work.last_shed = None;
+            gst::info!(
+                CAT,
+                imp = self,
+                "Caught up with realtime ({} of audio left out)",
+                work.skipped
+            );
+            let structure = gst::Structure::builder("whispernpu-caught-up")
+                .field(
+                    "skipped",
+                    std::mem::replace(&mut work.skipped, ClockTime::ZERO),
+                )
+                .build();
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(structure)
+                    .src(&*self.obj())
+                    .build(),
+            );
         }
     }
 }

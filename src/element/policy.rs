@@ -56,6 +56,10 @@ pub trait DecodePolicy: Send {
     fn take_warning(&mut self) -> Option<String> {
         None
     }
+    /// Recent decode time, seconds (live: how long text takes once audio is decoded).
+    fn decode_seconds(&self) -> f64 {
+        0.0
+    }
     /// Name for logs.
     fn name(&self) -> &'static str;
 }
@@ -129,6 +133,10 @@ impl DecodePolicy for Streaming {
 
     fn take_warning(&mut self) -> Option<String> {
         self.live.take_warning()
+    }
+
+    fn decode_seconds(&self) -> f64 {
+        self.live.decode_seconds()
     }
 
     fn pending_seconds(&self, _engine: &Transcriber) -> f64 {

@@ -349,6 +349,11 @@ impl LiveTranscriber {
         self.gate.take_warning()
     }
 
+    /// Recent decode time, seconds (a moving average).
+    pub fn decode_seconds(&self) -> f64 {
+        self.decode_seconds
+    }
+
     /// Seconds of audio pushed since the stream start.
     pub fn seconds(&self) -> f64 {
         seconds(self.total)
@@ -904,6 +909,7 @@ impl LiveTranscriber {
             &[0.0],
             go_on,
         );
+        crate::fault::slow_decode(t0);
         let elapsed = t0.elapsed().as_secs_f64();
         self.decode_seconds = if self.stats.decodes == 0 {
             elapsed
