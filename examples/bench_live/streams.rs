@@ -183,6 +183,14 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
+/// The process's resident memory (VmRSS), MiB.
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// The larger of two optional values (either when the other is missing).
 fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -350,6 +358,11 @@ pub(super) fn run_streams(
         );
     let mut done = vec![false; sc.streams];
     let mut warnings = vec![Vec::<String>::new(); sc.streams];
+    // Audio each stream left out under overload (`whispernpu-skipped`), seconds.
+    let mut skipped = vec![0.0f64; sc.streams];
+    // The process's resident memory every 10 s: (seconds since the start, MiB).
+    let mut rss = Vec::<(f64, f64)>::new();
+    let mut next_rss = Instant::now();
     let mut failure = None;
     while done.iter().any(|d| !d) {
         if Instant::now() > deadline {
@@ -383,8 +396,21 @@ pub(super) fn run_streams(
                         log(format!("warning: stream {k}: {}", w.error()));
                         warnings[k].push(w.error().to_string());
                     }
+                    gst::MessageView::Element(e) => {
+                        if let Some(s) = e.structure().filter(|s| s.name() == "whispernpu-skipped")
+                            && let Ok(d) = s.get::<ClockTime>("duration")
+                        {
+                            skipped[k] += d.seconds_f64();
+                        }
+                    }
                     _ => {}
                 }
+            }
+        }
+        if Instant::now() >= next_rss {
+            next_rss += Duration::from_secs(10);
+            if let Some(mib) = rss_mib() {
+                rss.push((wall0.elapsed().as_secs_f64(), mib));
             }
         }
         if failure.is_some() {
@@ -418,6 +444,7 @@ pub(super) fn run_streams(
     let mut all_sentence = Vec::new();
     let (mut worst_p95, mut worst_wer) = (None::<f64>, None::<f64>);
     for (k, ((_, _, shared), warnings)) in streams.iter().zip(&warnings).enumerate() {
+        let warnings: &Vec<String> = warnings;
         let texts = lock(&shared.texts).clone();
         let t0 = lock(&shared.t0).map_or(0.0, |t| t as f64 / 1e9);
         let text = join_texts(texts.iter().map(|t| t.text.as_str()));
@@ -483,6 +510,7 @@ pub(super) fn run_streams(
             "sentence_latencies": in_order,
             "text_buffers": texts.len(),
             "warnings": warnings,
+            "skipped_seconds": skipped[k],
         }));
     }
     let cores = cpu.map(|c| c / wall);
@@ -528,6 +556,24 @@ pub(super) fn run_streams(
         fmt_opt(loadavg_start, 2),
         fmt_opt(loadavg(), 2),
     );
+    let total_skipped: f64 = skipped.iter().sum();
+    let rss_at = |q: f64| {
+        rss.get(((rss.len() as f64 - 1.0) * q).round().max(0.0) as usize)
+            .map(|r| r.1)
+    };
+    let _ = writeln!(
+        out,
+        "overload: {total_skipped:.1} s of {:.1} s of audio left out (whispernpu-skipped), \
+         streams with a warning: {}; RSS MiB at 0 / 25 / 50 / 75 / 100 % of the run: {} / {} / {} \
+         / {} / {}",
+        audio_seconds * sc.streams as f64,
+        warnings.iter().filter(|w| !w.is_empty()).count(),
+        fmt_opt(rss_at(0.0), 0),
+        fmt_opt(rss_at(0.25), 0),
+        fmt_opt(rss_at(0.5), 0),
+        fmt_opt(rss_at(0.75), 0),
+        fmt_opt(rss_at(1.0), 0),
+    );
     let _ = write!(std::io::stderr(), "{out}");
     drop(model);
     Ok(serde_json::json!({
@@ -549,6 +595,8 @@ pub(super) fn run_streams(
         "offline_wer": offline_wer,
         "cores": cores,
         "cores_per_stream": per_stream,
+        "skipped_seconds": total_skipped,
+        "rss_mib": rss.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>(),
         "per_stream": json_streams,
     })
     .to_string())

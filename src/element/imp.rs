@@ -478,8 +478,10 @@ struct Work {
     /// Language and lock state of the last `whispernpu-language` message.
     detection_sent: Option<(String, bool)>,
     settings_generation: u64,
-    /// A falling-behind warning was posted and the backlog has not recovered yet.
+    /// Live: an overload is under way (the backlog has not recovered yet).
     behind: bool,
+    /// The falling-behind warning was posted (once per stream, until a flush).
+    warned_behind: bool,
     /// Live overload: audio left out since the last catch-up, and the end of the last stretch
     /// left out (see `shed`).
     skipped: ClockTime,
@@ -503,6 +505,7 @@ impl Work {
             detection_sent: None,
             settings_generation: 0,
             behind: false,
+            warned_behind: false,
             skipped: ClockTime::ZERO,
             last_shed: None,
             npu_failure_sent: false,
@@ -1438,6 +1441,7 @@ impl WhisperNpu {
                 work.language_sent = None;
                 work.detection_sent = None;
                 work.behind = false;
+                work.warned_behind = false;
                 work.skipped = ClockTime::ZERO;
                 work.last_shed = None;
                 self.set_live(work, work.live);
@@ -1935,21 +1939,37 @@ impl WhisperNpu {
                 .build(),
         );
         if !work.behind {
-            work.behind = true;
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::Busy,
-                (
-                    "Falling behind realtime: audio waited {:.1} s for the engine, latency + \
-                     lateness is {:.1} s; audio that waits too long is left out \
-                     (whispernpu-skipped messages) until the element catches up",
+            self.falling_behind(
+                work,
+                format!(
+                    "audio waited {:.1} s for the engine, latency + lateness is {:.1} s",
                     waited.as_secs_f64(),
                     budget.as_secs_f64()
                 ),
-                ["Use a smaller model, beam-size=1, or raise latency/lateness"]
             );
         }
         Ok(true)
+    }
+
+    /// An overload starts: one warning per stream (until a flush), an INFO line for the later
+    /// ones (the `whispernpu-skipped` and `whispernpu-caught-up` messages mark each).
+    fn falling_behind(&self, work: &mut Work, detail: String) {
+        work.behind = true;
+        if work.warned_behind {
+            gst::info!(CAT, imp = self, "Falling behind realtime again: {}", detail);
+            return;
+        }
+        work.warned_behind = true;
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Busy,
+            (
+                "Falling behind realtime: {}; audio that waits longer is left out \
+                 (whispernpu-skipped messages) until the element catches up",
+                detail
+            ),
+            ["Use a smaller model, beam-size=1, or raise latency/lateness"]
+        );
     }
 
     /// Live: warns once when the audio waiting for the engine exceeds latency + lateness.
@@ -1968,16 +1988,9 @@ impl WhisperNpu {
             f64::from(s.latency_ms + s.lateness_ms) / 1000.0
         };
         if !work.behind && backlog > allowed + 1.0 {
-            work.behind = true;
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::Busy,
-                (
-                    "Falling behind realtime: {:.1} s of audio waiting, latency + lateness is {:.1} s",
-                    backlog,
-                    allowed
-                ),
-                ["Use a smaller model, beam-size=1, or raise latency/lateness"]
+            self.falling_behind(
+                work,
+                format!("{backlog:.1} s of audio waiting, latency + lateness is {allowed:.1} s"),
             );
         } else if work.behind
             && backlog < allowed / 2.0
