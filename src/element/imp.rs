@@ -620,15 +620,11 @@ impl WhisperNpu {
             chosen.name,
             chosen.reason
         );
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(
-                gst::Structure::builder("whispernpu-backend")
-                    .field("backend", chosen.name)
-                    .field("reason", &chosen.reason)
-                    .build(),
-            )
-            .src(&*self.obj())
-            .build(),
+        self.post_element(
+            gst::Structure::builder("whispernpu-backend")
+                .field("backend", chosen.name)
+                .field("reason", &chosen.reason)
+                .build(),
         );
         let compute_type: crate::engine::ComputeType = settings.compute_type.into();
         let (resolved, why) = compute_type.resolution();
@@ -1556,6 +1552,15 @@ impl WhisperNpu {
         Ok(gst::FlowSuccess::Ok)
     }
 
+    /// Posts an element message with `structure` on the bus.
+    fn post_element(&self, structure: gst::Structure) {
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(structure)
+                .src(&*self.obj())
+                .build(),
+        );
+    }
+
     fn engine_error(&self, e: Error) -> gst::FlowError {
         gst::element_imp_error!(
             self,
@@ -1654,11 +1659,7 @@ impl WhisperNpu {
             .field("end", end)
             .field("text", &partial.text)
             .build();
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(structure.clone())
-                .src(&*self.obj())
-                .build(),
-        );
+        self.post_element(structure.clone());
         self.srcpad
             .push_event(gst::event::CustomDownstream::new(structure));
     }
@@ -1715,11 +1716,7 @@ impl WhisperNpu {
             .field("candidates", candidates)
             .field("probabilities", probabilities)
             .build();
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(structure)
-                .src(&*self.obj())
-                .build(),
-        );
+        self.post_element(structure);
         work.detection_sent = Some(key);
     }
 
@@ -1803,11 +1800,7 @@ impl WhisperNpu {
                 .field("avg-logprob", f64::from(seg.avg_logprob))
                 .field("no-speech-prob", f64::from(seg.no_speech_prob))
                 .build();
-            let _ = self.obj().post_message(
-                gst::message::Element::builder(structure)
-                    .src(&*self.obj())
-                    .build(),
-            );
+            self.post_element(structure);
             // One buffer for the segment, one per word, or one per caption cue.
             let pieces: Vec<(f64, f64, String)> = if words && !seg.words.is_empty() {
                 seg.words
@@ -1933,11 +1926,7 @@ impl WhisperNpu {
             .field("duration", end - start)
             .field("queued", queued)
             .build();
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(structure)
-                .src(&*self.obj())
-                .build(),
-        );
+        self.post_element(structure);
         if !work.behind {
             self.falling_behind(
                 work,
@@ -2014,11 +2003,7 @@ impl WhisperNpu {
                     std::mem::replace(&mut work.skipped, ClockTime::ZERO),
                 )
                 .build();
-            let _ = self.obj().post_message(
-                gst::message::Element::builder(structure)
-                    .src(&*self.obj())
-                    .build(),
-            );
+            self.post_element(structure);
         }
     }
 }

@@ -254,19 +254,28 @@ impl Transcriber {
         let Some(vad) = self.opts.vad_filter.clone() else {
             return self.push_engine(samples);
         };
-        let filter = match &mut self.speech {
-            Some(f) if f.options() == &vad => f,
-            slot => {
-                let mut f = SpeechFilter::new(vad);
-                if let Some(w) = f.take_warning() {
-                    self.warning = Some(w);
-                }
-                slot.insert(f)
+        if self.speech.as_ref().is_none_or(|f| f.options() != &vad) {
+            let mut f = SpeechFilter::new(vad);
+            if let Some(w) = f.take_warning() {
+                self.warning = Some(w);
             }
+            self.speech = Some(f);
+        }
+        self.filtered(|f, speech| f.push(samples, speech))
+    }
+
+    /// Runs `step` on the offline VAD (it appends the speech it settles to a buffer), decodes
+    /// that speech and maps the segments to stream time; nothing without the VAD.
+    fn filtered(
+        &mut self,
+        step: impl FnOnce(&mut SpeechFilter, &mut Vec<f32>),
+    ) -> Result<Vec<Segment>, Error> {
+        let Some(f) = self.speech.as_mut() else {
+            return Ok(Vec::new());
         };
         let mut speech = std::mem::take(&mut self.speech_buf);
         speech.clear();
-        filter.push(samples, &mut speech);
+        step(f, &mut speech);
         let out = self.push_engine(&speech);
         self.speech_buf = speech;
         self.mapped(out)
@@ -355,15 +364,7 @@ impl Transcriber {
 
     /// End of stream: decodes everything left. The transcriber is then reset.
     pub fn finish(&mut self) -> Result<Vec<Segment>, Error> {
-        let mut out = Vec::new();
-        if let Some(f) = &mut self.speech {
-            let mut speech = std::mem::take(&mut self.speech_buf);
-            speech.clear();
-            f.finish(&mut speech);
-            let tail = self.push_engine(&speech);
-            self.speech_buf = speech;
-            out = self.mapped(tail)?;
-        }
+        let mut out = self.filtered(SpeechFilter::finish)?;
         let t0 = Instant::now();
         self.mel.finish();
         self.stats.mel_seconds += t0.elapsed().as_secs_f64();
