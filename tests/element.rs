@@ -917,21 +917,27 @@ fn live_noise_gives_no_text_and_gaps() {
     assert_silero_gate(&element, &bus);
 }
 
-/// Live mode with `output=words`: committed words come out one buffer each, in order, in
-/// running time, and together say what the speech says.
-#[test]
-fn live_output_words() {
+/// jfk.wav through a live tiny.en element (`latency=5000`, Silero VAD) with `props`, all at
+/// once, then EOS: its text buffers (printed), its bus and the element.
+fn live_jfk(props: &[(&str, &str)]) -> (Vec<Cue>, gst::Bus, gst::Element) {
     common::fetch_runtime();
     let model = common::model_dir("tiny.en");
-    let (mut h, bus, element) = harness(
-        &model,
-        &[("mode", "live"), ("latency", "5000"), ("output", "words")],
-    );
+    let mut all = vec![("mode", "live"), ("latency", "5000")];
+    all.extend_from_slice(props);
+    let (mut h, bus, element) = harness(&model, &all);
     h.set_src_caps(audio_caps("F32LE"));
     push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
     h.push_event(gst::event::Eos::new());
     let (cues, _events) = collect_until_eos(&mut h);
     eprintln!("{cues:#?}");
+    (cues, bus, element)
+}
+
+/// Live mode with `output=words`: committed words come out one buffer each, in order, in
+/// running time, and together say what the speech says.
+#[test]
+fn live_output_words() {
+    let (cues, bus, element) = live_jfk(&[("output", "words")]);
     assert!(cues.len() >= 15, "expected about 22 words: {cues:?}");
     assert!(
         cues.iter()
@@ -957,22 +963,7 @@ fn live_output_words() {
 /// words still say what the speech says.
 #[test]
 fn live_captions_shaped() {
-    common::fetch_runtime();
-    let model = common::model_dir("tiny.en");
-    let (mut h, bus, element) = harness(
-        &model,
-        &[
-            ("mode", "live"),
-            ("latency", "5000"),
-            ("max-line-length", "16"),
-            ("max-lines", "2"),
-        ],
-    );
-    h.set_src_caps(audio_caps("F32LE"));
-    push_audio(&mut h, &jfk(), gst::ClockTime::ZERO, false);
-    h.push_event(gst::event::Eos::new());
-    let (cues, _events) = collect_until_eos(&mut h);
-    eprintln!("{cues:#?}");
+    let (cues, bus, element) = live_jfk(&[("max-line-length", "16"), ("max-lines", "2")]);
     assert!(cues.len() >= 4, "about 110 characters in 2 x 16: {cues:?}");
     for c in &cues {
         let lines: Vec<&str> = c.text.lines().collect();

@@ -389,6 +389,14 @@ fn jfk_buffers(props: &str) -> Vec<(f64, f64, String)> {
     buffers.lock().unwrap().clone()
 }
 
+/// The words of text buffers, in order.
+fn words_of(buffers: &[(f64, f64, String)]) -> Vec<String> {
+    buffers
+        .iter()
+        .flat_map(|b| b.2.split_whitespace().map(str::to_string))
+        .collect()
+}
+
 /// `output=words`: one buffer per word of the segment transcript, each with its own time, in
 /// order, covering the speech (openai's word timing: "Americans" spans 1.8 s).
 #[test]
@@ -396,14 +404,7 @@ fn output_words_one_buffer_per_word() {
     let segments = jfk_buffers("");
     let words = jfk_buffers("output=words");
     eprintln!("{words:#?}");
-    let transcript: Vec<String> = segments
-        .iter()
-        .flat_map(|s| {
-            s.2.split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let transcript = words_of(&segments);
     let texts: Vec<String> = words.iter().map(|w| w.2.clone()).collect();
     assert_eq!(texts, transcript, "one buffer per word of the transcript");
     assert!(
@@ -432,16 +433,8 @@ fn output_words_one_buffer_per_word() {
 #[test]
 fn srtenc_captions_shaped_by_line_length_and_count() {
     let dir = temp_dir("captions");
-    let plain = jfk_buffers("");
     let words = jfk_buffers("output=words");
-    let transcript: Vec<String> = plain
-        .iter()
-        .flat_map(|s| {
-            s.2.split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let transcript = words_of(&jfk_buffers(""));
     assert_eq!(
         words.iter().map(|w| w.2.clone()).collect::<Vec<_>>(),
         transcript
