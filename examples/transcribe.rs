@@ -174,6 +174,14 @@ fn fail(failure: Failure) -> ExitCode {
     }
 }
 
+/// The offline VAD's segmentation settings, turning the VAD on (`--vad` and its three flags).
+fn vad_segments(options: &mut TranscribeOptions) -> &mut gstwhispernpu::vad::SegmenterOptions {
+    &mut options
+        .vad_filter
+        .get_or_insert_with(Default::default)
+        .segments
+}
+
 /// `Ok(None)` when help was asked for.
 fn parse_args() -> Result<Option<Config>, Failure> {
     let mut options = TranscribeOptions::default();
@@ -235,7 +243,7 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                 options.vad_filter.get_or_insert_with(Default::default);
             }
             "--vad-threshold" => {
-                let p = value
+                vad_segments(&mut options).threshold = value
                     .trim()
                     .parse::<f32>()
                     .ok()
@@ -245,22 +253,14 @@ fn parse_args() -> Result<Option<Config>, Failure> {
                             "--vad-threshold: `{value}` is not a probability in (0, 1]"
                         ))
                     })?;
-                options
-                    .vad_filter
-                    .get_or_insert_with(Default::default)
-                    .threshold = p;
             }
             "--min-silence-duration" => {
-                options
-                    .vad_filter
-                    .get_or_insert_with(Default::default)
-                    .min_silence_ms = common::parse_number(&name, &value).map_err(bad)?
+                vad_segments(&mut options).min_silence_ms =
+                    common::parse_number(&name, &value).map_err(bad)?
             }
             "--speech-pad" => {
-                options
-                    .vad_filter
-                    .get_or_insert_with(Default::default)
-                    .speech_pad_ms = common::parse_number(&name, &value).map_err(bad)?
+                vad_segments(&mut options).speech_pad_ms =
+                    common::parse_number(&name, &value).map_err(bad)?
             }
             "--condition-on-previous-text" => {
                 options.condition_on_previous_text =
@@ -518,10 +518,8 @@ fn run(config: &Config) -> Result<(), Failure> {
     let duration = samples as f64 / SAMPLE_RATE as f64;
     let text = match config.format {
         Format::Txt => to_txt(&segments),
-        Format::Srt if !config.captions.is_off() => to_srt_cues(&segments, &config.captions),
-        Format::Vtt if !config.captions.is_off() => to_vtt_cues(&segments, &config.captions),
-        Format::Srt => to_srt(&segments),
-        Format::Vtt => to_vtt(&segments),
+        Format::Srt => to_srt(&segments, &config.captions),
+        Format::Vtt => to_vtt(&segments, &config.captions),
         Format::Json => to_json(&config.model, &segments, &language, duration),
     };
     let mut stdout = std::io::stdout().lock();
@@ -593,16 +591,25 @@ fn to_txt(segments: &[Segment]) -> String {
 }
 
 /// One cue per segment, or per word when the segments have words (SubRip has no timing
-/// inside a cue).
-fn to_srt(segments: &[Segment]) -> String {
-    let mut cues: Vec<(f64, f64, &str)> = Vec::new();
-    for s in segments {
-        if s.words.is_empty() {
-            cues.push((s.start, s.end, &s.text));
-        } else {
-            cues.extend(s.words.iter().map(|w| (w.start, w.end, w.text.as_str())));
-        }
-    }
+/// inside a cue); with a caption `layout`, one cue per shaped caption, its lines as the cue's.
+fn to_srt(segments: &[Segment], layout: &CaptionLayout) -> String {
+    let cues: Vec<(f64, f64, String)> = if !layout.is_off() {
+        shaped(segments, layout, cue_text)
+    } else {
+        segments
+            .iter()
+            .flat_map(|s| {
+                if s.words.is_empty() {
+                    vec![(s.start, s.end, cue_text(&s.text))]
+                } else {
+                    s.words
+                        .iter()
+                        .map(|w| (w.start, w.end, cue_text(&w.text)))
+                        .collect()
+                }
+            })
+            .collect()
+    };
     let mut out = String::new();
     for (i, (start, end, text)) in cues.into_iter().enumerate() {
         out += &format!(
@@ -610,50 +617,27 @@ fn to_srt(segments: &[Segment]) -> String {
             i + 1,
             common::timestamp(start, ','),
             common::timestamp(end, ','),
-            cue_text(text)
+            text
         );
     }
     out
 }
 
-/// The segments shaped into caption cues: `(start, end, lines)`.
-fn shaped(segments: &[Segment], layout: &CaptionLayout) -> Vec<(f64, f64, Vec<String>)> {
+/// The segments shaped into caption cues: `(start, end, text)`, each line passed through
+/// `line` and the lines joined with `\n`.
+fn shaped(
+    segments: &[Segment],
+    layout: &CaptionLayout,
+    line: fn(&str) -> String,
+) -> Vec<(f64, f64, String)> {
     segments
         .iter()
         .flat_map(|s| shape_captions(s, layout, s.end))
-        .map(|c| (c.start, c.end, c.lines))
+        .map(|c| {
+            let lines: Vec<String> = c.lines.iter().map(|l| line(l)).collect();
+            (c.start, c.end, lines.join("\n"))
+        })
         .collect()
-}
-
-/// SubRip with shaped cues: one cue per caption, its lines as the cue's lines.
-fn to_srt_cues(segments: &[Segment], layout: &CaptionLayout) -> String {
-    let mut out = String::new();
-    for (i, (start, end, lines)) in shaped(segments, layout).into_iter().enumerate() {
-        let lines: Vec<String> = lines.iter().map(|l| cue_text(l)).collect();
-        out += &format!(
-            "{}\n{} --> {}\n{}\n\n",
-            i + 1,
-            common::timestamp(start, ','),
-            common::timestamp(end, ','),
-            lines.join("\n")
-        );
-    }
-    out
-}
-
-/// WebVTT with shaped cues.
-fn to_vtt_cues(segments: &[Segment], layout: &CaptionLayout) -> String {
-    let mut out = String::from("WEBVTT\n\n");
-    for (start, end, lines) in shaped(segments, layout) {
-        let lines: Vec<String> = lines.iter().map(|l| vtt_escape(l)).collect();
-        out += &format!(
-            "{} --> {}\n{}\n\n",
-            common::timestamp(start, '.'),
-            common::timestamp(end, '.'),
-            lines.join("\n")
-        );
-    }
-    out
 }
 
 /// WebVTT cue text is markup: escape it (then `-->` cannot appear either).
@@ -666,36 +650,47 @@ fn vtt_escape(text: &str) -> String {
 
 /// One cue per segment; with words, each word after the first is preceded by its start as a
 /// WebVTT cue timestamp (`<00:00:01.500>`), which players use to reveal or highlight the text
-/// word by word.
-fn to_vtt(segments: &[Segment]) -> String {
+/// word by word. With a caption `layout`, one cue per shaped caption instead.
+fn to_vtt(segments: &[Segment], layout: &CaptionLayout) -> String {
+    let cues: Vec<(f64, f64, String)> = if !layout.is_off() {
+        shaped(segments, layout, vtt_escape)
+    } else {
+        segments
+            .iter()
+            .map(|s| (s.start, s.end, vtt_timed_text(s)))
+            .collect()
+    };
     let mut out = String::from("WEBVTT\n\n");
-    for s in segments {
-        let text = if s.words.is_empty() {
-            vtt_escape(&s.text)
-        } else {
-            let mut text = String::new();
-            let mut last = s.start;
-            for (i, w) in s.words.iter().enumerate() {
-                // Cue timestamps must lie strictly inside the cue and increase.
-                if i > 0 && w.start > last && w.start < s.end {
-                    text += &format!("<{}>", common::timestamp(w.start, '.'));
-                    last = w.start;
-                }
-                if i > 0 {
-                    text.push(' ');
-                }
-                text += &vtt_escape(&w.text);
-            }
-            text
-        };
+    for (start, end, text) in cues {
         out += &format!(
             "{} --> {}\n{}\n\n",
-            common::timestamp(s.start, '.'),
-            common::timestamp(s.end, '.'),
+            common::timestamp(start, '.'),
+            common::timestamp(end, '.'),
             text
         );
     }
     out
+}
+
+/// A segment's WebVTT cue text, with a cue timestamp before each word after the first.
+fn vtt_timed_text(s: &Segment) -> String {
+    if s.words.is_empty() {
+        return vtt_escape(&s.text);
+    }
+    let mut text = String::new();
+    let mut last = s.start;
+    for (i, w) in s.words.iter().enumerate() {
+        // Cue timestamps must lie strictly inside the cue and increase.
+        if i > 0 && w.start > last && w.start < s.end {
+            text += &format!("<{}>", common::timestamp(w.start, '.'));
+            last = w.start;
+        }
+        if i > 0 {
+            text.push(' ');
+        }
+        text += &vtt_escape(&w.text);
+    }
+    text
 }
 
 /// One segment in the JSON output, fields in the documented order.

@@ -444,7 +444,6 @@ pub(super) fn run_streams(
     let mut all_sentence = Vec::new();
     let (mut worst_p95, mut worst_wer) = (None::<f64>, None::<f64>);
     for (k, ((_, _, shared), warnings)) in streams.iter().zip(&warnings).enumerate() {
-        let warnings: &Vec<String> = warnings;
         let texts = lock(&shared.texts).clone();
         let t0 = lock(&shared.t0).map_or(0.0, |t| t as f64 / 1e9);
         let text = join_texts(texts.iter().map(|t| t.text.as_str()));

@@ -217,9 +217,7 @@ impl Settings {
             vad_filter: self.vad.then(|| {
                 let files = VadFilterOptions::default();
                 VadFilterOptions {
-                    threshold: self.vad_threshold,
-                    min_silence_ms: ms_or(self.min_silence_ms, files.min_silence_ms),
-                    speech_pad_ms: ms_or(self.speech_pad_ms, files.speech_pad_ms),
+                    segments: self.vad_segments(files.segments),
                     ..files
                 }
             }),
@@ -231,21 +229,27 @@ impl Settings {
         Duration::from_millis(self.latency_ms.into())
     }
 
+    /// `latency` + `lateness`: how long live text may take.
+    fn budget(&self) -> Duration {
+        Duration::from_millis(u64::from(self.latency_ms) + u64::from(self.lateness_ms))
+    }
+
     /// The live speech gate's segmenter options.
     fn live_gate(&self) -> SegmenterOptions {
-        let live = crate::transcribe::VadGate::live_options();
+        self.vad_segments(crate::transcribe::VadGate::live_options())
+    }
+
+    /// `mode`'s segmenter options (live or files) with the VAD properties applied: the
+    /// threshold, and the two durations unless -1.
+    fn vad_segments(&self, mode: SegmenterOptions) -> SegmenterOptions {
+        let ms_or = |value: i32, default: u32| u32::try_from(value).unwrap_or(default);
         SegmenterOptions {
             threshold: self.vad_threshold,
-            min_silence_ms: ms_or(self.min_silence_ms, live.min_silence_ms),
-            speech_pad_ms: ms_or(self.speech_pad_ms, live.speech_pad_ms),
-            ..live
+            min_silence_ms: ms_or(self.min_silence_ms, mode.min_silence_ms),
+            speech_pad_ms: ms_or(self.speech_pad_ms, mode.speech_pad_ms),
+            ..mode
         }
     }
-}
-
-/// A millisecond property: `value`, or `default` when it is -1.
-fn ms_or(value: i32, default: u32) -> u32 {
-    u32::try_from(value).unwrap_or(default)
 }
 
 /// "en", "en-US", "EN_gb" → "en"; "" or "auto" → detect.
@@ -1808,8 +1812,6 @@ impl WhisperNpu {
                     .map(|w| (w.start, w.end.min(seg_end), w.text.trim().to_string()))
                     .filter(|w| !w.2.is_empty())
                     .collect()
-            } else if layout.is_off() {
-                vec![(seg.start, seg_end, seg.text.clone())]
             } else {
                 shape_captions(&seg, &layout, seg_end)
                     .into_iter()
@@ -1873,10 +1875,7 @@ impl WhisperNpu {
         if !work.live {
             return Ok(false);
         }
-        let budget = {
-            let s = lock(&self.settings);
-            Duration::from_millis(u64::from(s.latency_ms) + u64::from(s.lateness_ms))
-        };
+        let budget = lock(&self.settings).budget();
         // At most half the budget: fresh audio is always decoded, so a decode time measured
         // under load is measured again once the load drops.
         let decode = Duration::from_secs_f64(work.policy.decode_seconds()).min(budget / 2);
@@ -1972,10 +1971,7 @@ impl WhisperNpu {
             .as_ref()
             .map_or(0.0, |e| work.policy.pending_seconds(e));
         let backlog = queued + pending;
-        let allowed = {
-            let s = lock(&self.settings);
-            f64::from(s.latency_ms + s.lateness_ms) / 1000.0
-        };
+        let allowed = lock(&self.settings).budget().as_secs_f64();
         if !work.behind && backlog > allowed + 1.0 {
             self.falling_behind(
                 work,
@@ -2744,7 +2740,10 @@ mod tests {
     fn vad_and_caption_settings_reach_the_options() {
         let mut s = Settings::default();
         let o = s.options().unwrap();
-        let files = o.vad_filter.expect("vad is on by default, for files too");
+        let files = o
+            .vad_filter
+            .expect("vad is on by default, for files too")
+            .segments;
         assert_eq!((files.min_silence_ms, files.speech_pad_ms), (2000, 400));
         let live = s.live_gate();
         assert_eq!((live.min_silence_ms, live.speech_pad_ms), (400, 100));
@@ -2752,7 +2751,7 @@ mod tests {
         s.vad_threshold = 0.7;
         s.min_silence_ms = 1000;
         s.speech_pad_ms = 50;
-        let files = s.options().unwrap().vad_filter.unwrap();
+        let files = s.options().unwrap().vad_filter.unwrap().segments;
         assert_eq!(
             (files.threshold, files.min_silence_ms, files.speech_pad_ms),
             (0.7, 1000, 50)

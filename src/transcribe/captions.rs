@@ -121,15 +121,11 @@ fn timed_words(segment: &Segment, end: f64) -> Vec<(f64, f64, String)> {
 }
 
 /// Splits one segment into cues by `layout` (see the module documentation). `end` caps the
-/// times (the audio received so far). With the layout off: one cue, the segment's text on one line.
+/// times (the audio received so far). With the layout off: one cue, the segment's text as it is.
 pub fn shape(segment: &Segment, layout: &CaptionLayout, end: f64) -> Vec<Cue> {
     let end = end.min(segment.end).max(segment.start);
     if layout.is_off() {
-        let text = segment
-            .text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = segment.text.trim().to_string();
         if text.is_empty() {
             return Vec::new();
         }

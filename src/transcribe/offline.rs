@@ -441,16 +441,12 @@ impl Transcriber {
     /// Seconds of audio pushed but not yet decoded (with `vad_filter`: of stream time, the
     /// stretches the VAD left out counting as decoded).
     pub fn pending_seconds(&self) -> f64 {
-        let pushed = self.mel.samples_pushed() as f64 / SAMPLE_RATE as f64;
-        let engine = (pushed - self.seek as f64 * FRAME_SECONDS).max(0.0);
+        let pushed = self.mel.samples_pushed();
+        let consumed = (self.seek as u64 * HOP_LENGTH as u64).min(pushed);
+        let seconds = |samples: u64| samples as f64 / SAMPLE_RATE as f64;
         match &self.speech {
-            Some(f) => {
-                let consumed =
-                    (self.seek as u64 * HOP_LENGTH as u64).min(self.mel.samples_pushed());
-                let received = f.received() as f64 / SAMPLE_RATE as f64;
-                (received - f.settled_seconds(consumed)).max(0.0)
-            }
-            None => engine,
+            Some(f) => (seconds(f.received()) - f.settled_seconds(consumed)).max(0.0),
+            None => seconds(pushed - consumed),
         }
     }
 

@@ -260,11 +260,11 @@ impl TranscribeOptions {
             });
         }
         if let Some(v) = &self.vad_filter
-            && !(v.threshold > 0.0 && v.threshold <= 1.0)
+            && !(v.segments.threshold > 0.0 && v.segments.threshold <= 1.0)
         {
             return Err(Error::InvalidOption {
                 option: "vad-threshold",
-                why: format!("{} is outside (0, 1]", v.threshold),
+                why: format!("{} is outside (0, 1]", v.segments.threshold),
             });
         }
         Ok(())

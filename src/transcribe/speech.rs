@@ -13,17 +13,12 @@ use super::Segment;
 use crate::vad::{self, Segmenter, SegmenterOptions, Vad, VadEvent, VadKind};
 
 /// Settings of the offline VAD ([`super::TranscribeOptions::vad_filter`]). The defaults are
-/// faster-whisper's `VadOptions` (but `min_speech_ms`, Silero's default).
+/// faster-whisper's `VadOptions` (a pause of 2000 ms splits the audio, 400 ms of padding; but
+/// `min_speech_ms`, Silero's default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VadFilterOptions {
-    /// Speech probability at or above which a frame is speech (Silero's threshold).
-    pub threshold: f32,
-    /// A pause must last this long (ms) to split the audio (shorter pauses stay in).
-    pub min_silence_ms: u32,
-    /// Audio kept before and after each stretch of speech, ms.
-    pub speech_pad_ms: u32,
-    /// Stretches of speech this short (ms) or shorter are dropped.
-    pub min_speech_ms: u32,
+    /// How frame probabilities become stretches of speech.
+    pub segments: SegmenterOptions,
     /// The detector: Silero (ONNX Runtime; the energy detector, with a warning, when it cannot
     /// be loaded) or the built-in energy detector.
     pub detector: VadKind,
@@ -32,23 +27,12 @@ pub struct VadFilterOptions {
 impl Default for VadFilterOptions {
     fn default() -> Self {
         Self {
-            threshold: 0.5,
-            min_silence_ms: 2000,
-            speech_pad_ms: 400,
-            min_speech_ms: 250,
+            segments: SegmenterOptions {
+                min_silence_ms: 2000,
+                speech_pad_ms: 400,
+                ..SegmenterOptions::default()
+            },
             detector: VadKind::Silero,
-        }
-    }
-}
-
-impl VadFilterOptions {
-    fn segmenter(&self) -> SegmenterOptions {
-        SegmenterOptions {
-            threshold: self.threshold,
-            neg_threshold: None,
-            min_speech_ms: self.min_speech_ms,
-            min_silence_ms: self.min_silence_ms,
-            speech_pad_ms: self.speech_pad_ms,
         }
     }
 }
@@ -86,7 +70,7 @@ impl SpeechFilter {
     /// A filter on a detector the caller made.
     pub fn with_vad(vad: Box<dyn Vad>, options: VadFilterOptions, warning: Option<String>) -> Self {
         Self {
-            segmenter: Segmenter::new(options.segmenter()),
+            segmenter: Segmenter::new(options.segments.clone()),
             options,
             vad,
             probs: Vec::new(),
@@ -227,7 +211,7 @@ impl SpeechFilter {
             return None;
         }
         let sample = seconds * rate;
-        let pad = f64::from(self.options.speech_pad_ms) * rate / 1000.0;
+        let pad = f64::from(self.options.segments.speech_pad_ms) * rate / 1000.0;
         let i = self
             .pieces
             .partition_point(|&(e, _)| e as f64 <= sample)
@@ -318,8 +302,11 @@ mod tests {
         SpeechFilter::with_vad(
             Box::new(Loud(Vec::new())),
             VadFilterOptions {
-                min_silence_ms: 1000,
-                speech_pad_ms: 200,
+                segments: SegmenterOptions {
+                    min_silence_ms: 1000,
+                    speech_pad_ms: 200,
+                    ..SegmenterOptions::default()
+                },
                 ..VadFilterOptions::default()
             },
             None,
