@@ -84,15 +84,17 @@ impl ComputeType {
         match self {
             ComputeType::Auto => match cpu::amx::Backend::detected() {
                 cpu::amx::Backend::Amx => (
-                    ComputeType::Bf16,
-                    "this CPU has Intel AMX: the bf16 encoder runs on its tiles, about 3x the \
-                         f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                    ComputeType::Int8Bf16,
+                    "this CPU has Intel AMX: the encoder runs in bf16 on its tiles (about 3x the \
+                         f32 encoder) and the decoder streams int8 weights (half the bytes a token \
+                         reads), at a WER within faster-whisper float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 if cpu::vnni::usable() => (
                     ComputeType::Int8Bf16,
                     "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX): the encoder's linear layers \
-                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
-                         the f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps (about 2.1x \
+                         the f32 encoder), the decoder streams int8 weights, at a WER within \
+                         faster-whisper float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 => (
                     ComputeType::Bf16,
@@ -192,6 +194,10 @@ pub trait Decoder: Send {
     /// and [`refine`](Self::refine) the ones that matter (the native engine's int8 vocabulary
     /// screen); `None` turns that off. Engines without it ignore the call.
     fn set_screening(&mut self, _exact_from: Option<usize>) {}
+    /// Live captioning: as [`Encoder::set_live`], a decoder with a faster, less precise choice
+    /// for offline work (the native engine's int8 layers with `compute-type=int8-bf16`) takes
+    /// its more precise one for every call after `set_live(true)`.
+    fn set_live(&mut self, _live: bool) {}
     /// Makes a screened logits row exact where it can decide the choice; returns how many
     /// entries were recomputed.
     fn refine(&self, _row: usize, _logits: &mut [f32]) -> usize {

@@ -512,6 +512,7 @@ impl Transcriber {
         };
         self.mel.window(start, columns, pad, &mut self.mel_window);
         self.encoder.set_live(true);
+        self.dec.set_live(true);
         self.encode_window(start);
         self.set_audio();
         self.stats.encoder_seconds += t0.elapsed().as_secs_f64();

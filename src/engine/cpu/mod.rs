@@ -95,8 +95,11 @@ pub struct Weights {
 
 struct Loader<'a> {
     file: &'a dyn TensorSource,
-    /// Decoder weights in int8 (`ComputeType::Int8`).
+    /// Decoder weights in int8 (`ComputeType::Int8`, `ComputeType::Int8Bf16`).
     int8: bool,
+    /// Decoder layers in int8 with exact and bf16 copies ([`Linear::new_decoder_int8`]:
+    /// `ComputeType::Int8Bf16` where the bf16 GEMM runs on AMX tiles or `vdpbf16ps`).
+    dec_wide_bf16: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`, `ComputeType::Int8Bf16`).
     enc_bf16: bool,
     /// Encoder linear layers in int8 (`ComputeType::Int8Bf16` on a CPU with VNNI).
@@ -125,6 +128,12 @@ impl Loader<'_> {
         f16: bool,
     ) -> Result<Linear, ModelError> {
         let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
+        if f16
+            && self.dec_wide_bf16
+            && let Some(int8) = MatLow::int8(&weight, n_out, n_in)
+        {
+            return Ok(Linear::new_decoder_int8(int8, &weight, bias));
+        }
         let low = match (f16, self.int8) {
             (false, _) => None,
             (true, false) => MatLow::lossless(&weight, n_out, n_in),
@@ -202,19 +211,29 @@ impl Weights {
         dims: &Dims,
         compute_type: ComputeType,
     ) -> Result<Self, ModelError> {
-        let int8 = compute_type == ComputeType::Int8;
+        let int8 = matches!(compute_type, ComputeType::Int8 | ComputeType::Int8Bf16);
+        let backend = amx::Backend::detected();
         let l = Loader {
             file,
             int8,
+            dec_wide_bf16: compute_type == ComputeType::Int8Bf16
+                && backend != amx::Backend::Emulated,
             enc_bf16: matches!(compute_type, ComputeType::Bf16 | ComputeType::Int8Bf16),
-            enc_int8: compute_type == ComputeType::Int8Bf16 && vnni::usable(),
+            // On AMX tiles the bf16 layers are faster than int8 on `vpdpbusd` (base's encoder
+            // 175 against 250 ms a window on an Intel Xeon with both).
+            enc_int8: compute_type == ComputeType::Int8Bf16
+                && vnni::usable()
+                && backend != amx::Backend::Amx,
         };
         let (da, dt) = (dims.n_audio_state, dims.n_text_state);
         // The token embedding first: its f32 copy (base: 106 MB) is the largest transient of
         // loading, and is gone before the other weights are made.
         let (tok_emb, vocab_screen) = {
             let w = file.tensor("decoder/embeddings/weight", &[dims.n_vocab, dt])?;
-            match (int8, MatLow::int8(&w, dims.n_vocab, dt)) {
+            match (
+                compute_type == ComputeType::Int8,
+                MatLow::int8(&w, dims.n_vocab, dt),
+            ) {
                 (true, Some(q)) => (Embedding::Low(q), None),
                 (_, screen) => {
                     let emb = Embedding::new(w, dt);
@@ -692,6 +711,8 @@ pub struct DecoderState {
     screen_err: Vec<f32>,
     /// Cross-attention capture for word alignment (see [`forward_capture`](Self::forward_capture)).
     capture: Option<Capture>,
+    /// Layers held in int8 run their bf16 copy ([`Self::set_precise`]).
+    precise: bool,
 }
 
 /// Cross-attention weights of chosen heads over the first `frames` encoder positions.
@@ -750,7 +771,16 @@ impl DecoderState {
             screened: false,
             screen_err: vec![0.0; 2 * max_batch.max(1)],
             capture: None,
+            precise: false,
         }
+    }
+
+    /// Whether layers held in int8 with a bf16 copy (`ComputeType::Int8Bf16`) run the copy in
+    /// every product: live captioning, which decodes short, growing buffers again and again and
+    /// commits what successive decodes agree on, read tiny.en 2.3 to 3.3 points worse with the
+    /// int8 layers on the 111.9 s recording (`tests/live.rs`), 0.0 with the bf16 copy.
+    pub fn set_precise(&mut self, precise: bool) {
+        self.precise = precise;
     }
 
     pub fn len(&self) -> usize {
@@ -842,7 +872,10 @@ impl DecoderState {
         for (li, layer) in w.dec_layers.iter().enumerate() {
             // Self-attention with KV cache.
             layer.self_ln.forward(&self.x[..rows * d], &mut self.h);
-            layer.self_qkv.forward(&self.h, rows, &mut self.qkv, p);
+            let int8 = !self.precise;
+            layer
+                .self_qkv
+                .product(&self.h, rows, &mut self.qkv, Output::Set, int8, p);
             for b in 0..batch {
                 for i in 0..n {
                     let src = &self.qkv[(b * n + i) * 3 * d..(b * n + i + 1) * 3 * d];
@@ -877,11 +910,13 @@ impl DecoderState {
             }
             layer
                 .self_out
-                .forward_accumulate(&self.attn, rows, &mut self.x, p);
+                .product(&self.attn, rows, &mut self.x, Output::Accumulate, int8, p);
 
             // Cross-attention over the window's encoder output.
             layer.cross_ln.forward(&self.x[..rows * d], &mut self.h);
-            layer.cross_q.forward(&self.h, rows, &mut self.qkv, p);
+            layer
+                .cross_q
+                .product(&self.h, rows, &mut self.qkv, Output::Set, int8, p);
             for b in 0..batch {
                 self.cross_kv[li].attend(
                     &self.qkv[b * n * d..],
@@ -914,15 +949,17 @@ impl DecoderState {
             }
             layer
                 .cross_out
-                .forward_accumulate(&self.attn, rows, &mut self.x, p);
+                .product(&self.attn, rows, &mut self.x, Output::Accumulate, int8, p);
 
             // MLP.
             layer.mlp_ln.forward(&self.x[..rows * d], &mut self.h);
-            layer.fc1.forward(&self.h, rows, &mut self.hidden, p);
+            layer
+                .fc1
+                .product(&self.h, rows, &mut self.hidden, Output::Set, int8, p);
             gelu_inplace(&mut self.hidden[..rows * 4 * d]);
             layer
                 .fc2
-                .forward_accumulate(&self.hidden, rows, &mut self.x, p);
+                .product(&self.hidden, rows, &mut self.x, Output::Accumulate, int8, p);
         }
         self.len += n;
 

@@ -37,6 +37,20 @@ enum LinearWeights {
     /// int8 for offline work, and a bf16 copy for live captioning ([`Linear::product`] with
     /// `int8` false).
     Int8(Box<(PackedI8, PackedBf16)>),
+    /// A decoder layer in int8 for decoding steps, with an exact copy for live captioning's
+    /// steps and a bf16 copy for prompts ([`Linear::new_decoder_int8`]).
+    Decoder(Box<DecoderWeights>),
+}
+
+/// The weights of a decoder layer with `ComputeType::Int8Bf16` ([`Linear::new_decoder_int8`]).
+struct DecoderWeights {
+    /// int8 with a scale per row: offline decoding steps.
+    int8: MatLow,
+    /// As stored (f16, lossless) when the checkpoint is f16 (Whisper's are), else none (then
+    /// `int8` serves live too).
+    exact: Option<MatLow>,
+    /// bf16 for the bf16 GEMM: products of more than [`LOW_MAX_ROWS`] rows (a prompt).
+    wide: PackedBf16,
 }
 
 /// The products one call runs ([`Linear::path`]).
@@ -100,6 +114,27 @@ impl Linear {
         Self::with(LinearWeights::Low(weight), bias, n_in, n_out)
     }
 
+    /// A decoder layer `[n_out][n_in]` for `ComputeType::Int8Bf16`, in three forms: int8 with a
+    /// scale per row, streamed by the few-row products of offline decoding steps (at most
+    /// [`LOW_MAX_ROWS`] rows, a row per beam: half the bytes of f16); the weights as stored
+    /// (f16, lossless), streamed by the steps of live captioning ([`Linear::product`] with
+    /// `int8` false), which reads worse with rounded weights; and bf16 for the many-row
+    /// products of a prompt, on AMX tiles or `vdpbf16ps` several times the unpacked f32 GEMM
+    /// (prompt precision changed neither the offline nor the live WER measured). Five bytes a
+    /// weight in all. `int8` is `weight` quantised ([`MatLow::int8`]).
+    pub fn new_decoder_int8(int8: MatLow, weight: &[f32], bias: Option<Vec<f32>>) -> Self {
+        let (n_in, n_out) = (int8.k(), int8.n());
+        assert_eq!(weight.len(), n_out * n_in, "weight shape");
+        let exact = MatLow::lossless(weight, n_out, n_in);
+        let wide = PackedBf16::from_rows(weight, n_out, n_in);
+        Self::with(
+            LinearWeights::Decoder(Box::new(DecoderWeights { int8, exact, wide })),
+            bias,
+            n_in,
+            n_out,
+        )
+    }
+
     fn with(weights: LinearWeights, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         if let Some(b) = &bias {
             assert_eq!(b.len(), n_out, "bias shape");
@@ -112,20 +147,36 @@ impl Linear {
         }
     }
 
-    /// The products of a call: a layer held in int8 runs its bf16 copy unless `int8`.
-    fn path(&self, int8: bool) -> Path<'_> {
+    /// The products of a call of `rows` rows: an encoder layer held in int8 runs its bf16 copy
+    /// unless `int8`; a decoder layer held in int8 runs its bf16 copy above [`LOW_MAX_ROWS`]
+    /// rows, else its int8 weights, or unless `int8` its exact ones.
+    fn path(&self, rows: usize, int8: bool) -> Path<'_> {
         match &self.weights {
             LinearWeights::Packed(w) => Path::Packed(w),
             LinearWeights::Low(w) => Path::Low(w),
             LinearWeights::Bf16(w) => Path::Bf16(w),
             LinearWeights::Int8(both) if int8 => Path::Int8(&both.0),
             LinearWeights::Int8(both) => Path::Bf16(&both.1),
+            LinearWeights::Decoder(w) if rows > LOW_MAX_ROWS => Path::Bf16(&w.wide),
+            LinearWeights::Decoder(w) => match (&w.exact, int8) {
+                (Some(exact), false) => Path::Low(exact),
+                _ => Path::Low(&w.int8),
+            },
         }
     }
 
     /// Whether the weights are held in reduced precision.
     pub fn is_low(&self) -> bool {
-        matches!(self.weights, LinearWeights::Low(_))
+        matches!(
+            self.weights,
+            LinearWeights::Low(_) | LinearWeights::Decoder(_)
+        )
+    }
+
+    /// Whether this is a decoder layer held in int8 with exact and bf16 copies
+    /// ([`Linear::new_decoder_int8`]).
+    pub fn is_decoder_int8(&self) -> bool {
+        matches!(self.weights, LinearWeights::Decoder(_))
     }
 
     /// Whether the products run in bf16.
@@ -178,7 +229,7 @@ impl Linear {
             accumulate,
             bias,
         };
-        let fused = match self.path(int8) {
+        let fused = match self.path(rows, int8) {
             Path::Packed(w) => {
                 matmul_packed(x, rows, n_in, w, out, n_out, accumulate, bias, par);
                 false
@@ -685,6 +736,62 @@ mod tests {
                             (out[r * n_out + o] - want).abs() < 1e-4,
                             "rows {rows} ({r},{o})"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `ComputeType::Int8Bf16`'s decoder layer: steps (few rows) stream the int8 weights, or
+    /// with `int8` false (live) the exact ones, bit for bit as the int8 and f16 layers do;
+    /// prompts (many rows) run the bf16 GEMM, within bf16 rounding of the exact product.
+    #[test]
+    fn decoder_int8_layer_picks_int8_exact_and_bf16_products() {
+        let (n_in, n_out) = (96, 80);
+        let w: Vec<f32> = (0..n_out * n_in)
+            .map(|i| half::f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0) - 0.5).to_f32())
+            .collect();
+        let b: Vec<f32> = (0..n_out).map(|i| i as f32 * 0.01).collect();
+        let int8 = || MatLow::int8(&w, n_out, n_in).unwrap();
+        let dec = Linear::new_decoder_int8(int8(), &w, Some(b.clone()));
+        assert!(dec.is_decoder_int8() && dec.is_low());
+        let as_int8 = Linear::new_low(int8(), Some(b.clone()));
+        let as_f16 = Linear::new_low(MatLow::lossless(&w, n_out, n_in).unwrap(), Some(b.clone()));
+        let par = Parallelism::Rayon(2);
+        for rows in [1, 5, LOW_MAX_ROWS, LOW_MAX_ROWS + 19] {
+            let x: Vec<f32> = (0..rows * n_in).map(|i| (i as f32 * 0.61).cos()).collect();
+            let run = |l: &Linear, int8: bool| {
+                let mut out = vec![0.0f32; rows * n_out];
+                l.product(&x, rows, &mut out, Output::Set, int8, par);
+                out
+            };
+            if rows <= LOW_MAX_ROWS {
+                assert_eq!(run(&dec, true), run(&as_int8, true), "rows {rows}, int8");
+                assert_eq!(run(&dec, false), run(&as_f16, true), "rows {rows}, exact");
+                assert_ne!(
+                    run(&dec, true),
+                    run(&dec, false),
+                    "rows {rows}: int8 is not exact"
+                );
+            } else {
+                for int8 in [true, false] {
+                    let got = run(&dec, int8);
+                    for r in 0..rows {
+                        for o in 0..n_out {
+                            let exact = b[o]
+                                + (0..n_in)
+                                    .map(|i| x[r * n_in + i] * w[o * n_in + i])
+                                    .sum::<f32>();
+                            let bound = 0.01
+                                * (0..n_in)
+                                    .map(|i| (x[r * n_in + i] * w[o * n_in + i]).abs())
+                                    .sum::<f32>();
+                            let g = got[r * n_out + o];
+                            assert!(
+                                (g - exact).abs() <= bound,
+                                "rows {rows} ({r},{o}): {g} vs {exact}"
+                            );
+                        }
                     }
                 }
             }

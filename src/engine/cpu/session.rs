@@ -93,6 +93,9 @@ impl crate::engine::Decoder for CpuDecoder {
     fn batch(&self) -> usize {
         self.state.batch()
     }
+    fn set_live(&mut self, live: bool) {
+        self.state.set_precise(live);
+    }
     fn set_screening(&mut self, exact_from: Option<usize>) {
         self.state.set_screening(exact_from);
     }
