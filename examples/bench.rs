@@ -186,10 +186,15 @@ fn run() -> Result<(), (u8, String)> {
         ComputeType::Int8Bf16 => format!(
             ", {:?}, int8 {}",
             gstwhispernpu::engine::cpu::amx::Backend::detected(),
-            if gstwhispernpu::engine::cpu::vnni::usable() {
-                "on vpdpbusd"
-            } else {
-                "not on this CPU (bf16)"
+            match (
+                gstwhispernpu::engine::cpu::amx::Backend::detected(),
+                gstwhispernpu::engine::cpu::vnni::usable(),
+            ) {
+                (gstwhispernpu::engine::cpu::amx::Backend::Amx, _) => {
+                    "in the decoder layers (encoder bf16 on AMX)"
+                }
+                (_, true) => "encoder layers on vpdpbusd",
+                (_, false) => "not on this CPU (bf16)",
             }
         ),
         _ => String::new(),

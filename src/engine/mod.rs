@@ -41,21 +41,27 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   `vdpbf16ps` where the CPU has AVX512_BF16 (AMD Zen 4 and 5: the encoder's products about
 ///   1.9x f32's); elsewhere the f32 kernels run on bf16-rounded operands, which gives the same
 ///   numbers up to summation order but no speed-up. The decoder is as with `f32`.
-/// - `int8-bf16`: the encoder's linear layers (QKV, output projection, MLP) in int8 on
-///   AVX512-VNNI `vpdpbusd` (weights quantised once per output, inputs per row on the fly,
-///   exact integer sums, as CTranslate2's int8), its attention and convolutions as with
-///   `bf16`; the decoder as with `f32` (f16 weights, exact logits). Live captioning encodes with
-///   the layers' bf16 copy ([`Encoder::set_live`]). Without VNNI the linear layers run as with
-///   `bf16`.
+/// - `int8-bf16`: int8 weights in one half of the model, where they are faster, bf16 products
+///   elsewhere. Where the CPU has AVX512-VNNI and no AMX (AMD Zen 4 and 5): the encoder's
+///   linear layers (QKV, output projection, MLP) in int8 on `vpdpbusd` (weights quantised once
+///   per output, inputs per row on the fly, exact integer sums, as CTranslate2's int8), its
+///   attention and convolutions as with `bf16`, the decoder as with `f32`. Where the encoder
+///   runs on AMX tiles (faster there than `vpdpbusd`): the encoder as with `bf16`, and the
+///   decoder's layers in int8 with a scale per row for the steps of offline decoding (half the
+///   bytes a token reads), their f16 weights (exact) for the steps of live captioning, and a
+///   bf16 copy for prompts (many-row products on the tiles); the output projection in int8
+///   as with `int8`. int8 in both halves moved the benchmark WER past faster-whisper
+///   float32's + 0.5 on AMD Zen 4 (tiny.en 7.75 %). Live captioning
+///   encodes with the encoder layers' bf16 copy ([`Encoder::set_live`]) and decodes with the
+///   exact weights ([`Decoder::set_live`]): rounded decoder weights read tiny.en 2.3 to 3.3
+///   points worse live on the 111.9 s recording, not worse offline. Without VNNI or a fast
+///   bf16 backend, as with `bf16`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
-///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `bf16` where the
-///   encoder runs on AMX tiles; `int8-bf16` where the CPU has AVX512_BF16 and AVX512-VNNI but no
-///   AMX (AMD Zen 4 and 5); `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8
-///   is bit-faithful: on the 295 s benchmark audio (AMD EPYC Zen 4) base reads 3.50 % with `f32`
-///   and `bf16`, 3.75 % with `int8-bf16` (faster-whisper float32: 3.38 %, int8: 3.62 %); tiny.en
-///   7.12 % with `f32`, 7.00 % with `bf16`, 7.25 % with `int8-bf16` (faster-whisper float32:
-///   7.00 %). `int8` keeps the WER there too (7.12 % and 3.50 %) and is faster than `f32` (its
-///   decoder reads half the bytes) but slower than `bf16` (its encoder is f32).
+///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `int8-bf16`
+///   where the encoder runs on AMX tiles (Intel) or where the CPU has AVX512_BF16 and
+///   AVX512-VNNI (AMD Zen 4 and 5); `bf16` with AVX512_BF16 alone; `f32` elsewhere (emulated
+///   bf16 is no faster). Neither bf16 nor int8 is bit-faithful; the README's Performance
+///   section has each machine class's WER for each type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
@@ -76,10 +82,10 @@ impl ComputeType {
 
     /// The concrete type and why: `auto` picks, per CPU, the fastest type whose WER stays within
     /// faster-whisper float32's + 0.5 point on `scripts/bench-anchor` (measured per machine
-    /// class, see the README's Performance section): `bf16` where Intel AMX tiles run the
-    /// encoder; `int8-bf16` where AVX-512 `vdpbf16ps` and `vpdpbusd` do (no AMX); `bf16` with
-    /// `vdpbf16ps` alone; else `f32` (`int8` is faster offline at the same benchmark WER, but
-    /// its live WER is at the edge of the live target: opt-in).
+    /// class, see the README's Performance section): `int8-bf16` where Intel AMX tiles or
+    /// AVX-512 `vdpbf16ps` and `vpdpbusd` run it; `bf16` with `vdpbf16ps` alone; else `f32`
+    /// (`int8` is faster offline at the same benchmark WER, but its live WER is at the edge of
+    /// the live target: opt-in).
     pub fn resolution(self) -> (ComputeType, &'static str) {
         match self {
             ComputeType::Auto => match cpu::amx::Backend::detected() {
@@ -92,9 +98,8 @@ impl ComputeType {
                 cpu::amx::Backend::Avx512Bf16 if cpu::vnni::usable() => (
                     ComputeType::Int8Bf16,
                     "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX): the encoder's linear layers \
-                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps (about 2.1x \
-                         the f32 encoder), the decoder streams int8 weights, at a WER within \
-                         faster-whisper float32's + 0.5",
+                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
+                         the f32 encoder, at a WER within faster-whisper float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 => (
                     ComputeType::Bf16,
