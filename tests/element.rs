@@ -1167,7 +1167,7 @@ fn live_stalled_source_is_finalised_on_the_clock() {
 }
 
 /// `suppress-tokens` reaches the decoder: with "," (its token id from the model's tokenizer)
-/// suppressed, base writes jfk.wav without the two commas it writes by default; a list that
+/// suppressed, base writes jfk.wav without the commas it writes by default; a list that
 /// is not token ids is an element error naming the property, not a silent default.
 #[test]
 fn suppress_tokens_reach_the_decoder() {
@@ -1182,7 +1182,8 @@ fn suppress_tokens_reach_the_decoder() {
         all_text(&collect_until_eos(&mut h).0)
     };
     let plain = text(&[]);
-    assert_eq!(plain.matches(',').count(), 2, "{plain}");
+    // Commas to suppress (base writes one or two here, depending on the compute type).
+    assert!(plain.contains(','), "{plain}");
     let loaded = gstwhispernpu::engine::load_shared(model.to_str().unwrap()).unwrap();
     let comma = loaded.tokenizer.encode(",");
     assert_eq!(comma.len(), 1, "{comma:?}");

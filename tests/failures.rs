@@ -511,7 +511,7 @@ fn cli_bad_input_is_one_line_naming_the_cause() {
 }
 
 /// The CLI's decoding knobs: `--suppress-tokens` reaches the decoder (base writes jfk.wav
-/// without its two commas when "," is suppressed); values that are not what a flag takes exit
+/// without its commas when "," is suppressed); values that are not what a flag takes exit
 /// with status 2 and name the flag.
 #[test]
 fn cli_decoding_knobs_reach_the_decoder_and_bad_values_are_named() {
@@ -531,7 +531,8 @@ fn cli_decoding_knobs_reach_the_decoder_and_bad_values_are_named() {
         "{}",
         plain.stderr
     );
-    assert_eq!(plain.stdout.matches(',').count(), 2, "{}", plain.stdout);
+    // Commas to suppress (base writes one or two here, depending on the compute type).
+    assert!(plain.stdout.contains(','), "{}", plain.stdout);
     let comma = gstwhispernpu::engine::load_shared(model.to_str().unwrap())
         .unwrap()
         .tokenizer
