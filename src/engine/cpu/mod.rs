@@ -700,7 +700,8 @@ pub struct DecoderState {
     batch: usize,
     /// Tokens held in the self-attention cache (same for every sequence).
     len: usize,
-    /// Per layer `[max_batch][n_text_ctx][d]`.
+    /// Per layer, V `[max_batch][n_text_ctx][d]` and K transposed, `[max_batch][d][n_text_ctx]`
+    /// (a step's scores are then one vector pass a feature over the keys).
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     /// Per layer, the window's cross-attention K/V.
@@ -846,14 +847,27 @@ impl DecoderState {
         let identity =
             sources.len() == self.batch && sources.iter().enumerate().all(|(i, &s)| i == s);
         if !identity && used > 0 {
-            for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
+            // V rows `[n_text_ctx][d]`: the first `len` rows; K transposed `[d][n_text_ctx]`:
+            // the first `len` entries of each of its `d` rows.
+            let ctx = self.dims.n_text_ctx;
+            let (len, tmp) = (self.len, &mut self.reorder_tmp);
+            // (rows, row step, entries a row) of one sequence's used part.
+            let (k_part, v_part) = ((d, ctx, len), (1, 0, used));
+            for (cache, (rows, step, n)) in self
+                .k_cache
+                .iter_mut()
+                .map(|c| (c, k_part))
+                .chain(self.v_cache.iter_mut().map(|c| (c, v_part)))
+            {
                 for (i, &s) in sources.iter().enumerate() {
-                    self.reorder_tmp[i * stride..i * stride + used]
-                        .copy_from_slice(&cache[s * stride..s * stride + used]);
+                    for at in (0..rows).map(|r| r * step) {
+                        tmp[i * stride + at..][..n].copy_from_slice(&cache[s * stride + at..][..n]);
+                    }
                 }
                 for i in 0..sources.len() {
-                    cache[i * stride..i * stride + used]
-                        .copy_from_slice(&self.reorder_tmp[i * stride..i * stride + used]);
+                    for at in (0..rows).map(|r| r * step) {
+                        cache[i * stride + at..][..n].copy_from_slice(&tmp[i * stride + at..][..n]);
+                    }
                 }
             }
         }
@@ -900,8 +914,12 @@ impl DecoderState {
                 for i in 0..n {
                     let src = &self.qkv[(b * n + i) * 3 * d..(b * n + i + 1) * 3 * d];
                     let at = b * stride + (offset + i) * d;
-                    self.k_cache[li][at..at + d].copy_from_slice(&src[d..2 * d]);
                     self.v_cache[li][at..at + d].copy_from_slice(&src[2 * d..3 * d]);
+                    // K transposed, `[d][n_text_ctx]` per sequence (see `k_cache`).
+                    let kt = &mut self.k_cache[li][b * stride + offset + i..];
+                    for (p, &kp) in src[d..2 * d].iter().enumerate() {
+                        kt[p * ctx] = kp;
+                    }
                 }
             }
             let keys = offset + n;
@@ -914,8 +932,10 @@ impl DecoderState {
                         q,
                         q_rs: 3 * d,
                         k: kc,
+                        k_rs: 1,
+                        k_ps: ctx,
                         v: vc,
-                        kv_rs: d,
+                        v_rs: d,
                         n,
                         keys,
                         heads,
@@ -1198,8 +1218,10 @@ fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
         q,
         q_rs,
         k,
+        k_rs,
+        k_ps,
         v,
-        kv_rs,
+        v_rs,
         n,
         keys,
         heads,
@@ -1226,9 +1248,9 @@ fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
                 &q[c..],
                 q_rs,
                 1,
-                &k[c..],
-                1,
-                kv_rs,
+                &k[c * k_ps..],
+                k_ps,
+                k_rs,
                 scale,
                 Parallelism::None,
             );
@@ -1250,7 +1272,7 @@ fn attend(a: AttendArgs<'_>, scores: &mut [f32], head_out: &mut [f32]) {
                 keys,
                 1,
                 &v[c..],
-                kv_rs,
+                v_rs,
                 1,
                 1.0,
                 Parallelism::None,

@@ -597,14 +597,18 @@ fn softmax_row_lanes(row: &mut [f32]) {
 }
 
 /// Multi-head attention of `n` queries (rows of `q`, stride `q_rs`, head `h` in columns
-/// `h * dh ..`) over `keys` keys and values (rows of `k`, `v`, stride `kv_rs`), scaled by `scale`.
+/// `h * dh ..`) over `keys` keys (feature `p` of key `j` at `k[p * k_ps + j * k_rs]`: rows with
+/// `k_ps` 1, the transposed cache of decoding with `k_rs` 1) and values (rows of `v`, stride
+/// `v_rs`), scaled by `scale`.
 #[derive(Clone, Copy)]
 pub struct AttendArgs<'a> {
     pub q: &'a [f32],
     pub q_rs: usize,
     pub k: &'a [f32],
+    pub k_rs: usize,
+    pub k_ps: usize,
     pub v: &'a [f32],
-    pub kv_rs: usize,
+    pub v_rs: usize,
     pub n: usize,
     pub keys: usize,
     pub heads: usize,
@@ -627,8 +631,10 @@ fn attend_head_body(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut 
         q,
         q_rs,
         k,
+        k_rs,
+        k_ps,
         v,
-        kv_rs,
+        v_rs,
         n,
         keys,
         dh,
@@ -636,20 +642,32 @@ fn attend_head_body(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut 
         causal_offset: causal,
         ..
     } = *a;
-    let (q, k, v) = (&q[h * dh..], &k[h * dh..], &v[h * dh..]);
+    let (q, k, v) = (&q[h * dh..], &k[h * dh * k_ps..], &v[h * dh..]);
     for i in 0..n {
         let qi = &q[i * q_rs..][..dh];
         let visible = causal.map_or(keys, |offset| (offset + i + 1).min(keys));
         let row = &mut scores[i * keys..][..keys];
-        for (j, s) in row[..visible].iter_mut().enumerate() {
-            *s = scale * dot(qi, &k[j * kv_rs..][..dh]);
+        if k_rs == 1 {
+            // Transposed keys: one pass a feature over the visible keys, in vector lanes.
+            let s = &mut row[..visible];
+            s.fill(0.0);
+            for (p, &qp) in qi.iter().enumerate() {
+                for (s, &kj) in s.iter_mut().zip(&k[p * k_ps..][..visible]) {
+                    *s += qp * kj;
+                }
+            }
+            s.iter_mut().for_each(|s| *s *= scale);
+        } else {
+            for (j, s) in row[..visible].iter_mut().enumerate() {
+                *s = scale * (0..dh).map(|p| qi[p] * k[j * k_rs + p * k_ps]).sum::<f32>();
+            }
         }
         row[visible..].fill(f32::NEG_INFINITY);
         softmax_row_lanes(row);
         let o = &mut out[i * dh..][..dh];
         o.fill(0.0);
         for (j, &pj) in row[..visible].iter().enumerate() {
-            for (o, &vj) in o.iter_mut().zip(&v[j * kv_rs..][..dh]) {
+            for (o, &vj) in o.iter_mut().zip(&v[j * v_rs..][..dh]) {
                 *o += pj * vj;
             }
         }
@@ -855,7 +873,9 @@ mod tests {
         let logits: Vec<f64> = (0..visible)
             .map(|j| {
                 (0..a.dh)
-                    .map(|p| a.q[i * a.q_rs + c + p] as f64 * a.k[j * a.kv_rs + c + p] as f64)
+                    .map(|p| {
+                        a.q[i * a.q_rs + c + p] as f64 * a.k[j * a.k_rs + (c + p) * a.k_ps] as f64
+                    })
                     .sum::<f64>()
                     * a.scale as f64
             })
@@ -870,7 +890,7 @@ mod tests {
         let out = (0..a.dh)
             .map(|p| {
                 (0..visible)
-                    .map(|j| probs[j] as f64 * a.v[j * a.kv_rs + c + p] as f64)
+                    .map(|j| probs[j] as f64 * a.v[j * a.v_rs + c + p] as f64)
                     .sum::<f64>() as f32
             })
             .collect();
@@ -883,13 +903,27 @@ mod tests {
         let d = heads * dh;
         let q: Vec<f32> = (0..n * 3 * d).map(|i| (i as f32 * 0.71).sin()).collect();
         let kv: Vec<f32> = (0..keys * 2 * d).map(|i| (i as f32 * 0.37).cos()).collect();
-        for causal_offset in [None, Some(5)] {
+        // The same keys transposed, `[d][keys + 3]` (the decoder's cache layout).
+        let stride = keys + 3;
+        let mut kt = vec![f32::NAN; d * stride];
+        for j in 0..keys {
+            for p in 0..d {
+                kt[p * stride + j] = kv[j * 2 * d + p];
+            }
+        }
+        let layouts: [(&[f32], usize, usize); 2] = [(&kv, 2 * d, 1), (&kt, 1, stride)];
+        for ((k, k_rs, k_ps), causal_offset) in layouts
+            .into_iter()
+            .flat_map(|l| [None, Some(5)].map(|c| (l, c)))
+        {
             let a = AttendArgs {
                 q: &q,
                 q_rs: 3 * d,
-                k: &kv,
+                k,
+                k_rs,
+                k_ps,
                 v: &kv[d..],
-                kv_rs: 2 * d,
+                v_rs: 2 * d,
                 n,
                 keys,
                 heads,
