@@ -47,6 +47,13 @@ fn main() {
     let mut steps = 100usize;
     let mut rounds = 10usize;
     let mut previous = 0usize;
+    // A whole number of at least `min` for `flag`, or exit 2 naming the flag.
+    let number = |flag: &str, min: usize, v: String| -> usize {
+        common::parse_number::<usize>(flag, &v)
+            .ok()
+            .filter(|&n| n >= min)
+            .unwrap_or_else(|| fail(&format!("{flag} takes a whole number >= {min}")))
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -60,30 +67,10 @@ fn main() {
                     .parse()
                     .unwrap_or_else(|e: String| fail(&e))
             }
-            "--threads" => {
-                threads = value("--threads")
-                    .parse()
-                    .unwrap_or_else(|_| fail("--threads takes a number"))
-            }
-            "--steps" => {
-                steps = value("--steps")
-                    .parse()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .unwrap_or_else(|| fail("--steps takes a number >= 1"))
-            }
-            "--rounds" => {
-                rounds = value("--rounds")
-                    .parse()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .unwrap_or_else(|| fail("--rounds takes a number >= 1"))
-            }
-            "--prompt" => {
-                previous = value("--prompt")
-                    .parse()
-                    .unwrap_or_else(|_| fail("--prompt takes a number"))
-            }
+            "--threads" => threads = number("--threads", 0, value("--threads")),
+            "--steps" => steps = number("--steps", 1, value("--steps")),
+            "--rounds" => rounds = number("--rounds", 1, value("--rounds")),
+            "--prompt" => previous = number("--prompt", 0, value("--prompt")),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
