@@ -727,7 +727,8 @@ pub struct DecoderState {
     screen_err: Vec<f32>,
     /// Cross-attention capture for word alignment (see [`forward_capture`](Self::forward_capture)).
     capture: Option<Capture>,
-    /// Layers held in int8 run their bf16 copy ([`Self::set_precise`]).
+    /// Live captioning: the steps of layers held in int8 stream their exact weights, the
+    /// cross-attention K/V projection runs in f32 ([`Self::set_precise`]).
     precise: bool,
 }
 
@@ -791,10 +792,12 @@ impl DecoderState {
         }
     }
 
-    /// Whether layers held in int8 with a bf16 copy (`ComputeType::Int8Bf16`) run the copy in
-    /// every product: live captioning, which decodes short, growing buffers again and again and
-    /// commits what successive decodes agree on, read tiny.en 2.3 to 3.3 points worse with the
-    /// int8 layers on the 111.9 s recording (`tests/live.rs`), 0.0 with the bf16 copy.
+    /// Whether the decoding steps of layers held in int8 (`ComputeType::Int8Bf16`) stream their
+    /// exact (f16) weights and the cross-attention K/V projection runs in f32, as live
+    /// captioning needs: it decodes short, growing buffers again and again and commits what
+    /// successive decodes agree on, and read tiny.en 2.3 to 3.3 points worse than offline on
+    /// the 111.9 s recording with int8 (or bf16) steps (`tests/live.rs`), 0.0 to 1.3 with the
+    /// exact ones. Prompts keep the bf16 copy (their precision did not change the live WER).
     pub fn set_precise(&mut self, precise: bool) {
         self.precise = precise;
     }
