@@ -100,7 +100,7 @@ struct Loader<'a> {
     /// Decoder layers in int8 with exact and bf16 copies ([`Linear::new_decoder_int8`]) and
     /// the output projection in int8: `ComputeType::Int8Bf16` where the encoder's layers are
     /// not int8 and the bf16 GEMM runs on AMX tiles or `vdpbf16ps`.
-    dec_wide_bf16: bool,
+    dec_int8: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`, `ComputeType::Int8Bf16`).
     enc_bf16: bool,
     /// Encoder linear layers in int8 (`ComputeType::Int8Bf16` on a CPU with VNNI, no AMX).
@@ -130,7 +130,7 @@ impl Loader<'_> {
     ) -> Result<Linear, ModelError> {
         let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
         if f16
-            && self.dec_wide_bf16
+            && self.dec_int8
             && let Some(int8) = MatLow::int8(&weight, n_out, n_in)
         {
             return Ok(Linear::new_decoder_int8(int8, &weight, bias));
@@ -151,7 +151,7 @@ impl Loader<'_> {
     /// Measured bf16 everywhere: tiny.en live read 0.7 point worse on the 111.9 s recording
     /// (10.03 against 9.36 %).
     fn cross_kv(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
-        if !self.dec_wide_bf16 {
+        if !self.dec_int8 {
             return self.linear(prefix, n_out, n_in);
         }
         let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
@@ -235,7 +235,7 @@ impl Weights {
             // int8 in one half of the model, not both: int8 decoder layers behind the int8
             // encoder moved the benchmark WER past faster-whisper float32's + 0.5 on AMD Zen 4
             // (tiny.en 7.75 %, base 3.88 %); behind the bf16 encoder they kept it (Intel AMX).
-            dec_wide_bf16: compute_type == ComputeType::Int8Bf16
+            dec_int8: compute_type == ComputeType::Int8Bf16
                 && !enc_int8
                 && backend != amx::Backend::Emulated,
             enc_bf16: matches!(compute_type, ComputeType::Bf16 | ComputeType::Int8Bf16),
@@ -250,7 +250,7 @@ impl Weights {
             // decisions) read the benchmark 0.4–0.6 point worse (tiny.en 7.50 against 6.88 %,
             // base 3.88 against 3.50 %: within the limit, at its edge); live, about the same
             // (`tests/live.rs`).
-            match (int8 || l.dec_wide_bf16, MatLow::int8(&w, dims.n_vocab, dt)) {
+            match (int8 || l.dec_int8, MatLow::int8(&w, dims.n_vocab, dt)) {
                 (true, Some(q)) => (Embedding::Low(q), None),
                 (_, screen) => {
                     let emb = Embedding::new(w, dt);
@@ -906,10 +906,11 @@ impl DecoderState {
 
         let stride = ctx * d;
         let t_audio = dims.n_audio_ctx;
+        // Layers held in int8 run it, or (live captioning) their exact weights.
+        let int8 = !self.precise;
         for (li, layer) in w.dec_layers.iter().enumerate() {
             // Self-attention with KV cache.
             layer.self_ln.forward(&self.x[..rows * d], &mut self.h);
-            let int8 = !self.precise;
             layer
                 .self_qkv
                 .product(&self.h, rows, &mut self.qkv, Output::Set, int8, p);

@@ -658,8 +658,10 @@ fn attend_head_body(a: &AttendArgs<'_>, h: usize, scores: &mut [f32], out: &mut 
             }
             s.iter_mut().for_each(|s| *s *= scale);
         } else {
+            // Key rows (`k_ps` 1).
+            assert_eq!(k_ps, 1, "keys neither rows nor transposed");
             for (j, s) in row[..visible].iter_mut().enumerate() {
-                *s = scale * (0..dh).map(|p| qi[p] * k[j * k_rs + p * k_ps]).sum::<f32>();
+                *s = scale * dot(qi, &k[j * k_rs..][..dh]);
             }
         }
         row[visible..].fill(f32::NEG_INFINITY);
