@@ -23,7 +23,7 @@ use gstwhispernpu::transcribe::{
     AlwaysSpeech, LiveOptions, LiveTranscriber, SpeechGate, TranscribeOptions, Transcriber,
 };
 
-const USAGE: &str = "usage: live_sim --model NAME [--vad silero|energy|none] [--latency S] [--step S] \
+const USAGE: &str = "usage: live_sim --model NAME [--compute-type T] [--vad silero|energy|none] [--latency S] [--step S] \
      [--max-buffer S] [--decode-cost S] [--reference TEXT_FILE] [--verbose] AUDIO";
 
 fn main() -> ExitCode {
@@ -64,12 +64,14 @@ fn run() -> Result<(), String> {
     let mut max_buffer: Option<f64> = None;
     let mut decode_cost: Option<f64> = None;
     let mut truth: Option<String> = None;
+    let mut compute = gstwhispernpu::engine::ComputeType::Auto;
     let mut input = None;
     let mut cli = Cli::from_env();
     while let Some(arg) = cli.next(|n| {
         matches!(
             n,
             "--model"
+                | "--compute-type"
                 | "--vad"
                 | "--latency"
                 | "--step"
@@ -85,6 +87,7 @@ fn run() -> Result<(), String> {
                 match name.as_str() {
                     "--model" => model = value,
                     "--vad" => vad = value,
+                    "--compute-type" => compute = value.parse()?,
                     "--latency" => latency = common::parse_number(&name, &value)?,
                     "--verbose" => verbose = true,
                     "--step" => step = Some(common::parse_number(&name, &value)?),
@@ -108,7 +111,8 @@ fn run() -> Result<(), String> {
     while let Some(chunk) = reader.next_chunk().map_err(|e| e.to_string())? {
         audio.extend(chunk);
     }
-    let model = gstwhispernpu::engine::load_shared(&model).map_err(|e| e.to_string())?;
+    let model =
+        gstwhispernpu::engine::load_shared_with(&model, compute).map_err(|e| e.to_string())?;
     let opts = TranscribeOptions {
         n_threads: 2,
         ..TranscribeOptions::default()

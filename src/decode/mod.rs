@@ -36,6 +36,9 @@ pub struct DecodeResult {
     pub no_speech_prob: f32,
     pub temperature: f32,
     pub compression_ratio: f32,
+    /// Log-probability of each token after the forced prefix (`tokens[prefix + i]`), as the
+    /// decoder chose it: greedy and sampling; empty for beam search.
+    pub token_logprobs: Vec<f32>,
 }
 
 /// zlib compression ratio of a text, as openai computes it (`len(b) / len(zlib.compress(b))`).
@@ -150,6 +153,7 @@ pub fn decode_window(
     state.reorder(&vec![0; group]);
     let mut seqs: Vec<Vec<u32>> = vec![input.prefix.to_vec(); group];
     let mut sum_logprobs = vec![0.0f32; group];
+    let mut token_logprobs: Vec<Vec<f32>> = vec![Vec::new(); if beam { 0 } else { group }];
     let mut logits_rows: Vec<Vec<f32>> = vec![first_logits; group];
     let max_candidates = ((params.beam_size as f32) * params.patience)
         .round()
@@ -229,6 +233,7 @@ pub fn decode_window(
                     argmax(&scratch.logits)
                 };
                 sum_logprobs[k] += scratch.logprobs[token as usize];
+                token_logprobs[k].push(scratch.logprobs[token as usize]);
                 seq.push(token);
                 next_tokens.push(token);
             }
@@ -286,6 +291,13 @@ pub fn decode_window(
         .map(|(i, _)| i)
         .unwrap_or(0);
     let (tokens, sum_logprob) = candidates.swap_remove(best);
+    // Greedy and sampled candidates are the sequences in order; beams keep none.
+    let mut token_logprobs = if beam {
+        Vec::new()
+    } else {
+        token_logprobs.swap_remove(best)
+    };
+    token_logprobs.truncate(tokens.len().saturating_sub(forced));
     let text = decode_text(&tokens);
     let result = DecodeResult {
         avg_logprob: sum_logprob / (tokens.len().saturating_sub(forced) as f32 + 1.0),
@@ -295,6 +307,7 @@ pub fn decode_window(
         sum_logprob,
         no_speech_prob,
         temperature: params.temperature,
+        token_logprobs,
     };
     Ok((result, calls))
 }

@@ -9,7 +9,8 @@
 //!   `step` of new audio, greedily, with the committed text of the utterance forced as the
 //!   decoder's prefix and the earlier committed text as the prompt. Words that two consecutive
 //!   hypotheses agree on are committed, except the last word of a hypothesis (it is often cut at
-//!   the buffer edge). Words whose start is about to exceed the `latency` budget are committed
+//!   the buffer edge) and words the decoder was unsure of (a token below probability 0.5), which
+//!   need three hypotheses in a row. Words whose start is about to exceed the `latency` budget are committed
 //!   without agreement.
 //! * When the utterance ends (a pause), its final hypothesis is committed whole. A hypothesis
 //!   decoded at the start of the pause is reused, so the end of an utterance costs no decode.
@@ -224,6 +225,8 @@ struct Utterance {
     committed_end: f64,
     /// Keys of the previous hypothesis, for agreement.
     prev_keys: Vec<String>,
+    /// Keys of the hypothesis before that: a word the decoder was unsure of needs all three.
+    prev2_keys: Vec<String>,
     last: Option<Hypothesis>,
     /// Audio end (samples) of the last decode.
     decoded_to: u64,
@@ -290,6 +293,20 @@ const LEFT_CONTEXT: f64 = 2.0;
 /// pauses, 509 words): tiny.en live WER 10.6 → 9.2 % (offline 10.8), base unchanged at 7.3 %
 /// (offline 6.1), p95 latency +0.1 s; 0.3 s did not help, 1.0 s made base worse.
 const RIGHT_CONTEXT: f64 = 0.5;
+
+/// A word whose least likely token the decoder chose with a probability below this (its log,
+/// ln 0.5) is committed by agreement only when the two hypotheses before agree on it too
+/// (LocalAgreement-3 for unsure words, -2 for the rest). Two short-buffer guesses agree on an
+/// unsure word as easily as on a heard one: base committed "The old" from "The old city is
+/// big." and "The old baby is real tired." (average log-probabilities −1.1 and −1.4) and went on
+/// to "The old city is pale, so again, so pale" for "The old city is built on a gentle hill".
+/// Measured with `live_sim --latency 5 --decode-cost 0.25` (base; tiny.en 0.1) on jfk.wav and
+/// the three synthesised bench-live recordings (719 words): base pooled WER 6.95 → 5.01 %
+/// (offline 4.17), tiny.en 10.71 → 9.59 % (offline 8.35), p95 latency within 0.1–1.0 s of
+/// before (base 2.33, tiny.en 1.48 s at most); requiring three hypotheses for every word cost
+/// more latency and read base 5.70 %; gating whole hypotheses by their average log-probability
+/// held words back until the latency budget forced them (tiny.en p95 2.5 s).
+const UNSURE_LOGPROB: f32 = -std::f32::consts::LN_2;
 
 /// Seconds of speech after a pause, with nothing of it committed yet, after which the decoder
 /// is not allowed to end its text at the committed prefix.
@@ -493,6 +510,7 @@ impl LiveTranscriber {
                     committed_units: 0,
                     committed_end: seconds(start),
                     prev_keys: Vec::new(),
+                    prev2_keys: Vec::new(),
                     last: None,
                     decoded_to: start,
                     paused_at: None,
@@ -532,25 +550,27 @@ impl LiveTranscriber {
         let valid = hyp.valid.max(c);
         let keys: Vec<String> = hyp.units.iter().map(|u| u.key.clone()).collect();
 
-        // LocalAgreement-2: the longest common prefix with the previous hypothesis, never the
-        // hypothesis' last word, and only words that end (by their cross-attention alignment)
-        // RIGHT_CONTEXT before the audio does.
         // At the start of a pause the utterance probably ends here: its text then goes out whole
         // (one caption) when the gate confirms the pause, from this same hypothesis.
         let pausing = self.gate.trailing_silence() >= self.opts.early_final;
-        let heard = seconds(hyp.audio_end - utt.start) - RIGHT_CONTEXT;
-        let mut agreed = 0;
-        while !pausing
-            && c + agreed < valid
-            && c + agreed < utt.prev_keys.len()
-            && keys[c + agreed] == utt.prev_keys[c + agreed]
-            && hyp.units[c + agreed].end <= heard
-        {
-            agreed += 1;
-        }
-        if c + agreed == valid {
-            agreed = agreed.saturating_sub(1);
-        }
+        let agreed = if pausing {
+            0
+        } else {
+            let prefix = utt.committed_tokens.len();
+            let words: Vec<Heard> = (c..valid)
+                .map(|k| Heard {
+                    key: &keys[k],
+                    end: hyp.units[k].end,
+                    logprob: word_logprob(&hyp, k, prefix),
+                })
+                .collect();
+            agreement(
+                &words,
+                utt.prev_keys.get(c..).unwrap_or_default(),
+                utt.prev2_keys.get(c..).unwrap_or_default(),
+                seconds(hyp.audio_end - utt.start),
+            )
+        };
         // The latency budget: a word whose text would otherwise leave after start + latency.
         // (A fixed step, for reproducible runs, also leaves the decode time out.)
         let d = if self.opts.headroom > 0.0 {
@@ -583,7 +603,7 @@ impl LiveTranscriber {
                 text,
             });
         }
-        utt.prev_keys = keys[..valid].to_vec();
+        utt.prev2_keys = std::mem::replace(&mut utt.prev_keys, keys[..valid].to_vec());
         utt.decoded_to = hyp.audio_end;
         let uncommitted = valid > utt.committed_units;
         utt.last = Some(hyp);
@@ -695,9 +715,11 @@ impl LiveTranscriber {
                 }));
             }
             utt.prev_keys.drain(..units_gone.min(utt.prev_keys.len()));
+            utt.prev2_keys.drain(..units_gone.min(utt.prev2_keys.len()));
             utt.committed_units = utt.committed_units.saturating_sub(units_gone);
         } else {
             utt.prev_keys.clear();
+            utt.prev2_keys.clear();
             utt.committed_units = 0;
         }
         self.trim_context(engine);
@@ -749,6 +771,7 @@ impl LiveTranscriber {
         utt.paused_at = Some(end);
         utt.last = None;
         utt.prev_keys.truncate(utt.committed_units);
+        utt.prev2_keys.truncate(utt.committed_units);
         self.settled = self.settled.max(seconds(end));
         trace!("speech until {:.2} s", seconds(end));
         self.utt = Some(utt);
@@ -1040,6 +1063,48 @@ fn engine_first_sample(engine: &Transcriber) -> u64 {
     engine.first_frame() as u64 * HOP_LENGTH as u64
 }
 
+/// A word of a hypothesis after its committed ones, as agreement sees it.
+struct Heard<'a> {
+    key: &'a str,
+    /// Seconds from the buffer start (cross-attention alignment).
+    end: f64,
+    /// [`word_logprob`].
+    logprob: f32,
+}
+
+/// How many of `words` (a hypothesis after its committed words, those that passed the guards)
+/// are final by agreement, `prev` and `prev2` being the two hypotheses before it from the same
+/// place on and `span` the seconds of audio decoded: LocalAgreement-2, the longest common
+/// prefix with the previous hypothesis, except the hypothesis' last word and words that end
+/// less than RIGHT_CONTEXT before the audio does; a word the decoder was unsure of
+/// (UNSURE_LOGPROB) also needs `prev2`.
+fn agreement(words: &[Heard<'_>], prev: &[String], prev2: &[String], span: f64) -> usize {
+    let heard = span - RIGHT_CONTEXT;
+    let agreed = words
+        .iter()
+        .enumerate()
+        .take_while(|&(i, w)| {
+            prev.get(i).is_some_and(|p| p == w.key)
+                && w.end <= heard
+                && (w.logprob >= UNSURE_LOGPROB || prev2.get(i).is_some_and(|p| p == w.key))
+        })
+        .count();
+    if agreed == words.len() {
+        agreed.saturating_sub(1)
+    } else {
+        agreed
+    }
+}
+
+/// The lowest log-probability the decoder gave a token of unit `k` of `hyp` (0 for the forced
+/// prefix, and when the decoder kept none: beam search).
+fn word_logprob(hyp: &Hypothesis, k: usize, prefix: usize) -> f32 {
+    let u = &hyp.units[k];
+    (u.from.max(prefix)..u.to)
+        .filter_map(|i| hyp.result.token_logprobs.get(i - prefix))
+        .fold(0.0, |m, &lp| m.min(lp))
+}
+
 /// Units of `hyp` made of forced-prefix tokens.
 fn committed_count(hyp: &Hypothesis, prefix: usize) -> usize {
     hyp.units.iter().take_while(|u| u.from < prefix).count()
@@ -1172,6 +1237,44 @@ fn repetition_cut(keys: &[&str]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsure_words_need_three_hypotheses() {
+        let w = |key: &'static str, end: f64, logprob: f32| Heard { key, end, logprob };
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sure = -0.1;
+        let unsure = -1.0;
+        // "the old city" heard 3 s: "the" is sure, "old" unsure, "city" the last word.
+        let words = [
+            w("the", 0.5, sure),
+            w("old", 1.0, unsure),
+            w("city", 1.6, sure),
+        ];
+        let prev = keys(&["the", "old", "baby"]);
+        // Two hypotheses agree: only the sure word is final.
+        assert_eq!(agreement(&words, &prev, &[], 3.0), 1);
+        // A third one agrees too: the unsure word is final as well.
+        assert_eq!(agreement(&words, &prev, &keys(&["the", "old"]), 3.0), 2);
+        // ... but not when the one before said something else.
+        assert_eq!(agreement(&words, &prev, &keys(&["the", "cold"]), 3.0), 1);
+        // Sure words agreeing with the previous hypothesis, never the last word.
+        let all_sure = [
+            w("the", 0.5, sure),
+            w("old", 1.0, sure),
+            w("city", 1.6, sure),
+        ];
+        assert_eq!(
+            agreement(&all_sure, &keys(&["the", "old", "city"]), &[], 3.0),
+            2
+        );
+        // A word ending less than RIGHT_CONTEXT before the audio does waits.
+        assert_eq!(
+            agreement(&all_sure, &keys(&["the", "old", "city"]), &[], 1.3),
+            1
+        );
+        assert_eq!(agreement(&all_sure, &[], &[], 3.0), 0);
+        assert_eq!(agreement(&[], &prev, &prev, 3.0), 0);
+    }
 
     #[test]
     fn captions_do_not_start_with_punctuation() {

@@ -1188,6 +1188,7 @@ impl Transcriber {
                         no_speech_prob: 1.0,
                         temperature,
                         compression_ratio: 0.0,
+                        token_logprobs: Vec::new(),
                     };
                 }
             };

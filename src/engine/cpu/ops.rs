@@ -40,8 +40,6 @@ enum LinearWeights {
     /// A decoder layer in int8 for decoding steps, with an exact copy for live captioning's
     /// steps and a bf16 copy for prompts ([`Linear::new_decoder_int8`]).
     Decoder(Box<DecoderWeights>),
-    /// bf16 for offline work and f32 for live captioning ([`Linear::new_bf16_exact`]).
-    Bf16Exact(Box<(PackedBf16, PackedB)>),
 }
 
 /// The weights of a decoder layer with `ComputeType::Int8Bf16` ([`Linear::new_decoder_int8`]).
@@ -137,28 +135,6 @@ impl Linear {
         )
     }
 
-    /// A layer `[n_out][n_in]` whose products run in bf16 ([`amx::gemm`]) offline and in f32
-    /// for live captioning ([`Linear::product`] with `int8` false): the decoder's cross-attention
-    /// K/V projection with `ComputeType::Int8Bf16`, a 1500-row product per window and layer
-    /// (in bf16, tiny.en read 0.7 point worse live on the 111.9 s recording).
-    pub fn new_bf16_exact(
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-        n_in: usize,
-        n_out: usize,
-    ) -> Self {
-        assert_eq!(weight.len(), n_out * n_in, "weight shape");
-        Self::with(
-            LinearWeights::Bf16Exact(Box::new((
-                PackedBf16::from_rows(&weight, n_out, n_in),
-                PackedB::from_rows(&weight, n_out, n_in),
-            ))),
-            bias,
-            n_in,
-            n_out,
-        )
-    }
-
     fn with(weights: LinearWeights, bias: Option<Vec<f32>>, n_in: usize, n_out: usize) -> Self {
         if let Some(b) = &bias {
             assert_eq!(b.len(), n_out, "bias shape");
@@ -182,8 +158,6 @@ impl Linear {
             LinearWeights::Bf16(w) => Path::Bf16(w),
             LinearWeights::Int8(both) if int8 => Path::Int8(&both.0),
             LinearWeights::Int8(both) => Path::Bf16(&both.1),
-            LinearWeights::Bf16Exact(both) if int8 => Path::Bf16(&both.0),
-            LinearWeights::Bf16Exact(both) => Path::Packed(&both.1),
             LinearWeights::Decoder(w) if rows > LOW_MAX_ROWS => Path::Bf16(&w.wide),
             LinearWeights::Decoder(w) => match (&w.exact, int8) {
                 (Some(exact), false) => Path::Low(exact),
@@ -843,29 +817,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The cross-attention K/V projection with the int8 decoder: bf16 offline, and with `int8`
-    /// false (live) bit for bit the f32 layer.
-    #[test]
-    fn bf16_exact_layer_runs_bf16_offline_and_f32_live() {
-        let (n_in, n_out, rows) = (64, 48, 37);
-        let w: Vec<f32> = (0..n_out * n_in)
-            .map(|i| ((i * 31 % 97) as f32 / 97.0) - 0.5)
-            .collect();
-        let b: Vec<f32> = (0..n_out).map(|i| i as f32 * 0.02).collect();
-        let x: Vec<f32> = (0..rows * n_in).map(|i| (i as f32 * 0.37).sin()).collect();
-        let both = Linear::new_bf16_exact(w.clone(), Some(b.clone()), n_in, n_out);
-        let f32_layer = Linear::new(w.clone(), Some(b.clone()), n_in, n_out);
-        let bf16_layer = Linear::new_bf16(w, Some(b), n_in, n_out);
-        let run = |l: &Linear, int8: bool| {
-            let mut out = vec![0.0f32; rows * n_out];
-            l.product(&x, rows, &mut out, Output::Set, int8, Parallelism::Rayon(2));
-            out
-        };
-        assert_eq!(run(&both, false), run(&f32_layer, true));
-        assert_eq!(run(&both, true), run(&bf16_layer, true));
-        assert_ne!(run(&both, true), run(&both, false));
     }
 
     /// Naive attention of head `h` for query `i`: (probabilities over all keys, output).
