@@ -10,8 +10,8 @@
 //!   decoder's prefix and the earlier committed text as the prompt. Words that two consecutive
 //!   hypotheses agree on are committed, except the last word of a hypothesis (it is often cut at
 //!   the buffer edge) and words the decoder was unsure of (a token below probability 0.5), which
-//!   need three hypotheses in a row. Words whose start is about to exceed the `latency` budget are committed
-//!   without agreement.
+//!   need three hypotheses in a row. Words whose start is about to exceed the `latency` budget
+//!   are committed without agreement.
 //! * When the utterance ends (a pause), its final hypothesis is committed whole. A hypothesis
 //!   decoded at the start of the pause is reused, so the end of an utterance costs no decode.
 //!   Speech resuming within `JOIN_GAP` continues the same buffer: it is first decoded after
