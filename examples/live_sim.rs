@@ -23,8 +23,9 @@ use gstwhispernpu::transcribe::{
     AlwaysSpeech, LiveOptions, LiveTranscriber, SpeechGate, TranscribeOptions, Transcriber,
 };
 
-const USAGE: &str = "usage: live_sim --model NAME [--compute-type T] [--vad silero|energy|none] [--latency S] [--step S] \
-     [--max-buffer S] [--decode-cost S] [--reference TEXT_FILE] [--verbose] AUDIO";
+const USAGE: &str = "usage: live_sim --model NAME [--compute-type T] [--vad silero|energy|none] \
+     [--latency S] [--step S] [--max-buffer S] [--decode-cost S] [--reference TEXT_FILE] \
+     [--verbose] AUDIO";
 
 fn main() -> ExitCode {
     match run() {

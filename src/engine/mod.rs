@@ -53,9 +53,9 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   as with `int8`; the cross-attention K/V projection in bf16. int8 in both halves moved the
 ///   benchmark WER past faster-whisper float32's + 0.5 on AMD Zen 4 (tiny.en 7.75 %). Live
 ///   captioning encodes with the encoder layers' bf16 copy ([`Encoder::set_live`]) and decodes
-///   with the exact weights ([`Decoder::set_live`]): rounded decoder weights read tiny.en 2.3 to 3.3
-///   points worse live on the 111.9 s recording, not worse offline. Without VNNI or a fast
-///   bf16 backend, as with `bf16`.
+///   with the exact weights ([`Decoder::set_live`]): rounded decoder weights read tiny.en 2.3
+///   to 3.3 points worse live on the 111.9 s recording, not worse offline. Without VNNI or a
+///   fast bf16 backend, as with `bf16`.
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
 ///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `int8-bf16`
 ///   where the encoder runs on AMX tiles (Intel) or where the CPU has AVX512_BF16 and

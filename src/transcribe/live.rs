@@ -223,10 +223,9 @@ struct Utterance {
     committed_units: usize,
     /// End (seconds since stream start) of the committed text.
     committed_end: f64,
-    /// Keys of the previous hypothesis, for agreement.
-    prev_keys: Vec<String>,
-    /// Keys of the hypothesis before that: a word the decoder was unsure of needs all three.
-    prev2_keys: Vec<String>,
+    /// Keys of the previous hypothesis and of the one before it, for agreement (a word the
+    /// decoder was unsure of needs both).
+    prev_keys: [Vec<String>; 2],
     last: Option<Hypothesis>,
     /// Audio end (samples) of the last decode.
     decoded_to: u64,
@@ -509,8 +508,7 @@ impl LiveTranscriber {
                     committed_tokens: Vec::new(),
                     committed_units: 0,
                     committed_end: seconds(start),
-                    prev_keys: Vec::new(),
-                    prev2_keys: Vec::new(),
+                    prev_keys: Default::default(),
                     last: None,
                     decoded_to: start,
                     paused_at: None,
@@ -548,7 +546,6 @@ impl LiveTranscriber {
         let hyp = self.decode(engine, &utt, self.total, Some(turn));
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
-        let keys: Vec<String> = hyp.units.iter().map(|u| u.key.clone()).collect();
 
         // At the start of a pause the utterance probably ends here: its text then goes out whole
         // (one caption) when the gate confirms the pause, from this same hypothesis.
@@ -559,15 +556,15 @@ impl LiveTranscriber {
             let prefix = utt.committed_tokens.len();
             let words: Vec<Heard> = (c..valid)
                 .map(|k| Heard {
-                    key: &keys[k],
+                    key: &hyp.units[k].key,
                     end: hyp.units[k].end,
                     logprob: word_logprob(&hyp, k, prefix),
                 })
                 .collect();
             agreement(
                 &words,
-                utt.prev_keys.get(c..).unwrap_or_default(),
-                utt.prev2_keys.get(c..).unwrap_or_default(),
+                utt.prev_keys[0].get(c..).unwrap_or_default(),
+                utt.prev_keys[1].get(c..).unwrap_or_default(),
                 seconds(hyp.audio_end - utt.start),
             )
         };
@@ -603,7 +600,8 @@ impl LiveTranscriber {
                 text,
             });
         }
-        utt.prev2_keys = std::mem::replace(&mut utt.prev_keys, keys[..valid].to_vec());
+        let keys = hyp.units[..valid].iter().map(|u| u.key.clone()).collect();
+        utt.prev_keys = [keys, std::mem::take(&mut utt.prev_keys[0])];
         utt.decoded_to = hyp.audio_end;
         let uncommitted = valid > utt.committed_units;
         utt.last = Some(hyp);
@@ -714,12 +712,12 @@ impl LiveTranscriber {
                     }
                 }));
             }
-            utt.prev_keys.drain(..units_gone.min(utt.prev_keys.len()));
-            utt.prev2_keys.drain(..units_gone.min(utt.prev2_keys.len()));
+            for keys in &mut utt.prev_keys {
+                keys.drain(..units_gone.min(keys.len()));
+            }
             utt.committed_units = utt.committed_units.saturating_sub(units_gone);
         } else {
-            utt.prev_keys.clear();
-            utt.prev2_keys.clear();
+            utt.prev_keys.iter_mut().for_each(Vec::clear);
             utt.committed_units = 0;
         }
         self.trim_context(engine);
@@ -770,8 +768,9 @@ impl LiveTranscriber {
         utt.committed_end = utt.committed_end.max(seconds(end));
         utt.paused_at = Some(end);
         utt.last = None;
-        utt.prev_keys.truncate(utt.committed_units);
-        utt.prev2_keys.truncate(utt.committed_units);
+        for keys in &mut utt.prev_keys {
+            keys.truncate(utt.committed_units);
+        }
         self.settled = self.settled.max(seconds(end));
         trace!("speech until {:.2} s", seconds(end));
         self.utt = Some(utt);

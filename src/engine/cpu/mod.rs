@@ -795,9 +795,10 @@ impl DecoderState {
 
     /// Whether the decoding steps of layers held in int8 (`ComputeType::Int8Bf16`) stream their
     /// exact (f16) weights, as live captioning needs: it decodes short, growing buffers again
-    /// and again and commits what successive decodes agree on, and read tiny.en 2.3 to 3.3 points worse than offline on
-    /// the 111.9 s recording with int8 (or bf16) steps (`tests/live.rs`), 0.0 to 1.3 with the
-    /// exact ones. Prompts keep the bf16 copy (their precision did not change the live WER).
+    /// and again and commits what successive decodes agree on, and read tiny.en 2.3 to 3.3
+    /// points worse than offline on the 111.9 s recording with int8 (or bf16) steps
+    /// (`tests/live.rs`), 0.0 to 1.3 with the exact ones. Prompts keep the bf16 copy (their
+    /// precision did not change the live WER).
     pub fn set_precise(&mut self, precise: bool) {
         self.precise = precise;
     }
