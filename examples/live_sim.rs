@@ -25,7 +25,7 @@ use gstwhispernpu::transcribe::{
 
 const USAGE: &str = "usage: live_sim --model NAME [--compute-type T] [--vad silero|energy|none] \
      [--latency S] [--step S] [--max-buffer S] [--decode-cost S] [--reference TEXT_FILE] \
-     [--verbose] AUDIO";
+     [--no-draft] [--verbose] AUDIO";
 
 fn main() -> ExitCode {
     match run() {
@@ -61,6 +61,7 @@ fn run() -> Result<(), String> {
     let mut vad = "silero".to_string();
     let mut latency = 4.0f64;
     let mut verbose = false;
+    let mut draft = true;
     let mut step: Option<f64> = None;
     let mut max_buffer: Option<f64> = None;
     let mut decode_cost: Option<f64> = None;
@@ -91,6 +92,7 @@ fn run() -> Result<(), String> {
                     "--compute-type" => compute = value.parse()?,
                     "--latency" => latency = common::parse_number(&name, &value)?,
                     "--verbose" => verbose = true,
+                    "--no-draft" => draft = false,
                     "--step" => step = Some(common::parse_number(&name, &value)?),
                     "--max-buffer" => max_buffer = Some(common::parse_number(&name, &value)?),
                     "--decode-cost" => {
@@ -135,6 +137,7 @@ fn run() -> Result<(), String> {
 
     let mut engine = Transcriber::new(model, opts).map_err(|e| e.to_string())?;
     let mut live_opts = LiveOptions::for_latency(latency);
+    live_opts.draft = draft;
     if let Some(v) = step {
         live_opts.step = v;
     }
@@ -211,10 +214,13 @@ fn run() -> Result<(), String> {
     println!("{stats:?}");
     let es = engine.stats();
     println!(
-        "engine: {} windows, encoder {:.0} ms/window, decoder {:.0} ms/window, mel {:.1} s total",
+        "engine: {} windows, encoder {:.0} ms/window, decoder {:.0} ms/window ({} calls for {} \
+         tokens), mel {:.1} s total",
         es.windows,
         es.encoder_seconds * 1000.0 / es.windows.max(1) as f64,
         es.decoder_seconds * 1000.0 / es.windows.max(1) as f64,
+        es.decoder_calls,
+        es.decoder_tokens,
         es.mel_seconds
     );
     if let Some(truth) = truth {

@@ -51,6 +51,8 @@ struct Run {
     commits: Vec<Commit>,
     stats: LiveStats,
     partials: usize,
+    /// The engine's decoder calls (prompts, steps, draft verifications).
+    decoder_calls: u64,
 }
 
 impl Run {
@@ -116,6 +118,7 @@ fn run_live(
         commits,
         stats: live.stats().clone(),
         partials,
+        decoder_calls: engine.stats().decoder_calls,
     };
     for c in &run.commits {
         eprintln!(
@@ -202,6 +205,44 @@ fn agreement_commits_while_streaming() {
     assert!(run.partials > 0);
     let wer = common::wer_percent(JFK, &run.text());
     assert!(wer <= 15.0, "WER {wer:.1} %: {}", run.text());
+}
+
+/// A re-decode verifies the previous decode's tokens in one decoder call (`LiveOptions::draft`):
+/// the same commits, word for word and time for time, as decoding step by step, in at least 10 %
+/// fewer decoder calls (2026-12-05, jfk.wav: tiny.en 149 → 103, base 133 → 112, a prompt call
+/// per decode included).
+#[test]
+fn drafts_keep_the_text_and_save_decoder_calls() {
+    for name in ["tiny.en", "base"] {
+        let model = model(name);
+        let audio = jfk();
+        let run = |draft| {
+            let opts = LiveOptions {
+                draft,
+                ..LiveOptions::default()
+            };
+            run_live(&model, Box::new(AlwaysSpeech::default()), opts, &audio)
+        };
+        let (with, without) = (run(true), run(false));
+        let segments = |r: &Run| -> Vec<(String, f64, f64)> {
+            r.commits
+                .iter()
+                .map(|c| (c.segment.text.clone(), c.segment.start, c.segment.end))
+                .collect()
+        };
+        assert_eq!(segments(&with), segments(&without), "{name}");
+        assert_eq!(with.stats.decodes, without.stats.decodes, "{name}");
+        eprintln!(
+            "{name}: {} decodes, decoder calls {} with drafts, {} without",
+            with.stats.decodes, with.decoder_calls, without.decoder_calls
+        );
+        assert!(
+            with.decoder_calls * 10 <= without.decoder_calls * 9,
+            "{name}: {} decoder calls with drafts, {} without",
+            with.decoder_calls,
+            without.decoder_calls
+        );
+    }
 }
 
 /// With the VAD, each pause ends an utterance: its text is final within a second of the pause

@@ -85,6 +85,11 @@ pub struct WindowInput<'a> {
     /// filters see them as already sampled, and the result includes them; only the tokens after
     /// them count towards `avg_logprob`. Live decoding passes the text already committed.
     pub prefix: &'a [u32],
+    /// Tokens expected after the prefix (live: what the previous decode of the same, shorter
+    /// buffer chose after it), or empty. Greedy decoding on an engine that verifies drafts
+    /// feeds the expected tokens that follow each agreeing token in one call and keeps them
+    /// while the choices agree: the same tokens as step by step, fewer calls.
+    pub draft: &'a [u32],
     pub filters: &'a LogitFilters,
     pub specials: &'a SpecialTokens,
 }
@@ -159,6 +164,19 @@ pub fn decode_window(
         .round()
         .max(1.0) as usize;
     let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+    // Draft verification (greedy, one sequence): the tokens of the last call (`fed`), the row
+    // of it whose logits decide the next token (`verify_row`), the draft token expected next
+    // (`draft_at`) and how many chosen tokens in a row differed from the draft (`misses`).
+    let max_verify = if group == 1 && !beam && params.temperature == 0.0 && !input.draft.is_empty()
+    {
+        state.max_verify()
+    } else {
+        0
+    };
+    let mut fed: Vec<u32> = Vec::with_capacity(max_verify);
+    let mut verify_row = 0;
+    let mut draft_at = 0;
+    let mut misses = 0;
 
     for _step in 0..params.sample_len {
         let mut next_tokens = Vec::with_capacity(group);
@@ -224,7 +242,7 @@ pub fn decode_window(
                 }
                 scratch.logits.copy_from_slice(&logits_rows[k]);
                 input.filters.apply_with(&mut scratch.logits, seq, |l| {
-                    state.refine(k, l);
+                    state.refine(k + verify_row, l);
                 });
                 log_softmax(&scratch.logits, &mut scratch.logprobs);
                 let token = if params.temperature > 0.0 {
@@ -242,8 +260,54 @@ pub fn decode_window(
                 observe(&seqs[0]);
             }
         }
-        if completed || state.len() + 1 > n_ctx {
+        // Draft tokens fed but not (yet) accepted.
+        let pending = fed.len().saturating_sub(verify_row + 1);
+        if completed || state.len() - pending + 1 > n_ctx {
             break;
+        }
+        if max_verify > 1 {
+            let token = next_tokens[0];
+            if pending > 0 && fed[verify_row + 1] == token {
+                // The draft's token, already fed: its logits are the call's next row.
+                verify_row += 1;
+                draft_at += 1;
+                logits_rows[0].copy_from_slice(state.logits_row(verify_row));
+                continue;
+            }
+            state.truncate(state.len() - pending);
+            // Follow the draft past a differing token: a timestamp that moved, a word written
+            // differently (substitution) or a draft token left out; a second difference in a
+            // row ends the draft.
+            let draft = input.draft;
+            let is_ts = |t: u32| t >= input.specials.timestamp_begin;
+            match draft.get(draft_at) {
+                Some(&d) if d == token || (is_ts(d) && is_ts(token)) => {
+                    draft_at += 1;
+                    misses = 0;
+                }
+                _ if draft.get(draft_at + 1) == Some(&token) => {
+                    draft_at += 2;
+                    misses = 0;
+                }
+                _ => {
+                    draft_at += 1;
+                    misses += 1;
+                }
+            }
+            fed.clear();
+            fed.push(token);
+            if misses < 2 {
+                let room = (n_ctx - state.len()).min(max_verify);
+                let ahead = draft.get(draft_at..).unwrap_or_default();
+                fed.extend(ahead.iter().take(room - 1));
+            }
+            verify_row = 0;
+            if fed.len() > 1 {
+                state.forward_verify(&fed, threads)?;
+                calls += 1;
+                logits_rows[0].copy_from_slice(state.logits_row(0));
+                continue;
+            }
         }
         state.forward(&next_tokens, None, threads)?;
         calls += 1;

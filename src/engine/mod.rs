@@ -187,6 +187,23 @@ pub trait Decoder: Send {
         extra: Option<usize>,
         threads: usize,
     ) -> Result<(), Error>;
+    /// Most draft tokens [`forward_verify`](Self::forward_verify) takes; 0: the engine cannot
+    /// verify drafts.
+    fn max_verify(&self) -> usize {
+        0
+    }
+    /// Greedy decoding with a draft (the tokens a previous decode of the same audio chose):
+    /// feeds `tokens` to the one sequence (at most [`max_verify`](Self::max_verify)) and
+    /// computes the logits of every new position (row `r`: after `tokens[..=r]`), so the
+    /// tokens that agree cost one call instead of one each.
+    fn forward_verify(&mut self, _tokens: &[u32], _threads: usize) -> Result<(), Error> {
+        Err(Error::Engine {
+            engine: "decoder".into(),
+            why: "this engine cannot verify drafts".into(),
+        })
+    }
+    /// Keeps the first `len` positions of the caches (drops draft tokens not accepted).
+    fn truncate(&mut self, _len: usize) {}
     /// Logits row `i` of the last [`forward`](Self::forward).
     fn logits_row(&self, i: usize) -> &[f32];
     /// Tokens held per sequence.

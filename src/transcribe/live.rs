@@ -121,6 +121,9 @@ pub struct LiveOptions {
     /// Seconds of trailing non-speech after which an open utterance is decoded at once, so that
     /// its end (when the gate confirms the pause) is committed without another decode.
     pub early_final: f64,
+    /// A re-decode passes the previous decode's tokens as a draft (`WindowInput::draft`): the
+    /// same text, the tokens that come again verified in one decoder call. Off: step by step.
+    pub draft: bool,
 }
 
 impl Default for LiveOptions {
@@ -131,6 +134,7 @@ impl Default for LiveOptions {
             max_buffer: 15.0,
             headroom: 1.25,
             early_final: 0.1,
+            draft: true,
         }
     }
 }
@@ -923,11 +927,24 @@ impl LiveTranscriber {
         let go_on = !utt.committed_tokens.is_empty()
             && resumed
             && seconds(end.saturating_sub(utt.onset)) >= GO_ON_AFTER;
+        // The previous decode's tokens after the committed ones: most of them come again, and
+        // the decoder takes those that do in one call (`WindowInput::draft`).
+        let draft = utt
+            .last
+            .as_ref()
+            .filter(|_| self.opts.draft)
+            .and_then(|h| {
+                h.result
+                    .tokens
+                    .strip_prefix(utt.committed_tokens.as_slice())
+            })
+            .unwrap_or_default();
         let result = engine.decode_span(
             frame(utt.start),
             frame(end),
             context,
             &utt.committed_tokens,
+            draft,
             &[0.0],
             go_on,
         );

@@ -491,13 +491,16 @@ impl Transcriber {
     /// log-mel of silence) and decodes them conditioned on `previous` text, continuing the
     /// forced `prefix`. Detects the language first when it is not known. The result's tokens
     /// start with `prefix`; timestamps count from `start`. With `go_on`, the decoder may not end
-    /// the text right after the prefix (speech was heard beyond it).
+    /// the text right after the prefix (speech was heard beyond it). `draft`: the tokens
+    /// expected after the prefix (see [`WindowInput::draft`]), or empty.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decode_span(
         &mut self,
         start: usize,
         end: usize,
         previous: &[u32],
         prefix: &[u32],
+        draft: &[u32],
         temperatures: &[f32],
         go_on: bool,
     ) -> DecodeResult {
@@ -530,7 +533,7 @@ impl Transcriber {
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
         let previous = self.prompt(previous, keep, true);
-        let result = self.decode_with_fallback(&previous, prefix, temperatures, go_on, None);
+        let result = self.decode_with_fallback(&previous, prefix, draft, temperatures, go_on, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -723,7 +726,8 @@ impl Transcriber {
         let previous = self.previous_context(prefix.is_empty());
         self.windows_since_reset += 1;
         let temperatures = self.opts.temperatures.clone();
-        let result = self.decode_with_fallback(&previous, &prefix, &temperatures, false, watch);
+        let result =
+            self.decode_with_fallback(&previous, &prefix, &[], &temperatures, false, watch);
         let decode_seconds = t1.elapsed().as_secs_f64();
         self.stats.decoder_seconds += decode_seconds;
         if let Some(npu) = self.npu.as_mut() {
@@ -1051,6 +1055,7 @@ impl Transcriber {
         &mut self,
         previous: &[u32],
         prefix: &[u32],
+        draft: &[u32],
         temperatures: &[f32],
         go_on: bool,
         watch: Option<SeekWatch>,
@@ -1114,6 +1119,7 @@ impl Transcriber {
             prompt: &prompt,
             sot_index,
             prefix,
+            draft,
             filters: &filters,
             specials,
         };

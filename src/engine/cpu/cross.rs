@@ -8,11 +8,18 @@
 //! horizontal reduction per key, both read front to back) and the output a
 //! sum of `keys` scaled rows of `V`. Stored in f32, or in f16 (half the bytes, rounding every
 //! value to 11 significant bits).
+//!
+//! Calls of many queries at once (a prompt: the previous text, or a live buffer's words; the
+//! word-alignment pass) are compute-bound instead: with a tiled backend (AMX, or `vdpbf16ps`;
+//! the decoder takes one where its prompts already run in bf16), each head's `Kᵀ` and `V` are
+//! also packed for [`amx::attention`] and such calls run there (Q, K, V and the probabilities
+//! rounded to bf16), except for heads whose probabilities the caller reads.
 
 use half::f16;
 use rayon::prelude::*;
 
-use super::sgemm::{Isa, current_isa};
+use super::amx::{self, Backend, PackedBf16};
+use super::sgemm::{Isa, MatRef, current_isa};
 
 /// Precision of the stored cross-attention K and V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +34,8 @@ const SCORE_GROUP: usize = 8;
 const VALUE_GROUP: usize = 4;
 /// Keys per step of the AVX-512 scores kernel (two zmm); `Kᵀ` rows are padded to a multiple.
 const KEY_STEP: usize = 32;
+/// Queries from which a call runs the bf16 tile attention, where there is one.
+pub const TILED_MIN_QUERIES: usize = 16;
 
 /// Where `Kᵀ[p][j]` (feature `p` of key `j`) sits in a head's `Kᵀ`: blocks of [`KEY_STEP`] keys,
 /// each a contiguous `[dh][KEY_STEP]` tile, so the scores kernel reads every head's `Kᵀ` front
@@ -45,6 +54,9 @@ pub struct CrossKv {
     /// Keys of `Kᵀ`: `keys` rounded up to whole tiles of [`KEY_STEP`], zero padded.
     keys_pad: usize,
     store: Store,
+    /// Per head `Kᵀ` (`dh × keys`) and `V` (`keys × dh`) packed for [`amx::attention`]; empty
+    /// without bf16 tiles.
+    tiled: Vec<(PackedBf16, PackedBf16)>,
 }
 
 enum Store {
@@ -55,6 +67,18 @@ enum Store {
 impl CrossKv {
     /// Storage for `heads` heads of size `dh` over `keys` positions.
     pub fn new(heads: usize, dh: usize, keys: usize, precision: KvPrecision) -> Self {
+        Self::with_tiles(heads, dh, keys, precision, None)
+    }
+
+    /// [`new`](Self::new) with the bf16 tile copy packed for `tiles` (a tiled backend), or
+    /// none.
+    pub fn with_tiles(
+        heads: usize,
+        dh: usize,
+        keys: usize,
+        precision: KvPrecision,
+        tiles: Option<Backend>,
+    ) -> Self {
         let keys_pad = keys.div_ceil(KEY_STEP) * KEY_STEP;
         let (nk, nv) = (heads * dh * keys_pad, heads * keys * dh);
         let store = match precision {
@@ -67,12 +91,21 @@ impl CrossKv {
                 v: vec![f16::ZERO; nv],
             },
         };
+        let tiled = tiles
+            .filter(|&b| b != Backend::Emulated)
+            .map(|b| {
+                (0..heads)
+                    .map(|_| (PackedBf16::empty(b), PackedBf16::empty(b)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
             heads,
             dh,
             keys,
             keys_pad,
             store,
+            tiled,
         }
     }
 
@@ -92,15 +125,22 @@ impl CrossKv {
                 .zip(v.par_chunks_mut(keys * dh))
                 .enumerate()
                 .for_each(|(h, (kt, v))| {
-                    for (j, row) in kv.chunks_exact(2 * d).enumerate() {
-                        let k = &row[h * dh..(h + 1) * dh];
-                        for (p, &x) in k.iter().enumerate() {
-                            kt[kt_index(p, j, dh)] = E::from_f32(x);
+                    // A tile of `Kᵀ` (`[dh][KEY_STEP]`, contiguous) gathered in f32, then
+                    // converted in one slice call (vector conversions, not one call a value).
+                    let mut tile = vec![0.0f32; dh * KEY_STEP];
+                    for (jb, dst) in kt.chunks_exact_mut(dh * KEY_STEP).enumerate() {
+                        tile.fill(0.0);
+                        let j0 = jb * KEY_STEP;
+                        for jj in 0..KEY_STEP.min(keys - j0) {
+                            let row = &kv[(j0 + jj) * 2 * d + h * dh..][..dh];
+                            for (p, &x) in row.iter().enumerate() {
+                                tile[p * KEY_STEP + jj] = x;
+                            }
                         }
-                        let vr = &row[d + h * dh..d + (h + 1) * dh];
-                        for (o, &x) in v[j * dh..(j + 1) * dh].iter_mut().zip(vr) {
-                            *o = E::from_f32(x);
-                        }
+                        E::convert(&tile, dst);
+                    }
+                    for (j, dst) in v.chunks_exact_mut(dh).enumerate() {
+                        E::convert(&kv[j * 2 * d + d + h * dh..][..dh], dst);
                     }
                 });
         }
@@ -109,12 +149,31 @@ impl CrossKv {
             Store::F32 { kt, v } => fill_as(kv, kt, v, shape),
             Store::F16 { kt, v } => fill_as(kv, kt, v, shape),
         }
+        self.tiled
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(h, (kt, v))| {
+                let k = MatRef {
+                    data: &kv[h * dh..],
+                    rs: 1,
+                    cs: 2 * d,
+                };
+                kt.pack_from(k, dh, keys);
+                let vm = MatRef {
+                    data: &kv[d + h * dh..],
+                    rs: 2 * d,
+                    cs: 1,
+                };
+                v.pack_from(vm, keys, dh);
+            });
     }
 
     /// Attention of `n` queries (rows of `q`, stride `q_rs`, head `h` in columns `h * dh..`) over
-    /// the window, scaled by `scale`. Leaves the probabilities in `scores[heads][n][keys]` and the
-    /// outputs in `out[heads][n][dh]`. Heads run in parallel on the current rayon pool when
-    /// `parallel`.
+    /// the window, scaled by `scale`. Leaves the outputs in `out[heads][n][dh]` and, for the
+    /// heads in the bit set `need` (bit `h`; `u64::MAX`: all), the probabilities in
+    /// `scores[heads][n][keys]`; other heads' rows of `scores` may be left as they were (a call
+    /// of at least [`TILED_MIN_QUERIES`] queries runs them on the bf16 tiles). Heads run in
+    /// parallel on the current rayon pool when `parallel`.
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
@@ -125,6 +184,7 @@ impl CrossKv {
         scores: &mut [f32],
         out: &mut [f32],
         parallel: bool,
+        need: u64,
     ) {
         let (heads, dh, keys) = (self.heads, self.dh, self.keys);
         assert!(
@@ -134,8 +194,20 @@ impl CrossKv {
         let isa = current_isa();
         let scores = &mut scores[..heads * n * keys];
         let out = &mut out[..heads * n * dh];
+        let tiled = n >= TILED_MIN_QUERIES && !self.tiled.is_empty();
         let run = |h: usize, s: &mut [f32], o: &mut [f32]| {
             let q = &q[h * dh..];
+            let needed = need == u64::MAX || (h < 64 && need & (1 << h) != 0);
+            if tiled && !needed {
+                let (kt, v) = &self.tiled[h];
+                let qm = MatRef {
+                    data: q,
+                    rs: q_rs,
+                    cs: 1,
+                };
+                amx::attention(qm, n, kt, v, scale, o, dh);
+                return;
+            }
             match &self.store {
                 Store::F32 { kt, v } => self.head(isa, kt, v, h, q, q_rs, n, scale, s, o),
                 Store::F16 { kt, v } => self.head(isa, kt, v, h, q, q_rs, n, scale, s, o),
@@ -216,7 +288,8 @@ impl CrossKv {
 
 /// An element type of the stored K/V.
 trait KvElem: Copy + Send + Sync {
-    fn from_f32(x: f32) -> Self;
+    /// `dst[i] = src[i]` rounded to this type, vectorised where the type allows.
+    fn convert(src: &[f32], dst: &mut [Self]);
     fn to_f32(self) -> f32;
     /// 16 consecutive values as f32 (AVX-512F).
     ///
@@ -227,9 +300,8 @@ trait KvElem: Copy + Send + Sync {
 }
 
 impl KvElem for f32 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x
+    fn convert(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -244,9 +316,9 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
+    fn convert(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -491,52 +563,75 @@ mod tests {
 
     #[test]
     fn matches_naive_attention_on_every_path() {
-        // Key counts around the 16/32-key steps, query groups past the kernels' group sizes.
+        let tiles = match Backend::detected() {
+            Backend::Emulated => None,
+            b => Some(b),
+        };
+        // Key counts around the 16/32-key steps, query groups past the kernels' group sizes, and
+        // calls from `TILED_MIN_QUERIES` queries (the bf16 tiles, where the CPU has them).
         for (heads, dh, keys, n) in [
             (2, 64, 1500, 1),
             (3, 64, 45, 11),
             (1, 16, 33, 3),
             (2, 64, 17, 5),
+            (2, 64, 1500, 40),
+            (3, 64, 45, TILED_MIN_QUERIES),
         ] {
             let d = heads * dh;
             let kv: Vec<f32> = (0..keys * 2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
             let q: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.11).cos()).collect();
             let want = naive(&kv, &q, n, heads, dh, keys);
             for precision in [KvPrecision::F32, KvPrecision::F16] {
-                let mut c = CrossKv::new(heads, dh, keys, precision);
-                c.fill(&kv);
-                let tol = if precision == KvPrecision::F32 {
-                    1e-4
-                } else {
-                    4e-3
-                };
-                for isa in [Isa::Avx512, Isa::Portable] {
-                    if !isa.supported() {
-                        continue;
-                    }
-                    for parallel in [false, true] {
-                        let mut scores = vec![f32::NAN; heads * n * keys];
-                        let mut out = vec![f32::NAN; heads * n * dh];
-                        with_isa(isa, || {
-                            c.attend(
-                                &q,
-                                d,
-                                n,
-                                1.0 / (dh as f32).sqrt(),
-                                &mut scores,
-                                &mut out,
-                                parallel,
-                            )
-                        });
-                        for (k, (&got, &w)) in out.iter().zip(&want).enumerate() {
-                            assert!(
-                                (got as f64 - w).abs() < tol,
-                                "{precision:?} {isa:?} shape {heads}x{dh}x{keys}x{n} [{k}]: {got} vs {w}"
-                            );
+                for tiles in [None, tiles] {
+                    let mut c = CrossKv::with_tiles(heads, dh, keys, precision, tiles);
+                    c.fill(&kv);
+                    for isa in [Isa::Avx512, Isa::Portable] {
+                        if !isa.supported() {
+                            continue;
                         }
-                        for row in scores.chunks_exact(keys) {
-                            let sum: f32 = row.iter().sum();
-                            assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
+                        for (parallel, need) in [(false, u64::MAX), (true, u64::MAX), (true, 0b10)]
+                        {
+                            let tiled = |h: usize| {
+                                tiles.is_some() && n >= TILED_MIN_QUERIES && need & (1 << h) == 0
+                            };
+                            let mut scores = vec![f32::NAN; heads * n * keys];
+                            let mut out = vec![f32::NAN; heads * n * dh];
+                            with_isa(isa, || {
+                                c.attend(
+                                    &q,
+                                    d,
+                                    n,
+                                    1.0 / (dh as f32).sqrt(),
+                                    &mut scores,
+                                    &mut out,
+                                    parallel,
+                                    need,
+                                )
+                            });
+                            for (k, (&got, &w)) in out.iter().zip(&want).enumerate() {
+                                let h = k / (n * dh);
+                                let tol = if tiled(h) {
+                                    2e-2
+                                } else if precision == KvPrecision::F32 {
+                                    1e-4
+                                } else {
+                                    4e-3
+                                };
+                                assert!(
+                                    (got as f64 - w).abs() < tol,
+                                    "{precision:?} {tiles:?} {isa:?} shape {heads}x{dh}x{keys}x{n} \
+                                     [{k}]: {got} vs {w}"
+                                );
+                            }
+                            for (h, head) in scores.chunks_exact(n * keys).enumerate() {
+                                if tiled(h) {
+                                    continue;
+                                }
+                                for row in head.chunks_exact(keys) {
+                                    let sum: f32 = row.iter().sum();
+                                    assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
+                                }
+                            }
                         }
                     }
                 }

@@ -86,6 +86,10 @@ pub struct Weights {
     pub dec_ln: LayerNorm,
     /// How the decoder stores each window's cross-attention K/V ([`CrossKv`]).
     pub cross_kv: KvPrecision,
+    /// The tiled backend that also holds them in bf16 for calls of many queries (prompts,
+    /// the alignment pass), where the decoder's prompts run in bf16 (int8 decoder layers with
+    /// bf16 copies): base's prompt of 205 tokens 47 → 29 ms (Intel Xeon, AMX).
+    pub cross_tiles: Option<amx::Backend>,
     /// An int8 copy of the f16 output projection for greedy decoding: the logits of a step are
     /// screened with it (half the bytes), then the few tokens that could still be the choice
     /// are recomputed exactly ([`DecoderState::refine`]). `None` when the projection is
@@ -316,6 +320,7 @@ impl Weights {
             // 295 s benchmark audio (greedy) and the 112 s test audio (beam 5) are identical
             // to f32 storage for tiny.en and base (log-probabilities within 5e-5).
             cross_kv: KvPrecision::F16,
+            cross_tiles: l.dec_int8.then_some(backend),
         })
     }
 }
@@ -559,6 +564,12 @@ pub fn encoder_layer(layer: &EncoderLayer, dims: &Dims, ws: &mut EncoderWorkspac
 /// stays in L2 between the two products; a multiple of the AVX-512 kernel's 14 rows.
 const ATTN_BLOCK_ROWS: usize = 84;
 
+/// Most draft tokens one [`DecoderState::forward_verify`] call takes: the few-row products of
+/// decoding steps (at most [`ops::LOW_MAX_ROWS`] rows) and the step's cross-attention (below
+/// [`cross::TILED_MIN_QUERIES`] queries).
+pub const MAX_VERIFY: usize = 15;
+const _: () = assert!(MAX_VERIFY <= ops::LOW_MAX_ROWS && MAX_VERIFY < cross::TILED_MIN_QUERIES);
+
 /// Query rows per bf16 attention task: a multiple of the AMX kernel's 32 rows.
 const ATTN_BLOCK_ROWS_BF16: usize = 96;
 
@@ -742,13 +753,21 @@ struct Capture {
 }
 
 impl DecoderState {
-    /// State for batches of up to `max_batch` sequences; cross-attention K/V stored in `cross`.
-    pub fn new(dims: &Dims, max_batch: usize, cross: KvPrecision) -> Self {
+    /// State for batches of up to `max_batch` sequences; cross-attention K/V stored in `cross`
+    /// (and for many-query calls in bf16 tiles of `cross_tiles`).
+    pub fn new(
+        dims: &Dims,
+        max_batch: usize,
+        cross: KvPrecision,
+        cross_tiles: Option<amx::Backend>,
+    ) -> Self {
         let d = dims.n_text_state;
         let ctx = dims.n_text_ctx;
         let rows = max_batch.max(1) * ctx;
         let layers = dims.n_text_layer;
         let keys = ctx.max(dims.n_audio_ctx);
+        // Logits rows a call can leave: two a sequence, or a draft's.
+        let out_rows = (2 * max_batch.max(1)).max(MAX_VERIFY);
         // Each layer's cache allocated zeroed on its own (`vec![vec![..]; n]` would clone the
         // first, writing every page of the copies): pages become resident only as sequences
         // reach them, so greedy decoding never holds the caches of `max_batch` sequences.
@@ -766,11 +785,12 @@ impl DecoderState {
             v_cache: cache(),
             cross_kv: (0..layers)
                 .map(|_| {
-                    CrossKv::new(
+                    CrossKv::with_tiles(
                         dims.n_text_head,
                         d / dims.n_text_head,
                         dims.n_audio_ctx,
                         cross,
+                        cross_tiles,
                     )
                 })
                 .collect(),
@@ -782,12 +802,12 @@ impl DecoderState {
             hidden: vec![0.0; rows * 4 * d],
             scores: vec![0.0; dims.n_text_head * ctx * keys],
             head_out: vec![0.0; rows * d],
-            last: vec![0.0; 2 * max_batch.max(1) * d],
+            last: vec![0.0; out_rows * d],
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
-            logits: vec![0.0; 2 * max_batch.max(1) * dims.n_vocab],
+            logits: vec![0.0; out_rows * dims.n_vocab],
             screen_exact_from: None,
             screened: false,
-            screen_err: vec![0.0; 2 * max_batch.max(1)],
+            screen_err: vec![0.0; out_rows],
             capture: None,
             precise: false,
         }
@@ -885,6 +905,33 @@ impl DecoderState {
     /// given. Logits land in `self.logits`: rows `0..batch` for the last positions, then row
     /// `batch..2*batch` for `extra`.
     pub fn forward(&mut self, w: &Weights, tokens: &[u32], extra: Option<usize>, threads: usize) {
+        self.run(w, tokens, extra, false, threads);
+    }
+
+    /// Feeds the `n` tokens of a draft (one sequence, `n ≤ MAX_VERIFY`) and computes the logits
+    /// of every new position: row `r` is what the model says after `tokens[..=r]`. The products
+    /// are those of single-token steps (at most [`LOW_MAX_ROWS`](ops::LOW_MAX_ROWS) rows, below
+    /// [`TILED_MIN_QUERIES`](cross::TILED_MIN_QUERIES) queries), so a draft token's logits are
+    /// the ones a step would compute, up to the order of float sums. Screened like a step.
+    pub fn forward_verify(&mut self, w: &Weights, tokens: &[u32], threads: usize) {
+        assert!(self.batch == 1 && tokens.len() <= MAX_VERIFY);
+        self.run(w, tokens, None, true, threads);
+    }
+
+    /// Drops the cached positions from `len` on (draft tokens that were not accepted).
+    pub fn truncate(&mut self, len: usize) {
+        assert!(len <= self.len, "truncate past the cache");
+        self.len = len;
+    }
+
+    fn run(
+        &mut self,
+        w: &Weights,
+        tokens: &[u32],
+        extra: Option<usize>,
+        all: bool,
+        threads: usize,
+    ) {
         let dims = &self.dims;
         let (d, heads, ctx) = (dims.n_text_state, dims.n_text_head, dims.n_text_ctx);
         let batch = self.batch;
@@ -964,6 +1011,15 @@ impl DecoderState {
                 .cross_q
                 .product(&self.h, rows, &mut self.qkv, Output::Set, int8, p);
             for b in 0..batch {
+                // The probabilities of the heads a capture records (the first sequence's).
+                let need = match &self.capture {
+                    Some(c) if b == 0 => c
+                        .heads
+                        .iter()
+                        .filter(|&&(l, h)| l == li && h < 64)
+                        .fold(0u64, |m, &(_, h)| m | 1 << h),
+                    _ => 0,
+                };
                 self.cross_kv[li].attend(
                     &self.qkv[b * n * d..],
                     d,
@@ -972,6 +1028,7 @@ impl DecoderState {
                     &mut self.scores,
                     &mut self.head_out,
                     threads > 1,
+                    need,
                 );
                 scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
                 if b == 0
@@ -1011,8 +1068,7 @@ impl DecoderState {
 
         // Final LayerNorm and tied output projection, only for the rows we need logits of.
         let mut out_rows = 0;
-        for b in 0..batch {
-            let r = b * n + n - 1;
+        for r in (0..rows).filter(|r| all || r % n == n - 1) {
             w.dec_ln.forward(
                 &self.x[r * d..(r + 1) * d],
                 &mut self.last[out_rows * d..(out_rows + 1) * d],

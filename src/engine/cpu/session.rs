@@ -53,7 +53,8 @@ pub struct CpuDecoder {
 
 impl CpuDecoder {
     pub fn new(model: std::sync::Arc<crate::engine::WhisperModel>, max_batch: usize) -> Self {
-        let state = DecoderState::new(&model.dims, max_batch, native(&model).cross_kv);
+        let w = native(&model);
+        let state = DecoderState::new(&model.dims, max_batch, w.cross_kv, w.cross_tiles);
         Self { model, state }
     }
 }
@@ -83,6 +84,21 @@ impl crate::engine::Decoder for CpuDecoder {
         self.state
             .forward(native(&self.model), tokens, extra, threads);
         Ok(())
+    }
+    fn max_verify(&self) -> usize {
+        super::MAX_VERIFY
+    }
+    fn forward_verify(
+        &mut self,
+        tokens: &[u32],
+        threads: usize,
+    ) -> Result<(), crate::error::Error> {
+        self.state
+            .forward_verify(native(&self.model), tokens, threads);
+        Ok(())
+    }
+    fn truncate(&mut self, len: usize) {
+        self.state.truncate(len);
     }
     fn logits_row(&self, i: usize) -> &[f32] {
         self.state.logits_row(i)
