@@ -33,9 +33,10 @@ options:
                           numeric precision: f32 = weights as stored, int8 = int8 decoder
                           weights, bf16 = bf16 encoder products (Intel AMX or AVX512_BF16
                           where available), int8-bf16 = encoder linear layers in int8
-                          (AVX512-VNNI), attention bf16; auto = the fastest whose accuracy
-                          holds: bf16 on Intel AMX, int8-bf16 with AVX512_BF16 and VNNI
-                          (AMD Zen 4/5), else f32 [default: auto]
+                          (AVX512-VNNI), attention bf16 (on Intel AMX: encoder bf16, decoder
+                          layers int8); auto = the fastest whose accuracy holds: int8-bf16 on
+                          Intel AMX or with AVX512_BF16 and VNNI (AMD Zen 4/5), bf16 with
+                          AVX512_BF16 alone, else f32 [default: auto]
   --backend cpu|onnx|npu|npu-sim
                           engine: cpu = the native engine; onnx = ONNX Runtime on an ONNX
                           export of the model (scripts/export-onnx; Optimum's layout), with

@@ -81,7 +81,7 @@ pub enum Backend {
 pub enum ComputeTypeMode {
     #[default]
     #[enum_value(
-        name = "Auto: fastest type whose accuracy holds (bf16 on Intel AMX, int8-bf16 with AVX512_BF16 and VNNI, else f32)",
+        name = "Auto: fastest type whose accuracy holds (int8-bf16 on Intel AMX or with AVX512_BF16 and VNNI, bf16 with AVX512_BF16 alone, else f32)",
         nick = "auto"
     )]
     Auto,
