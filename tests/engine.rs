@@ -544,3 +544,74 @@ fn hotwords_spell_a_name_and_prefix_starts_the_text() {
         assert!(started.len() > prefix.len() + 10, "{name}: {started}");
     }
 }
+
+/// `forward_verify` of a draft gives each position the logits a single step gives it (the
+/// same products: at most 15 rows) and the same choice, and `truncate` drops positions so that
+/// steps after it go on as if the dropped tokens had never been fed; offline and live (exact
+/// decoder weights).
+#[test]
+fn draft_verification_matches_single_steps() {
+    for name in ["tiny.en", "base"] {
+        let model = model(name);
+        let specials = &model.tokenizer.specials;
+        let mut prompt = vec![specials.sot];
+        if model.is_multilingual() {
+            prompt.extend([specials.sot + 1, specials.transcribe]);
+        }
+        prompt.push(specials.no_timestamps);
+        let tokens = model
+            .tokenizer
+            .encode(" And so my fellow Americans, ask not what your country can do");
+        let mut decoder = model.new_decoder(1);
+        let k = tokens.len().min(decoder.max_verify());
+        assert!(k >= 10, "{name}: verifies {k} tokens at once");
+        // A synthetic encoder output with the spread of a real one.
+        let n = model.dims.n_audio_ctx * model.dims.n_audio_state;
+        let encoder_out: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 0.618).sin() * 1.5) + ((i % 97) as f32 * 0.01))
+            .collect();
+        // Up to the order of float sums: 2026-12-05 (Intel Xeon, AMX) the logits differed by at
+        // most 2.6e-4 live (exact f16 weights) and 4.5e-3 offline (int8 layers).
+        let close = |a: &[f32], b: &[f32], live: bool, what: &str| {
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            let argmax = |x: &[f32]| (0..x.len()).fold(0, |m, j| if x[j] > x[m] { j } else { m });
+            let tolerance = if live { 1e-3 } else { 1e-2 };
+            assert!(diff <= tolerance, "{name} {what}: logits differ by {diff}");
+            assert_eq!(argmax(a), argmax(b), "{name} {what}: another choice");
+        };
+        for live in [false, true] {
+            decoder.set_live(live);
+            decoder.set_audio(&encoder_out, 2).unwrap();
+            decoder.reset(1);
+            decoder.forward(&prompt, None, 2).unwrap();
+            let mut steps = Vec::new();
+            for &t in &tokens[..k] {
+                decoder.forward(&[t], None, 2).unwrap();
+                steps.push(decoder.logits_row(0).to_vec());
+            }
+            decoder.reset(1);
+            decoder.forward(&prompt, None, 2).unwrap();
+            let at = decoder.len();
+            decoder.forward_verify(&tokens[..k], 2).unwrap();
+            assert_eq!(decoder.len(), at + k);
+            for (r, step) in steps.iter().enumerate() {
+                close(
+                    decoder.logits_row(r),
+                    step,
+                    live,
+                    &format!("live {live}, row {r}"),
+                );
+            }
+            decoder.truncate(at + 4);
+            for (i, step) in steps.iter().enumerate().skip(4) {
+                decoder.forward(&[tokens[i]], None, 2).unwrap();
+                let what = format!("live {live}, step {i} after truncate");
+                close(decoder.logits_row(0), step, live, &what);
+            }
+        }
+    }
+}
