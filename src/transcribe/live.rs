@@ -914,6 +914,8 @@ impl LiveTranscriber {
             Some(t) => t,
             None => self.wait_turn(engine, utt),
         };
+        // The turn's threads: all of the pool, or one while other streams' decodes queue.
+        let threads = engine.set_threads(turn.threads());
         let context: &[u32] = if opts.condition_on_previous_text {
             &self.context
         } else {
@@ -970,6 +972,7 @@ impl LiveTranscriber {
             frame(end) - frame(utt.start),
             span,
         );
+        engine.set_threads(threads);
         drop(turn);
         let prefix = utt.committed_tokens.len();
         let c = units.iter().take_while(|u| u.from < prefix).count();

@@ -544,9 +544,14 @@ impl Transcriber {
         self.pool.scheduler().turn(deadline)
     }
 
-    /// Live: a turn now if no other live decode runs or waits on these workers.
+    /// Live: a turn now if a thread of these workers is free and no other live decode waits.
     pub(crate) fn try_decode_turn(&self) -> Option<Turn> {
         self.pool.scheduler().try_turn()
+    }
+
+    /// Live: the threads the next decodes use (a turn's), returning the previous count.
+    pub(crate) fn set_threads(&mut self, threads: usize) -> usize {
+        std::mem::replace(&mut self.threads, threads.max(1))
     }
 
     /// Live: times (seconds from the window start) of `text` tokens in the window whose

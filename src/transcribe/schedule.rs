@@ -5,8 +5,11 @@
 //! (encoder + decoder over the stream's buffer) takes a turn on the scheduler first. Turns go
 //! by deadline, not by arrival: the stream whose oldest unfinalised word is closest to its
 //! latency budget (or which waits for the decode that finalises an utterance) decodes first, so
-//! one busy stream cannot starve the others, and a decode never shares the cores with another
-//! (a decode uses every thread of the pool). Offline transcription does not take turns.
+//! one busy stream cannot starve the others. A decode that starts while no other runs or waits
+//! gets every thread of the pool; while decodes queue, each gets one thread and as many run at
+//! once as the pool has threads (a decode on one thread does more work per core than one
+//! spread over two: tiny.en 2.2 s on two threads, 3.5 s on one, for the 295 s benchmark).
+//! Offline transcription does not take turns.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
@@ -55,23 +58,25 @@ pub fn shared_workers(threads: usize) -> Result<Arc<Workers>, Error> {
         })?;
     let workers = Arc::new(Workers {
         pool,
-        scheduler: Arc::default(),
+        scheduler: Arc::new(DecodeScheduler::new(threads)),
     });
     pools.retain(|_, w| w.strong_count() > 0);
     pools.insert(threads, Arc::downgrade(&workers));
     Ok(workers)
 }
 
-/// Turns for live decodes, earliest deadline first (ties: first come, first served).
-#[derive(Default)]
+/// Turns for live decodes, earliest deadline first (ties: first come, first served), on a pool
+/// of `threads` threads.
 pub struct DecodeScheduler {
+    threads: usize,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    busy: bool,
+    /// Threads the running decodes were given.
+    busy: usize,
     waiting: BTreeSet<(Instant, u64)>,
     next_ticket: u64,
     /// Turns given, and how many of them went to a later arrival (an earlier deadline).
@@ -79,53 +84,91 @@ struct State {
     overtaken: u64,
 }
 
-/// A decode's turn: the next waiting decode starts when it is dropped (also on a panic).
+/// A decode's turn and the threads it may use: the next waiting decode starts when it is
+/// dropped (also on a panic).
 pub struct Turn {
     scheduler: Arc<DecodeScheduler>,
+    threads: usize,
+}
+
+impl Turn {
+    /// Threads of the pool this decode may use (all, or one while others queue).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.scheduler.lock().busy = false;
+        let mut st = self.scheduler.lock();
+        st.busy = st.busy.saturating_sub(self.threads);
+        drop(st);
         self.scheduler.changed.notify_all();
     }
 }
 
 impl DecodeScheduler {
+    /// A scheduler for a pool of `threads` threads.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            threads: threads.max(1),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until no decode runs and no waiting decode has an earlier `deadline`.
+    /// The threads a decode starting now gets: every thread when none is in use and no other
+    /// decode waits, else one (`None`: none free).
+    fn grant(&self, st: &State) -> Option<usize> {
+        match (st.busy, st.waiting.len()) {
+            (0, 0) => Some(self.threads),
+            (busy, _) if busy < self.threads => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Waits until a thread is free and no waiting decode has an earlier `deadline`.
     pub fn turn(self: &Arc<Self>, deadline: Instant) -> Turn {
         let mut st = self.lock();
         let ticket = (deadline, st.next_ticket);
         st.next_ticket += 1;
         st.waiting.insert(ticket);
-        while st.busy || st.waiting.first() != Some(&ticket) {
+        while st.busy >= self.threads || st.waiting.first() != Some(&ticket) {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.waiting.remove(&ticket);
-        st.busy = true;
+        let threads = self.grant(&st).unwrap_or(1);
+        st.busy += threads;
         st.turns += 1;
         if st.waiting.iter().any(|w| w.1 < ticket.1) {
             st.overtaken += 1;
         }
+        drop(st);
+        // The next in line may start on a thread left free.
+        self.changed.notify_all();
         Turn {
             scheduler: Arc::clone(self),
+            threads,
         }
     }
 
-    /// A turn now, when no decode runs or waits (else `None`: the caller may decode later).
+    /// A turn now, when a thread is free and no decode waits (else `None`: the caller may
+    /// decode later).
     pub fn try_turn(self: &Arc<Self>) -> Option<Turn> {
         let mut st = self.lock();
-        if st.busy || !st.waiting.is_empty() {
+        if !st.waiting.is_empty() {
             return None;
         }
-        st.busy = true;
+        let threads = self.grant(&st)?;
+        st.busy += threads;
         st.turns += 1;
         Some(Turn {
             scheduler: Arc::clone(self),
+            threads,
         })
     }
 
@@ -149,7 +192,7 @@ mod tests {
 
     #[test]
     fn turns_go_by_deadline_not_arrival() {
-        let s = Arc::new(DecodeScheduler::default());
+        let s = Arc::new(DecodeScheduler::new(1));
         let now = Instant::now();
         let first = s.turn(now);
         let (tx, rx) = mpsc::channel();
@@ -184,7 +227,7 @@ mod tests {
 
     #[test]
     fn try_turn_only_when_idle() {
-        let s = Arc::new(DecodeScheduler::default());
+        let s = Arc::new(DecodeScheduler::new(1));
         let t = s.try_turn().expect("idle");
         assert!(s.try_turn().is_none());
         drop(t);
@@ -192,8 +235,56 @@ mod tests {
     }
 
     #[test]
+    fn queued_decodes_share_the_threads_one_each() {
+        let s = Arc::new(DecodeScheduler::new(2));
+        // Alone: every thread.
+        let first = s.turn(Instant::now());
+        assert_eq!(first.threads(), 2);
+        assert!(s.try_turn().is_none(), "no thread free");
+        // Two queue behind it: once it ends, both run at once on a thread each.
+        let (tx, rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let mut handles = Vec::new();
+        for i in 0..2u32 {
+            let (s2, tx, release) = (Arc::clone(&s), tx.clone(), Arc::clone(&release_rx));
+            handles.push(std::thread::spawn(move || {
+                let turn = s2.turn(Instant::now());
+                tx.send((i, turn.threads())).unwrap();
+                // Hold the turn until the test has seen both running.
+                let _ = release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+                drop(turn);
+            }));
+            let queued = Instant::now();
+            while s.waiting() < i as usize + 1 {
+                assert!(queued.elapsed() < Duration::from_secs(10), "never queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(first);
+        let mut got: Vec<(u32, usize)> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a turn"))
+            .collect();
+        got.sort();
+        assert_eq!(got, [(0, 1), (1, 1)], "both at once, one thread each");
+        assert!(s.try_turn().is_none(), "both threads in use");
+        for _ in 0..2 {
+            release_tx.send(()).unwrap();
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        // Idle again: a re-decode's turn gets every thread.
+        let t = s.try_turn().expect("idle");
+        assert_eq!(t.threads(), 2);
+    }
+
+    #[test]
     fn a_panicking_decode_gives_its_turn_back() {
-        let s = Arc::new(DecodeScheduler::default());
+        let s = Arc::new(DecodeScheduler::new(1));
         let s2 = Arc::clone(&s);
         let r = std::thread::spawn(move || {
             let _turn = s2.turn(Instant::now());
