@@ -275,30 +275,16 @@ pub fn decode_window(
                 continue;
             }
             state.truncate(state.len() - pending);
-            // Follow the draft past a differing token: a timestamp that moved, a word written
-            // differently (substitution) or a draft token left out; a second difference in a
-            // row ends the draft.
-            let draft = input.draft;
-            let is_ts = |t: u32| t >= input.specials.timestamp_begin;
-            match draft.get(draft_at) {
-                Some(&d) if d == token || (is_ts(d) && is_ts(token)) => {
-                    draft_at += 1;
-                    misses = 0;
-                }
-                _ if draft.get(draft_at + 1) == Some(&token) => {
-                    draft_at += 2;
-                    misses = 0;
-                }
-                _ => {
-                    draft_at += 1;
-                    misses += 1;
-                }
-            }
+            let ts_begin = input.specials.timestamp_begin;
+            let (next, agreed) = follow_draft(input.draft, draft_at, token, ts_begin);
+            draft_at = next;
+            misses = if agreed { 0 } else { misses + 1 };
             fed.clear();
             fed.push(token);
+            // A second difference in a row ends the draft.
             if misses < 2 {
                 let room = (n_ctx - state.len()).min(max_verify);
-                let ahead = draft.get(draft_at..).unwrap_or_default();
+                let ahead = input.draft.get(draft_at..).unwrap_or_default();
                 fed.extend(ahead.iter().take(room - 1));
             }
             verify_row = 0;
@@ -374,6 +360,19 @@ pub fn decode_window(
         token_logprobs,
     };
     Ok((result, calls))
+}
+
+/// Where the draft goes on after the chosen `token`, the draft's next token being `draft[at]`,
+/// and whether `token` agreed with it. The draft is followed past a difference: a timestamp
+/// that moved (any timestamp for a timestamp, from `ts_begin` on), a word written differently
+/// (taken as a substitution) or a draft token left out (`token` is the one after it).
+fn follow_draft(draft: &[u32], at: usize, token: u32, ts_begin: u32) -> (usize, bool) {
+    let ts = |t: u32| t >= ts_begin;
+    match draft.get(at) {
+        Some(&d) if d == token || (ts(d) && ts(token)) => (at + 1, true),
+        _ if draft.get(at + 1) == Some(&token) => (at + 2, true),
+        _ => (at + 1, false),
+    }
 }
 
 fn argmax(x: &[f32]) -> u32 {

@@ -121,13 +121,13 @@ impl DecodeScheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The threads a decode starting now gets: every thread when none is in use and no other
-    /// decode waits, else one (`None`: none free).
-    fn grant(&self, st: &State) -> Option<usize> {
-        match (st.busy, st.waiting.len()) {
-            (0, 0) => Some(self.threads),
-            (busy, _) if busy < self.threads => Some(1),
-            _ => None,
+    /// The threads a decode starting now (with a thread free) gets: every thread when none is
+    /// in use and no other decode waits, else one.
+    fn grant(&self, st: &State) -> usize {
+        if st.busy == 0 && st.waiting.is_empty() {
+            self.threads
+        } else {
+            1
         }
     }
 
@@ -141,7 +141,7 @@ impl DecodeScheduler {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.waiting.remove(&ticket);
-        let threads = self.grant(&st).unwrap_or(1);
+        let threads = self.grant(&st);
         st.busy += threads;
         st.turns += 1;
         if st.waiting.iter().any(|w| w.1 < ticket.1) {
@@ -160,10 +160,10 @@ impl DecodeScheduler {
     /// decode later).
     pub fn try_turn(self: &Arc<Self>) -> Option<Turn> {
         let mut st = self.lock();
-        if !st.waiting.is_empty() {
+        if st.busy >= self.threads || !st.waiting.is_empty() {
             return None;
         }
-        let threads = self.grant(&st)?;
+        let threads = self.grant(&st);
         st.busy += threads;
         st.turns += 1;
         Some(Turn {

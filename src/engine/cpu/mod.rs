@@ -1010,16 +1010,15 @@ impl DecoderState {
             layer
                 .cross_q
                 .product(&self.h, rows, &mut self.qkv, Output::Set, int8, p);
+            // The heads of this layer whose probabilities a capture records (the first
+            // sequence's).
+            let captured = self.capture.as_ref().map_or(0, |c| {
+                c.heads
+                    .iter()
+                    .filter(|&&(l, h)| l == li && h < 64)
+                    .fold(0u64, |m, &(_, h)| m | 1 << h)
+            });
             for b in 0..batch {
-                // The probabilities of the heads a capture records (the first sequence's).
-                let need = match &self.capture {
-                    Some(c) if b == 0 => c
-                        .heads
-                        .iter()
-                        .filter(|&&(l, h)| l == li && h < 64)
-                        .fold(0u64, |m, &(_, h)| m | 1 << h),
-                    _ => 0,
-                };
                 self.cross_kv[li].attend(
                     &self.qkv[b * n * d..],
                     d,
@@ -1028,7 +1027,7 @@ impl DecoderState {
                     &mut self.scores,
                     &mut self.head_out,
                     threads > 1,
-                    need,
+                    if b == 0 { captured } else { 0 },
                 );
                 scatter_heads(&self.head_out, n, heads, dh, &mut self.attn[b * n * d..]);
                 if b == 0
