@@ -534,6 +534,69 @@ fn two_live_streams_share_the_model_and_caption_both() {
     assert!(cores > 0.0 && cores <= 1.0, "{cores} cores per stream");
 }
 
+/// Overload of elements sharing one engine is graceful too: four live streams of jfk.wav into
+/// `latency=2000` in one process (`examples/bench_live --streams 4`), every live decode lasting
+/// at least 1 s (`WHISPERNPU_TEST_DECODE_SECONDS`), so that the two workers can give each stream
+/// a decode about every 2 s where it would take one every 1.25 s. A decode whose turn would
+/// come too late for its text is not waited for: a re-decode is left out, an utterance end
+/// leaves its speech out (`whispernpu-skipped`). Every text buffer leaves within latency +
+/// lateness of the end of its audio (a small allowance for the push and the host), some speech
+/// is left out and reported, each stream warns once at most, and most of the speech is still
+/// transcribed.
+#[test]
+fn shared_engine_overload_keeps_text_within_the_budget() {
+    let dir = temp_dir("overload-streams");
+    let times = dir.join("jfk.tsv");
+    std::fs::write(
+        &times,
+        "0\t11.0\tAnd so my fellow Americans, ask not what your country can do for you, ask what \
+         you can do for your country.\n",
+    )
+    .unwrap();
+    let model = common::model_dir("tiny.en");
+    let out = std::process::Command::new(common::example_bin("bench_live"))
+        .env("WHISPERNPU_TEST_DECODE_SECONDS", "1.0")
+        .args(["--streams", "6", "--stagger", "0.3", "--latency", "2000"])
+        .args(["--json", "--model"])
+        .arg(&model)
+        .arg("--audio")
+        .arg(common::jfk_wav())
+        .arg("--times")
+        .arg(&times)
+        .output()
+        .expect("bench_live runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench_live failed: {stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    eprintln!("{stderr}");
+    assert_eq!(v["budget"].as_f64(), Some(2.0), "{v}");
+    let streams = v["per_stream"].as_array().expect("per_stream");
+    assert_eq!(streams.len(), 6, "{v}");
+    let mut words = 0;
+    for s in streams {
+        let late = s["own_pts_max"].as_f64().unwrap_or(0.0);
+        assert!(
+            late <= 2.0 + 0.5,
+            "a text buffer left {late:.2} s after the end of its audio: {s}"
+        );
+        let warnings = s["warnings"].as_array().map_or(0, Vec::len);
+        assert!(warnings <= 1, "{warnings} warnings: {s}");
+        words += 100 - s["wer"].as_f64().expect("wer").min(100.0) as i64;
+    }
+    let skipped = v["skipped_seconds"].as_f64().expect("skipped_seconds");
+    assert!(
+        skipped > 0.5,
+        "nothing left out: the load did not exceed the workers? {v}"
+    );
+    assert!(
+        skipped < 0.75 * 6.0 * 11.0,
+        "{skipped:.1} s of 66 s left out: {v}"
+    );
+    // Most of the speech still reaches the captions (WER below 100 % on average).
+    assert!(words > 6 * 30, "little text came through: {v}");
+}
+
 /// Overload is graceful, with a slow engine (the test hook of `gstwhispernpu::fault`: every
 /// live decode lasts at least 1.5 s, about 1.5 × the decode's audio): jfk.wav four times, fed in
 /// real time by a live `appsrc` into `latency=2000`. While the first two copies play, decodes

@@ -443,6 +443,16 @@ pub(super) fn run_streams(
     let mut json_streams = Vec::new();
     let mut all_sentence = Vec::new();
     let (mut worst_p95, mut worst_wer) = (None::<f64>, None::<f64>);
+    // The element's promise: text out within latency + lateness of the end of its audio.
+    let lateness_ms = config
+        .sets
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "lateness")
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let budget = (config.latency_ms as f64 + lateness_ms) / 1000.0;
+    let (mut over_budget, mut buffers) = (0usize, 0usize);
     for (k, ((_, _, shared), warnings)) in streams.iter().zip(&warnings).enumerate() {
         let texts = lock(&shared.texts).clone();
         let t0 = lock(&shared.t0).map_or(0.0, |t| t as f64 / 1e9);
@@ -478,6 +488,9 @@ pub(super) fn run_streams(
         all_sentence.extend(head.iter().copied());
         let p = |v: &[f64], q: f64| percentile(v, q);
         let (own, pulled) = (sorted(own), sorted(pulled));
+        let late = own.iter().filter(|&&l| l > budget).count();
+        over_budget += late;
+        buffers += own.len();
         let p95 = p(&head, 95.0);
         worst_p95 = max_opt(worst_p95, p95);
         worst_wer = max_opt(worst_wer, wer);
@@ -504,6 +517,8 @@ pub(super) fn run_streams(
             "max": head.last(),
             "pulled_back_p95": p(&pulled, 95.0),
             "own_pts_p95": p(&own, 95.0),
+            "own_pts_max": own.last(),
+            "over_budget": late,
             "wer": wer,
             "missed_sentences": if sentence.is_some() { Some(missed) } else { None },
             "sentence_latencies": in_order,
@@ -563,7 +578,8 @@ pub(super) fn run_streams(
     let _ = writeln!(
         out,
         "overload: {total_skipped:.1} s of {:.1} s of audio left out (whispernpu-skipped), \
-         streams with a warning: {}; RSS MiB at 0 / 25 / 50 / 75 / 100 % of the run: {} / {} / {} \
+         text buffers later than latency + lateness ({budget:.1} s) after their own end: \
+         {over_budget} of {buffers}, streams with a warning: {}; RSS MiB at 0 / 25 / 50 / 75 / 100 % of the run: {} / {} / {} \
          / {} / {}",
         audio_seconds * sc.streams as f64,
         warnings.iter().filter(|w| !w.is_empty()).count(),
@@ -595,6 +611,8 @@ pub(super) fn run_streams(
         "cores": cores,
         "cores_per_stream": per_stream,
         "skipped_seconds": total_skipped,
+        "budget": budget,
+        "over_budget": over_budget,
         "rss_mib": rss.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>(),
         "per_stream": json_streams,
     })

@@ -229,6 +229,10 @@ impl Settings {
         Duration::from_millis(self.latency_ms.into())
     }
 
+    fn lateness(&self) -> Duration {
+        Duration::from_millis(self.lateness_ms.into())
+    }
+
     /// `latency` + `lateness`: how long live text may take.
     fn budget(&self) -> Duration {
         Duration::from_millis(u64::from(self.latency_ms) + u64::from(self.lateness_ms))
@@ -1355,6 +1359,7 @@ impl WhisperNpu {
                     return Ok(gst::FlowSuccess::Ok);
                 }
                 self.place(work, time)?;
+                work.policy.set_arrival(arrived);
                 self.feed(work, &samples)?;
                 self.check_backlog(work);
                 Ok(gst::FlowSuccess::Ok)
@@ -1372,6 +1377,8 @@ impl WhisperNpu {
                     let from = work.covered_until.unwrap_or(time);
                     return self.cover_to(work, from, time.saturating_add(duration));
                 }
+                // (When the gap arrived is not recorded: counted as now.)
+                work.policy.set_arrival(Instant::now());
                 self.feed(work, &vec![0.0; n as usize])
             }
             Item::Caps { live } => {
@@ -1471,7 +1478,8 @@ impl WhisperNpu {
         }
         let settings = lock(&self.settings).clone();
         work.settings_generation = generation;
-        work.policy.set_latency(settings.latency());
+        work.policy
+            .set_latency(settings.latency(), settings.lateness());
         let mut opts = match settings.options() {
             Ok(opts) => opts,
             Err(e) if work.engine.is_some() => {
@@ -1612,8 +1620,12 @@ impl WhisperNpu {
             gst::element_imp_warning!(self, gst::LibraryError::Failed, ("{}", warning));
         }
         let PolicyOutput {
-            segments, partial, ..
+            segments,
+            partial,
+            skipped,
+            ..
         } = out;
+        self.report_skipped(work, &skipped);
         self.output(work, segments, decoded)?;
         if let Some(partial) = partial {
             self.send_partial(work, &partial);
@@ -1629,9 +1641,9 @@ impl WhisperNpu {
             work.policy = Box::new(Offline);
             return;
         }
-        let (vad, latency) = {
+        let (vad, latency, lateness) = {
             let s = lock(&self.settings);
-            (s.vad.then(|| s.live_gate()), s.latency())
+            (s.vad.then(|| s.live_gate()), s.latency(), s.lateness())
         };
         let (gate, warning) = open_gate(vad);
         if let Some(warning) = warning {
@@ -1643,7 +1655,7 @@ impl WhisperNpu {
             "Live decoding, speech gate: {}",
             gate.name()
         );
-        work.policy = Box::new(Streaming::new(gate, latency));
+        work.policy = Box::new(Streaming::new(gate, latency, lateness));
     }
 
     /// Live, `partial-results=true`: the not-yet-final text as an element message and a
@@ -1684,6 +1696,7 @@ impl WhisperNpu {
             .drain(engine)
             .map_err(|e| self.engine_error(e))?;
         self.send_detection(work);
+        self.report_skipped(work, &out.skipped);
         let end = work.timeline.seconds();
         let res = self.output(work, out.segments, end);
         work.timeline.reset();
@@ -1939,6 +1952,45 @@ impl WhisperNpu {
         Ok(true)
     }
 
+    /// Live: speech the policy left out because its decode could not get the shared workers in
+    /// time (`whispernpu-skipped` per span, as for audio left out of the queue; the first
+    /// overload of a stream warns). The text around it goes out as usual, a GAP covers it.
+    fn report_skipped(&self, work: &mut Work, spans: &[(f64, f64)]) {
+        for &(from, to) in spans {
+            let (Some(start), Some(end)) = (work.timeline.time_of(from), work.timeline.time_of(to))
+            else {
+                continue;
+            };
+            let queued = lock(&self.queue).queued_samples as f64 / SAMPLE_RATE as f64;
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Overload: speech {} – {} left out, its decode got no turn in time",
+                start,
+                end
+            );
+            work.skipped += end.saturating_sub(start);
+            work.last_shed = Some(work.last_shed.map_or(end, |l| l.max(end)));
+            let structure = gst::Structure::builder("whispernpu-skipped")
+                .field("start", start)
+                .field("duration", end.saturating_sub(start))
+                .field("queued", queued)
+                .build();
+            self.post_element(structure);
+            if !work.behind {
+                let budget = lock(&self.settings).budget().as_secs_f64();
+                self.falling_behind(
+                    work,
+                    format!(
+                        "the engine, shared with other streams, had no turn for {:.1} s of speech \
+                         before its text would be later than latency + lateness ({budget:.1} s)",
+                        (end.saturating_sub(start)).seconds_f64()
+                    ),
+                );
+            }
+        }
+    }
+
     /// An overload starts: one warning per stream (until a flush), an INFO line for the later
     /// ones (the `whispernpu-skipped` and `whispernpu-caught-up` messages mark each).
     fn falling_behind(&self, work: &mut Work, detail: String) {
@@ -2173,8 +2225,9 @@ impl ObjectImpl for WhisperNpu {
                     .nick("Lateness")
                     .blurb(
                         "Live: extra milliseconds added to the reported latency as slack for slow \
-                         decoding; a warning is posted when the audio waiting for the engine \
-                         exceeds latency + lateness + 1 s. Range 0–60000 ms, default 0 ms. Applies \
+                         decoding; under overload, audio whose text could no longer leave within \
+                         latency + lateness is left out (whispernpu-skipped) and a warning is \
+                         posted. Range 0–60000 ms, default 0 ms. Applies \
                          at once (posts a LATENCY message)",
                     )
                     .minimum(0)

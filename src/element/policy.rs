@@ -7,7 +7,7 @@
 //!   when consecutive hypotheses agree, at pauses, or when the latency budget runs out
 //!   ([`LiveTranscriber`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::transcribe::{LiveOptions, LiveTranscriber, Partial, Segment, SpeechGate, Transcriber};
@@ -22,6 +22,9 @@ pub struct PolicyOutput {
     /// Seconds since the run start before which no more text will come; `None`: everything the
     /// engine has decoded.
     pub settled: Option<f64>,
+    /// Live, under overload: speech left out untranscribed (start, end; seconds since the run
+    /// start) because its text could no longer leave within `latency + lateness`.
+    pub skipped: Vec<(f64, f64)>,
 }
 
 impl From<Vec<Segment>> for PolicyOutput {
@@ -46,8 +49,10 @@ pub trait DecodePolicy: Send {
     /// End of a run (EOS, discontinuity, segment change): decode everything. The engine is reset
     /// afterwards.
     fn drain(&mut self, engine: &mut Transcriber) -> Result<PolicyOutput, Error>;
-    /// The `latency` property changed.
-    fn set_latency(&mut self, _latency: Duration) {}
+    /// The `latency` or `lateness` property changed.
+    fn set_latency(&mut self, _latency: Duration, _lateness: Duration) {}
+    /// When the audio of the next push arrived (it may have waited in the element's queue).
+    fn set_arrival(&mut self, _arrived: Instant) {}
     /// Seconds of audio received but not yet looked at by the engine.
     fn pending_seconds(&self, engine: &Transcriber) -> f64 {
         engine.pending_seconds()
@@ -94,10 +99,17 @@ pub struct Streaming {
 }
 
 impl Streaming {
-    pub fn new(gate: Box<dyn SpeechGate>, latency: Duration) -> Self {
+    pub fn new(gate: Box<dyn SpeechGate>, latency: Duration, lateness: Duration) -> Self {
         Self {
-            live: LiveTranscriber::new(gate, LiveOptions::for_latency(latency.as_secs_f64())),
+            live: LiveTranscriber::new(gate, live_options(latency, lateness)),
         }
+    }
+}
+
+fn live_options(latency: Duration, lateness: Duration) -> LiveOptions {
+    LiveOptions {
+        lateness: lateness.as_secs_f64(),
+        ..LiveOptions::for_latency(latency.as_secs_f64())
     }
 }
 
@@ -113,6 +125,7 @@ impl DecodePolicy for Streaming {
             segments: out.segments,
             partial: out.partial,
             settled: Some(out.settled),
+            skipped: out.skipped,
         })
     }
 
@@ -123,12 +136,16 @@ impl DecodePolicy for Streaming {
             segments: out.segments,
             partial: None,
             settled: Some(out.settled),
+            skipped: out.skipped,
         })
     }
 
-    fn set_latency(&mut self, latency: Duration) {
-        self.live
-            .set_options(LiveOptions::for_latency(latency.as_secs_f64()));
+    fn set_latency(&mut self, latency: Duration, lateness: Duration) {
+        self.live.set_options(live_options(latency, lateness));
+    }
+
+    fn set_arrival(&mut self, arrived: Instant) {
+        self.live.set_arrival(Some(arrived));
     }
 
     fn take_warning(&mut self) -> Option<String> {

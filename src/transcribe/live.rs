@@ -39,6 +39,9 @@ use crate::model::tokenizer::Tokenizer;
 
 /// Decodes that end an utterance go this far ahead of every other waiting decode.
 const URGENT_AHEAD: Duration = Duration::from_secs(60);
+/// Share of `latency + lateness` a decode's turn leaves free for the decode running slower
+/// than measured (0.2 s at least): later than that, the wait gives up.
+const GIVE_UP_MARGIN: f64 = 0.1;
 
 /// Onset and end of speech, in samples since the stream start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,11 @@ pub struct LiveOptions {
     /// Seconds from the start of a word to its text leaving the element, at most: words about to
     /// miss it are committed without waiting for agreement.
     pub latency: f64,
+    /// Seconds text may be later than `latency` (the element's `lateness`). Under overload a
+    /// decode whose turn would come too late for its text to leave within `latency + lateness`
+    /// of the audio is not waited for: a re-decode is left out, and the end of an utterance
+    /// leaves its audio out ([`LiveOutput::skipped`]).
+    pub lateness: f64,
     /// Buffer length (seconds) above which the committed part is cut off.
     pub max_buffer: f64,
     /// The step is at least this many times the last decodes' wall time, so that decoding
@@ -131,6 +139,7 @@ impl Default for LiveOptions {
         Self {
             step: 0.5,
             latency: 4.0,
+            lateness: 0.0,
             max_buffer: 15.0,
             headroom: 1.25,
             early_final: 0.1,
@@ -169,6 +178,10 @@ pub struct LiveOutput {
     /// No final text will start before this time (seconds since the stream start): everything
     /// earlier is committed or known not to be speech.
     pub settled: f64,
+    /// Speech left out untranscribed (start, end; seconds since the stream start): under
+    /// overload the decode of an utterance's end did not get the workers in time for its text
+    /// to leave within `latency + lateness`.
+    pub skipped: Vec<(f64, f64)>,
 }
 
 /// Counters, for benchmarks and tests.
@@ -187,8 +200,13 @@ pub struct LiveStats {
     pub loops_cut: u64,
     pub trims: u64,
     /// Re-decodes left out because other live transcribers sharing the workers were decoding
-    /// and this one's words were not yet due (see [`super::schedule`]).
+    /// and this one's words were not yet due (see [`super::schedule`]), or whose turn would
+    /// have come too late.
     pub deferred: u64,
+    /// Decodes that did not get a turn in time and left the speech of their buffer out (an
+    /// utterance end, a full window), and that speech in seconds.
+    pub given_up: u64,
+    pub left_out: f64,
 }
 
 /// A word (or, for scripts without spaces, a token) of a hypothesis.
@@ -254,6 +272,14 @@ pub struct LiveTranscriber {
     context: Vec<u32>,
     /// Smoothed wall time of a decode, seconds.
     decode_seconds: f64,
+    /// A decode's wall time (with its alignment pass) as the slow ones go: the last one or the
+    /// slowest recent one, decaying by a tenth a decode; what a turn must leave room for.
+    decode_high: f64,
+    /// Smoothed wait for a turn when a decode was due (0 while the workers are free), seconds.
+    turn_wait: f64,
+    /// When the newest audio pushed arrived (the element's queue holds it until then): how
+    /// late the stream is now. `None`: pushed as it arrives.
+    arrived: Option<Instant>,
     /// Everything before this is settled (seconds since stream start).
     settled: f64,
     stats: LiveStats,
@@ -267,7 +293,7 @@ static TRACE: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
 macro_rules! trace {
     ($($arg:tt)*) => {
         if *TRACE {
-            eprintln!("live: {}", format_args!($($arg)*));
+            eprintln!("live[{:?}]: {}", std::thread::current().id(), format_args!($($arg)*));
         }
     };
 }
@@ -343,6 +369,9 @@ impl LiveTranscriber {
             utt: None,
             context: Vec::new(),
             decode_seconds: 0.0,
+            decode_high: 0.0,
+            turn_wait: 0.0,
+            arrived: None,
             settled: 0.0,
             stats: LiveStats::default(),
         }
@@ -369,9 +398,21 @@ impl LiveTranscriber {
         self.gate.take_warning()
     }
 
-    /// Recent decode time, seconds (a moving average).
+    /// Recent time from a decode falling due to its text, seconds (moving averages of the wait
+    /// for a turn and of the decode).
     pub fn decode_seconds(&self) -> f64 {
-        self.decode_seconds
+        self.decode_seconds + self.turn_wait
+    }
+
+    /// When the audio pushed next arrived (it may have waited in a queue): its text has that
+    /// much less time. Holds until the next call (also for [`Self::drain`]).
+    pub fn set_arrival(&mut self, arrived: Option<Instant>) {
+        self.arrived = arrived;
+    }
+
+    /// Seconds since the newest audio arrived.
+    fn lag(&self) -> f64 {
+        self.arrived.map_or(0.0, |a| a.elapsed().as_secs_f64())
     }
 
     /// Seconds of audio pushed since the stream start.
@@ -536,18 +577,38 @@ impl LiveTranscriber {
         // Sharing the workers with other live streams: a re-decode whose words are not yet due
         // is left out while another stream decodes (it comes again with the next audio); one
         // that is due, or ends the utterance, waits for its turn.
+        // A due one whose turn would come too late for its text is left out too (under
+        // overload: the utterance's end is decoded, or its audio left out, instead).
         let turn = match self.slack(&utt) {
-            Some(slack) if slack > 0.0 => match engine.try_decode_turn() {
-                Some(turn) => turn,
-                None => {
-                    self.stats.deferred += 1;
-                    self.utt = Some(utt);
-                    return;
+            Some(slack) if slack > 0.0 => {
+                let turn = engine.try_decode_turn();
+                if turn.is_some() {
+                    self.turn_wait *= 0.7;
                 }
-            },
-            _ => self.wait_turn(engine, &utt),
+                turn
+            }
+            Some(slack) => {
+                let oldest = utt.committed_end.max(seconds(utt.start));
+                self.wait_turn(engine, Some(slack), oldest)
+            }
+            None => {
+                let speech_end = seconds(self.total) - self.gate.trailing_silence();
+                self.wait_turn(engine, None, speech_end)
+            }
         };
-        let hyp = self.decode(engine, &utt, self.total, Some(turn));
+        let Some(turn) = turn else {
+            self.stats.deferred += 1;
+            if seconds(self.total - utt.start) >= HARD_MAX_BUFFER {
+                // The window is full and cannot wait for another turn.
+                let end = self.total;
+                self.leave_out(engine, utt, end, out);
+                self.handle_event(engine, GateEvent::Start(end), out);
+            } else {
+                self.utt = Some(utt);
+            }
+            return;
+        };
+        let hyp = self.decode(engine, &utt, self.total, turn);
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
 
@@ -575,7 +636,7 @@ impl LiveTranscriber {
         // The latency budget: a word whose text would otherwise leave after start + latency.
         // (A fixed step, for reproducible runs, also leaves the decode time out.)
         let d = if self.opts.headroom > 0.0 {
-            self.decode_seconds
+            self.decode_seconds + self.turn_wait
         } else {
             0.0
         };
@@ -755,7 +816,14 @@ impl LiveTranscriber {
                 self.stats.reused_finals += 1;
                 h
             }
-            None => self.decode(engine, &utt, end, None),
+            None => match self.wait_turn(engine, None, seconds(end)) {
+                Some(turn) => self.decode(engine, &utt, end, turn),
+                None => {
+                    // Overload: its text could no longer leave in time.
+                    self.leave_out(engine, utt, end, out);
+                    return;
+                }
+            },
         };
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
@@ -861,6 +929,16 @@ impl LiveTranscriber {
                 })
             })
             .collect();
+        trace!(
+            "commit {start:.2}–{end:.2} s{}, {:.2} s after its end (lag {:.2}): {shown:?}",
+            if speech_end.is_some() {
+                " (utterance end)"
+            } else {
+                ""
+            },
+            seconds(self.total) + self.lag() - end,
+            self.lag()
+        );
         out.segments.push(Segment {
             start,
             end,
@@ -885,35 +963,84 @@ impl LiveTranscriber {
             return None;
         }
         let oldest = utt.committed_end.max(seconds(utt.start));
-        Some((oldest + self.opts.latency - seconds(self.total) - self.decode_seconds).max(0.0))
+        let ahead = self.decode_seconds + self.turn_wait + self.lag();
+        Some((oldest + self.opts.latency - seconds(self.total) - ahead).max(0.0))
     }
 
     /// Waits for this stream's turn to decode among the live transcribers sharing the workers:
-    /// utterance ends first, then by deadline (see [`super::schedule`]).
-    fn wait_turn(&self, engine: &Transcriber, utt: &Utterance) -> Turn {
+    /// utterance ends first (`slack` `None`), then by deadline (`slack` seconds from now; see
+    /// [`super::schedule`]). `due`: the audio time (seconds) from which the decode's text is
+    /// measured: the wait gives up (`None`) when the text could no longer leave within
+    /// `latency + lateness` of it.
+    fn wait_turn(&mut self, engine: &Transcriber, slack: Option<f64>, due: f64) -> Option<Turn> {
         let now = Instant::now();
-        let deadline = match self.slack(utt) {
-            None => now.checked_sub(URGENT_AHEAD).unwrap_or(now),
-            Some(slack) => now + Duration::from_secs_f64(slack),
+        let give_up = {
+            let budget = self.opts.latency + self.opts.lateness;
+            // Room for a decode that runs slower than measured (the cores oversubscribed).
+            let margin = (GIVE_UP_MARGIN * budget).max(0.2);
+            let left = due + budget
+                - seconds(self.total)
+                - self.lag()
+                - margin
+                - self
+                    .decode_high
+                    .max(self.decode_seconds)
+                    .max(engine.decode_turn_seconds());
+            now + Duration::from_secs_f64(left.clamp(0.0, 3600.0))
         };
-        engine.decode_turn(deadline)
+        let deadline = match slack {
+            Some(slack) => now + Duration::from_secs_f64(slack),
+            // Ahead of every re-decode; among utterance ends, the one whose text must leave
+            // first goes first.
+            None => give_up.checked_sub(URGENT_AHEAD).unwrap_or(now),
+        };
+        let turn = engine.decode_turn(deadline, Some(give_up));
+        let waited = now.elapsed().as_secs_f64();
+        self.turn_wait = 0.7 * self.turn_wait + 0.3 * waited;
+        trace!(
+            "waited {:.0} ms for a turn{}",
+            waited * 1000.0,
+            if turn.is_none() { ", gave up" } else { "" }
+        );
+        turn
     }
 
-    /// Decodes the utterance's buffer up to sample `end`, on `turn` (taken by `step`), else
-    /// after waiting for one here (an utterance end): that wait counts as decode time.
+    /// Leaves the utterance's speech not yet committed, up to sample `end`, untranscribed
+    /// (reported in `out.skipped`) and closes its buffer: a later decode must not find that
+    /// speech after its committed text.
+    fn leave_out(
+        &mut self,
+        engine: &mut Transcriber,
+        mut utt: Utterance,
+        end: u64,
+        out: &mut LiveOutput,
+    ) {
+        let from = utt.committed_end.max(seconds(utt.start));
+        let to = seconds(end).max(from);
+        trace!("left out {from:.2}–{to:.2} s: no turn in time");
+        self.stats.given_up += 1;
+        self.stats.left_out += to - from;
+        if to > from {
+            out.skipped.push((from, to));
+        }
+        utt.committed_end = to;
+        utt.paused_at = Some(end);
+        utt.last = None;
+        self.settled = self.settled.max(to);
+        self.utt = Some(utt);
+        self.close_buffer(engine);
+    }
+
+    /// Decodes the utterance's buffer up to sample `end` on `turn`.
     fn decode(
         &mut self,
         engine: &mut Transcriber,
         utt: &Utterance,
         end: u64,
-        turn: Option<Turn>,
+        turn: Turn,
     ) -> Hypothesis {
         let t0 = Instant::now();
         let opts = engine.options().clone();
-        let turn = match turn {
-            Some(t) => t,
-            None => self.wait_turn(engine, utt),
-        };
         // The turn's threads: all of the pool, or one while other streams' decodes queue.
         let threads = engine.set_threads(turn.threads());
         let context: &[u32] = if opts.condition_on_previous_text {
@@ -974,6 +1101,7 @@ impl LiveTranscriber {
         );
         engine.set_threads(threads);
         drop(turn);
+        self.decode_high = t0.elapsed().as_secs_f64().max(0.9 * self.decode_high);
         let prefix = utt.committed_tokens.len();
         let c = units.iter().take_while(|u| u.from < prefix).count();
         let mut valid = units.len();

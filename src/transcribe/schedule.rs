@@ -82,6 +82,11 @@ struct State {
     /// Turns given, and how many of them went to a later arrival (an earlier deadline).
     turns: u64,
     overtaken: u64,
+    /// Waits that ended without a turn ([`DecodeScheduler::turn_until`]).
+    given_up: u64,
+    /// How long turns are held, as the slow ones go (the last one or the longest recent one,
+    /// decaying by a tenth a turn), seconds.
+    held: f64,
 }
 
 /// A decode's turn and the threads it may use: the next waiting decode starts when it is
@@ -89,6 +94,7 @@ struct State {
 pub struct Turn {
     scheduler: Arc<DecodeScheduler>,
     threads: usize,
+    since: Instant,
 }
 
 impl Turn {
@@ -102,6 +108,7 @@ impl Drop for Turn {
     fn drop(&mut self) {
         let mut st = self.scheduler.lock();
         st.busy = st.busy.saturating_sub(self.threads);
+        st.held = self.since.elapsed().as_secs_f64().max(0.9 * st.held);
         drop(st);
         self.scheduler.changed.notify_all();
     }
@@ -133,12 +140,47 @@ impl DecodeScheduler {
 
     /// Waits until a thread is free and no waiting decode has an earlier `deadline`.
     pub fn turn(self: &Arc<Self>, deadline: Instant) -> Turn {
+        self.turn_until(deadline, None)
+            .expect("a turn without a time limit is always given")
+    }
+
+    /// [`Self::turn`], giving up at `give_up` (`None` when the turn did not come by then: the
+    /// caller's result would be too late to be of use).
+    pub fn turn_until(
+        self: &Arc<Self>,
+        deadline: Instant,
+        give_up: Option<Instant>,
+    ) -> Option<Turn> {
         let mut st = self.lock();
         let ticket = (deadline, st.next_ticket);
         st.next_ticket += 1;
         st.waiting.insert(ticket);
-        while st.busy >= self.threads || st.waiting.first() != Some(&ticket) {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.busy < self.threads && st.waiting.first() == Some(&ticket) {
+                // Past its limit, a turn is taken only on idle workers (no decode running or
+                // waiting): its result is late, but it delays nobody.
+                let late = give_up.is_some_and(|limit| limit <= Instant::now());
+                if !late || (st.busy == 0 && st.waiting.len() == 1) {
+                    break;
+                }
+            }
+            st = match give_up {
+                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(limit) => {
+                    let Some(left) = limit.checked_duration_since(Instant::now()) else {
+                        st.waiting.remove(&ticket);
+                        st.given_up += 1;
+                        drop(st);
+                        // The next in line may be waiting on this one.
+                        self.changed.notify_all();
+                        return None;
+                    };
+                    self.changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
         st.waiting.remove(&ticket);
         let threads = self.grant(&st);
@@ -150,10 +192,11 @@ impl DecodeScheduler {
         drop(st);
         // The next in line may start on a thread left free.
         self.changed.notify_all();
-        Turn {
+        Some(Turn {
             scheduler: Arc::clone(self),
             threads,
-        }
+            since: Instant::now(),
+        })
     }
 
     /// A turn now, when a thread is free and no decode waits (else `None`: the caller may
@@ -169,6 +212,7 @@ impl DecodeScheduler {
         Some(Turn {
             scheduler: Arc::clone(self),
             threads,
+            since: Instant::now(),
         })
     }
 
@@ -181,6 +225,17 @@ impl DecodeScheduler {
     pub fn turns(&self) -> (u64, u64) {
         let st = self.lock();
         (st.turns, st.overtaken)
+    }
+
+    /// Waits that gave up without a turn.
+    pub fn given_up(&self) -> u64 {
+        self.lock().given_up
+    }
+
+    /// How long a turn (a live decode) lasts on these workers, as the slow ones go: what a
+    /// decode starting now should expect, whichever stream it is for (seconds).
+    pub fn turn_seconds(&self) -> f64 {
+        self.lock().held
     }
 }
 
@@ -280,6 +335,32 @@ mod tests {
         // Idle again: a re-decode's turn gets every thread.
         let t = s.try_turn().expect("idle");
         assert_eq!(t.threads(), 2);
+    }
+
+    #[test]
+    fn a_wait_with_a_limit_gives_up_and_lets_the_next_in_line_go() {
+        let s = Arc::new(DecodeScheduler::new(1));
+        let now = Instant::now();
+        let busy = s.turn(now);
+        // Nothing frees the thread: the wait ends at its limit, without a turn.
+        let t0 = Instant::now();
+        let limit = t0 + Duration::from_millis(50);
+        assert!(s.turn_until(now, Some(limit)).is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert_eq!((s.waiting(), s.given_up()), (0, 1));
+        // A limit already past gives up at once while the workers are in use; one that is
+        // not reached gets the turn.
+        assert!(s.turn_until(now, Some(now)).is_none());
+        drop(busy);
+        let far = Instant::now() + Duration::from_secs(10);
+        let t = s
+            .turn_until(now, Some(far))
+            .expect("a turn before the limit");
+        drop(t);
+        // On idle workers even a late turn is given: it delays nobody.
+        assert!(s.turn_until(now, Some(now)).is_some());
+        assert_eq!(s.given_up(), 2);
     }
 
     #[test]
