@@ -484,14 +484,10 @@ fn srtenc_captions_shaped_by_line_length_and_count() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `bench_live --streams 2`: two live elements in one process (one model, one worker pool)
-/// both caption jfk.wav fed in real time; latency per sentence is measured against the end of
-/// the speech (a one-sentence times file), and the report holds every field the README's
-/// multi-stream table is made from.
-#[test]
-fn two_live_streams_share_the_model_and_caption_both() {
-    let dir = temp_dir("streams");
-    let jfk = common::jfk_wav();
+/// `examples/bench_live --streams ... --json` of tiny.en on jfk.wav (its text as one sentence
+/// from 0 to 11 s) with `args` and the environment `env`: its JSON line and its stderr.
+fn bench_live_jfk(dir: &str, args: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let dir = temp_dir(dir);
     let times = dir.join("jfk.tsv");
     std::fs::write(
         &times,
@@ -501,18 +497,30 @@ fn two_live_streams_share_the_model_and_caption_both() {
     .unwrap();
     let model = common::model_dir("tiny.en");
     let out = std::process::Command::new(common::example_bin("bench_live"))
-        .args(["--streams", "2", "--stagger", "0.5", "--json", "--model"])
+        .envs(env.iter().copied())
+        .args(args)
+        .args(["--json", "--model"])
         .arg(&model)
         .arg("--audio")
-        .arg(&jfk)
+        .arg(common::jfk_wav())
         .arg("--times")
         .arg(&times)
         .output()
         .expect("bench_live runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "bench_live failed: {stderr}");
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let v = serde_json::from_str(line.trim()).expect("one JSON line");
+    (v, stderr)
+}
+
+/// `bench_live --streams 2`: two live elements in one process (one model, one worker pool)
+/// both caption jfk.wav fed in real time; latency per sentence is measured against the end of
+/// the speech (a one-sentence times file), and the report holds every field the README's
+/// multi-stream table is made from.
+#[test]
+fn two_live_streams_share_the_model_and_caption_both() {
+    let (v, stderr) = bench_live_jfk("streams", &["--streams", "2", "--stagger", "0.5"], &[]);
     assert_eq!(v["kind"], "streams");
     assert_eq!(v["latency_kind"], "sentence");
     let streams = v["per_stream"].as_array().expect("per_stream");
@@ -545,30 +553,11 @@ fn two_live_streams_share_the_model_and_caption_both() {
 /// transcribed.
 #[test]
 fn shared_engine_overload_keeps_text_within_the_budget() {
-    let dir = temp_dir("overload-streams");
-    let times = dir.join("jfk.tsv");
-    std::fs::write(
-        &times,
-        "0\t11.0\tAnd so my fellow Americans, ask not what your country can do for you, ask what \
-         you can do for your country.\n",
-    )
-    .unwrap();
-    let model = common::model_dir("tiny.en");
-    let out = std::process::Command::new(common::example_bin("bench_live"))
-        .env("WHISPERNPU_TEST_DECODE_SECONDS", "1.0")
-        .args(["--streams", "6", "--stagger", "0.3", "--latency", "2000"])
-        .args(["--json", "--model"])
-        .arg(&model)
-        .arg("--audio")
-        .arg(common::jfk_wav())
-        .arg("--times")
-        .arg(&times)
-        .output()
-        .expect("bench_live runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench_live failed: {stderr}");
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let (v, stderr) = bench_live_jfk(
+        "overload-streams",
+        &["--streams", "6", "--stagger", "0.3", "--latency", "2000"],
+        &[("WHISPERNPU_TEST_DECODE_SECONDS", "1.0")],
+    );
     eprintln!("{stderr}");
     assert_eq!(v["budget"].as_f64(), Some(2.0), "{v}");
     let streams = v["per_stream"].as_array().expect("per_stream");
