@@ -272,9 +272,6 @@ pub struct LiveTranscriber {
     context: Vec<u32>,
     /// Smoothed wall time of a decode, seconds.
     decode_seconds: f64,
-    /// A decode's wall time (with its alignment pass) as the slow ones go: the last one or the
-    /// slowest recent one, decaying by a tenth a decode; what a turn must leave room for.
-    decode_high: f64,
     /// Smoothed wait for a turn when a decode was due (0 while the workers are free), seconds.
     turn_wait: f64,
     /// When the newest audio pushed arrived (the element's queue holds it until then): how
@@ -369,7 +366,6 @@ impl LiveTranscriber {
             utt: None,
             context: Vec::new(),
             decode_seconds: 0.0,
-            decode_high: 0.0,
             turn_wait: 0.0,
             arrived: None,
             settled: 0.0,
@@ -982,10 +978,9 @@ impl LiveTranscriber {
                 - seconds(self.total)
                 - self.lag()
                 - margin
-                - self
-                    .decode_high
-                    .max(self.decode_seconds)
-                    .max(engine.decode_turn_seconds());
+                // The slowest recent turn on the pool (this stream's decodes among them,
+                // their alignment pass included).
+                - self.decode_seconds.max(engine.decode_turn_seconds());
             now + Duration::from_secs_f64(left.clamp(0.0, 3600.0))
         };
         let deadline = match slack {
@@ -994,7 +989,7 @@ impl LiveTranscriber {
             // first goes first.
             None => give_up.checked_sub(URGENT_AHEAD).unwrap_or(now),
         };
-        let turn = engine.decode_turn(deadline, Some(give_up));
+        let turn = engine.decode_turn(deadline, give_up);
         let waited = now.elapsed().as_secs_f64();
         self.turn_wait = 0.7 * self.turn_wait + 0.3 * waited;
         trace!(
@@ -1101,7 +1096,6 @@ impl LiveTranscriber {
         );
         engine.set_threads(threads);
         drop(turn);
-        self.decode_high = t0.elapsed().as_secs_f64().max(0.9 * self.decode_high);
         let prefix = utt.committed_tokens.len();
         let c = units.iter().take_while(|u| u.from < prefix).count();
         let mut valid = units.len();

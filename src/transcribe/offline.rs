@@ -541,8 +541,8 @@ impl Transcriber {
     /// Live: waits for this transcriber's turn to decode among the live transcribers sharing its
     /// workers, earliest `deadline` first (see [`super::schedule`]); `None` if it did not come
     /// by `give_up`.
-    pub(crate) fn decode_turn(&self, deadline: Instant, give_up: Option<Instant>) -> Option<Turn> {
-        self.pool.scheduler().turn_until(deadline, give_up)
+    pub(crate) fn decode_turn(&self, deadline: Instant, give_up: Instant) -> Option<Turn> {
+        self.pool.scheduler().turn_until(deadline, Some(give_up))
     }
 
     /// Live: how long a live decode on these workers lasts, as the slow ones go (seconds).

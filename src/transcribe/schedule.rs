@@ -241,6 +241,9 @@ impl DecodeScheduler {
 
 #[cfg(test)]
 mod tests {
+    //! The threads spawned here are the tests' own: a panic in one fails its `join().unwrap()`,
+    //! every wait on them is bounded (`recv_timeout`, a timed queue wait), and a `Turn` frees its
+    //! threads on drop, also while unwinding. The scheduler itself spawns nothing.
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
