@@ -542,15 +542,15 @@ fn two_live_streams_share_the_model_and_caption_both() {
     assert!(cores > 0.0 && cores <= 1.0, "{cores} cores per stream");
 }
 
-/// Overload of elements sharing one engine is graceful too: four live streams of jfk.wav into
-/// `latency=2000` in one process (`examples/bench_live --streams 4`), every live decode lasting
+/// Overload of elements sharing one engine is graceful too: six live streams of jfk.wav into
+/// `latency=2000` in one process (`examples/bench_live --streams 6`), every live decode lasting
 /// at least 1 s (`WHISPERNPU_TEST_DECODE_SECONDS`), so that the two workers can give each stream
-/// a decode about every 2 s where it would take one every 1.25 s. A decode whose turn would
-/// come too late for its text is not waited for: a re-decode is left out, an utterance end
-/// leaves its speech out (`whispernpu-skipped`). Every text buffer leaves within latency +
-/// lateness of the end of its audio (a small allowance for the push and the host), some speech
-/// is left out and reported, each stream warns once at most, and most of the speech is still
-/// transcribed.
+/// a decode about every 3 s where it would take one every 1.25 s. A decode whose turn would
+/// come too late for its text is not waited for: a re-decode is left out and the words the last
+/// decode heard that cannot wait go out as it heard them; an utterance end leaves its speech out
+/// (`whispernpu-skipped`). Every text buffer leaves within latency + lateness of the end of its
+/// audio (0.2 s allowed for the push and a busy host), some speech is left out and reported, each stream warns once at most, and most of the
+/// speech is still transcribed.
 #[test]
 fn shared_engine_overload_keeps_text_within_the_budget() {
     let (v, stderr) = bench_live_jfk(
@@ -566,7 +566,7 @@ fn shared_engine_overload_keeps_text_within_the_budget() {
     for s in streams {
         let late = s["own_pts_max"].as_f64().unwrap_or(0.0);
         assert!(
-            late <= 2.0 + 0.5,
+            late <= 2.0 + 0.2,
             "a text buffer left {late:.2} s after the end of its audio: {s}"
         );
         let warnings = s["warnings"].as_array().map_or(0, Vec::len);

@@ -394,10 +394,10 @@ impl LiveTranscriber {
         self.gate.take_warning()
     }
 
-    /// Recent time from a decode falling due to its text, seconds (moving averages of the wait
-    /// for a turn and of the decode).
+    /// Recent wall time of a decode, seconds (a moving average). The wait for a turn on shared
+    /// workers is not in it: the policy bounds that wait itself ([`Self::wait_turn`]).
     pub fn decode_seconds(&self) -> f64 {
-        self.decode_seconds + self.turn_wait
+        self.decode_seconds
     }
 
     /// When the audio pushed next arrived (it may have waited in a queue): its text has that
@@ -575,7 +575,8 @@ impl LiveTranscriber {
         // that is due, or ends the utterance, waits for its turn.
         // A due one whose turn would come too late for its text is left out too (under
         // overload: the utterance's end is decoded, or its audio left out, instead).
-        let turn = match self.slack(&utt) {
+        let slack = self.slack(&utt);
+        let turn = match slack {
             Some(slack) if slack > 0.0 => {
                 let turn = engine.try_decode_turn();
                 if turn.is_some() {
@@ -589,11 +590,16 @@ impl LiveTranscriber {
             }
             None => {
                 let speech_end = seconds(self.total) - self.gate.trailing_silence();
-                self.wait_turn(engine, None, speech_end)
+                self.wait_final(engine, &mut utt, speech_end, out)
             }
         };
         let Some(turn) = turn else {
             self.stats.deferred += 1;
+            if slack.is_some() {
+                // Due, and no turn in time: the words the last decode heard that cannot wait
+                // for another go out as it heard them.
+                self.force_from_last(engine, &mut utt, self.give_up_horizon(engine), out);
+            }
             if seconds(self.total - utt.start) >= HARD_MAX_BUFFER {
                 // The window is full and cannot wait for another turn.
                 let end = self.total;
@@ -629,15 +635,7 @@ impl LiveTranscriber {
                 seconds(hyp.audio_end - utt.start),
             )
         };
-        // The latency budget: a word whose text would otherwise leave after start + latency.
-        // (A fixed step, for reproducible runs, also leaves the decode time out.)
-        let d = if self.opts.headroom > 0.0 {
-            self.decode_seconds + self.turn_wait
-        } else {
-            0.0
-        };
-        let next_out = seconds(self.total) + self.opts.step.max(d) + d;
-        let budget_from = next_out - self.opts.latency;
+        let budget_from = self.forced_horizon();
         let base = seconds(utt.start);
         let mut forced = 0;
         while c + forced < valid && base + hyp.units[c + forced].start < budget_from {
@@ -803,17 +801,19 @@ impl LiveTranscriber {
         let Some(mut utt) = self.utt.take() else {
             return;
         };
-        let reusable = utt
-            .last
-            .take()
-            .filter(|h| h.audio_end + to_samples(0.1) >= end);
+        let reusable = utt.last.take_if(|h| h.audio_end + to_samples(0.1) >= end);
         let hyp = match reusable {
             Some(h) => {
                 self.stats.reused_finals += 1;
                 h
             }
-            None => match self.wait_turn(engine, None, seconds(end)) {
-                Some(turn) => self.decode(engine, &utt, end, turn),
+            None => match self.wait_final(engine, &mut utt, seconds(end), out) {
+                Some(turn) => {
+                    // Step by step, without the last hypothesis as a draft, as the final decode was
+                    // measured for the live WER figures.
+                    utt.last = None;
+                    self.decode(engine, &utt, end, turn)
+                }
                 None => {
                     // Overload: its text could no longer leave in time.
                     self.leave_out(engine, utt, end, out);
@@ -963,6 +963,100 @@ impl LiveTranscriber {
         Some((oldest + self.opts.latency - seconds(self.total) - ahead).max(0.0))
     }
 
+    /// The latency budget: words starting before this (stream seconds) would leave after
+    /// start + latency if they waited for the decode after the next one (the stream's recent
+    /// decode time and wait for a turn, and how late its audio is, counted). A fixed step, for
+    /// reproducible runs, also leaves the decode time out.
+    fn forced_horizon(&self) -> f64 {
+        let d = if self.opts.headroom > 0.0 {
+            self.decode_seconds + self.turn_wait
+        } else {
+            0.0
+        };
+        seconds(self.total) + self.lag() + self.opts.step.max(d) + d - self.opts.latency
+    }
+
+    /// The audio time (stream seconds) before which a decode starting now could no longer have
+    /// its text out within `latency + lateness`: the stream's lag, the slowest recent turn on
+    /// the pool (this stream's decodes among them, their alignment pass included) and a margin
+    /// for a decode that runs slower than measured (the cores oversubscribed) counted.
+    fn give_up_horizon(&self, engine: &Transcriber) -> f64 {
+        let budget = self.opts.latency + self.opts.lateness;
+        let margin = (GIVE_UP_MARGIN * budget).max(0.2);
+        seconds(self.total)
+            + self.lag()
+            + margin
+            + self.decode_seconds.max(engine.decode_turn_seconds())
+            - budget
+    }
+
+    /// The start (stream seconds) of the oldest word not yet final: as the last decode heard
+    /// it, else the end of the committed text.
+    fn oldest_pending(utt: &Utterance) -> f64 {
+        let committed = utt.committed_end.max(seconds(utt.start));
+        let heard = utt.last.as_ref().and_then(|h| {
+            let c = committed_count(h, utt.committed_tokens.len());
+            (c < h.valid).then(|| seconds(utt.start) + h.units[c].start)
+        });
+        heard.map_or(committed, |h| h.max(committed))
+    }
+
+    /// Commits, as the last decode heard them, the words not yet final that start before
+    /// `horizon` (stream seconds): when no decode can come in time for them (the wait for a turn
+    /// gave up), their text still leaves within the budget, forced, instead of late. Whether it
+    /// committed any.
+    fn force_from_last(
+        &mut self,
+        engine: &Transcriber,
+        utt: &mut Utterance,
+        horizon: f64,
+        out: &mut LiveOutput,
+    ) -> bool {
+        let Some(hyp) = utt.last.take() else {
+            return false;
+        };
+        let c = committed_count(&hyp, utt.committed_tokens.len());
+        let valid = hyp.valid.max(c);
+        let base = seconds(utt.start);
+        let k = (c..valid)
+            .take_while(|&k| base + hyp.units[k].start < horizon)
+            .count();
+        if k > 0 {
+            trace!("no turn in time: {k} words forced from the last decode");
+            self.stats.forced += k as u64;
+            self.commit(engine, utt, &hyp, c, c + k, None, out);
+        }
+        utt.last = Some(hyp);
+        k > 0
+    }
+
+    /// Waits for the turn of a decode that ends the utterance (its text waits on it), measured
+    /// from `speech_end` (see [`Self::wait_turn`]). Older words not yet final have earlier
+    /// limits: while the oldest one's passes first, the words the last decode heard that can
+    /// no longer wait go out as it heard them ([`Self::force_from_last`]) and the wait goes on
+    /// for the rest.
+    fn wait_final(
+        &mut self,
+        engine: &Transcriber,
+        utt: &mut Utterance,
+        speech_end: f64,
+        out: &mut LiveOutput,
+    ) -> Option<Turn> {
+        while utt.last.is_some() {
+            let oldest = Self::oldest_pending(utt);
+            if oldest >= speech_end {
+                break;
+            }
+            if let Some(turn) = self.wait_turn(engine, None, oldest) {
+                return Some(turn);
+            }
+            if !self.force_from_last(engine, utt, self.give_up_horizon(engine), out) {
+                break;
+            }
+        }
+        self.wait_turn(engine, None, speech_end)
+    }
+
     /// Waits for this stream's turn to decode among the live transcribers sharing the workers:
     /// utterance ends first (`slack` `None`), then by deadline (`slack` seconds from now; see
     /// [`super::schedule`]). `due`: the audio time (seconds) from which the decode's text is
@@ -971,16 +1065,7 @@ impl LiveTranscriber {
     fn wait_turn(&mut self, engine: &Transcriber, slack: Option<f64>, due: f64) -> Option<Turn> {
         let now = Instant::now();
         let give_up = {
-            let budget = self.opts.latency + self.opts.lateness;
-            // Room for a decode that runs slower than measured (the cores oversubscribed).
-            let margin = (GIVE_UP_MARGIN * budget).max(0.2);
-            let left = due + budget
-                - seconds(self.total)
-                - self.lag()
-                - margin
-                // The slowest recent turn on the pool (this stream's decodes among them,
-                // their alignment pass included).
-                - self.decode_seconds.max(engine.decode_turn_seconds());
+            let left = due - self.give_up_horizon(engine);
             now + Duration::from_secs_f64(left.clamp(0.0, 3600.0))
         };
         let deadline = match slack {
