@@ -596,8 +596,8 @@ impl LiveTranscriber {
         let Some(turn) = turn else {
             self.stats.deferred += 1;
             if slack.is_some() {
-                // Due, and no turn in time: the words the last decode heard that cannot wait
-                // for another go out as it heard them.
+                // No turn now: the words the last decode heard that a decode starting now could
+                // no longer get out in time go out as it heard them.
                 self.force_from_last(engine, &mut utt, self.give_up_horizon(engine), out);
             }
             if seconds(self.total - utt.start) >= HARD_MAX_BUFFER {

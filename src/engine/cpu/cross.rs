@@ -6,8 +6,9 @@
 //! head as `Kᵀ [dh][keys]` (in contiguous tiles of 32 keys, `kt_index`) and `V [keys][dh]`:
 //! scores for a query are then a sum of `dh` scaled rows of `Kᵀ` (vector FMAs along the keys, no
 //! horizontal reduction per key, both read front to back) and the output a
-//! sum of `keys` scaled rows of `V`. Stored in f32, or in f16 (half the bytes, rounding every
-//! value to 11 significant bits).
+//! sum of `keys` scaled rows of `V`. Stored in f32, in f16 (half the bytes, rounding every
+//! value to 11 significant bits), or in int8 (a quarter: `K` scaled per feature, `V` per key,
+//! the scales folded into the query and the probabilities).
 //!
 //! Calls of many queries at once (a prompt: the previous text, or a live buffer's words; the
 //! word-alignment pass) are compute-bound instead: with a tiled backend (AMX, or `vdpbf16ps`;
@@ -26,6 +27,10 @@ use super::sgemm::{Isa, MatRef, current_isa};
 pub enum KvPrecision {
     F32,
     F16,
+    /// int8 with a scale per feature of `K` (per head, over the window's keys: K's features
+    /// differ in range, its keys less) and per key of `V` (over the head's features): a quarter
+    /// of f32's bytes. The scales fold into the query and the probabilities.
+    I8,
 }
 
 /// Most queries one pass of the scores kernel takes (its accumulators stay in registers).
@@ -60,9 +65,26 @@ pub struct CrossKv {
 }
 
 enum Store {
-    F32 { kt: Vec<f32>, v: Vec<f32> },
-    F16 { kt: Vec<f16>, v: Vec<f16> },
+    F32 {
+        kt: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F16 {
+        kt: Vec<f16>,
+        v: Vec<f16>,
+    },
+    I8 {
+        kt: Vec<i8>,
+        v: Vec<i8>,
+        /// `[heads][dh]`: `K[j][p] ≈ k_scale[p] · kt[p][j]`.
+        k_scale: Vec<f32>,
+        /// `[heads][keys]`: `V[j][c] ≈ v_scale[j] · v[j][c]`.
+        v_scale: Vec<f32>,
+    },
 }
+
+/// Most features per head the int8 store's scaled-query buffer holds (Whisper's heads have 64).
+const MAX_DH: usize = 128;
 
 impl CrossKv {
     /// Storage for `heads` heads of size `dh` over `keys` positions.
@@ -90,6 +112,15 @@ impl CrossKv {
                 kt: vec![f16::ZERO; nk],
                 v: vec![f16::ZERO; nv],
             },
+            KvPrecision::I8 => {
+                assert!(dh <= MAX_DH, "int8 cross K/V: head size {dh} over {MAX_DH}");
+                Store::I8 {
+                    kt: vec![0; nk],
+                    v: vec![0; nv],
+                    k_scale: vec![1.0; heads * dh],
+                    v_scale: vec![1.0; heads * keys],
+                }
+            }
         };
         let tiled = tiles
             .filter(|&b| b != Backend::Emulated)
@@ -148,6 +179,12 @@ impl CrossKv {
         match &mut self.store {
             Store::F32 { kt, v } => fill_as(kv, kt, v, shape),
             Store::F16 { kt, v } => fill_as(kv, kt, v, shape),
+            Store::I8 {
+                kt,
+                v,
+                k_scale,
+                v_scale,
+            } => fill_i8(kv, kt, v, k_scale, v_scale, shape),
         }
         self.tiled
             .par_iter_mut()
@@ -209,8 +246,18 @@ impl CrossKv {
                 return;
             }
             match &self.store {
-                Store::F32 { kt, v } => self.head(isa, kt, v, h, q, q_rs, n, scale, s, o),
-                Store::F16 { kt, v } => self.head(isa, kt, v, h, q, q_rs, n, scale, s, o),
+                Store::F32 { kt, v } => self.head(isa, kt, v, None, h, q, q_rs, n, scale, s, o),
+                Store::F16 { kt, v } => self.head(isa, kt, v, None, h, q, q_rs, n, scale, s, o),
+                Store::I8 {
+                    kt,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    let (dh, keys) = (self.dh, self.keys);
+                    let scales = (&k_scale[h * dh..][..dh], &v_scale[h * keys..][..keys]);
+                    self.head(isa, kt, v, Some(scales), h, q, q_rs, n, scale, s, o)
+                }
             }
         };
         if parallel && heads > 1 {
@@ -231,12 +278,14 @@ impl CrossKv {
     }
 
     /// One head: `scores[n][keys]`, `out[n][dh]`; `q` starts at the head's first column.
+    /// `scales`: the int8 store's `K` feature and `V` key scales of this head.
     #[allow(clippy::too_many_arguments)]
     fn head<E: KvElem>(
         &self,
         isa: Isa,
         kt: &[E],
         v: &[E],
+        scales: Option<(&[f32], &[f32])>,
         h: usize,
         q: &[f32],
         q_rs: usize,
@@ -248,11 +297,26 @@ impl CrossKv {
         let (dh, keys, keys_pad) = (self.dh, self.keys, self.keys_pad);
         let kt = &kt[h * dh * keys_pad..(h + 1) * dh * keys_pad];
         let v = &v[h * keys * dh..(h + 1) * keys * dh];
+        // With K's feature scales, the queries scaled by them (a group at a time, on the stack).
+        let mut scaled = [0.0f32; SCORE_GROUP * MAX_DH];
         let mut i = 0;
         while i < n {
             let g = SCORE_GROUP.min(n - i);
             let s = &mut scores[i * keys..(i + g) * keys];
-            let qg = &q[i * q_rs..];
+            let (qg, q_rs) = match scales {
+                Some((k_scale, _)) => {
+                    for r in 0..g {
+                        let row = &q[(i + r) * q_rs..][..dh];
+                        for ((d, &x), &ks) in
+                            scaled[r * dh..][..dh].iter_mut().zip(row).zip(k_scale)
+                        {
+                            *d = x * ks;
+                        }
+                    }
+                    (&scaled[..], dh)
+                }
+                None => (&q[i * q_rs..], q_rs),
+            };
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {
                 // SAFETY: AVX-512F is present (`isa` comes from detection); shapes as asserted
@@ -268,6 +332,7 @@ impl CrossKv {
         for row in scores[..n * keys].chunks_exact_mut(keys) {
             super::ops::softmax_row(row);
         }
+        let v_scale = scales.map(|(_, vs)| vs);
         let mut i = 0;
         while i < n {
             let g = VALUE_GROUP.min(n - i);
@@ -275,15 +340,77 @@ impl CrossKv {
             let o = &mut out[i * dh..(i + g) * dh];
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 && dh == 64 {
-                // SAFETY: as above; `v` is `[keys][64]`.
-                unsafe { avx512::values64(v, keys, p, g, o) };
+                // SAFETY: as above; `v` is `[keys][64]`, `v_scale` (when given) `[keys]`.
+                unsafe { avx512::values64(v, keys, p, v_scale, g, o) };
                 i += g;
                 continue;
             }
-            values_portable(v, keys, dh, p, g, o);
+            values_portable(v, keys, dh, p, v_scale, g, o);
             i += g;
         }
     }
+}
+
+/// [`CrossKv::fill`] for the int8 store: per head, `K`'s scale per feature (its largest
+/// magnitude over the keys / 127) and `V`'s per key (over the features), values rounded to the
+/// nearest step.
+fn fill_i8(
+    kv: &[f32],
+    kt: &mut [i8],
+    v: &mut [i8],
+    k_scale: &mut [f32],
+    v_scale: &mut [f32],
+    (heads, dh, keys, keys_pad): (usize, usize, usize, usize),
+) {
+    let d = heads * dh;
+    let step = |max: f32| if max > 0.0 { max / 127.0 } else { 1.0 };
+    // Round to nearest (ties to even) by adding and taking away 1.5 · 2^23, exact for |x| ≤ 2^22:
+    // plain arithmetic the compiler vectorises, where `round_ties_even` is a library call on
+    // x86-64's baseline (this runs on 2 × 1500 × d values a window and layer).
+    const ROUND: f32 = 12_582_912.0;
+    let quantise = |x: f32| ((x + ROUND) - ROUND) as i8;
+    kt.par_chunks_mut(dh * keys_pad)
+        .zip(v.par_chunks_mut(keys * dh))
+        .zip(k_scale.par_chunks_mut(dh))
+        .zip(v_scale.par_chunks_mut(keys))
+        .enumerate()
+        .for_each(|(h, (((kt, v), ks), vs))| {
+            let key = |j: usize| &kv[j * 2 * d + h * dh..][..dh];
+            ks.fill(0.0);
+            for j in 0..keys {
+                for (m, &x) in ks.iter_mut().zip(key(j)) {
+                    *m = m.max(x.abs());
+                }
+            }
+            let mut inv = [0.0f32; MAX_DH];
+            for (s, i) in ks.iter_mut().zip(inv.iter_mut()) {
+                *s = step(*s);
+                *i = 1.0 / *s;
+            }
+            // A tile of `Kᵀ` (`[dh][KEY_STEP]`, contiguous) gathered scaled, then rounded.
+            let mut tile = [0.0f32; MAX_DH * KEY_STEP];
+            let tile = &mut tile[..dh * KEY_STEP];
+            for (jb, dst) in kt.chunks_exact_mut(dh * KEY_STEP).enumerate() {
+                tile.fill(0.0);
+                let j0 = jb * KEY_STEP;
+                for jj in 0..KEY_STEP.min(keys - j0) {
+                    for (p, (&x, &i)) in key(j0 + jj).iter().zip(&inv).enumerate() {
+                        tile[p * KEY_STEP + jj] = x * i;
+                    }
+                }
+                for (o, &x) in dst.iter_mut().zip(tile.iter()) {
+                    *o = quantise(x);
+                }
+            }
+            for (j, (dst, s)) in v.chunks_exact_mut(dh).zip(vs.iter_mut()).enumerate() {
+                let row = &kv[j * 2 * d + d + h * dh..][..dh];
+                *s = step(row.iter().fold(0.0f32, |m, &x| m.max(x.abs())));
+                let inv = 1.0 / *s;
+                for (o, &x) in dst.iter_mut().zip(row) {
+                    *o = quantise(x * inv);
+                }
+            }
+        });
 }
 
 /// An element type of the stored K/V.
@@ -333,6 +460,27 @@ impl KvElem for f16 {
     }
 }
 
+impl KvElem for i8 {
+    fn convert(src: &[f32], dst: &mut [Self]) {
+        // (The int8 store is filled by `fill_i8`, with its scales; this rounds values already
+        // in steps.)
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = x.round_ties_even() as i8;
+        }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: forwarded to the caller.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+    }
+}
+
 /// `s[i][j] = scale · Σ_p q[i][p] · Kᵀ[p][j]` for `i < g`, `j < keys`.
 #[allow(clippy::too_many_arguments)]
 fn scores_portable<E: KvElem>(
@@ -358,12 +506,22 @@ fn scores_portable<E: KvElem>(
     }
 }
 
-/// `o[i][c] = Σ_j p[i][j] · V[j][c]` for `i < g`.
-fn values_portable<E: KvElem>(v: &[E], keys: usize, dh: usize, p: &[f32], g: usize, o: &mut [f32]) {
+/// `o[i][c] = Σ_j p[i][j] · s[j] · V[j][c]` for `i < g` (`s`: the int8 store's key scales, else
+/// 1).
+fn values_portable<E: KvElem>(
+    v: &[E],
+    keys: usize,
+    dh: usize,
+    p: &[f32],
+    v_scale: Option<&[f32]>,
+    g: usize,
+    o: &mut [f32],
+) {
     for i in 0..g {
         let oi = &mut o[i * dh..(i + 1) * dh];
         oi.fill(0.0);
         for (j, &pj) in p[i * keys..(i + 1) * keys].iter().enumerate() {
+            let pj = v_scale.map_or(pj, |s| pj * s[j]);
             for (x, e) in oi.iter_mut().zip(&v[j * dh..(j + 1) * dh]) {
                 *x += pj * e.to_f32();
             }
@@ -473,34 +631,47 @@ mod avx512 {
     /// of `V` feed `4g` accumulators.
     ///
     /// # Safety
-    /// AVX-512F present; `v` is `[keys][64]`, `p` holds `g · keys`, `o` holds `g · 64`.
+    /// AVX-512F present; `v` is `[keys][64]`, `p` holds `g · keys`, `v_scale` (when given)
+    /// `keys`, `o` holds `g · 64`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn values64<E: KvElem>(
         v: &[E],
         keys: usize,
         p: &[f32],
+        v_scale: Option<&[f32]>,
         g: usize,
         o: &mut [f32],
     ) {
         debug_assert!(v.len() >= keys * 64 && p.len() >= g * keys && o.len() >= g * 64);
-        debug_assert!(g <= VALUE_GROUP);
+        debug_assert!(g <= VALUE_GROUP && v_scale.is_none_or(|s| s.len() >= keys));
         // SAFETY: forwarded.
         unsafe {
-            match g {
-                1 => values_n::<E, 1>(v, keys, p, o),
-                2 => values_n::<E, 2>(v, keys, p, o),
-                3 => values_n::<E, 3>(v, keys, p, o),
-                _ => values_n::<E, 4>(v, keys, p, o),
+            match (g, v_scale) {
+                (1, None) => values_n::<E, 1, false>(v, keys, p, &[], o),
+                (2, None) => values_n::<E, 2, false>(v, keys, p, &[], o),
+                (3, None) => values_n::<E, 3, false>(v, keys, p, &[], o),
+                (_, None) => values_n::<E, 4, false>(v, keys, p, &[], o),
+                (1, Some(s)) => values_n::<E, 1, true>(v, keys, p, s, o),
+                (2, Some(s)) => values_n::<E, 2, true>(v, keys, p, s, o),
+                (3, Some(s)) => values_n::<E, 3, true>(v, keys, p, s, o),
+                (_, Some(s)) => values_n::<E, 4, true>(v, keys, p, s, o),
             }
         }
     }
 
+    /// `SCALED`: each probability times its key's scale (`s`, the int8 store's).
     #[target_feature(enable = "avx512f")]
-    unsafe fn values_n<E: KvElem, const G: usize>(v: &[E], keys: usize, p: &[f32], o: &mut [f32]) {
-        let (v, p, o) = (v.as_ptr(), p.as_ptr(), o.as_mut_ptr());
+    unsafe fn values_n<E: KvElem, const G: usize, const SCALED: bool>(
+        v: &[E],
+        keys: usize,
+        p: &[f32],
+        s: &[f32],
+        o: &mut [f32],
+    ) {
+        let (v, p, s, o) = (v.as_ptr(), p.as_ptr(), s.as_ptr(), o.as_mut_ptr());
         let mut acc = [[_mm512_setzero_ps(); 4]; G];
         for j in 0..keys {
-            // SAFETY: j < keys: row j of `v` and p[i][j] exist.
+            // SAFETY: j < keys: row j of `v`, p[i][j] and (when SCALED) s[j] exist.
             unsafe {
                 let row = v.add(j * 64);
                 let r = [
@@ -509,8 +680,13 @@ mod avx512 {
                     E::load16(row.add(32)),
                     E::load16(row.add(48)),
                 ];
+                let sj = if SCALED { *s.add(j) } else { 1.0 };
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let pb = _mm512_set1_ps(*p.add(i * keys + j));
+                    let pb = _mm512_set1_ps(if SCALED {
+                        *p.add(i * keys + j) * sj
+                    } else {
+                        *p.add(i * keys + j)
+                    });
                     for c in 0..4 {
                         a[c] = _mm512_fmadd_ps(pb, r[c], a[c]);
                     }
@@ -581,7 +757,7 @@ mod tests {
             let kv: Vec<f32> = (0..keys * 2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
             let q: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.11).cos()).collect();
             let want = naive(&kv, &q, n, heads, dh, keys);
-            for precision in [KvPrecision::F32, KvPrecision::F16] {
+            for precision in [KvPrecision::F32, KvPrecision::F16, KvPrecision::I8] {
                 for tiles in [None, tiles] {
                     let mut c = CrossKv::with_tiles(heads, dh, keys, precision, tiles);
                     c.fill(&kv);
@@ -610,7 +786,7 @@ mod tests {
                             });
                             for (k, (&got, &w)) in out.iter().zip(&want).enumerate() {
                                 let h = k / (n * dh);
-                                let tol = if tiled(h) {
+                                let tol = if tiled(h) || precision == KvPrecision::I8 {
                                     2e-2
                                 } else if precision == KvPrecision::F32 {
                                     1e-4
