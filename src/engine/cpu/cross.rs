@@ -145,7 +145,7 @@ impl CrossKv {
         let (heads, dh, keys, keys_pad) = (self.heads, self.dh, self.keys, self.keys_pad);
         let d = heads * dh;
         assert_eq!(kv.len(), keys * 2 * d, "cross K/V shape");
-        fn fill_as<E: KvElem>(
+        fn fill_as<E: KvConvert>(
             kv: &[f32],
             kt: &mut [E],
             v: &mut [E],
@@ -415,8 +415,6 @@ fn fill_i8(
 
 /// An element type of the stored K/V.
 trait KvElem: Copy + Send + Sync {
-    /// `dst[i] = src[i]` rounded to this type, vectorised where the type allows.
-    fn convert(src: &[f32], dst: &mut [Self]);
     fn to_f32(self) -> f32;
     /// 16 consecutive values as f32 (AVX-512F).
     ///
@@ -426,10 +424,26 @@ trait KvElem: Copy + Send + Sync {
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
-impl KvElem for f32 {
+/// An element type stored without scales (the int8 store has its own fill, [`fill_i8`]).
+trait KvConvert: KvElem {
+    /// `dst[i] = src[i]` rounded to this type, vectorised where the type allows.
+    fn convert(src: &[f32], dst: &mut [Self]);
+}
+
+impl KvConvert for f32 {
     fn convert(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+}
+
+impl KvConvert for f16 {
+    fn convert(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl KvElem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -443,10 +457,6 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    fn convert(src: &[f32], dst: &mut [Self]) {
-        use half::slice::HalfFloatSliceExt;
-        dst.convert_from_f32_slice(src);
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -461,13 +471,6 @@ impl KvElem for f16 {
 }
 
 impl KvElem for i8 {
-    fn convert(src: &[f32], dst: &mut [Self]) {
-        // (The int8 store is filled by `fill_i8`, with its scales; this rounds values already
-        // in steps.)
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = x.round_ties_even() as i8;
-        }
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from(self)
