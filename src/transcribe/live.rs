@@ -574,7 +574,8 @@ impl LiveTranscriber {
         // is left out while another stream decodes (it comes again with the next audio); one
         // that is due, or ends the utterance, waits for its turn.
         // A due one whose turn would come too late for its text is left out too (under
-        // overload: the utterance's end is decoded, or its audio left out, instead).
+        // overload: the utterance's end is decoded, or its audio left out, instead), and the
+        // words that cannot wait go out as the last decode heard them.
         let slack = self.slack(&utt);
         let turn = match slack {
             Some(slack) if slack > 0.0 => {
