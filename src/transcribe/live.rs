@@ -638,10 +638,7 @@ impl LiveTranscriber {
         };
         let budget_from = self.forced_horizon();
         let base = seconds(utt.start);
-        let mut forced = 0;
-        while c + forced < valid && base + hyp.units[c + forced].start < budget_from {
-            forced += 1;
-        }
+        let forced = starting_before(&hyp, c..valid, base, budget_from);
         let k = agreed.max(forced);
         if k > 0 {
             self.stats.agreed += agreed as u64;
@@ -1019,9 +1016,7 @@ impl LiveTranscriber {
         let c = committed_count(&hyp, utt.committed_tokens.len());
         let valid = hyp.valid.max(c);
         let base = seconds(utt.start);
-        let k = (c..valid)
-            .take_while(|&k| base + hyp.units[k].start < horizon)
-            .count();
+        let k = starting_before(&hyp, c..valid, base, horizon);
         if k > 0 {
             trace!("no turn in time: {k} words forced from the last decode");
             self.stats.forced += k as u64;
@@ -1333,6 +1328,19 @@ fn word_logprob(hyp: &Hypothesis, k: usize, prefix: usize) -> f32 {
 }
 
 /// Units of `hyp` made of forced-prefix tokens.
+/// How many of `hyp`'s units `units` (in order) start before `horizon`, `base` being the
+/// buffer's start (stream seconds).
+fn starting_before(
+    hyp: &Hypothesis,
+    units: std::ops::Range<usize>,
+    base: f64,
+    horizon: f64,
+) -> usize {
+    units
+        .take_while(|&k| base + hyp.units[k].start < horizon)
+        .count()
+}
+
 fn committed_count(hyp: &Hypothesis, prefix: usize) -> usize {
     hyp.units.iter().take_while(|u| u.from < prefix).count()
 }
