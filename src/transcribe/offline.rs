@@ -12,6 +12,7 @@ use super::{
 use crate::audio::mel::{MelFrontend, MelStream};
 use crate::audio::{FRAME_SECONDS, HOP_LENGTH, N_FRAMES, SAMPLE_RATE};
 use crate::decode::{DecodeParams, DecodeResult, LogitFilters, Rng, WindowInput, decode_window};
+use crate::engine::cpu::resident;
 use crate::engine::npu::host::NpuEncoder;
 use crate::engine::worker::{EncoderWorker, Guess, NpuStats};
 use crate::engine::{Decoder, Encoder, WhisperModel};
@@ -151,13 +152,13 @@ impl Transcriber {
             language_token: None,
             detection: None,
             encoder: model.new_encoder(),
-            enc_out: vec![0.0; dims.n_audio_ctx * dims.n_audio_state],
+            enc_out: resident(dims.n_audio_ctx * dims.n_audio_state, 0.0),
             npu: npu_for(&model, &opts, threads, encoder)?,
             npu_failure: None,
             spec_window: vec![0.0; dims.n_mels * N_FRAMES],
             dec: model.new_decoder(16),
             failure: None,
-            mel_window: vec![0.0; dims.n_mels * N_FRAMES],
+            mel_window: resident(dims.n_mels * N_FRAMES, 0.0),
             pool,
             threads,
             rng: Rng::new(0),

@@ -20,6 +20,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::amx::{self, Backend, PackedBf16};
+use super::resident;
 use super::sgemm::{Isa, MatRef, current_isa};
 
 /// Precision of the stored cross-attention K and V.
@@ -105,18 +106,18 @@ impl CrossKv {
         let (nk, nv) = (heads * dh * keys_pad, heads * keys * dh);
         let store = match precision {
             KvPrecision::F32 => Store::F32 {
-                kt: vec![0.0; nk],
-                v: vec![0.0; nv],
+                kt: resident(nk, 0.0),
+                v: resident(nv, 0.0),
             },
             KvPrecision::F16 => Store::F16 {
-                kt: vec![f16::ZERO; nk],
-                v: vec![f16::ZERO; nv],
+                kt: resident(nk, f16::ZERO),
+                v: resident(nv, f16::ZERO),
             },
             KvPrecision::I8 => {
                 assert!(dh <= MAX_DH, "int8 cross K/V: head size {dh} over {MAX_DH}");
                 Store::I8 {
-                    kt: vec![0; nk],
-                    v: vec![0; nv],
+                    kt: resident(nk, 0),
+                    v: resident(nv, 0),
                     k_scale: vec![1.0; heads * dh],
                     v_scale: vec![1.0; heads * keys],
                 }
@@ -126,7 +127,12 @@ impl CrossKv {
             .filter(|&b| b != Backend::Emulated)
             .map(|b| {
                 (0..heads)
-                    .map(|_| (PackedBf16::empty(b), PackedBf16::empty(b)))
+                    .map(|_| {
+                        (
+                            PackedBf16::for_shape(b, dh, keys),
+                            PackedBf16::for_shape(b, keys, dh),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

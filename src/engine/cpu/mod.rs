@@ -430,23 +430,45 @@ pub struct EncoderWorkspace {
     pub int8: bool,
 }
 
+/// `n` copies of `value` in memory that is resident now: written once here, where `vec!` of
+/// zeros would map pages the first decode faults in. A live stream that joins a loaded process
+/// (many streams, one engine) faulted its buffers in during its first decode: 1.0–1.6 s instead
+/// of about 0.2 s (24 tiny.en streams, the streams started once the cores were busy), so that
+/// decode ran past the time limit its wait for a turn had been given.
+pub(crate) fn resident<T: Copy>(n: usize, value: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, value);
+    v
+}
+
+/// One operand per encoder head for the tiled bf16 backend, where there is one.
+fn tiled_heads(dims: &Dims, make: impl Fn(amx::Backend, usize) -> PackedBf16) -> Vec<PackedBf16> {
+    let backend = amx::Backend::detected();
+    if backend == amx::Backend::Emulated {
+        return Vec::new();
+    }
+    let dh = dims.n_audio_state / dims.n_audio_head;
+    (0..dims.n_audio_head).map(|_| make(backend, dh)).collect()
+}
+
 impl EncoderWorkspace {
     pub fn new(dims: &Dims) -> Self {
         let (t, d, frames) = (dims.n_audio_ctx, dims.n_audio_state, 2 * dims.n_audio_ctx);
         Self {
-            im2col1: vec![0.0; frames * dims.n_mels * 3],
-            conv1_out: vec![0.0; frames * d],
-            im2col2: vec![0.0; t * d * 3],
-            x: vec![0.0; t * d],
-            h: vec![0.0; t * d],
-            qkv: vec![0.0; t * 3 * d],
-            attn: vec![0.0; t * d],
-            heads_out: vec![0.0; t * d],
+            im2col1: resident(frames * dims.n_mels * 3, 0.0),
+            conv1_out: resident(frames * d, 0.0),
+            im2col2: resident(t * d * 3, 0.0),
+            x: resident(t * d, 0.0),
+            h: resident(t * d, 0.0),
+            qkv: resident(t * 3 * d, 0.0),
+            attn: resident(t * d, 0.0),
+            heads_out: resident(t * d, 0.0),
             k_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
             v_packed: (0..dims.n_audio_head).map(|_| PackedB::default()).collect(),
-            k_bf16: Vec::new(),
-            v_bf16: Vec::new(),
-            hidden: vec![0.0; t * 4 * d],
+            // Resident now where the bf16 attention can run (see `resident`).
+            k_bf16: tiled_heads(dims, |b, dh| PackedBf16::for_shape(b, dh, t)),
+            v_bf16: tiled_heads(dims, |b, dh| PackedBf16::for_shape(b, t, dh)),
+            hidden: resident(t * 4 * d, 0.0),
             int8: true,
         }
     }
@@ -784,7 +806,7 @@ impl DecoderState {
                 .map(|_| vec![0.0; max_batch.max(1) * ctx * d])
                 .collect()
         };
-        Self {
+        let mut me = Self {
             dims: dims.clone(),
             max_batch: max_batch.max(1),
             batch: 1,
@@ -802,7 +824,7 @@ impl DecoderState {
                     )
                 })
                 .collect(),
-            cross_proj: vec![0.0; dims.n_audio_ctx * 2 * d],
+            cross_proj: resident(dims.n_audio_ctx * 2 * d, 0.0),
             x: vec![0.0; rows * d],
             h: vec![0.0; rows * d],
             qkv: vec![0.0; rows * 3 * d],
@@ -810,15 +832,30 @@ impl DecoderState {
             hidden: vec![0.0; rows * 4 * d],
             scores: vec![0.0; dims.n_text_head * ctx * keys],
             head_out: vec![0.0; rows * d],
-            last: vec![0.0; out_rows * d],
+            last: resident(out_rows * d, 0.0),
             reorder_tmp: vec![0.0; max_batch.max(1) * ctx * d],
-            logits: vec![0.0; out_rows * dims.n_vocab],
+            logits: resident(out_rows * dims.n_vocab, 0.0),
             screen_exact_from: None,
             screened: false,
-            screen_err: vec![0.0; out_rows],
+            screen_err: resident(out_rows, 0.0),
             capture: None,
             precise: false,
+        };
+        // One sequence's share of the per-row buffers and caches resident now (see
+        // `resident`); the other sequences' pages only when a batch reaches them.
+        for buf in [&mut me.x, &mut me.h, &mut me.attn, &mut me.head_out]
+            .into_iter()
+            .chain(me.k_cache.iter_mut())
+            .chain(me.v_cache.iter_mut())
+        {
+            buf[..ctx * d].fill(0.0);
         }
+        me.qkv[..ctx * 3 * d].fill(0.0);
+        me.hidden[..ctx * 4 * d].fill(0.0);
+        // Attention probabilities of calls of up to half the context (prompts, the alignment
+        // pass).
+        me.scores[..dims.n_text_head * ctx / 2 * keys].fill(0.0);
+        me
     }
 
     /// Whether the decoding steps of layers held in int8 (`ComputeType::Int8Bf16`) stream their
