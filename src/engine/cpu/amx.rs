@@ -358,8 +358,6 @@ impl PackedBf16 {
         p
     }
 
-    /// Packs `B[p][j] = b.data[p * b.rs + j * b.cs]` (`k × n`), rounded to bf16, reusing this
-    /// operand's buffer.
     /// [`empty`](Self::empty) with the tile rows of a `k × n` operand already resident, so that
     /// packing one later writes no fresh pages (see [`super::resident`]).
     pub fn for_shape(backend: Backend, k: usize, n: usize) -> Self {
@@ -370,6 +368,8 @@ impl PackedBf16 {
         me
     }
 
+    /// Packs `B[p][j] = b.data[p * b.rs + j * b.cs]` (`k × n`), rounded to bf16, reusing this
+    /// operand's buffer.
     pub fn pack_from(&mut self, b: MatRef<'_>, k: usize, n: usize) {
         assert!(
             k == 0 || n == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs,

@@ -441,6 +441,21 @@ pub(crate) fn resident<T: Copy>(n: usize, value: T) -> Vec<T> {
     v
 }
 
+/// Makes the pages of `buf` (zeroed, e.g. by `vec!`) resident now, as [`resident`] does for a
+/// new buffer: one volatile write of zero a page (a plain fill of zeros may be dropped by the
+/// compiler, which knows the allocation is zeroed).
+fn touch(buf: &mut [f32]) {
+    // Chunk starts are a page apart, so together with the last element every page is written.
+    let last = buf.len().saturating_sub(1);
+    for i in (0..buf.len())
+        .step_by(1024)
+        .chain((!buf.is_empty()).then_some(last))
+    {
+        // SAFETY: a valid, aligned `&mut f32`.
+        unsafe { std::ptr::write_volatile(&mut buf[i], 0.0) };
+    }
+}
+
 /// One operand per encoder head for the tiled bf16 backend, where there is one.
 fn tiled_heads(dims: &Dims, make: impl Fn(amx::Backend, usize) -> PackedBf16) -> Vec<PackedBf16> {
     let backend = amx::Backend::detected();
@@ -848,13 +863,13 @@ impl DecoderState {
             .chain(me.k_cache.iter_mut())
             .chain(me.v_cache.iter_mut())
         {
-            buf[..ctx * d].fill(0.0);
+            touch(&mut buf[..ctx * d]);
         }
-        me.qkv[..ctx * 3 * d].fill(0.0);
-        me.hidden[..ctx * 4 * d].fill(0.0);
+        touch(&mut me.qkv[..ctx * 3 * d]);
+        touch(&mut me.hidden[..ctx * 4 * d]);
         // Attention probabilities of calls of up to half the context (prompts, the alignment
         // pass).
-        me.scores[..dims.n_text_head * ctx / 2 * keys].fill(0.0);
+        touch(&mut me.scores[..dims.n_text_head * ctx / 2 * keys]);
         me
     }
 
