@@ -1327,7 +1327,6 @@ fn word_logprob(hyp: &Hypothesis, k: usize, prefix: usize) -> f32 {
         .fold(0.0, |m, &lp| m.min(lp))
 }
 
-/// Units of `hyp` made of forced-prefix tokens.
 /// How many of `hyp`'s units `units` (in order) start before `horizon`, `base` being the
 /// buffer's start (stream seconds).
 fn starting_before(
@@ -1341,6 +1340,7 @@ fn starting_before(
         .count()
 }
 
+/// Units of `hyp` made of forced-prefix tokens.
 fn committed_count(hyp: &Hypothesis, prefix: usize) -> usize {
     hyp.units.iter().take_while(|u| u.from < prefix).count()
 }

@@ -304,24 +304,26 @@ impl CrossKv {
         let kt = &kt[h * dh * keys_pad..(h + 1) * dh * keys_pad];
         let v = &v[h * keys * dh..(h + 1) * keys * dh];
         // With K's feature scales, the queries scaled by them (a group at a time, on the stack).
-        let mut scaled = scales.map(|_| [0.0f32; SCORE_GROUP * MAX_DH]);
+        let mut scaled = scales.map(|(k_scale, _)| (k_scale, [0.0f32; SCORE_GROUP * MAX_DH]));
         let mut i = 0;
         while i < n {
             let g = SCORE_GROUP.min(n - i);
             let s = &mut scores[i * keys..(i + g) * keys];
-            let (qg, q_rs) = match (scales, scaled.as_mut()) {
-                (Some((k_scale, _)), Some(scaled)) => {
+            let (qg, q_rs) = match scaled.as_mut() {
+                Some((k_scale, scaled)) => {
                     for r in 0..g {
                         let row = &q[(i + r) * q_rs..][..dh];
-                        for ((d, &x), &ks) in
-                            scaled[r * dh..][..dh].iter_mut().zip(row).zip(k_scale)
+                        for ((d, &x), &ks) in scaled[r * dh..][..dh]
+                            .iter_mut()
+                            .zip(row)
+                            .zip(k_scale.iter())
                         {
                             *d = x * ks;
                         }
                     }
                     (&scaled[..], dh)
                 }
-                _ => (&q[i * q_rs..], q_rs),
+                None => (&q[i * q_rs..], q_rs),
             };
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {

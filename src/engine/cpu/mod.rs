@@ -432,7 +432,7 @@ pub struct EncoderWorkspace {
 
 /// `n` copies of `value` in memory that is resident now: written once here, where `vec!` of
 /// zeros would map pages the first decode faults in. A live stream that joins a loaded process
-/// (many streams, one engine) faulted its buffers in during its first decode: 1.0–1.6 s instead
+/// (many streams, one engine) faulted its buffers in during its first decode: 0.9–1.9 s instead
 /// of about 0.2 s (24 tiny.en streams, the streams started once the cores were busy), so that
 /// decode ran past the time limit its wait for a turn had been given.
 pub(crate) fn resident<T: Copy>(n: usize, value: T) -> Vec<T> {
