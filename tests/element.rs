@@ -471,8 +471,8 @@ fn compute_type_bf16_transcribes() {
     compute_type_transcribes("bf16");
 }
 
-/// `compute-type=int8-bf16` (encoder linear layers in int8 on VNNI, bf16 where the CPU lacks
-/// it) transcribes jfk.
+/// `compute-type=int8-bf16` (int8 in the half of the model this CPU runs it fastest in, bf16
+/// products elsewhere) transcribes jfk.
 #[test]
 fn compute_type_int8_bf16_transcribes() {
     compute_type_transcribes("int8-bf16");

@@ -41,13 +41,14 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   `vdpbf16ps` where the CPU has AVX512_BF16 (AMD Zen 4 and 5: the encoder's products about
 ///   1.9x f32's); elsewhere the f32 kernels run on bf16-rounded operands, which gives the same
 ///   numbers up to summation order but no speed-up. The decoder is as with `f32`.
-/// - `int8-bf16`: int8 weights in one half of the model, where they are faster, bf16 products
-///   elsewhere. Where the CPU has AVX512-VNNI and no AMX (AMD Zen 4 and 5): the encoder's
-///   linear layers (QKV, output projection, MLP) in int8 on `vpdpbusd` (weights quantised once
-///   per output, inputs per row on the fly, exact integer sums, as CTranslate2's int8), its
-///   attention and convolutions as with `bf16`, the decoder as with `f32`. Where the encoder
-///   runs on AMX tiles (faster there than `vpdpbusd`): the encoder as with `bf16`, and the
-///   decoder's layers in int8 with a scale per row for the steps of offline decoding (half the
+/// - `int8-bf16`: int8 weights in one half of the model, the one where they save the most time
+///   on this CPU ([`cpu::Int8Half`]), bf16 products elsewhere. Where the CPU has AVX512-VNNI,
+///   no AMX and half-width 512-bit units (AMD Zen 4): the encoder's linear layers (QKV, output
+///   projection, MLP) in int8 on `vpdpbusd` (weights quantised once per output, inputs per row
+///   on the fly, exact integer sums, as CTranslate2's int8), its attention and convolutions as
+///   with `bf16`, the decoder as with `f32`. Where the encoder's bf16 products are fast (AMX
+///   tiles, faster there than `vpdpbusd`; AMD Zen 5's full-width `vdpbf16ps`): the encoder as
+///   with `bf16`, and the decoder's layers in int8 with a scale per row for the steps of offline decoding (half the
 ///   bytes a token reads), their f16 weights (exact) for the steps of live captioning, and a
 ///   bf16 copy for prompts (many-row products on the tiles); the output projection in int8
 ///   as with `int8`; the cross-attention K/V projection in bf16. int8 in both halves moved the
@@ -59,7 +60,7 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
 ///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `int8-bf16`
 ///   where the encoder runs on AMX tiles (Intel) or where the CPU has AVX512_BF16 and
-///   AVX512-VNNI (AMD Zen 4 and 5); `bf16` with AVX512_BF16 alone; `f32` elsewhere (emulated
+///   AVX512-VNNI (AMD Zen 4 and 5, with the int8 half [`cpu::Int8Half`] chooses); `bf16` with AVX512_BF16 alone; `f32` elsewhere (emulated
 ///   bf16 is no faster). Neither bf16 nor int8 is bit-faithful; the README's Performance
 ///   section has each machine class's WER for each type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -95,10 +96,23 @@ impl ComputeType {
                          f32 encoder) and the decoder streams int8 weights (half the bytes a token \
                          reads), at a WER within faster-whisper float32's + 0.5",
                 ),
+                cpu::amx::Backend::Avx512Bf16
+                    if cpu::vnni::usable()
+                        && cpu::Int8Half::detected() == cpu::Int8Half::Decoder =>
+                {
+                    (
+                        ComputeType::Int8Bf16,
+                        "this CPU has AVX512_BF16 and AVX512-VNNI, no AMX, and full-width 512-bit \
+                         units (AMD Zen 5 or later): the encoder runs in bf16 on vdpbf16ps and the \
+                         decoder streams int8 weights (base on Zen 5: 1.5 against 2.7 ms a token \
+                         with f16 layers, the int8 encoder only 8 % faster than bf16), at a WER \
+                         within faster-whisper float32's + 0.5",
+                    )
+                }
                 cpu::amx::Backend::Avx512Bf16 if cpu::vnni::usable() => (
                     ComputeType::Int8Bf16,
-                    "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX): the encoder's linear layers \
-                         run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
+                    "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX; AMD Zen 4): the encoder's \
+                         linear layers run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
                          the f32 encoder, at a WER within faster-whisper float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 => (

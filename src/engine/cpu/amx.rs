@@ -185,6 +185,25 @@ fn is_amd() -> bool {
     }
 }
 
+/// The CPU family of an AMD CPU (CPUID leaf 1: base family plus extended family, as
+/// `/proc/cpuinfo`'s `cpu family`: 25 for Zen 3 and 4, 26 for Zen 5); `None` on other vendors.
+pub fn amd_family() -> Option<u32> {
+    if !is_amd() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let eax = std::arch::x86_64::__cpuid(1).eax;
+        let base = (eax >> 8) & 0xf;
+        let extended = (eax >> 20) & 0xff;
+        Some(if base == 0xf { base + extended } else { base })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 /// The `vdpbf16ps` peak of one thread in GFLOP/s (a loop of 12 independent `vdpbf16ps`, 64
 /// flops each, for about `duration`), the yardstick of the [`Backend::Avx512Bf16`] GEMM as
 /// [`sgemm::fma_peak_gflops`] is of the f32 kernels; `None` without AVX512_BF16.

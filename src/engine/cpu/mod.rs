@@ -97,17 +97,68 @@ pub struct Weights {
     pub vocab_screen: Option<MatLow>,
 }
 
+/// Which half of the model `ComputeType::Int8Bf16` holds in int8, per CPU; the other half runs
+/// its products in bf16 (encoder) or reads exact f16 weights (decoder). int8 in both halves
+/// moved the benchmark WER past faster-whisper float32's + 0.5 on AMD Zen 4 (tiny.en 7.75 %,
+/// base 3.88 %), so one half only, the one where int8 saves the most time on this CPU:
+/// - `Decoder` where the encoder's bf16 products are fast next to the decoder's weight reads:
+///   on Intel AMX tiles (bf16 faster than int8 on `vpdpbusd`: base's encoder 175 against 250
+///   ms a window on an Intel Xeon with both), and on AMD Zen 5 and later (`cpu family` 26 on;
+///   full-width 512-bit units: `scripts/bench-anchor` base 3.10× faster-whisper int8 with the
+///   int8 decoder against 2.51× with the int8 encoder, tiny.en 4.23× against 3.04×, the same
+///   day), and wherever the CPU has no AVX512-VNNI;
+/// - `Encoder` on other CPUs with AVX512-VNNI (AMD Zen 4, measured 2026-12-04: the encoder's
+///   linear layers on `vpdpbusd`, 292 → 242 ms a base window, are the larger saving there).
+///
+/// `WHISPERNPU_INT8_HALF=encoder|decoder` overrides the choice (to measure one against the
+/// other on a new machine; `encoder` needs AVX512-VNNI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Half {
+    /// The encoder's linear layers in int8 on `vpdpbusd`, attention and convolutions in bf16,
+    /// the decoder as with `ComputeType::F32`.
+    Encoder,
+    /// The decoder's layers, output projection and cross-attention K/V in int8 (exact f16
+    /// copies for live steps, bf16 copies for prompts), the encoder in bf16.
+    Decoder,
+}
+
+impl Int8Half {
+    /// The half for this CPU (see the type's doc), decided once per process.
+    pub fn detected() -> Int8Half {
+        static DETECTED: std::sync::OnceLock<Int8Half> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            match std::env::var("WHISPERNPU_INT8_HALF").as_deref() {
+                Ok("encoder") if vnni::usable() => return Int8Half::Encoder,
+                Ok("decoder") => return Int8Half::Decoder,
+                _ => {}
+            }
+            Self::for_cpu(amx::Backend::detected(), vnni::usable(), amx::amd_family())
+        })
+    }
+
+    /// The rule of [`detected`](Self::detected) for a bf16 backend, VNNI or not, and an AMD
+    /// CPU family (`None`: not AMD).
+    pub fn for_cpu(backend: amx::Backend, vnni: bool, amd_family: Option<u32>) -> Int8Half {
+        match backend {
+            amx::Backend::Amx => Int8Half::Decoder,
+            _ if !vnni => Int8Half::Decoder,
+            amx::Backend::Avx512Bf16 if amd_family.is_some_and(|f| f >= 26) => Int8Half::Decoder,
+            _ => Int8Half::Encoder,
+        }
+    }
+}
+
 struct Loader<'a> {
     file: &'a dyn TensorSource,
     /// Decoder weights and output projection in int8 (`ComputeType::Int8`).
     int8: bool,
     /// Decoder layers in int8 with exact and bf16 copies ([`Linear::new_decoder_int8`]) and
-    /// the output projection in int8: `ComputeType::Int8Bf16` where the encoder's layers are
-    /// not int8 and the bf16 GEMM runs on AMX tiles or `vdpbf16ps`.
+    /// the output projection in int8: `ComputeType::Int8Bf16` where [`Int8Half::Decoder`] and
+    /// the bf16 GEMM runs on AMX tiles or `vdpbf16ps`.
     dec_int8: bool,
     /// Encoder products in bf16 (`ComputeType::Bf16`, `ComputeType::Int8Bf16`).
     enc_bf16: bool,
-    /// Encoder linear layers in int8 (`ComputeType::Int8Bf16` on a CPU with VNNI, no AMX).
+    /// Encoder linear layers in int8 (`ComputeType::Int8Bf16` where [`Int8Half::Encoder`]).
     enc_int8: bool,
 }
 
@@ -163,7 +214,7 @@ impl Loader<'_> {
         Ok(Linear::new_bf16(weight, bias, n_in, n_out))
     }
     /// An encoder linear layer: f32; bf16 with `ComputeType::Bf16`; int8 with
-    /// `ComputeType::Int8Bf16` where the CPU has VNNI (else bf16).
+    /// `ComputeType::Int8Bf16` where [`Int8Half::Encoder`] (else bf16).
     fn linear_enc(&self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear, ModelError> {
         if self.enc_int8 {
             let (weight, bias) = self.weight_bias(prefix, n_out, n_in)?;
@@ -230,19 +281,13 @@ impl Weights {
     ) -> Result<Self, ModelError> {
         let int8 = compute_type == ComputeType::Int8;
         let backend = amx::Backend::detected();
-        // On AMX tiles the bf16 layers are faster than int8 on `vpdpbusd` (base's encoder 175
-        // against 250 ms a window on an Intel Xeon with both).
-        let enc_int8 =
-            compute_type == ComputeType::Int8Bf16 && vnni::usable() && backend != amx::Backend::Amx;
+        // int8 in one half of the model, not both (see `Int8Half`).
+        let half = (compute_type == ComputeType::Int8Bf16).then(Int8Half::detected);
+        let enc_int8 = half == Some(Int8Half::Encoder);
         let l = Loader {
             file,
             int8,
-            // int8 in one half of the model, not both: int8 decoder layers behind the int8
-            // encoder moved the benchmark WER past faster-whisper float32's + 0.5 on AMD Zen 4
-            // (tiny.en 7.75 %, base 3.88 %); behind the bf16 encoder they kept it (Intel AMX).
-            dec_int8: compute_type == ComputeType::Int8Bf16
-                && !enc_int8
-                && backend != amx::Backend::Emulated,
+            dec_int8: half == Some(Int8Half::Decoder) && backend != amx::Backend::Emulated,
             enc_bf16: matches!(compute_type, ComputeType::Bf16 | ComputeType::Int8Bf16),
             enc_int8,
         };
@@ -1415,6 +1460,43 @@ fn scatter_heads(head_out: &[f32], n: usize, heads: usize, dh: usize, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int8_half_follows_the_measured_machine_classes() {
+        use amx::Backend::{Amx, Avx512Bf16, Emulated};
+        // Intel with AMX tiles: the bf16 encoder on the tiles, the int8 decoder.
+        assert_eq!(Int8Half::for_cpu(Amx, true, None), Int8Half::Decoder);
+        // AMD Zen 4 (cpu family 25): the int8 encoder on vpdpbusd.
+        assert_eq!(
+            Int8Half::for_cpu(Avx512Bf16, true, Some(25)),
+            Int8Half::Encoder
+        );
+        // AMD Zen 5 (cpu family 26) and later: the int8 decoder behind the bf16 encoder.
+        assert_eq!(
+            Int8Half::for_cpu(Avx512Bf16, true, Some(26)),
+            Int8Half::Decoder
+        );
+        assert_eq!(
+            Int8Half::for_cpu(Avx512Bf16, true, Some(27)),
+            Int8Half::Decoder
+        );
+        // No VNNI: no int8 encoder to choose.
+        assert_eq!(
+            Int8Half::for_cpu(Avx512Bf16, false, Some(25)),
+            Int8Half::Decoder
+        );
+        assert_eq!(Int8Half::for_cpu(Emulated, false, None), Int8Half::Decoder);
+        // VNNI without a fast bf16 backend (e.g. Intel Ice Lake): the int8 encoder.
+        assert_eq!(Int8Half::for_cpu(Emulated, true, None), Int8Half::Encoder);
+        // What this machine uses, for the test log.
+        eprintln!(
+            "this CPU: backend {:?}, VNNI {}, AMD family {:?} -> {:?}",
+            amx::Backend::detected(),
+            vnni::usable(),
+            amx::amd_family(),
+            Int8Half::detected()
+        );
+    }
 
     #[test]
     fn blocked_encoder_attention_matches_naive() {
