@@ -330,9 +330,6 @@ enum Item {
     Audio {
         samples: Vec<f32>,
         time: Option<ClockTime>,
-        /// When the chain function received it, moved earlier (live) by how much later than
-        /// its end on the clock plus the upstream latency it came: its text's budget runs from
-        /// here.
         arrived: Instant,
     },
     /// An upstream GAP: silence, in output time.
@@ -432,9 +429,6 @@ struct Stream {
     /// pipeline clock (its duration plus the upstream latency, in practice): the next audio is
     /// due that long after the end of the last.
     arrival_lateness: ClockTime,
-    /// Live: the upstream's declared minimum latency (the latency query's answer): audio may
-    /// arrive that long after its end on the clock without being late.
-    upstream_latency: ClockTime,
 }
 
 enum ModelSlot {
@@ -1038,20 +1032,10 @@ impl WhisperNpu {
             time.display()
         );
         let n = samples.len() as u64;
-        let mut arrived = Instant::now();
         if live && let (Some(time), Some(now)) = (time, self.obj().current_running_time()) {
             let late = now.saturating_sub(time);
             let mut st = lock(&self.stream);
             st.arrival_lateness = st.arrival_lateness.max(late);
-            // Audio that reaches the element later than its end on the clock plus the
-            // upstream's declared latency (a source starved of CPU, a busy queue upstream) has
-            // already spent that much of its text's budget: counted as if it had waited here.
-            let behind = now
-                .saturating_sub(time.saturating_add(samples_to_time(n)))
-                .saturating_sub(st.upstream_latency);
-            if let Some(then) = arrived.checked_sub(Duration::from_nanos(behind.nseconds())) {
-                arrived = then;
-            }
         }
         let mut q = lock(&self.queue);
         loop {
@@ -1068,7 +1052,7 @@ impl WhisperNpu {
         q.items.push_back(Item::Audio {
             samples,
             time,
-            arrived,
+            arrived: Instant::now(),
         });
         self.release_queue(q);
         Ok(gst::FlowSuccess::Ok)
@@ -1210,7 +1194,6 @@ impl WhisperNpu {
                 }
                 let (live, min, max) = upstream.result();
                 if live {
-                    lock(&self.stream).upstream_latency = min;
                     let ours = self.own_latency();
                     q.set(
                         true,
