@@ -88,6 +88,27 @@ impl ComputeType {
     /// (`int8` is faster offline at the same benchmark WER, but its live WER is at the edge of
     /// the live target: opt-in).
     pub fn resolution(self) -> (ComputeType, &'static str) {
+        let (resolved, why) = self.rule();
+        match cpu::Int8Half::detection() {
+            (half, true) if self == ComputeType::Auto && resolved == ComputeType::Int8Bf16 => (
+                resolved,
+                match half {
+                    cpu::Int8Half::Encoder => {
+                        "WHISPERNPU_INT8_HALF=encoder: the encoder's linear layers in int8 on \
+                         vpdpbusd, the decoder's weights as stored"
+                    }
+                    cpu::Int8Half::Decoder => {
+                        "WHISPERNPU_INT8_HALF=decoder: the encoder in bf16, the decoder's \
+                         weights in int8"
+                    }
+                },
+            ),
+            _ => (resolved, why),
+        }
+    }
+
+    /// [`resolution`](Self::resolution) by the CPU's features alone.
+    fn rule(self) -> (ComputeType, &'static str) {
         match self {
             ComputeType::Auto => match cpu::amx::Backend::detected() {
                 cpu::amx::Backend::Amx => (

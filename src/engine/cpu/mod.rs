@@ -111,7 +111,8 @@ pub struct Weights {
 ///   linear layers on `vpdpbusd`, 292 → 242 ms a base window, are the larger saving there).
 ///
 /// `WHISPERNPU_INT8_HALF=encoder|decoder` overrides the choice (to measure one against the
-/// other on a new machine; `encoder` needs AVX512-VNNI).
+/// other on a new machine); any other value, or `encoder` without AVX512-VNNI, leaves the
+/// CPU's rule in place, and [`ComputeType::resolution`] names the override when one applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Half {
     /// The encoder's linear layers in int8 on `vpdpbusd`, attention and convolutions in bf16,
@@ -125,14 +126,20 @@ pub enum Int8Half {
 impl Int8Half {
     /// The half for this CPU (see the type's doc), decided once per process.
     pub fn detected() -> Int8Half {
-        static DETECTED: std::sync::OnceLock<Int8Half> = std::sync::OnceLock::new();
+        Self::detection().0
+    }
+
+    /// The half and whether `WHISPERNPU_INT8_HALF` chose it (rather than the CPU's rule).
+    pub fn detection() -> (Int8Half, bool) {
+        static DETECTED: std::sync::OnceLock<(Int8Half, bool)> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
             match std::env::var("WHISPERNPU_INT8_HALF").as_deref() {
-                Ok("encoder") if vnni::usable() => return Int8Half::Encoder,
-                Ok("decoder") => return Int8Half::Decoder,
+                Ok("encoder") if vnni::usable() => return (Int8Half::Encoder, true),
+                Ok("decoder") => return (Int8Half::Decoder, true),
                 _ => {}
             }
-            Self::for_cpu(amx::Backend::detected(), vnni::usable(), amx::amd_family())
+            let rule = Self::for_cpu(amx::Backend::detected(), vnni::usable(), amx::amd_family());
+            (rule, false)
         })
     }
 
