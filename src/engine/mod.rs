@@ -60,8 +60,8 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 /// - `auto`: the fastest type whose accuracy holds (WER no worse than faster-whisper float32's
 ///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `int8-bf16`
 ///   where the encoder runs on AMX tiles (Intel) or where the CPU has AVX512_BF16 and
-///   AVX512-VNNI (AMD Zen 4 and 5, with the int8 half [`cpu::Int8Half`] chooses); `bf16` with AVX512_BF16 alone; `f32` elsewhere (emulated
-///   bf16 is no faster). Neither bf16 nor int8 is bit-faithful; the README's Performance
+///   AVX512-VNNI (AMD Zen 4 and 5, with the int8 half [`cpu::Int8Half`] chooses); `bf16` with
+///   AVX512_BF16 alone; `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8 is bit-faithful; the README's Performance
 ///   section has each machine class's WER for each type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
