@@ -48,8 +48,9 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   on the fly, exact integer sums, as CTranslate2's int8), its attention and convolutions as
 ///   with `bf16`, the decoder as with `f32`. Where the encoder's bf16 products are fast (AMX
 ///   tiles, faster there than `vpdpbusd`; AMD Zen 5's full-width `vdpbf16ps`): the encoder as
-///   with `bf16`, and the decoder's layers in int8 with a scale per row for the steps of offline decoding (half the
-///   bytes a token reads), their f16 weights (exact) for the steps of live captioning, and a
+///   with `bf16`, and the decoder's layers in int8 with a scale per row for the steps of
+///   offline decoding (half the bytes a token reads), their f16 weights (exact) for the steps
+///   of live captioning, and a
 ///   bf16 copy for prompts (many-row products on the tiles); the output projection in int8
 ///   as with `int8`; the cross-attention K/V projection in bf16. int8 in both halves moved the
 ///   benchmark WER past faster-whisper float32's + 0.5 on AMD Zen 4 (tiny.en 7.75 %). Live
@@ -61,8 +62,9 @@ use crate::model::{ModelConfig, ModelFile, ModelFormat, resolve};
 ///   plus 0.5 point on `scripts/bench-anchor`, see [`ComputeType::resolution`]): `int8-bf16`
 ///   where the encoder runs on AMX tiles (Intel) or where the CPU has AVX512_BF16 and
 ///   AVX512-VNNI (AMD Zen 4 and 5, with the int8 half [`cpu::Int8Half`] chooses); `bf16` with
-///   AVX512_BF16 alone; `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8 is bit-faithful; the README's Performance
-///   section has each machine class's WER for each type.
+///   AVX512_BF16 alone; `f32` elsewhere (emulated bf16 is no faster). Neither bf16 nor int8
+///   is bit-faithful; the README's Performance section has each machine class's WER for each
+///   type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ComputeType {
     #[default]
@@ -133,8 +135,9 @@ impl ComputeType {
                 cpu::amx::Backend::Avx512Bf16 if cpu::vnni::usable() => (
                     ComputeType::Int8Bf16,
                     "this CPU has AVX512_BF16 and AVX512-VNNI (no AMX; AMD Zen 4): the encoder's \
-                         linear layers run in int8 on vpdpbusd and its attention in bf16 on vdpbf16ps, about 2.1x \
-                         the f32 encoder, at a WER within faster-whisper float32's + 0.5",
+                         linear layers run in int8 on vpdpbusd and its attention in bf16 on \
+                         vdpbf16ps, about 2.1x the f32 encoder, at a WER within faster-whisper \
+                         float32's + 0.5",
                 ),
                 cpu::amx::Backend::Avx512Bf16 => (
                     ComputeType::Bf16,

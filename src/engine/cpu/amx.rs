@@ -308,6 +308,12 @@ struct TileRow([u16; KB]);
 
 const ZERO_ROW: TileRow = TileRow([0; KB]);
 
+/// Tile rows of a packed `k × n` operand: per 32-column panel, per 32-deep step, two 16-row
+/// tiles.
+fn tile_rows(k: usize, n: usize) -> usize {
+    n.div_ceil(MB) * k.div_ceil(KB) * 2 * 16
+}
+
 /// 64-byte aligned bf16 storage that grows and never shrinks.
 struct TileBuf {
     rows: Vec<TileRow>,
@@ -382,7 +388,7 @@ impl PackedBf16 {
     pub fn for_shape(backend: Backend, k: usize, n: usize) -> Self {
         let mut me = Self::empty(backend);
         if backend != Backend::Emulated {
-            me.tiles.reserve(n.div_ceil(MB) * k.div_ceil(KB) * 2 * 16);
+            me.tiles.reserve(tile_rows(k, n));
         }
         me
     }
@@ -459,8 +465,7 @@ fn tile_index(p: usize, j: usize, kb: usize) -> (usize, usize) {
 unsafe fn pack_b_tiles(dst: &mut TileBuf, b: MatRef<'_>, k: usize, n: usize) {
     use std::arch::x86_64::*;
     let kb = k.div_ceil(KB);
-    let panels = n.div_ceil(MB);
-    let rows = dst.reserve(panels * kb * 2 * 16);
+    let rows = dst.reserve(tile_rows(k, n));
     if !k.is_multiple_of(KB) || !n.is_multiple_of(MB) {
         rows.fill(ZERO_ROW);
     }

@@ -1470,31 +1470,30 @@ mod tests {
 
     #[test]
     fn int8_half_follows_the_measured_machine_classes() {
+        use Int8Half::{Decoder, Encoder};
         use amx::Backend::{Amx, Avx512Bf16, Emulated};
-        // Intel with AMX tiles: the bf16 encoder on the tiles, the int8 decoder.
-        assert_eq!(Int8Half::for_cpu(Amx, true, None), Int8Half::Decoder);
-        // AMD Zen 4 (cpu family 25): the int8 encoder on vpdpbusd.
-        assert_eq!(
-            Int8Half::for_cpu(Avx512Bf16, true, Some(25)),
-            Int8Half::Encoder
-        );
-        // AMD Zen 5 (cpu family 26) and later: the int8 decoder behind the bf16 encoder.
-        assert_eq!(
-            Int8Half::for_cpu(Avx512Bf16, true, Some(26)),
-            Int8Half::Decoder
-        );
-        assert_eq!(
-            Int8Half::for_cpu(Avx512Bf16, true, Some(27)),
-            Int8Half::Decoder
-        );
-        // No VNNI: no int8 encoder to choose.
-        assert_eq!(
-            Int8Half::for_cpu(Avx512Bf16, false, Some(25)),
-            Int8Half::Decoder
-        );
-        assert_eq!(Int8Half::for_cpu(Emulated, false, None), Int8Half::Decoder);
-        // VNNI without a fast bf16 backend (e.g. Intel Ice Lake): the int8 encoder.
-        assert_eq!(Int8Half::for_cpu(Emulated, true, None), Int8Half::Encoder);
+        // (backend, VNNI, AMD cpu family, the half)
+        let classes = [
+            // Intel with AMX tiles: the bf16 encoder on the tiles, the int8 decoder.
+            (Amx, true, None, Decoder),
+            // AMD Zen 4 (cpu family 25): the int8 encoder on vpdpbusd.
+            (Avx512Bf16, true, Some(25), Encoder),
+            // AMD Zen 5 (cpu family 26) and later: the int8 decoder behind the bf16 encoder.
+            (Avx512Bf16, true, Some(26), Decoder),
+            (Avx512Bf16, true, Some(27), Decoder),
+            // No VNNI: no int8 encoder to choose.
+            (Avx512Bf16, false, Some(25), Decoder),
+            (Emulated, false, None, Decoder),
+            // VNNI without a fast bf16 backend (e.g. Intel Ice Lake): the int8 encoder.
+            (Emulated, true, None, Encoder),
+        ];
+        for (backend, vnni, family, want) in classes {
+            assert_eq!(
+                Int8Half::for_cpu(backend, vnni, family),
+                want,
+                "{backend:?}, VNNI {vnni}, AMD family {family:?}"
+            );
+        }
         // What this machine uses, for the test log.
         eprintln!(
             "this CPU: backend {:?}, VNNI {}, AMD family {:?} -> {:?}",
