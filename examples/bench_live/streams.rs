@@ -239,11 +239,15 @@ fn build_stream(
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     if let Some(prefix) = &verbose_prefix {
+                        // After its own end: what the budget check below counts.
+                        let own = tb.pts.zip(tb.duration).map(|(p, d)| tb.arrival - (p + d));
                         let _ = writeln!(
                             std::io::stderr(),
-                            "{prefix} arrival {:8.3}  pts {:>8}  {}",
+                            "{prefix} arrival {:8.3}  pts {:>8}  dur {:>6}  after its end {:>6}  {}",
                             tb.arrival,
                             fmt_opt(tb.pts, 3),
+                            fmt_opt(tb.duration, 3),
+                            fmt_opt(own, 3),
                             tb.text.trim()
                         );
                     }

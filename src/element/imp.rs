@@ -31,6 +31,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
+use super::arrival::ArrivalDelay;
 use super::policy::{DecodePolicy, Offline, PolicyOutput, Streaming};
 use super::timeline::{Placement, SAMPLE_RATE, Timeline, samples_to_time, time_to_samples};
 use super::{
@@ -326,7 +327,8 @@ fn to_f32(format: gst_audio::AudioFormat, bytes: &[u8]) -> Vec<f32> {
 /// What the streaming thread hands the worker, in stream order.
 enum Item {
     /// Audio; `time` is the output time of its first sample, `arrived` when the streaming
-    /// thread queued it.
+    /// thread queued it, moved earlier (live) by how much later than the source's usual delay
+    /// it came ([`ArrivalDelay`]): its text's budget runs from there.
     Audio {
         samples: Vec<f32>,
         time: Option<ClockTime>,
@@ -429,6 +431,8 @@ struct Stream {
     /// pipeline clock (its duration plus the upstream latency, in practice): the next audio is
     /// due that long after the end of the last.
     arrival_lateness: ClockTime,
+    /// Live: how much later than usual each buffer arrives (see [`ArrivalDelay`]).
+    arrival_delay: ArrivalDelay,
 }
 
 enum ModelSlot {
@@ -1032,10 +1036,25 @@ impl WhisperNpu {
             time.display()
         );
         let n = samples.len() as u64;
+        let mut arrived = Instant::now();
         if live && let (Some(time), Some(now)) = (time, self.obj().current_running_time()) {
             let late = now.saturating_sub(time);
+            let pause = self.stall_after();
             let mut st = lock(&self.stream);
             st.arrival_lateness = st.arrival_lateness.max(late);
+            // Audio that came later than this source's usual delay (a feeder starved of CPU)
+            // has spent that much of its text's budget before it got here: counted as if it
+            // had waited in the queue.
+            let secs = |t: ClockTime| t.nseconds() as f64 / 1e9;
+            let end = time.saturating_add(samples_to_time(n));
+            let rise = st
+                .arrival_delay
+                .observe(secs(now), secs(time), secs(end), secs(pause));
+            if rise > 0.0 {
+                arrived = arrived
+                    .checked_sub(Duration::from_secs_f64(rise))
+                    .unwrap_or(arrived);
+            }
         }
         let mut q = lock(&self.queue);
         loop {
@@ -1052,7 +1071,7 @@ impl WhisperNpu {
         q.items.push_back(Item::Audio {
             samples,
             time,
-            arrived: Instant::now(),
+            arrived,
         });
         self.release_queue(q);
         Ok(gst::FlowSuccess::Ok)
@@ -1095,7 +1114,11 @@ impl WhisperNpu {
                 q.queued_samples = 0;
                 q.flow = Ok(gst::FlowSuccess::Ok);
                 q.flushing = false;
-                lock(&self.stream).arrival_lateness = ClockTime::ZERO;
+                {
+                    let mut st = lock(&self.stream);
+                    st.arrival_lateness = ClockTime::ZERO;
+                    st.arrival_delay.reset();
+                }
                 q.items.push_back(Item::Reset);
                 q.items.push_back(Item::Event(event));
                 // Sticky events the worker had not forwarded yet (a flush right after start).
@@ -1943,7 +1966,8 @@ impl WhisperNpu {
             self.falling_behind(
                 work,
                 format!(
-                    "audio waited {:.1} s for the engine, latency + lateness is {:.1} s",
+                    "audio waited {:.1} s for the engine (queued here, or delivered late by \
+                     upstream), latency + lateness is {:.1} s",
                     waited.as_secs_f64(),
                     budget.as_secs_f64()
                 ),

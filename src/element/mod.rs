@@ -17,6 +17,7 @@
 //! `examples/transcribe`); live streams are decoded in chunks of `latency` minus headroom (see
 //! [`policy`]). Timestamps: see [`timeline`].
 
+mod arrival;
 mod imp;
 pub mod policy;
 pub mod timeline;

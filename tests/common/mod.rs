@@ -187,8 +187,11 @@ pub fn noise_mix(seconds: usize) -> Vec<f32> {
 /// `text` spoken by espeak-ng `voice` (scripts/synth-speech: paragraphs separated by blank lines
 /// get 0.6 s pauses), in a temporary WAV file named after `name`.
 pub fn synthesise(name: &str, text: &str, voice: &str) -> PathBuf {
+    // Unique per call: tests of one binary may run at once and synthesise the same name.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir();
-    let stem = format!("whispernpu-synth-{name}-{}", std::process::id());
+    let stem = format!("whispernpu-synth-{name}-{}-{call}", std::process::id());
     let text_file = dir.join(format!("{stem}.txt"));
     let wav = dir.join(format!("{stem}.wav"));
     std::fs::write(&text_file, text).unwrap();
