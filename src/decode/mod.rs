@@ -23,6 +23,10 @@ pub struct DecodeParams {
     pub length_penalty: Option<f32>,
     /// Maximum sampled tokens (openai: n_text_ctx / 2).
     pub sample_len: usize,
+    /// Greedy, one sequence: stop as soon as the text ends in a loop ([`ends_in_loop`]) instead
+    /// of sampling it to `sample_len` (live, where a looping tail is cut afterwards anyway;
+    /// offline keeps openai's rule, the compression ratio of the whole text and a fallback).
+    pub stop_at_loop: bool,
 }
 
 /// Outcome of decoding one window.
@@ -98,6 +102,26 @@ pub struct WindowInput<'a> {
 struct Scratch {
     logits: Vec<f32>,
     logprobs: Vec<f32>,
+    /// The text tokens of the sequence ([`ends_in_loop`]).
+    text: Vec<u32>,
+}
+
+/// Blocks of this many text tokens at most are looked for by [`ends_in_loop`].
+const LOOP_MAX_PERIOD: usize = 32;
+
+/// Whether `text` (text tokens, no timestamps) ends in a hallucination loop: one token 8 times
+/// in a row, or a block of 2..=[`LOOP_MAX_PERIOD`] tokens 5 times in a row. Stricter than the
+/// live transcriber's cut of the words afterwards (a word 4 times, 2..16 words 3 times): the
+/// repeats a decode stopped here ends with are cut there too.
+pub fn ends_in_loop(text: &[u32]) -> bool {
+    (1..=LOOP_MAX_PERIOD).any(|n| {
+        let reps = if n == 1 { 8 } else { 5 };
+        let span = n * reps;
+        span <= text.len() && {
+            let tail = &text[text.len() - span..];
+            (n..span).all(|i| tail[i] == tail[i - n])
+        }
+    })
 }
 
 /// Decodes one window whose cross-attention K/V are already set in `state`. Returns the best
@@ -147,7 +171,9 @@ pub fn decode_window(
     let mut scratch = Scratch {
         logits: vec![0.0; vocab],
         logprobs: vec![0.0; vocab],
+        text: Vec::with_capacity(params.sample_len),
     };
+    let stop_at_loop = params.stop_at_loop && !beam && group == 1;
 
     // No-speech probability: softmax at the SOT position, before any filter.
     log_softmax(state.logits_row(1), &mut scratch.logprobs);
@@ -255,7 +281,11 @@ pub fn decode_window(
                 seq.push(token);
                 next_tokens.push(token);
             }
-            completed = seqs.iter().all(|s| s.last() == Some(&eot));
+            completed = seqs.iter().all(|s| s.last() == Some(&eot))
+                || (stop_at_loop && next_tokens[0] < eot && {
+                    scratch.text.push(next_tokens[0]);
+                    ends_in_loop(&scratch.text)
+                });
             if group == 1 {
                 observe(&seqs[0]);
             }
@@ -423,6 +453,34 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loops_are_found_at_the_end_only_when_long_enough() {
+        // " When the rain finally stopped." as 6 tokens.
+        let sentence = [1, 2, 3, 4, 5, 6];
+        let looped = |reps: usize| -> Vec<u32> {
+            let mut t = vec![9, 8, 7];
+            for _ in 0..reps {
+                t.extend(sentence);
+            }
+            t
+        };
+        assert!(!ends_in_loop(&looped(4)));
+        assert!(ends_in_loop(&looped(5)));
+        // Not at the end: the text went on.
+        let mut on = looped(5);
+        on.push(10);
+        assert!(!ends_in_loop(&on));
+        // "no, no, no, no" (" no" ","): four times is speech.
+        assert!(!ends_in_loop(&[20, 21, 20, 21, 20, 21, 20]));
+        // One token: 8 times.
+        assert!(!ends_in_loop(&[5; 7]));
+        assert!(ends_in_loop(&[5; 8]));
+        // A block of 33 tokens is longer than looked for.
+        let block: Vec<u32> = (100..133).collect();
+        assert!(!ends_in_loop(&block.repeat(5)));
+        assert!(!ends_in_loop(&[]));
+    }
 
     #[test]
     fn top_k_orders_and_skips_masked() {

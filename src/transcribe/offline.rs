@@ -534,7 +534,10 @@ impl Transcriber {
         // The prompt and the prefix share half the text context.
         let keep = (model.dims.n_text_ctx / 2 - 1).saturating_sub(prefix.len());
         let previous = self.prompt(previous, keep, true);
-        let result = self.decode_with_fallback(&previous, prefix, draft, temperatures, go_on, None);
+        // A looping decode stops at the loop (the live transcriber cuts it anyway): a decode
+        // that would otherwise run to its token limit takes the time of a normal one.
+        let result =
+            self.decode_with_fallback(&previous, prefix, draft, temperatures, go_on, true, None);
         self.stats.decoder_seconds += t1.elapsed().as_secs_f64();
         result
     }
@@ -739,7 +742,7 @@ impl Transcriber {
         self.windows_since_reset += 1;
         let temperatures = self.opts.temperatures.clone();
         let result =
-            self.decode_with_fallback(&previous, &prefix, &[], &temperatures, false, watch);
+            self.decode_with_fallback(&previous, &prefix, &[], &temperatures, false, false, watch);
         let decode_seconds = t1.elapsed().as_secs_f64();
         self.stats.decoder_seconds += decode_seconds;
         if let Some(npu) = self.npu.as_mut() {
@@ -1059,10 +1062,12 @@ impl Transcriber {
 
     /// Decodes the window whose encoder output is set, conditioned on `previous` text and
     /// continuing the forced `prefix`, trying `temperatures` in turn (openai's fallback);
-    /// `go_on`: end-of-text is suppressed right after the prefix. With `watch`, every
+    /// `go_on`: end-of-text is suppressed right after the prefix; `stop_at_loop`: see
+    /// [`DecodeParams::stop_at_loop`]. With `watch`, every
     /// consecutive timestamp pair the leading sequence forms starts the NPU's speculative
     /// encode of the window at that pair's seek (every attempt's: a re-decode may move it; only
     /// an exact start + mel match is ever used).
+    #[allow(clippy::too_many_arguments)]
     fn decode_with_fallback(
         &mut self,
         previous: &[u32],
@@ -1070,6 +1075,7 @@ impl Transcriber {
         draft: &[u32],
         temperatures: &[f32],
         go_on: bool,
+        stop_at_loop: bool,
         watch: Option<SeekWatch>,
     ) -> DecodeResult {
         let model = Arc::clone(&self.model);
@@ -1153,6 +1159,7 @@ impl Transcriber {
                 best_of: if temperature > 0.0 { opts.best_of } else { 1 },
                 length_penalty: opts.length_penalty,
                 sample_len: model.dims.n_text_ctx / 2,
+                stop_at_loop,
             };
             let (dec, rng, threads) = (&mut self.dec, &mut self.rng, self.threads);
             let npu_ok = self.npu_failure.is_none();
