@@ -748,3 +748,156 @@ fn live_overload_leaves_out_late_audio_and_recovers() {
         "after the load dropped: {recovered}"
     );
 }
+
+/// A source that delivers its audio later and later (a capture thread starved of CPU: its
+/// buffers keep their timestamps but reach the element behind the clock) spends the text's
+/// budget before the element sees the audio. jfk.wav twice into `latency=2000`, the first 6 s
+/// delivered at 0.6x real time (4 s behind by then), the rest of the first copy all at once
+/// (the source catching up), the second copy in real time. The element counts how much later
+/// than the source's usual delay each buffer came (`src/element/arrival.rs`), so no text buffer
+/// reaches the sink later than latency + lateness after the end of its audio on the clock
+/// (0.5 s allowed for a decode in flight and the push): the audio whose text could not make
+/// it is left out and reported, with one warning, and the second copy is transcribed. Counted
+/// from the arrival alone, as before, the text of the late audio left the element 3-4 s after
+/// its end.
+#[test]
+fn a_source_falling_behind_the_clock_has_its_delay_counted() {
+    init();
+    let model = common::model_dir("tiny.en");
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src is-live=true format=time \
+         caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved \
+         ! whispernpu name=w model=\"{}\" mode=live latency=2000 \
+         ! appsink name=sink sync=false",
+        model.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = app_sink(pipeline.upcast_ref());
+    let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (t, p) = (Arc::clone(&texts), pipeline.downgrade());
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let b = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let pts = b.pts().ok_or(gst::FlowError::Error)?.seconds_f64();
+                let end = pts + b.duration().ok_or(gst::FlowError::Error)?.seconds_f64();
+                let text = String::from_utf8_lossy(&b.map_readable().unwrap()).into_owned();
+                let now = p
+                    .upgrade()
+                    .and_then(|p| p.current_running_time())
+                    .map_or(f64::NAN, |t| t.seconds_f64());
+                t.lock().unwrap().push((pts, end, now, text));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let (jfk, _) = common::read_wav(&common::jfk_wav());
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let start = std::time::Instant::now();
+    let t0 = pipeline
+        .current_running_time()
+        .unwrap_or(gst::ClockTime::ZERO);
+    let (rate, chunk) = (16_000usize, 1600usize);
+    let mut fed = 0usize;
+    let starved_until = 6 * rate;
+    let second_copy = jfk.len();
+    for (copy, samples) in [&jfk, &jfk].into_iter().enumerate() {
+        for c in samples.chunks(chunk) {
+            let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut buffer = gst::Buffer::from_mut_slice(bytes);
+            {
+                let b = buffer.get_mut().unwrap();
+                let at =
+                    |n: usize| gst::ClockTime::from_nseconds(n as u64 * 1_000_000_000 / 16_000);
+                b.set_pts(t0 + at(fed));
+                b.set_duration(at(fed + c.len()) - at(fed));
+            }
+            src.push_buffer(buffer).unwrap();
+            fed += c.len();
+            let speed = if copy == 0 && fed <= starved_until {
+                0.6
+            } else {
+                1.0
+            };
+            let due = std::time::Duration::from_secs_f64(fed as f64 / rate as f64 / speed);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    src.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut messages = Vec::new();
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(60))
+            .expect("EOS within 60 s");
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
+            _ => messages.push(msg),
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let warnings: Vec<String> = messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect();
+    let skipped: Vec<(f64, f64)> = messages
+        .iter()
+        .filter_map(|m| m.structure())
+        .filter(|s| s.name() == "whispernpu-skipped")
+        .map(|s| {
+            let start = s.get::<gst::ClockTime>("start").unwrap().seconds_f64();
+            let duration = s.get::<gst::ClockTime>("duration").unwrap().seconds_f64();
+            (start, start + duration)
+        })
+        .collect();
+    let texts = texts.lock().unwrap().clone();
+    let t0 = t0.seconds_f64();
+    eprintln!("t0 {t0:.2}\nwarnings {warnings:#?}\nskipped {skipped:.2?}");
+    for (pts, end, at, text) in &texts {
+        eprintln!(
+            "{pts:6.2}-{end:6.2} at {at:6.2} (+{:.2} s): {text}",
+            at - end
+        );
+    }
+    let budget = 2.0;
+    for (pts, end, at, text) in &texts {
+        assert!(
+            at - end <= budget + 0.5,
+            "{pts:.2}-{end:.2} left at {at:.2}, {:.2} s after its end: {text}",
+            at - end
+        );
+    }
+    assert!(
+        !skipped.is_empty(),
+        "no audio left out: was the source late?"
+    );
+    assert!(warnings.len() <= 1, "{warnings:?}");
+    let second = t0 + second_copy as f64 / rate as f64;
+    let recovered = texts
+        .iter()
+        .filter(|t| t.0 >= second - 0.5)
+        .map(|t| t.3.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+        .replace(|c: char| !c.is_alphanumeric() && c != ' ', "");
+    assert!(
+        recovered.contains("ask not") && recovered.contains("your country"),
+        "the second copy, in real time: {recovered}"
+    );
+}
