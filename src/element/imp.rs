@@ -498,6 +498,10 @@ struct Work {
     /// left out (see `shed`).
     skipped: ClockTime,
     last_shed: Option<ClockTime>,
+    /// Live overload: audio left out whose `whispernpu-skipped` message is not posted yet
+    /// (start, end, seconds still queued): buffers shed one after another as they arrive make
+    /// one message a second, not one per buffer (see `note_skipped`).
+    skip_open: Option<(ClockTime, ClockTime, f64)>,
     /// The warning that the NPU encoder was given up was posted.
     npu_failure_sent: bool,
 }
@@ -520,6 +524,7 @@ impl Work {
             warned_behind: false,
             skipped: ClockTime::ZERO,
             last_shed: None,
+            skip_open: None,
             npu_failure_sent: false,
         }
     }
@@ -1368,6 +1373,11 @@ impl WhisperNpu {
     }
 
     fn handle_item(&self, work: &mut Work, item: Item) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // Audio left out and not reported yet is reported before anything else happens, unless
+        // this is more audio that may be left out with it.
+        if !matches!(item, Item::Audio { .. }) {
+            self.post_skipped(work);
+        }
         match item {
             Item::Audio {
                 samples,
@@ -1381,6 +1391,7 @@ impl WhisperNpu {
                 if self.shed(work, time, samples.len(), arrived)? {
                     return Ok(gst::FlowSuccess::Ok);
                 }
+                self.post_skipped(work);
                 self.place(work, time)?;
                 work.policy.set_arrival(arrived);
                 self.feed(work, &samples)?;
@@ -1898,7 +1909,8 @@ impl WhisperNpu {
     /// decode time exceed them) is not decoded. The open utterance is made final first (its
     /// text goes out), then this buffer and every queued one as late are left out: a GAP covers
     /// them, an element message `whispernpu-skipped` (`start`, `duration`: output time;
-    /// `queued`: seconds of audio still waiting) names them, and the first of an overload
+    /// `queued`: seconds of audio still waiting) names them (buffers left out one after another
+    /// as they arrive are joined into one message a second: `note_skipped`), and the first of an overload
     /// posts one warning. The queue thus never holds more than the budget plus a decode's
     /// worth of audio. Returns whether the buffer (`n` samples at `time`) was left out.
     fn shed(
@@ -1956,12 +1968,7 @@ impl WhisperNpu {
             start,
             queued
         );
-        let structure = gst::Structure::builder("whispernpu-skipped")
-            .field("start", start)
-            .field("duration", end - start)
-            .field("queued", queued)
-            .build();
-        self.post_element(structure);
+        self.note_skipped(work, start, end, queued);
         if !work.behind {
             self.falling_behind(
                 work,
@@ -1974,6 +1981,34 @@ impl WhisperNpu {
             );
         }
         Ok(true)
+    }
+
+    /// Audio from `start` to `end` was left out of the queue (`queued`: seconds still waiting):
+    /// joined to the stretch not yet reported when it continues it and that stretch is under a
+    /// second long, else that stretch is reported and this one opens the next.
+    fn note_skipped(&self, work: &mut Work, start: ClockTime, end: ClockTime, queued: f64) {
+        if let Some((from, to, _)) = work.skip_open
+            && start.saturating_sub(to) <= ClockTime::from_mseconds(1)
+            && to.saturating_sub(start) <= ClockTime::from_mseconds(1)
+            && to - from < ClockTime::SECOND
+        {
+            work.skip_open = Some((from, end, queued));
+            return;
+        }
+        self.post_skipped(work);
+        work.skip_open = Some((start, end, queued));
+    }
+
+    /// Posts the `whispernpu-skipped` message of the stretch left out not yet reported.
+    fn post_skipped(&self, work: &mut Work) {
+        if let Some((start, end, queued)) = work.skip_open.take() {
+            let structure = gst::Structure::builder("whispernpu-skipped")
+                .field("start", start)
+                .field("duration", end - start)
+                .field("queued", queued)
+                .build();
+            self.post_element(structure);
+        }
     }
 
     /// Live: speech the policy left out because its decode could not get the shared workers in
