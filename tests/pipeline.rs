@@ -586,6 +586,129 @@ fn shared_engine_overload_keeps_text_within_the_budget() {
     assert!(words > 6 * 30, "little text came through: {v}");
 }
 
+/// A live `appsrc` (F32LE 16 kHz mono, `appsrc_props` added) into `whispernpu model=tiny.en
+/// mode=live latency=LATENCY_MS` into an `appsink`; every text buffer is recorded as (start,
+/// end, running time at which it reached the sink, text).
+struct LivePipeline {
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    texts: Arc<std::sync::Mutex<Vec<TextAt>>>,
+}
+
+/// A text buffer: start, end, the running time at which it reached the sink, its text.
+type TextAt = (f64, f64, f64, String);
+
+impl LivePipeline {
+    fn new(appsrc_props: &str, latency_ms: u32) -> Self {
+        init();
+        let model = common::model_dir("tiny.en");
+        let pipeline = gst::parse::launch(&format!(
+            "appsrc name=src is-live=true format=time {appsrc_props} \
+             caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved \
+             ! whispernpu name=w model=\"{}\" mode=live latency={latency_ms} \
+             ! appsink name=sink sync=false",
+            model.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let src = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let sink = app_sink(pipeline.upcast_ref());
+        let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, p) = (Arc::clone(&texts), pipeline.downgrade());
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let b = sample.buffer().ok_or(gst::FlowError::Error)?;
+                    let pts = b.pts().ok_or(gst::FlowError::Error)?.seconds_f64();
+                    let end = pts + b.duration().ok_or(gst::FlowError::Error)?.seconds_f64();
+                    let text = String::from_utf8_lossy(&b.map_readable().unwrap()).into_owned();
+                    let now = p
+                        .upgrade()
+                        .and_then(|p| p.current_running_time())
+                        .map_or(f64::NAN, |t| t.seconds_f64());
+                    t.lock().unwrap().push((pts, end, now, text));
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        Self {
+            pipeline,
+            src,
+            texts,
+        }
+    }
+
+    /// Ends the stream and waits for EOS (60 s at most); the bus messages before it.
+    fn finish(&self) -> Vec<gst::Message> {
+        self.src.end_of_stream().unwrap();
+        let bus = self.pipeline.bus().unwrap();
+        let mut messages = Vec::new();
+        loop {
+            let msg = bus
+                .timed_pop(gst::ClockTime::from_seconds(60))
+                .expect("EOS within 60 s");
+            match msg.view() {
+                gst::MessageView::Eos(_) => break,
+                gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
+                _ => messages.push(msg),
+            }
+        }
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        messages
+    }
+}
+
+/// The text of the buffers starting at `from` or later, lower case, letters, digits and spaces.
+fn words_from(texts: &[TextAt], from: f64) -> String {
+    texts
+        .iter()
+        .filter(|t| t.0 >= from)
+        .map(|t| t.3.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+        .replace(|c: char| !c.is_alphanumeric() && c != ' ', "")
+}
+
+/// The warnings among `messages`.
+fn warnings_of(messages: &[gst::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The element messages called `name` among `messages`.
+fn element_messages(messages: &[gst::Message], name: &str) -> Vec<gst::Structure> {
+    messages
+        .iter()
+        .filter_map(|m| m.structure())
+        .filter(|s| s.name() == name)
+        .map(|s| s.to_owned())
+        .collect()
+}
+
+/// The `whispernpu-skipped` messages among `messages`: (start, end, queued seconds).
+fn skipped_of(messages: &[gst::Message]) -> Vec<(f64, f64, f64)> {
+    element_messages(messages, "whispernpu-skipped")
+        .iter()
+        .map(|s| {
+            let start = s.get::<gst::ClockTime>("start").unwrap().seconds_f64();
+            let duration = s.get::<gst::ClockTime>("duration").unwrap().seconds_f64();
+            (start, start + duration, s.get::<f64>("queued").unwrap())
+        })
+        .collect()
+}
+
 /// Overload is graceful, with a slow engine (the test hook of `gstwhispernpu::fault`: every
 /// live decode lasts at least 1.5 s, about 1.5 × the decode's audio): jfk.wav four times, fed in
 /// real time by a live `appsrc` into `latency=2000`. While the first two copies play, decodes
@@ -597,43 +720,8 @@ fn shared_engine_overload_keeps_text_within_the_budget() {
 /// a `whispernpu-caught-up` message comes, and the speech is transcribed.
 #[test]
 fn live_overload_leaves_out_late_audio_and_recovers() {
-    init();
-    let model = common::model_dir("tiny.en");
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src is-live=true do-timestamp=true format=time \
-         caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved \
-         ! whispernpu name=w model=\"{}\" mode=live latency=2000 \
-         ! appsink name=sink sync=false",
-        model.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    let sink = app_sink(pipeline.upcast_ref());
-    let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (t, p) = (Arc::clone(&texts), pipeline.downgrade());
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let b = sample.buffer().ok_or(gst::FlowError::Error)?;
-                let pts = b.pts().ok_or(gst::FlowError::Error)?.seconds_f64();
-                let end = pts + b.duration().ok_or(gst::FlowError::Error)?.seconds_f64();
-                let text = String::from_utf8_lossy(&b.map_readable().unwrap()).into_owned();
-                let now = p
-                    .upgrade()
-                    .and_then(|p| p.current_running_time())
-                    .map_or(f64::NAN, |t| t.seconds_f64());
-                t.lock().unwrap().push((pts, end, now, text));
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let live = LivePipeline::new("do-timestamp=true", 2000);
+    let (pipeline, src) = (&live.pipeline, &live.src);
     let (jfk, _) = common::read_wav(&common::jfk_wav());
     pipeline.set_state(gst::State::Playing).unwrap();
     let start = std::time::Instant::now();
@@ -664,45 +752,11 @@ fn live_overload_leaves_out_late_audio_and_recovers() {
             }
         }
     }
-    src.end_of_stream().unwrap();
-    let bus = pipeline.bus().unwrap();
-    let mut messages = Vec::new();
-    loop {
-        let msg = bus
-            .timed_pop(gst::ClockTime::from_seconds(60))
-            .expect("EOS within 60 s");
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
-            _ => messages.push(msg),
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-
-    let warnings: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m.view() {
-            gst::MessageView::Warning(w) => Some(w.error().to_string()),
-            _ => None,
-        })
-        .collect();
-    let element = |name: &str| -> Vec<gst::Structure> {
-        messages
-            .iter()
-            .filter_map(|m| m.structure())
-            .filter(|s| s.name() == name)
-            .map(|s| s.to_owned())
-            .collect()
-    };
-    let skipped: Vec<(f64, f64, f64)> = element("whispernpu-skipped")
-        .iter()
-        .map(|s| {
-            let start = s.get::<gst::ClockTime>("start").unwrap().seconds_f64();
-            let duration = s.get::<gst::ClockTime>("duration").unwrap().seconds_f64();
-            (start, start + duration, s.get::<f64>("queued").unwrap())
-        })
-        .collect();
-    let texts = texts.lock().unwrap().clone();
+    let messages = live.finish();
+    let warnings = warnings_of(&messages);
+    let element = |name: &str| element_messages(&messages, name);
+    let skipped = skipped_of(&messages);
+    let texts = live.texts.lock().unwrap().clone();
     eprintln!("recovery from {recovery:.1} s\nwarnings {warnings:#?}\nskipped {skipped:.2?}");
     for (pts, end, at, text) in &texts {
         eprintln!(
@@ -735,14 +789,7 @@ fn live_overload_leaves_out_late_audio_and_recovers() {
             );
         }
     }
-    let recovered = texts
-        .iter()
-        .filter(|t| t.0 >= recovery)
-        .map(|t| t.3.as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-        .replace(|c: char| !c.is_alphanumeric() && c != ' ', "");
+    let recovered = words_from(&texts, recovery);
     assert!(
         recovered.contains("ask not") && recovered.contains("your country"),
         "after the load dropped: {recovered}"
@@ -763,43 +810,8 @@ fn live_overload_leaves_out_late_audio_and_recovers() {
 /// its end.
 #[test]
 fn a_source_falling_behind_the_clock_has_its_delay_counted() {
-    init();
-    let model = common::model_dir("tiny.en");
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src is-live=true format=time \
-         caps=audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved \
-         ! whispernpu name=w model=\"{}\" mode=live latency=2000 \
-         ! appsink name=sink sync=false",
-        model.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    let sink = app_sink(pipeline.upcast_ref());
-    let texts = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (t, p) = (Arc::clone(&texts), pipeline.downgrade());
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let b = sample.buffer().ok_or(gst::FlowError::Error)?;
-                let pts = b.pts().ok_or(gst::FlowError::Error)?.seconds_f64();
-                let end = pts + b.duration().ok_or(gst::FlowError::Error)?.seconds_f64();
-                let text = String::from_utf8_lossy(&b.map_readable().unwrap()).into_owned();
-                let now = p
-                    .upgrade()
-                    .and_then(|p| p.current_running_time())
-                    .map_or(f64::NAN, |t| t.seconds_f64());
-                t.lock().unwrap().push((pts, end, now, text));
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let live = LivePipeline::new("", 2000);
+    let (pipeline, src) = (&live.pipeline, &live.src);
     let (jfk, _) = common::read_wav(&common::jfk_wav());
     pipeline.set_state(gst::State::Playing).unwrap();
     let start = std::time::Instant::now();
@@ -834,39 +846,13 @@ fn a_source_falling_behind_the_clock_has_its_delay_counted() {
             }
         }
     }
-    src.end_of_stream().unwrap();
-    let bus = pipeline.bus().unwrap();
-    let mut messages = Vec::new();
-    loop {
-        let msg = bus
-            .timed_pop(gst::ClockTime::from_seconds(60))
-            .expect("EOS within 60 s");
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
-            _ => messages.push(msg),
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-
-    let warnings: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m.view() {
-            gst::MessageView::Warning(w) => Some(w.error().to_string()),
-            _ => None,
-        })
+    let messages = live.finish();
+    let warnings = warnings_of(&messages);
+    let skipped: Vec<(f64, f64)> = skipped_of(&messages)
+        .into_iter()
+        .map(|(s, e, _)| (s, e))
         .collect();
-    let skipped: Vec<(f64, f64)> = messages
-        .iter()
-        .filter_map(|m| m.structure())
-        .filter(|s| s.name() == "whispernpu-skipped")
-        .map(|s| {
-            let start = s.get::<gst::ClockTime>("start").unwrap().seconds_f64();
-            let duration = s.get::<gst::ClockTime>("duration").unwrap().seconds_f64();
-            (start, start + duration)
-        })
-        .collect();
-    let texts = texts.lock().unwrap().clone();
+    let texts = live.texts.lock().unwrap().clone();
     let t0 = t0.seconds_f64();
     eprintln!("t0 {t0:.2}\nwarnings {warnings:#?}\nskipped {skipped:.2?}");
     for (pts, end, at, text) in &texts {
@@ -897,14 +883,7 @@ fn a_source_falling_behind_the_clock_has_its_delay_counted() {
     );
     assert!(warnings.len() <= 1, "{warnings:?}");
     let second = t0 + second_copy as f64 / rate as f64;
-    let recovered = texts
-        .iter()
-        .filter(|t| t.0 >= second - 0.5)
-        .map(|t| t.3.as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-        .replace(|c: char| !c.is_alphanumeric() && c != ' ', "");
+    let recovered = words_from(&texts, second - 0.5);
     assert!(
         recovered.contains("ask not") && recovered.contains("your country"),
         "the second copy, in real time: {recovered}"
