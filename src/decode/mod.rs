@@ -102,7 +102,7 @@ pub struct WindowInput<'a> {
 struct Scratch {
     logits: Vec<f32>,
     logprobs: Vec<f32>,
-    /// The text tokens of the sequence ([`ends_in_loop`]).
+    /// The text tokens generated so far ([`ends_in_loop`]).
     text: Vec<u32>,
 }
 

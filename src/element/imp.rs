@@ -1296,6 +1296,8 @@ impl WhisperNpu {
                 let mut armed = false;
                 loop {
                     if q.shutdown {
+                        drop(q);
+                        self.post_skipped(&mut work);
                         return;
                     }
                     if let Some(item) = q.items.pop_front() {
@@ -1909,10 +1911,11 @@ impl WhisperNpu {
     /// decode time exceed them) is not decoded. The open utterance is made final first (its
     /// text goes out), then this buffer and every queued one as late are left out: a GAP covers
     /// them, an element message `whispernpu-skipped` (`start`, `duration`: output time;
-    /// `queued`: seconds of audio still waiting) names them (buffers left out one after another
-    /// as they arrive are joined into one message a second: `note_skipped`), and the first of an overload
-    /// posts one warning. The queue thus never holds more than the budget plus a decode's
-    /// worth of audio. Returns whether the buffer (`n` samples at `time`) was left out.
+    /// `queued`: seconds of audio still waiting) names them (buffers left out one after
+    /// another as they arrive are joined into one message a second: `note_skipped`), and the
+    /// first of an overload posts one warning. The queue thus never holds more than the budget
+    /// plus a decode's worth of audio. Returns whether the buffer (`n` samples at `time`) was
+    /// left out.
     fn shed(
         &self,
         work: &mut Work,
