@@ -1050,11 +1050,13 @@ impl WhisperNpu {
             // Audio that came later than this source's usual delay (a feeder starved of CPU)
             // has spent that much of its text's budget before it got here: counted as if it
             // had waited in the queue.
-            let secs = |t: ClockTime| t.nseconds() as f64 / 1e9;
             let end = time.saturating_add(samples_to_time(n));
-            let rise = st
-                .arrival_delay
-                .observe(secs(now), secs(time), secs(end), secs(pause));
+            let rise = st.arrival_delay.observe(
+                now.seconds_f64(),
+                time.seconds_f64(),
+                end.seconds_f64(),
+                pause.seconds_f64(),
+            );
             if rise > 0.0 {
                 arrived = arrived
                     .checked_sub(Duration::from_secs_f64(rise))
@@ -2005,13 +2007,19 @@ impl WhisperNpu {
     /// Posts the `whispernpu-skipped` message of the stretch left out not yet reported.
     fn post_skipped(&self, work: &mut Work) {
         if let Some((start, end, queued)) = work.skip_open.take() {
-            let structure = gst::Structure::builder("whispernpu-skipped")
-                .field("start", start)
-                .field("duration", end - start)
-                .field("queued", queued)
-                .build();
-            self.post_element(structure);
+            self.post_skipped_span(start, end, queued);
         }
+    }
+
+    /// The `whispernpu-skipped` element message: audio from `start` to `end` (output time) was
+    /// not transcribed; `queued`: seconds of audio still waiting.
+    fn post_skipped_span(&self, start: ClockTime, end: ClockTime, queued: f64) {
+        let structure = gst::Structure::builder("whispernpu-skipped")
+            .field("start", start)
+            .field("duration", end.saturating_sub(start))
+            .field("queued", queued)
+            .build();
+        self.post_element(structure);
     }
 
     /// Live: speech the policy left out because its decode could not get the shared workers in
@@ -2033,12 +2041,7 @@ impl WhisperNpu {
             );
             work.skipped += end.saturating_sub(start);
             work.last_shed = Some(work.last_shed.map_or(end, |l| l.max(end)));
-            let structure = gst::Structure::builder("whispernpu-skipped")
-                .field("start", start)
-                .field("duration", end.saturating_sub(start))
-                .field("queued", queued)
-                .build();
-            self.post_element(structure);
+            self.post_skipped_span(start, end, queued);
             if !work.behind {
                 let budget = lock(&self.settings).budget().as_secs_f64();
                 self.falling_behind(
